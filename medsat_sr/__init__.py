@@ -1,0 +1,36 @@
+"""medsat_sr: super-resolution of medical volumes and satellite imagery with exact geometry.
+
+The curated API:
+
+* :func:`read` / :func:`write`: format-aware I/O (DICOM, NIfTI, GeoTIFF/COG).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from medsat_sr.errors import (  # noqa: E402
+    ConfigError,
+    DataError,
+    FormatError,
+    GeometryError,
+    MedsatError,
+    ModelError,
+    WriteError,
+)
+from medsat_sr.image import BandSet  # noqa: E402
+from medsat_sr.io import read, write  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "read",
+    "write",
+    "BandSet",
+    "MedsatError",
+    "FormatError",
+    "GeometryError",
+    "ConfigError",
+    "ModelError",
+    "DataError",
+    "WriteError",
+]

@@ -1,0 +1,105 @@
+"""Atomic writes: a temporary file or folder in the target folder, then a rename.
+
+A reader never sees a half-written output, and a failed or killed write
+leaves nothing behind under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from medsat_sr.errors import WriteError
+
+__all__ = ["atomic_path", "atomic_dir", "check_writable"]
+
+
+def check_writable(path: Path) -> Path:
+    """Check that ``path`` can be created; return its parent folder.
+
+    Raises:
+        WriteError: the parent folder is missing or not writable.
+    """
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise WriteError(f"{path}: output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise WriteError(f"{path}: output folder {parent} is not writable")
+    return parent
+
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary file path next to ``path``; rename it to ``path`` on success.
+
+    The temporary name keeps the final suffix (``.nii.gz``, ``.tif``), so
+    libraries that choose a format from the suffix still do the right thing.
+
+    Raises:
+        WriteError: the folder is not writable or the write failed.
+    """
+    path = Path(path)
+    check_writable(path)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{suffix}", dir=path.parent)
+    except OSError as exc:
+        raise WriteError(f"{path}: cannot create a file in {path.parent}: {exc.strerror}") from exc
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, WriteError):
+            raise
+        raise WriteError(f"{path}: write failed: {exc.strerror or exc}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; move it into place on success.
+
+    An existing folder at ``path`` is replaced only after the new one is
+    complete (when ``overwrite`` is true).
+
+    Raises:
+        WriteError: the parent is not writable, ``path`` exists and
+            ``overwrite`` is false, or the write failed.
+    """
+    path = Path(path)
+    check_writable(path)
+    if path.exists() and not path.is_dir():
+        raise WriteError(f"{path}: exists and is not a folder")
+    if path.exists() and not overwrite:
+        raise WriteError(f"{path}: folder exists (pass overwrite=True to replace it)")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    except OSError as exc:
+        raise WriteError(f"{path}: cannot create a folder in {path.parent}: {exc.strerror}") from exc
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "x")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, WriteError):
+            raise
+        raise WriteError(f"{path}: write failed: {exc.strerror or exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

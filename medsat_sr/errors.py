@@ -1,0 +1,47 @@
+"""Exception types of medsat_sr.
+
+Every error that medsat_sr raises on purpose is a :class:`MedsatError`. Each
+concrete class also subclasses the builtin that fits, so callers that only
+know the standard library can still catch it (``except ValueError``,
+``except OSError``), in the spirit of rasterio's ``RasterioIOError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MedsatError",
+    "FormatError",
+    "GeometryError",
+    "ConfigError",
+    "ModelError",
+    "DataError",
+    "WriteError",
+]
+
+
+class MedsatError(Exception):
+    """Base class of every error raised by medsat_sr."""
+
+
+class FormatError(MedsatError, ValueError):
+    """A file is not in a supported format, or its content is malformed."""
+
+
+class GeometryError(MedsatError, ValueError):
+    """Geometry is missing, degenerate or irregular (tilt, uneven spacing, gaps)."""
+
+
+class ConfigError(MedsatError, ValueError):
+    """A configuration, domain profile or option value is invalid."""
+
+
+class ModelError(MedsatError, ValueError):
+    """A model or checkpoint cannot be built, loaded or applied."""
+
+
+class DataError(MedsatError, OSError):
+    """Input data cannot be found or read (missing path, empty folder, I/O failure)."""
+
+
+class WriteError(MedsatError, OSError):
+    """An output cannot be written (unwritable folder, full disk, ...)."""

@@ -1,0 +1,190 @@
+"""Readers and writers, one module per format, with a small dispatch.
+
+``read(path)`` chooses the reader from the content and the suffix:
+
+* a folder holding DICOM files -> :mod:`medsat_sr.io.dicom` (one series);
+* a folder of GeoTIFF band files -> a :class:`~medsat_sr.image.BandSet`;
+* ``.nii`` / ``.nii.gz`` (or a NIfTI header) -> :mod:`medsat_sr.io.nifti`;
+* ``.tif`` / ``.tiff`` (or TIFF magic) -> :mod:`medsat_sr.io.geotiff`;
+* ``.dcm`` or a file with the ``DICM`` preamble -> DICOM (multi-frame or a
+  single slice).
+
+``write(image, path)`` chooses the writer from ``format`` or the suffix; a
+path with no suffix is a DICOM series folder (volumes) or a band folder
+(band sets).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from monai.data import MetaTensor
+
+from medsat_sr.errors import DataError, FormatError
+from medsat_sr.image import BandSet, is_raster
+
+__all__ = ["read", "write", "detect_format", "output_format", "FORMATS"]
+
+#: Output formats and the suffixes that select them.
+FORMATS: dict[str, tuple[str, ...]] = {
+    "nifti": (".nii", ".nii.gz"),
+    "geotiff": (".tif", ".tiff"),
+    "cog": (),
+    "dicom": ("",),
+}
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return path.suffix.lower()
+
+
+def _sniff_file(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(352)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from exc
+    if head[:4] in _TIFF_MAGIC:
+        return "geotiff"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head[:2] == b"\x1f\x8b":
+        return "nifti" if path.name.lower().endswith(".nii.gz") else None
+    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00", b"n+2\x00"):
+        return "nifti"
+    if len(head) >= 4 and int.from_bytes(head[:4], "little") in (348, 540):
+        return "nifti"
+    return None
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """Name the reader for ``path``: ``"dicom"``, ``"nifti"``, ``"geotiff"`` or ``"bandset"``.
+
+    Raises:
+        DataError: the path does not exist, or is an empty folder.
+        FormatError: nothing medsat_sr can read is there.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file or folder")
+    if p.is_dir():
+        from medsat_sr.io import dicom, geotiff
+
+        files = [f for f in p.rglob("*") if f.is_file()]
+        if not files:
+            raise DataError(f"{p}: folder is empty")
+        if any(dicom.is_dicom_file(f) for f in files):
+            return "dicom"
+        if geotiff.band_files(p):
+            return "bandset"
+        raise FormatError(f"{p}: folder holds no DICOM files and no GeoTIFF bands ({len(files)} other files)")
+    if p.stat().st_size == 0:
+        raise FormatError(f"{p}: file is empty")
+    sniffed = _sniff_file(p)
+    suffix = _suffix(p)
+    by_suffix = {".nii": "nifti", ".nii.gz": "nifti", ".tif": "geotiff", ".tiff": "geotiff", ".dcm": "dicom"}.get(suffix)
+    if sniffed is not None:
+        return sniffed
+    if by_suffix is not None:
+        return by_suffix
+    raise FormatError(
+        f"{p}: unknown format (suffix {suffix or 'none'!r}); expected a DICOM folder or file, "
+        ".nii/.nii.gz, or .tif/.tiff"
+    )
+
+
+def read(path: str | os.PathLike[str], **options: Any) -> MetaTensor | BandSet:
+    """Read an image, a DICOM series or a band folder.
+
+    Args:
+        path: file or folder.
+        **options: passed to the format's reader (``series=``, ``volume=``,
+            ``resample=`` for DICOM; ``window=``, ``bands=`` for GeoTIFF).
+
+    Returns:
+        A MetaTensor (see :mod:`medsat_sr.image`) or a BandSet.
+
+    Raises:
+        DataError: missing or unreadable input.
+        FormatError: unsupported or malformed input.
+        GeometryError: geometry that cannot be represented faithfully.
+    """
+    fmt = detect_format(path)
+    if fmt == "dicom":
+        from medsat_sr.io import dicom
+
+        return dicom.read(path, **options)
+    if fmt == "nifti":
+        from medsat_sr.io import nifti
+
+        return nifti.read(path, **options)
+    from medsat_sr.io import geotiff
+
+    if fmt == "bandset":
+        return geotiff.read_bandset(path, **options)
+    return geotiff.read(path, **options)
+
+
+def output_format(path: str | os.PathLike[str], format: str | None = None) -> str:
+    """The writer for ``path``: ``format`` when given, else from the suffix.
+
+    Raises:
+        FormatError: unknown format name or suffix.
+    """
+    if format is not None:
+        if format not in FORMATS:
+            raise FormatError(f"unknown output format {format!r}; expected one of {sorted(FORMATS)}")
+        return format
+    p = Path(path)
+    suffix = _suffix(p)
+    for name, suffixes in FORMATS.items():
+        if suffix in suffixes:
+            return name
+    raise FormatError(
+        f"{p}: unknown output suffix {suffix!r}; use .nii/.nii.gz, .tif/.tiff, or no suffix for a DICOM folder"
+    )
+
+
+def write(image: MetaTensor | BandSet, path: str | os.PathLike[str], *, format: str | None = None, **options: Any) -> Path:
+    """Write an image atomically.
+
+    Args:
+        image: a volume, a raster or a BandSet.
+        path: output file, or folder for DICOM series and band sets.
+        format: ``nifti``, ``geotiff``, ``cog`` or ``dicom``; default from the suffix.
+        **options: passed to the writer (for example ``dtype="float32"``).
+
+    Returns:
+        The path written.
+
+    Raises:
+        FormatError: the format cannot hold this image.
+        WriteError: the output cannot be written.
+    """
+    fmt = output_format(path, format)
+    if isinstance(image, BandSet):
+        if fmt not in ("dicom", "geotiff", "cog") or (fmt == "dicom" and Path(path).suffix):
+            raise FormatError(f"{path}: a band set is written to a folder (no suffix), got format {fmt!r}")
+        from medsat_sr.io import geotiff
+
+        return geotiff.write_bandset(image, path, cog=fmt == "cog", **options)
+    if fmt == "nifti":
+        from medsat_sr.io import nifti
+
+        return nifti.write(image, path, **options)
+    if fmt in ("geotiff", "cog"):
+        from medsat_sr.io import geotiff
+
+        return geotiff.write(image, path, cog=fmt == "cog", **options)
+    if is_raster(image):
+        raise FormatError(f"{path}: a raster cannot be written as a DICOM series; use .tif")
+    from medsat_sr.io import dicom
+
+    return dicom.write(image, path, **options)
