@@ -1,0 +1,163 @@
+"""What the readers see: a JSON-friendly summary of a file or folder.
+
+Used by ``medsat-sr info``. Rasters are described from their headers alone
+(no pixels are read, so a 10 GB scene answers at once); volumes are read in
+full, since their geometry is only known once every slice has been sorted
+and checked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monai.data import MetaTensor
+
+from medsat_sr.errors import FormatError
+from medsat_sr.image import BandSet, Key, is_volume
+from medsat_sr.io import detect_format
+
+__all__ = ["describe", "format_description"]
+
+
+def _crs_label(crs: Any) -> str | None:
+    if crs is None:
+        return None
+    from rasterio.crs import CRS
+
+    c = crs if isinstance(crs, CRS) else CRS.from_user_input(crs)
+    epsg = c.to_epsg()
+    return f"EPSG:{epsg}" if epsg else c.to_string()
+
+
+def _describe_image(img: MetaTensor) -> dict[str, Any]:
+    meta = img.meta
+    out: dict[str, Any] = {
+        "kind": meta.get(Key.KIND),
+        "shape": list(img.shape),
+        "channels": meta.get(Key.BAND_NAMES),
+        "dtype": meta.get(Key.SOURCE_DTYPE),
+    }
+    if is_volume(img):
+        aff = np.asarray(img.affine, dtype=np.float64)
+        out.update(
+            spacing_mm=[round(v, 6) for v in meta[Key.SPACING]],
+            orientation=meta.get(Key.ORIENTATION),
+            affine=aff.round(6).tolist(),
+            intensity=meta.get(Key.INTENSITY),
+        )
+        for extra in ("gantry_tilt_deg", "series_uid", "series_description", "modality", "resampled"):
+            if extra in meta:
+                out[extra] = meta[extra]
+    else:
+        out.update(
+            pixel_size=[round(v, 9) for v in meta[Key.SPACING]],
+            transform=list(meta[Key.TRANSFORM]),
+            crs=_crs_label(meta.get(Key.CRS)),
+            nodata=meta.get(Key.NODATA),
+            scales=meta.get(Key.SCALES),
+            offsets=meta.get(Key.OFFSETS),
+        )
+    return out
+
+
+def _describe_raster_file(path: Path) -> dict[str, Any]:
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.open(path) as src:
+            t = src.transform
+            return {
+                "kind": "raster",
+                "shape": [src.count, src.height, src.width],
+                "channels": [d or f"band{i + 1}" for i, d in enumerate(src.descriptions)],
+                "dtype": src.dtypes[0],
+                "pixel_size": [float(np.hypot(t.a, t.d)), float(np.hypot(t.b, t.e))],
+                "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+                "crs": _crs_label(src.crs),
+                "bounds": list(src.bounds),
+                "nodata": src.nodata,
+                "scales": list(src.scales),
+                "offsets": list(src.offsets),
+                "block_shape": list(src.block_shapes[0]),
+                "compression": src.compression.value if src.compression else None,
+                "layout": src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT"),
+                "overviews": src.overviews(1),
+            }
+    except RasterioIOError as exc:
+        raise FormatError(f"{path}: not a readable GeoTIFF: {exc}") from exc
+
+
+def _series_dict(info: Any) -> dict[str, Any]:
+    import dataclasses
+
+    if hasattr(info, "as_dict"):
+        return dict(info.as_dict())
+    d = dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if not k.startswith("_")}
+
+
+def describe(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+    """Summarise what medsat_sr reads at ``path``.
+
+    Args:
+        path: a file or folder.
+        **options: reader options (``series=``, ``resample=``, ...).
+
+    Returns:
+        A JSON-serialisable dict. For DICOM folders it lists every series
+        found under ``"series"``; for band folders, every band group.
+
+    Raises:
+        MedsatError: whatever the reader raises for bad input.
+    """
+    p = Path(path)
+    fmt = detect_format(p)
+    out: dict[str, Any] = {"path": str(p), "format": fmt}
+    if fmt == "geotiff":
+        out.update(_describe_raster_file(p))
+        return out
+    if fmt == "bandset":
+        from medsat_sr.io import geotiff
+
+        groups: dict[str, list[str]] = {}
+        files = geotiff.band_files(p)
+        for f in files:
+            d = _describe_raster_file(f)
+            key = f"{d['pixel_size'][0]:g} x {d['pixel_size'][1]:g}, {d['shape'][1]}x{d['shape'][2]}, {d['crs']}"
+            groups.setdefault(key, []).append(f.stem)
+        out["groups"] = [{"grid": k, "bands": v} for k, v in groups.items()]
+        return out
+    if fmt == "dicom":
+        from medsat_sr.io import dicom
+
+        out["series"] = [_series_dict(s) for s in dicom.scan(p)]
+        if len(out["series"]) > 1 and "series" not in options:
+            return out
+    from medsat_sr.io import read
+
+    img = read(p, **options)
+    if isinstance(img, BandSet):  # pragma: no cover - handled above
+        return out
+    out.update(_describe_image(img))
+    return out
+
+
+def format_description(d: dict[str, Any]) -> str:
+    """Human-readable lines for :func:`describe`'s result."""
+    lines = [f"{d['path']}  ({d['format']})"]
+    if "series" in d:
+        lines.append(f"series found: {len(d['series'])}")
+        for i, s in enumerate(d["series"], 1):
+            lines.append("  " + f"[{i}] " + ", ".join(f"{k}={v}" for k, v in s.items() if v not in (None, "")))
+    if "groups" in d:
+        for g in d["groups"]:
+            lines.append(f"  group {g['grid']}: {' '.join(g['bands'])}")
+    skip = {"path", "format", "series", "groups", "affine", "transform"}
+    for k, v in d.items():
+        if k not in skip:
+            lines.append(f"{k:>14}: {v}")
+    return "\n".join(lines)
