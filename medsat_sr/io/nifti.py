@@ -112,15 +112,38 @@ def _format_error(path: Path, exc: BaseException, what: str = "cannot read NIfTI
 def _parse_errors() -> tuple[type[BaseException], ...]:
     from nibabel.filebasedimages import ImageFileError
     from nibabel.spatialimages import HeaderDataError
+    from nibabel.wrapstruct import WrapStructError
 
-    return (ImageFileError, HeaderDataError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, struct.error)
+    return (
+        ImageFileError,
+        HeaderDataError,
+        WrapStructError,
+        EOFError,
+        zlib.error,
+        gzip.BadGzipFile,
+        ValueError,
+        struct.error,
+    )
+
+
+# nibabel's check_fix reports what it repairs through a logger; this one stays quiet.
+_QUIET = logging.Logger(f"{__name__}.quiet", level=logging.CRITICAL + 1)
+
+
+def _best_affine(hdr: Any) -> np.ndarray:
+    """nibabel's best affine of a header as nibabel would load it (after its standard fixes)."""
+    fixed = hdr.copy()
+    fixed.check_fix(logger=_QUIET, error_level=logging.CRITICAL + 1)
+    return np.asarray(fixed.get_best_affine(), dtype=np.float64)
 
 
 def read_header(path: str | os.PathLike[str]) -> Any:
     """Parse the header of a NIfTI file exactly as stored (with extensions).
 
     nibabel's loaded image resets ``scl_slope``, ``scl_inter`` and
-    ``vox_offset`` in its header; this returns the on-disk values.
+    ``vox_offset`` in its header, and its header checks repair some fields
+    (zero ``pixdim`` becomes 1, ``qfac`` 0 becomes 1); this returns the
+    on-disk values, unrepaired.
 
     Args:
         path: a ``.nii`` or ``.nii.gz`` file.
@@ -151,7 +174,7 @@ def read_header(path: str | os.PathLike[str]) -> Any:
             else:
                 raise FormatError(f"{p}: not a NIfTI file (sizeof_hdr is {size_le}, expected 348 or 540)")
             fh.seek(0)
-            hdr = klass.from_fileobj(fh, check=True)
+            hdr = klass.from_fileobj(fh, check=False)
     except FormatError:
         raise
     except _parse_errors() as exc:
@@ -201,6 +224,18 @@ def read(path: str | os.PathLike[str]) -> MetaTensor:
 
     p = Path(path)
     hdr = read_header(p)  # validates the file and gives the on-disk header
+    sform_code, qform_code = int(hdr["sform_code"]), int(hdr["qform_code"])
+    form = "sform" if sform_code > 0 else "qform" if qform_code > 0 else "pixdim fallback"
+    if sform_code <= 0:
+        # nibabel silently turns a zero voxel size into 1 mm; refuse it instead
+        dims = [int(v) for v in hdr["dim"][1:4]]
+        pix = [float(v) for v in hdr["pixdim"][1:4]]
+        bad = [i for i in range(3) if dims[i] > 1 and not (np.isfinite(pix[i]) and pix[i] != 0.0)]
+        if bad:
+            raise GeometryError(
+                f"{p} ({form}, qform_code={qform_code}): voxel size pixdim[1:4] = {pix} is zero or not "
+                f"finite on axis {bad}; expected positive voxel sizes"
+            )
     try:
         img = nib.load(str(p))
     except _parse_errors() as exc:
@@ -217,9 +252,7 @@ def read(path: str | os.PathLike[str]) -> MetaTensor:
             "expected an integer or real floating-point type"
         )
 
-    sform_code, qform_code = int(hdr["sform_code"]), int(hdr["qform_code"])
-    affine = np.asarray(hdr.get_best_affine(), dtype=np.float64)
-    form = "sform" if sform_code > 0 else "qform" if qform_code > 0 else "pixdim fallback"
+    affine = np.asarray(img.affine, dtype=np.float64)
     check_affine(affine, what=f"{p} ({form}, sform_code={sform_code}, qform_code={qform_code})")
     if sform_code == 0 and qform_code == 0:
         logger.warning(
@@ -286,6 +319,8 @@ def _image_parts(image: Any) -> tuple[np.ndarray, np.ndarray, Mapping[str, Any]]
     data = image.detach().cpu()
     if isinstance(data, MetaTensor):
         data = data.as_tensor()
+    if data.dtype in (torch.float16, torch.bfloat16):  # numpy has no bfloat16
+        data = data.float()
     return data.numpy(), aff, meta
 
 
@@ -426,7 +461,7 @@ def _output_header(
         if hdr["magic"] not in (b"n+1", b"n+2"):  # header from a .hdr/.img pair
             hdr["magic"] = b"n+2" if isinstance(hdr, nib.Nifti2Header) else b"n+1"
             hdr["vox_offset"] = 0
-        src_affine = np.asarray(src.get_best_affine(), dtype=np.float64)
+        src_affine = _best_affine(src)
         src_shape = tuple(int(v) for v in src["dim"][1 : int(src["dim"][0]) + 1])
         geometry_same = src_shape == disk_shape and np.allclose(affine, src_affine, rtol=0, atol=_AFFINE_ATOL)
         qcode, scode = int(src["qform_code"]), int(src["sform_code"])
@@ -439,7 +474,10 @@ def _output_header(
     try:
         if not (is_nifti and same_dtype):
             hdr.set_data_dtype(dt)
-        hdr.set_data_shape(disk_shape)
+        if tuple(int(v) for v in hdr["dim"][1 : int(hdr["dim"][0]) + 1]) != disk_shape:
+            kept = np.array(hdr["pixdim"][4:], copy=True)
+            hdr.set_data_shape(disk_shape)
+            hdr["pixdim"][4:] = kept  # nibabel resets pixdim past ndim; TR lives in pixdim[4] even in 3D
         if not geometry_same:
             if is_nifti:
                 old = src_shape
