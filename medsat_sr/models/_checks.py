@@ -90,8 +90,8 @@ def parse_scale(scale: Any, spatial_dims: int) -> tuple[float, ...]:
     """Broadcast ``scale`` to one finite factor ``>= 1`` per spatial axis.
 
     Args:
-        scale: a number, or a sequence of ``spatial_dims`` numbers, in the
-            axis order of the tensor's spatial dimensions.
+        scale: a number, or a sequence (or numpy array) of ``spatial_dims``
+            numbers, in the axis order of the tensor's spatial dimensions.
         spatial_dims: 2 or 3.
 
     Returns:
@@ -100,6 +100,8 @@ def parse_scale(scale: Any, spatial_dims: int) -> tuple[float, ...]:
     Raises:
         ModelError: wrong length, non-numeric, not finite or below 1.
     """
+    if hasattr(scale, "tolist") and not isinstance(scale, (str, bytes)):
+        scale = scale.tolist()  # numpy arrays and scalars, torch tensors
     if isinstance(scale, (str, bytes)) or isinstance(scale, bool):
         raise ModelError(f"scale must be a number or a sequence of numbers, got {scale!r}")
     if isinstance(scale, Real):

@@ -200,8 +200,9 @@ class SRModel(nn.Module):
         if not x.is_floating_point():
             raise ModelError(f"{self.arch}: {name} must be floating point, got {x.dtype}")
         if x.ndim != self.spatial_dims + 2:
+            axes = ", ".join("DHW"[-self.spatial_dims :])
             raise ModelError(
-                f"{self.arch}: {name} must have shape (B, C, {', '.join('DHW'[-self.spatial_dims:])}) "
+                f"{self.arch}: {name} must have shape (B, C, {axes}) "
                 f"for spatial_dims={self.spatial_dims}, got {tuple(x.shape)}"
             )
         if x.shape[1] != channels:

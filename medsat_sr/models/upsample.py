@@ -149,7 +149,8 @@ class Upsampler(nn.Module):
         stages: the per-stage factors (see :func:`shuffle_stages`).
         radius_lr: per-axis reach in *input* pixels (conservative): each stage
             adds ``(kernel_size // 2 + 0.5) / S`` where ``S`` is the scale
-            reached before it (0.5 for the shuffle's sub-pixel offset).
+            reached before it (0.5 for the shuffle's sub-pixel offset, on
+            the axes that stage upsamples).
     """
 
     def __init__(
@@ -183,7 +184,8 @@ class Upsampler(nn.Module):
             else:
                 raise ModelError(f"activation must be None, 'prelu' or 'relu', got {activation!r}")
             for ax in range(spatial_dims):
-                radius[ax] += (kernel_size // 2 + 0.5) / reached[ax]
+                offset = 0.5 if stage[ax] > 1 else 0.0
+                radius[ax] += (kernel_size // 2 + offset) / reached[ax]
                 reached[ax] *= stage[ax]
         self.convs = nn.ModuleList(convs)
         self.acts = nn.ModuleList(acts)
