@@ -1,0 +1,1 @@
+"""Built-in real samples for ``medsat-sr demo`` (see SOURCES.md)."""
