@@ -1,0 +1,270 @@
+"""The `medsat-sr` command as a user types it: info, convert, and bad input.
+
+Every bad input must give a medsat_sr error with a one-line message naming the
+file and the problem, a non-zero exit (2 bad input, 3 unwritable output), no
+traceback without --debug, and no file left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import rasterio
+
+from medsat_sr.cli import main
+
+MR = Path("dicom/mr_t1_2d_sag_thick_dcm_qa_decubitus_HFS")
+MR_SERIES = MR / "In/HFS/3_t1_fl2d_sag"
+MR_REF = MR / "Ref_regenerated_dcm2niix_v1.0.20260724/t1_fl2d_sag_20220407150138.nii.gz"
+GE = Path("dicom/ct_head_ge_tilt_dcm_qa_ct/In/GE")
+EPI = Path("dicom/mr_epi_ge_dcm_qa_nih_mr_0004/In/20180918GE/mr_0004")
+NAIP = Path("geotiff/naip_4band_m_4709963_se_14_1_20180716_opengeos-data/m_4709963_se_14_1_20180716.tif")
+S2 = Path("geotiff/sentinel2_l2a_S2A_29RKH_20200219_rio-tiler-pds")
+CT = Path("nifti/TotalSegmentator/tests/reference_files/example_ct.nii.gz")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def listing(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+# ------------------------------------------------------------------ basics
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from medsat_sr import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert __version__ in capsys.readouterr().out
+    for cmd in ("info", "convert"):
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0
+        assert "usage: medsat-sr " + cmd in capsys.readouterr().out
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["convert", "x.nii"])  # -o missing
+    assert exc.value.code == 2
+    assert "required" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ info
+@pytest.mark.shared_data
+def test_info_dicom_series(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "info", str(shared_data / MR_SERIES), "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert d["format"] == "dicom" and d["shape"] == [1, 256, 256, 35]
+    np.testing.assert_allclose(d["spacing_mm"], [1.015625, 1.015625, 4.8], atol=1e-4)
+    assert d["dtype"] == "uint16" and len(d["series"]) == 1
+
+
+@pytest.mark.shared_data
+def test_info_lists_every_series_of_a_mixed_folder(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "info", str(shared_data / GE))
+    assert code == 0
+    assert "series found: 2" in out
+    code, out, _ = run(capsys, "info", str(shared_data / GE), "--series", "2", "--json")
+    d = json.loads(out)
+    assert code == 0 and d["shape"][-1] == 14
+    assert d["gantry_tilt_deg"] == pytest.approx(18.5, abs=0.05)
+
+
+@pytest.mark.shared_data
+def test_info_rasters_read_headers_only(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "info", str(shared_data / NAIP), "--json")
+    d = json.loads(out)
+    assert code == 0 and d["shape"] == [4, 724, 934] and d["crs"] == "EPSG:26914" and d["nodata"] == 0
+    code, out, _ = run(capsys, "info", str(shared_data / S2))
+    assert code == 0
+    assert "B02 B03 B04 B08" in out and "B05 B06 B07 B8A B11 B12" in out and "B01 B09" in out
+
+
+# ------------------------------------------------------------------ convert
+@pytest.mark.shared_data
+def test_convert_dicom_to_nifti_matches_dcm2niix(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers import corner_error, grid_correspondence, resample_reference
+
+    out = tmp_path / "mr.nii.gz"
+    code, _, err = run(capsys, "convert", str(shared_data / MR_SERIES), "-o", str(out), "-q")
+    assert code == 0, err
+    ours, ref = nib.load(out), nib.load(shared_data / MR_REF)
+    assert ours.get_data_dtype() == np.dtype("uint16")
+    assert corner_error(ours.affine, ours.shape, ref.affine, ref.shape) < 1e-3
+    r, t = grid_correspondence(ours.affine, ref.affine)
+    np.testing.assert_array_equal(ours.get_fdata(), resample_reference(ref.get_fdata(), ours.shape, r, t))
+
+
+@pytest.mark.shared_data
+def test_convert_4d_epi_keeps_every_volume(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "epi.nii"
+    code, _, err = run(capsys, "convert", str(shared_data / EPI), "-o", str(out))
+    assert code == 0, err
+    img = nib.load(out)
+    assert img.shape == (64, 64, 15, 10)
+    np.testing.assert_allclose(img.header.get_zooms()[:3], (3.75, 3.75, 5.0), atol=1e-4)
+
+
+@pytest.mark.shared_data
+def test_convert_geotiff_to_cog(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "naip.tif"
+    code, _, err = run(capsys, "convert", str(shared_data / NAIP), "-o", str(out), "--format", "cog")
+    assert code == 0, err
+    with rasterio.open(shared_data / NAIP) as a, rasterio.open(out) as b:
+        assert b.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert (a.crs, a.transform, a.nodata, a.dtypes) == (b.crs, b.transform, b.nodata, b.dtypes)
+        np.testing.assert_array_equal(a.read(), b.read())
+
+
+@pytest.mark.shared_data
+def test_convert_nifti_to_dicom_and_back(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    series = tmp_path / "ct_series"
+    back = tmp_path / "back.nii.gz"
+    assert run(capsys, "convert", str(shared_data / CT), "-o", str(series))[0] == 0
+    assert len(list(series.glob("*.dcm"))) == 112
+    assert run(capsys, "convert", str(series), "-o", str(back))[0] == 0
+    a, b = nib.load(shared_data / CT), nib.load(back)
+    np.testing.assert_allclose(b.affine, a.affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(b.dataobj), np.asarray(a.dataobj))
+
+
+# ------------------------------------------------------------------ bad input
+def _nifti(path: Path, affine: np.ndarray) -> Path:
+    """A NIfTI whose sform is ``affine``, written byte for byte (nibabel's save would repair it)."""
+    import gzip
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.int16)
+    hdr.set_data_shape((4, 4, 4))
+    hdr.set_qform(None, code=0)
+    for i, row in enumerate(("srow_x", "srow_y", "srow_z")):
+        hdr[row] = affine[i]
+    hdr["sform_code"] = 2
+    with gzip.open(path, "wb") as fh:
+        hdr.write_to(fh)
+        fh.write(np.zeros((4, 4, 4), np.int16).tobytes())
+    return path
+
+
+def _bad_inputs(tmp: Path, shared: Path | None) -> dict[str, tuple[Path, str]]:
+    """name -> (input path, text the error must contain)."""
+    cases: dict[str, tuple[Path, str]] = {}
+    cases["missing path"] = (tmp / "nope.nii.gz", "no such file")
+    (tmp / "empty").mkdir()
+    cases["empty folder"] = (tmp / "empty", "empty")
+    (tmp / "notes").mkdir()
+    (tmp / "notes" / "README.txt").write_text("no images here")
+    cases["folder with no DICOM"] = (tmp / "notes", "no DICOM")
+    zero = np.zeros((4, 4))
+    zero[3, 3] = 1
+    cases["NIfTI zero affine"] = (_nifti(tmp / "zero.nii.gz", zero), "singular")
+    nan = np.eye(4)
+    nan[0, 0] = np.nan
+    cases["NIfTI NaN affine"] = (_nifti(tmp / "nan.nii.gz", nan), "NaN")
+    (tmp / "corrupt.tif").write_bytes(b"II*\x00" + os.urandom(200))
+    cases["corrupt TIFF"] = (tmp / "corrupt.tif", "corrupt.tif")
+    (tmp / "image.xyz").write_bytes(b"hello world" * 10)
+    cases["unknown suffix"] = (tmp / "image.xyz", "unknown format")
+    if shared is not None:
+        src = shared / MR_SERIES
+        files = sorted(src.glob("*.dcm"))
+        mixed = tmp / "mixed"
+        mixed.mkdir()
+        for f in files[:5] + sorted((shared / GE).glob("*.dcm"))[:5]:
+            shutil.copy(f, mixed / f.name)
+        cases["two series mixed"] = (mixed, "candidate series")
+        gap = tmp / "gap"
+        gap.mkdir()
+        for f in files[:17] + files[18:]:
+            shutil.copy(f, gap / f.name)
+        cases["slice removed"] = (gap, "missing")
+        cut = tmp / "cut"
+        shutil.copytree(src, cut)
+        victim = sorted(cut.glob("*.dcm"))[3]
+        victim.write_bytes(victim.read_bytes()[:3000])
+        cases["truncated DICOM"] = (cut, victim.name)
+    return cases
+
+
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import SHARED
+
+    (tmp_path / "in").mkdir()
+    cases = _bad_inputs(tmp_path / "in", SHARED if SHARED.is_dir() else None)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    for name, (src, text) in cases.items():
+        commands = [["convert", str(src), "-o", str(outdir / "x.nii.gz")]]
+        if name != "two series mixed":  # `info` lists the candidates of a mixed folder instead
+            commands.append(["info", str(src)])
+        for cmd in commands:
+            code, out, err = run(capsys, *cmd)
+            assert code == 2, f"{name}: exit {code}, stderr {err!r}"
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("medsat-sr: error: "), f"{name}: {err!r}"
+            assert text.lower() in lines[0].lower(), f"{name}: {lines[0]!r} lacks {text!r}"
+            assert "Traceback" not in err
+        assert listing(outdir) == set(), f"{name}: left {listing(outdir)}"
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data not found: the DICOM cases need the shared samples (the others passed)")
+
+
+def test_bad_input_error_types() -> None:
+    from medsat_sr import DataError, FormatError, GeometryError, read
+
+    with pytest.raises(DataError) as exc:
+        read("/definitely/not/here.nii")
+    assert isinstance(exc.value, OSError)
+    with pytest.raises(FormatError) as exc2:
+        read(Path(__file__))
+    assert isinstance(exc2.value, ValueError) and "unknown format" in str(exc2.value)
+    assert issubclass(GeometryError, ValueError)
+
+
+def test_unknown_output_suffix_rejected_before_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "convert", str(tmp_path / "missing.nii"), "-o", str(tmp_path / "out.jpg"))
+    assert code == 2 and "unknown output suffix '.jpg'" in err
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("where", ["missing folder", "file as folder", "proc"])
+def test_unwritable_output_exit_3_nothing_left(
+    where: str, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    target = {
+        "missing folder": tmp_path / "no" / "such" / "out.tif",
+        "file as folder": tmp_path / "afile" / "out.tif",
+        "proc": Path("/proc/medsat_sr_test/out.tif"),
+    }[where]
+    before = listing(tmp_path)
+    code, _, err = run(capsys, "convert", str(shared_data / NAIP), "-o", str(target))
+    assert code == 3, err
+    assert err.startswith("medsat-sr: error: ") and len(err.strip().splitlines()) == 1
+    assert str(target.parent) in err
+    assert listing(tmp_path) == before
+
+
+def test_real_process_prints_no_traceback_unless_debug(tmp_path: Path) -> None:
+    exe = [sys.executable, "-m", "medsat_sr"]
+    missing = str(tmp_path / "nothing.nii.gz")
+    p = subprocess.run([*exe, "info", missing], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == f"medsat-sr: error: {missing}: no such file or folder"
+    p = subprocess.run([*exe, "--debug", "info", missing], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "Traceback" in p.stderr and "DataError" in p.stderr
