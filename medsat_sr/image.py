@@ -29,7 +29,12 @@ intensity      mapping stored -> physical: ``{"slope": s, "intercept": b}`` (vol
 source_format  ``"dicom"``, ``"nifti"`` or ``"geotiff"``
 source_path    the path that was read
 header         format-specific header the writer needs (see each io module)
+valid_mask     raster: ``(H, W)`` bool mask from an internal GDAL mask band, when the file has one
 ============== =================================================================
+
+DICOM volumes also carry ``modality``, ``series_uid``, ``series_key``,
+``series_description``, ``gantry_tilt_deg``, ``n_volumes``, ``volume``,
+``resampled`` and ``intensity_exact`` (see :mod:`medsat_sr.io.dicom`).
 """
 
 from __future__ import annotations
