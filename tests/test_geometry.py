@@ -121,7 +121,7 @@ def test_crop_affine_maps_sub_grid(aff: np.ndarray, start: list[int]) -> None:
     np.testing.assert_allclose(sub[:3, 3], aff[:3, :3] @ np.asarray(start, float) + aff[:3, 3], atol=1e-9)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     st.lists(st.integers(1, 40), min_size=2, max_size=3),
     st.integers(1, 17),
