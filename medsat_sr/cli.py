@@ -2,7 +2,9 @@
 
 Exit codes: 0 success; 1 unexpected internal error; 2 bad input, bad
 options or bad configuration (any :class:`~medsat_sr.errors.MedsatError`
-except write failures); 3 an output could not be written; 130 interrupted.
+except write failures); 3 an output could not be written; 4 ``batch``
+only: the batch ran but at least one input failed (the failed inputs are
+listed on stderr and in ``OUT_DIR/batch.jsonl``); 130 interrupted.
 Errors print one line, ``medsat-sr: error: <file>: <problem>``; ``--debug``
 adds the traceback.
 """
@@ -27,6 +29,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_WRITE = 3
+EXIT_PARTIAL = 4  # batch: some inputs failed
 EXIT_INTERRUPTED = 130
 
 
@@ -75,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = list(args.set or [])
     if args.init:
-        base = load_config(args.config, overrides)
+        base = load_config(args.config, [o for o in overrides if o.replace(" ", "").startswith("train.mode=")])
         if base.train.mode != "finetune":  # --init means: start from this checkpoint
             overrides.append("train.mode=finetune")
             if base.train.mode == "supervised":
@@ -126,7 +129,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         )
     weights: object = None
     if args.weights:
-        weights = args.weights if args.weights in ("equal", "softmax") else _numbers(args.weights, "--weights")
+        weights = args.weights if args.weights in ("equal", "lstsq", "softmax") else _numbers(args.weights, "--weights")
         if isinstance(weights, float):
             weights = [weights]
     tile = _numbers(args.tile_size, "--tile-size")
@@ -163,6 +166,103 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         for p in (result.output, result.std_output, result.sidecar):
             if p is not None:
                 print(p)
+    return EXIT_OK
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """``medsat-sr batch [--config CFG] INPUT... -o OUT_DIR``: many inputs, resumable, on Dask."""
+    from medsat_sr.batch import failure_text, run_batch
+    from medsat_sr.errors import ConfigError
+
+    if not args.inputs and not args.manifest:
+        raise ConfigError("no inputs: give files, folders or glob patterns, or --manifest CSV")
+    result = run_batch(
+        args.inputs,
+        args.output,
+        config=args.config,
+        overrides=list(args.set or []),
+        manifest=args.manifest,
+        models=list(args.model or []),
+        method=args.method,
+        scale=_numbers(args.scale, "--scale"),
+        read_options=_reader_options(args),
+        workers=args.workers,
+        scheduler=args.scheduler,
+        torch_threads=args.torch_threads,
+        force=args.force,
+        dry_run=args.dry_run,
+        progress=not args.quiet,
+    )
+    if args.dry_run:
+        for it in result.items:
+            what = it.get("output") or it.get("error")
+            extra = f" ({it['reason']})" if it.get("reason") else ""
+            print(f"{it['status']:6s} {it['input']} -> {what}{extra}")
+        return EXIT_OK
+    fallbacks = sum(1 for it in result.items if it["fallback"])
+    if not args.quiet:
+        print(
+            f"batch: {result.done} done, {result.skipped} skipped, {result.failed} failed of {len(result.items)} inputs "
+            f"in {result.seconds:.1f} s" + (f"; {fallbacks} fell back to cubic" if fallbacks else "")
+            + f"; run manifest {result.manifest}"
+        )
+    if result.failed:
+        print(f"medsat-sr: error: {result.failed} of {len(result.items)} inputs failed:", file=sys.stderr)
+        for it in result.failures:
+            print(f"  {failure_text(it)}", file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``medsat-sr evaluate --config CFG REFERENCE... -o REPORT_DIR``: the protocol of DESIGN.md section 5."""
+    from medsat_sr.errors import ConfigError
+    from medsat_sr.evaluate import evaluate
+
+    pairs = [tuple(p) for p in (args.pair or [])]
+    if not args.references and not pairs:
+        raise ConfigError("nothing to evaluate: give high-resolution REFERENCE files or --pair LR HR")
+    holdout = None
+    if args.holdout is not None:
+        try:
+            holdout = float(args.holdout)
+        except ValueError:
+            raise ConfigError(f"--holdout: expected a fraction in [0, 1), got {args.holdout!r}") from None
+    ev = evaluate(
+        args.references,
+        args.config,
+        pairs=pairs,
+        methods=args.methods,
+        models=list(args.model or []),
+        overrides=list(args.set or []),
+        scale=_numbers(args.scale, "--scale"),
+        holdout=holdout,
+        output=args.output,
+        run_dir=args.run_dir,
+        figures=not args.no_figures,
+        progress=not args.quiet,
+        title=args.title,
+    )
+    if not args.quiet:
+        for f in ev.files:
+            print(f"{f.name} ({f.case.kind}, x{'/'.join(f'{v:g}' for v in f.case.factors)}):")
+            for m, r in f.methods.items():
+                gain = r.get("psnr_masked_gain_vs_cubic")
+                g = f" ({gain:+.2f} dB vs cubic)" if m != "cubic" and isinstance(gain, float) else ""
+                print(
+                    f"  {m:<16} PSNR {r['psnr']:7.3f} dB, masked {r['psnr_masked']:7.3f} dB{g}, "
+                    f"SSIM {r['ssim']:.4f}, {r['seconds']:.1f} s, peak {r['peak_rss_mb']:.0f} MiB"
+                )
+        print(f"report: {Path(args.output) / 'report.html'}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``medsat-sr demo [-o DIR]``: the main job end to end on the built-in samples, offline."""
+    from medsat_sr.demo import run_demo
+
+    run_demo(args.output, minutes=args.minutes, progress=not args.quiet, dicom=not args.no_dicom,
+             echo=None if args.quiet else print)
     return EXIT_OK
 
 
@@ -270,10 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale", metavar="S", help="one factor or one per axis, e.g. 2 or 1,1,4 (default: the model's)")
     g.add_argument("--target-spacing", metavar="MM", help="volumes: output spacing in mm (one value or per axis)")
     g.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable), e.g. inference.tile_size=256")
-    g.add_argument("--precision", metavar="P", help="fp32 or bf16 (autocast + channels-last on CPU)")
+    g.add_argument("--precision", metavar="P", help="fp32, bf16 (autocast + channels-last) or auto (default: bf16 where the CPU/GPU runs it natively)")
     g.add_argument("--tta", action="store_true", help="self-ensemble over the flips/rotations the scale allows")
     g.add_argument("--uncertainty", action="store_true", help="also write the per-voxel std across members (<stem>_std)")
-    g.add_argument("--weights", metavar="W", help="ensemble weights w1,w2,... or 'equal' or 'softmax' (over the checkpoints' validation PSNR)")
+    g.add_argument("--weights", metavar="W", help="ensemble weights w1,w2,..., 'equal' (default), or fitted on a Wald split of the input: 'lstsq' or 'softmax' (over PSNR)")
     g.add_argument("--dtype", metavar="T", help="output pixel type: source (default) or float32")
     g.add_argument("--format", metavar="F", help="override the suffix: nifti, dicom, geotiff or cog")
     g.add_argument("--cog", action="store_true", help="write a Cloud-Optimised GeoTIFF")
@@ -284,6 +384,78 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run-dir", metavar="DIR", help="--config: keep the fit's checkpoints and curves here")
     _add_reader_args(p)
     p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser(
+        "batch",
+        parents=[common],
+        help="upscale many inputs into a folder: resumable, failure-isolated, on Dask",
+        description="Run one recipe over many inputs (files, folders = one DICOM series or band folder each, glob "
+        "patterns, or --manifest CSV with per-row settings) into OUT_DIR. Output names come from "
+        "output.name_template (default {stem}_sr{ext}). OUT_DIR/batch.jsonl gets one line per input per run. "
+        "A rerun skips inputs whose output and sidecar match the input checksum and the config; --force redoes them. "
+        "Exit 0 when every input succeeded, 4 when some failed (listed on stderr).",
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="files, folders or glob patterns (quote them)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder (created)")
+    g = p.add_argument_group("what to run (--config, --model or --method; --config may join either)")
+    g.add_argument("--config", metavar="CFG", help="job config (built-in name or .yaml): settings, output names; alone: self-supervised fit per input")
+    g.add_argument("--model", metavar="CKPT", action="append", help="checkpoint (repeat for an equal-weight ensemble); loaded once per worker")
+    g.add_argument("--method", metavar="NAME", help="classical method: cubic, linear, nearest or lanczos")
+    g.add_argument("--scale", metavar="S", help="one factor or one per axis (default: the config's or the model's)")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key for every input (repeatable)")
+    g.add_argument("--manifest", metavar="CSV", help="CSV with an 'input' column and optional output, scale, series, volume, resample, set or config-key columns")
+    g = p.add_argument_group("execution")
+    g.add_argument("--workers", type=int, default=0, metavar="N", help="0 (default): inline; N: a local Dask cluster of N processes")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="submit to an existing Dask scheduler, e.g. tcp://head:8786 (shared paths needed)")
+    g.add_argument("--torch-threads", type=int, metavar="T", help="torch threads per worker (default: cores // N)")
+    g.add_argument("--force", action="store_true", help="redo inputs whose outputs are already complete")
+    g.add_argument("--dry-run", action="store_true", help="print what would run or be skipped; write nothing")
+    _add_reader_args(p)
+    p.set_defaults(func=cmd_batch)
+    p = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="measure methods against high-resolution references (DESIGN.md section 5) and write a report",
+        description="Degrade each high-resolution REFERENCE with the config's domain profile (the code that makes "
+        "training pairs), or take explicit --pair LR HR images; upscale with every method (the profile's classical "
+        "baselines always, plus --methods: cubic, linear, nearest, lanczos, model); score on the reference grid: PSNR "
+        "(explicit data range, whole and masked), SSIM (3D and per slice for volumes), MAE, MSE, and for rasters "
+        "per-band PSNR/RMSE, SAM and ERGAS; time and peak memory per method. 'model' is each --model checkpoint, or a "
+        "self-supervised fit when the config's train.mode is self_supervised. REPORT_DIR gets metrics.json, "
+        "metrics.csv, PNG figures and a self-contained report.html.",
+    )
+    p.add_argument("references", nargs="*", metavar="REFERENCE", help="high-resolution reference images")
+    p.add_argument("--config", required=True, help="built-in config name or path of a .yaml config")
+    p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="report folder (created)")
+    p.add_argument("--methods", metavar="M1,M2", help="comma list: cubic, linear, nearest, lanczos, model (baselines always included)")
+    p.add_argument("--model", metavar="CKPT", action="append", help="checkpoint to evaluate (repeatable)")
+    p.add_argument("--pair", nargs=2, action="append", metavar=("LR", "HR"), help="explicit low/high-resolution pair on aligned grids (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable), e.g. train.max_minutes=3")
+    p.add_argument("--scale", metavar="S", help="evaluation factor(s), e.g. 2 or 1,1,4 (default: the config's; thick slices on an isotropic reference: 4 along the inferior-superior axis)")
+    p.add_argument("--holdout", metavar="F", help="rasters: right-hand fraction left out of a self-supervised fit and scored (default 0.5; 0: fit on the degraded input)")
+    p.add_argument("--run-dir", metavar="DIR", help="where self-supervised fits keep checkpoints and curves (default REPORT_DIR/runs)")
+    p.add_argument("--title", metavar="TEXT", help="title of report.html")
+    p.add_argument("--no-figures", action="store_true", help="write the tables and the page without PNG figures")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="run the main job end to end on the built-in real samples, offline",
+        description="On the two real samples shipped in the package (an MR T1 template and a 4-band aerial scene; "
+        "origin and licences in medsat_sr/samples/SOURCES.md): make a thick-slice scan and restore it by "
+        "self-supervised SR (NIfTI and DICOM outputs), sharpen the scene x2 (COG output), and write an evaluation "
+        "report against cubic. Prints the headline numbers and where everything went. Nothing is downloaded.",
+    )
+    p.add_argument("-o", "--output", default="medsat_sr_demo", metavar="DIR", help="output folder (default ./medsat_sr_demo)")
+    from medsat_sr.demo import DEFAULT_MINUTES
+
+    p.add_argument(
+        "--minutes", type=float, default=DEFAULT_MINUTES, metavar="M",
+        help=f"training minutes per sample (default {DEFAULT_MINUTES:g}; the whole demo takes about 2 x M + 1 minutes)",
+    )
+    p.add_argument("--no-dicom", action="store_true", help="skip the DICOM series output")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

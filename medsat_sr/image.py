@@ -229,7 +229,9 @@ def check_affine(affine: np.ndarray, *, what: str) -> None:
     if not np.all(np.isfinite(aff)):
         raise GeometryError(f"{what}: affine has NaN or infinite entries")
     lin = aff[:-1, :-1]
-    if abs(np.linalg.det(lin)) < 1e-12 * max(1.0, float(np.abs(lin).max()) ** lin.shape[0]):
+    # |det(lin)| < 1e-12 * s**n, computed as det(lin / s) so that huge entries cannot overflow s**n
+    s = max(1.0, float(np.abs(lin).max()))
+    if abs(np.linalg.det(lin / s)) < 1e-12:
         raise GeometryError(f"{what}: affine is singular (zero voxel size or collinear axes)")
 
 

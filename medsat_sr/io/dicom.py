@@ -155,6 +155,7 @@ import gc
 import logging
 import math
 import os
+import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -165,7 +166,7 @@ import numpy as np
 import pydicom
 from monai.data import MetaTensor
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
@@ -179,7 +180,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from medsat_sr._atomic import atomic_dir
-from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError
+from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError, MedsatError
 from medsat_sr.image import Key, check_affine, is_raster, make_volume
 
 __all__ = [
@@ -220,6 +221,36 @@ _SKIP_SUFFIXES = {
 }
 _IMAGE_TAGS = ("SOPClassUID", "ImagePositionPatient", "Rows", "Modality")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_DATA_TAG = 0x7FE00010
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, _PIXEL_DATA_TAG})  # Float, DoubleFloat, PixelData
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+#: What pydicom raises when it converts a malformed element late (on first use, not while parsing):
+#: unknown VR (NotImplementedError), bad values or a UID that is not a transfer syntax (ValueError),
+#: binary values of the wrong length (struct.error), unknown encodings (LookupError), ...
+_CONVERSION_ERRORS: tuple[type[BaseException], ...] = (
+    NotImplementedError, ValueError, OverflowError, TypeError, LookupError, struct.error, EOFError,
+)
+
+
+def _ts_text(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _malformed(where: object, exc: BaseException) -> MedsatError:
+    """The medsat_sr error for an exception met while using a parsed data set."""
+    if isinstance(exc, MedsatError):
+        return exc
+    if isinstance(exc, OSError):
+        return DataError(f"{where}: cannot read: {exc.strerror or exc}")
+    return FormatError(f"{where}: malformed DICOM element: {_first_line(exc)} (is the file corrupt?)")
 
 
 # --------------------------------------------------------------------------------------
@@ -289,8 +320,19 @@ def _read_header(path: Path) -> Dataset:
         logger.debug("%s: %s", path, w.message)
     if next((t for t in ds.keys() if t.group != 0x0002), None) is None:
         raise FormatError(f"{path}: DICOM file holds no data set (truncated or corrupt?)")
-    sop = str(ds.get("SOPClassUID", ""))
-    sop_name = UID(sop).name if sop else ""
+    # A deferred element whose length runs past the end of the file is the last one parsed
+    # (pydicom skipped past the end); reading it would allocate that length. Pixel data is
+    # checked when decoded, with its expected size.
+    try:
+        last = next(reversed(ds.keys()), None)
+        if last is not None and last not in _PIXEL_TAGS:
+            elem = ds.get_item(last, keep_deferred=True)
+            if isinstance(elem, RawDataElement) and elem.value is None and _ts_text(ds) != _DEFLATED:
+                _check_deferred(elem, path, path.stat().st_size, f"{elem.tag} ({elem.VR})")
+        sop = str(ds.get("SOPClassUID", ""))
+        sop_name = UID(sop).name if sop else ""
+    except (*_CONVERSION_ERRORS, OSError) as exc:
+        raise _malformed(path, exc) from exc
     has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
     if not has_pixels and ("Rows" in ds or "Image Storage" in sop_name):
         raise FormatError(
@@ -380,12 +422,33 @@ def _float(value: Any) -> float | None:
 
 
 def _int(value: Any, default: int = 0) -> int:
+    """First value as an integer; ``default`` when missing, not a number or not finite."""
     if isinstance(value, str):
         value = value.split("\\")[0]
     try:
         return int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default
+
+
+def _checked_int(ds: Dataset, tag: int, keyword: str, path: Path, default: int) -> int:
+    """Integer value of ``tag``: ``default`` when missing or empty, a FormatError when not a finite integer."""
+    value = _value(ds, tag)
+    if value is None:
+        return default
+    items = _seq(value)
+    first = items[0] if items else ""
+    if isinstance(first, str):
+        first = first.strip()
+    if first == "":
+        return default
+    try:
+        number = float(first)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise FormatError(f"{path}: {keyword} is {value!r}; expected an integer")
+    return int(number)
 
 
 def _joined(value: Any) -> str:
@@ -433,9 +496,10 @@ def _frames_of(path: Path, ds: Dataset) -> list[_Frame]:
     if not any(k in ds for k in _PIXEL_KEYWORDS) or "Rows" not in ds or "Columns" not in ds:
         return []
     uid = str(_value(ds, 0x0020000E) or f"(no SeriesInstanceUID) {path.parent}")
-    rows, cols = _int(_value(ds, 0x00280010)), _int(_value(ds, 0x00280011))
-    samples = _int(_value(ds, 0x00280002), 1)
-    instance = _int(_value(ds, 0x00200013), 0)
+    rows = _checked_int(ds, 0x00280010, "Rows", path, 0)
+    cols = _checked_int(ds, 0x00280011, "Columns", path, 0)
+    samples = _checked_int(ds, 0x00280002, "SamplesPerPixel", path, 1)
+    instance = _checked_int(ds, 0x00200013, "InstanceNumber", path, 0)
     top_ipp = _floats(_value(ds, 0x00200032), 3)
     top_iop = _floats(_value(ds, 0x00200037), 6)
     top_ps = _floats(_value(ds, 0x00280030), 2)
@@ -444,7 +508,7 @@ def _frames_of(path: Path, ds: Dataset) -> list[_Frame]:
     top_slope = _float(_value(ds, 0x00281053))
     top_icpt = _float(_value(ds, 0x00281052))
     image_type = _joined(_value(ds, 0x00080008))
-    n_frames = _int(_value(ds, 0x00280008), 1)
+    n_frames = _checked_int(ds, 0x00280008, "NumberOfFrames", path, 1)
     per_frame_seq = ds.get("PerFrameFunctionalGroupsSequence") if 0x52009230 in ds else None
     shared_seq = ds.get("SharedFunctionalGroupsSequence") if 0x52009229 in ds else None
     if per_frame_seq is None and shared_seq is None and n_frames <= 1:
@@ -714,7 +778,10 @@ def _scan(path: Path) -> list[SeriesInfo]:
     skipped = 0
     for f in candidates:
         ds = _read_header(f)
-        got = _frames_of(f, ds)
+        try:
+            got = _frames_of(f, ds)
+        except (*_CONVERSION_ERRORS, OSError) as exc:
+            raise _malformed(f, exc) from exc
         if not got:
             skipped += 1
             logger.debug("%s: DICOM object without image data skipped", f)
@@ -808,6 +875,8 @@ class _Plan:
 
 def _check_frame(fr: _Frame) -> None:
     where = f"{fr.path}" + (f" frame {fr.frame + 1}" if fr.frame is not None else "")
+    if fr.rows < 1 or fr.cols < 1:
+        raise FormatError(f"{where}: image is {fr.rows} x {fr.cols} (Rows x Columns); expected at least 1 x 1")
     if fr.samples != 1:
         raise FormatError(f"{where}: SamplesPerPixel is {fr.samples}; only greyscale images (1) are supported")
     if fr.iop is None:
@@ -1068,10 +1137,20 @@ _DECODER_PACKAGES = {
 }
 
 
-def _transfer_syntax(ds: Dataset) -> UID | None:
+def _transfer_syntax(ds: Dataset, path: Path) -> UID | None:
+    """The TransferSyntaxUID of ``ds`` (None when absent); refuses a UID that is not a transfer syntax."""
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
-    return UID(str(ts)) if ts else None
+    if not ts:
+        return None
+    uid = UID(str(ts))
+    if not uid.is_transfer_syntax:
+        what = f" ({uid.name})" if uid.name != str(uid) else ""
+        raise FormatError(
+            f"{path}: TransferSyntaxUID {uid}{what} is not a transfer syntax pydicom knows; "
+            "the pixel data cannot be decoded (is the file corrupt?)"
+        )
+    return uid
 
 
 def _decoder_problem(ts: UID | None) -> str | None:
@@ -1091,6 +1170,60 @@ def _decoder_problem(ts: UID | None) -> str | None:
 
 
 _NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"}
+
+
+_NATIVE = frozenset({*_NATIVE_LE, "1.2.840.10008.1.2.2"})
+
+
+def _check_deferred(elem: Any, path: Path, size: int, what: str) -> None:
+    """Refuse a deferred element whose declared length runs past the end of the file.
+
+    pydicom skips over deferred values while parsing and believes their
+    length; reading one later would allocate that many bytes (up to 4 GiB).
+    """
+    if not isinstance(elem, RawDataElement) or elem.value is not None or elem.length == _UNDEFINED_LENGTH:
+        return
+    remaining = max(0, size - int(elem.value_tell))
+    if elem.length > remaining:
+        raise FormatError(
+            f"{path}: {what} element claims {elem.length} bytes, but only {remaining} remain in the "
+            f"{size}-byte file: the file is truncated or corrupt"
+        )
+
+
+def _check_pixel_length(ds: Dataset, path: Path, ts: UID | None) -> None:
+    """Check the PixelData length before anything reads it.
+
+    For native (uncompressed) transfer syntaxes, the element must hold
+    Rows x Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated / 8
+    bytes (padding beyond is allowed); for every syntax, a deferred element
+    must lie within the file.
+    """
+    elem = ds.get_item(_PIXEL_DATA_TAG, keep_deferred=True)
+    if elem is None:
+        return
+    deferred = isinstance(elem, RawDataElement) and elem.value is None
+    size = path.stat().st_size if deferred and str(ts) != _DEFLATED else None
+    if isinstance(elem, RawDataElement):
+        length = elem.length
+        available = length if size is None else min(length, max(0, size - int(elem.value_tell)))
+    else:
+        value = elem.value
+        length = available = len(value) if isinstance(value, (bytes, bytearray)) else _UNDEFINED_LENGTH
+    if (ts is None or str(ts) in _NATIVE) and length != _UNDEFINED_LENGTH:
+        rows, cols = _int(_value(ds, 0x00280010)), _int(_value(ds, 0x00280011))
+        n_frames = max(1, _int(_value(ds, 0x00280008), 1))
+        samples = max(1, _int(_value(ds, 0x00280002), 1))
+        bits = _int(_value(ds, 0x00280100), 0)
+        if rows > 0 and cols > 0 and (bits == 1 or (bits > 0 and bits % 8 == 0)):
+            expected = (rows * cols * n_frames * samples * bits + 7) // 8
+            if available < expected:
+                raise FormatError(
+                    f"{path}: pixel data has {available} bytes, expected {expected} ({n_frames} frame(s) of "
+                    f"{rows} x {cols} x {samples} sample(s) at {bits} bits): the file is truncated or corrupt"
+                )
+    if size is not None:
+        _check_deferred(elem, path, size, "pixel data")
 
 
 def _native_pixels(ds: Dataset, path: Path, ts: UID | None) -> np.ndarray | None:
@@ -1127,11 +1260,15 @@ def _native_pixels(ds: Dataset, path: Path, ts: UID | None) -> np.ndarray | None
 
 
 def _decode(ds: Dataset, path: Path) -> np.ndarray:
-    ts = _transfer_syntax(ds)
-    fast = _native_pixels(ds, path, ts)
-    if fast is not None:
-        return fast
-    problem = _decoder_problem(ts)
+    try:
+        ts = _transfer_syntax(ds, path)
+        _check_pixel_length(ds, path, ts)
+        fast = _native_pixels(ds, path, ts)
+        if fast is not None:
+            return fast
+        problem = _decoder_problem(ts)
+    except (*_CONVERSION_ERRORS, OSError) as exc:
+        raise _malformed(path, exc) from exc
     if problem:
         raise FormatError(f"{path}: cannot decode pixel data: {problem}")
     try:
@@ -1150,6 +1287,15 @@ def _load(grid: list[list[_Frame]]) -> tuple[np.ndarray, str]:
     """Decode and rescale: returns (T, X, Y, K) float32 and the stored dtype name."""
     k, t = len(grid), len(grid[0])
     f0 = grid[0][0]
+    checked: set[int] = set()
+    for row in grid:  # every file's pixel data must be there before the output is allocated
+        for fr in row:
+            if id(fr.ds) not in checked:
+                checked.add(id(fr.ds))
+                try:
+                    _check_pixel_length(fr.ds, fr.path, _transfer_syntax(fr.ds, fr.path))
+                except (*_CONVERSION_ERRORS, OSError) as exc:
+                    raise _malformed(fr.path, exc) from exc
     out = np.empty((t, f0.cols, f0.rows, k), dtype=np.float32)
     cache: dict[int, np.ndarray] = {}
     dtypes: set[np.dtype] = set()
@@ -1238,7 +1384,13 @@ def read(
         raise ConfigError(f"resample must be True or False, got {resample!r}")
     p = Path(path)
     with _gc_paused():
-        return _read(p, series=series, volume=volume, resample=bool(resample))
+        try:
+            return _read(p, series=series, volume=volume, resample=bool(resample))
+        except MedsatError:
+            raise
+        except (*_CONVERSION_ERRORS, OSError) as exc:
+            # a malformed element converted somewhere not guarded per file
+            raise _malformed(p, exc) from exc
 
 
 @contextlib.contextmanager
@@ -1294,8 +1446,11 @@ def _read(p: Path, *, series: str | int | None, volume: int | None, resample: bo
             label, len(pairs),
         )
     first = grid[0][0]
-    header = _lean_header(first.ds)
-    modality = str(first.ds.get("Modality", "") or "")
+    try:
+        header = _lean_header(first.ds)
+        modality = str(first.ds.get("Modality", "") or "")
+    except (*_CONVERSION_ERRORS, OSError) as exc:
+        raise _malformed(first.path, exc) from exc
     n_ch = len(grid[0])
     if n_ch > 1:
         band_names = [f"vol{i}" for i in range(n_ch)]

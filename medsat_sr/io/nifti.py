@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import struct
 import zlib
@@ -174,6 +175,9 @@ def read_header(path: str | os.PathLike[str]) -> Any:
             else:
                 raise FormatError(f"{p}: not a NIfTI file (sizeof_hdr is {size_le}, expected 348 or 540)")
             fh.seek(0)
+            fixed = fh.read(klass.template_dtype.itemsize)
+            _check_vox_offset(klass(fixed, check=False), p)  # before extensions are parsed up to it
+            fh.seek(0)
             hdr = klass.from_fileobj(fh, check=False)
     except FormatError:
         raise
@@ -182,6 +186,73 @@ def read_header(path: str | os.PathLike[str]) -> Any:
     except OSError as exc:
         raise DataError(f"{p}: cannot read: {exc.strerror or exc}") from exc
     return hdr
+
+
+def _check_vox_offset(hdr: Any, path: Path) -> None:
+    """Refuse a ``vox_offset`` that is not finite, negative, or inside the header of a single file."""
+    vox = float(hdr["vox_offset"])
+    single = hdr["magic"].item() in (b"n+1", b"n+2")
+    low = int(hdr.single_vox_offset) if single else 0
+    if not np.isfinite(vox) or vox < low or vox > _MAX_BYTES:
+        where = f"at least {low} (the header size plus its 4-byte extension flag)" if single else "at least 0"
+        raise FormatError(
+            f"{path}: NIfTI vox_offset is {vox:g}; expected a finite byte offset {where} (is the file corrupt?)"
+        )
+
+
+#: Upper bound on the voxel bytes a header may claim (1 TiB): beyond it the dims are taken as corrupt.
+_MAX_BYTES = 1 << 40
+#: Deflate compresses at most about 1032:1, so a .gz file of n bytes holds at most ~1032 n bytes.
+_GZIP_MAX_RATIO = 1032
+
+
+def _check_layout(hdr: Any, path: Path) -> None:
+    """Validate dims, datatype size and vox_offset against each other and the file, before any allocation.
+
+    Refuses a number of dimensions outside 1..7, a dimension below 1, and a
+    claimed data size (``vox_offset + prod(dims) * itemsize``) that the file
+    cannot hold: larger than the file when it is uncompressed, larger than
+    gzip's maximum expansion of it when it is ``.gz``.
+    """
+    dim = [int(v) for v in hdr["dim"]]
+    nd = dim[0]
+    if not 1 <= nd <= 7:
+        raise FormatError(f"{path}: NIfTI dim[0] (the number of dimensions) is {nd}; expected 1 to 7")
+    shape = dim[1 : nd + 1]
+    for axis, n in enumerate(shape):
+        if n < 1:
+            raise FormatError(
+                f"{path}: NIfTI dimension {axis} is {n} (dim[{axis + 1}] of shape {tuple(shape)}); "
+                "expected every dimension to be at least 1"
+            )
+    try:
+        itemsize = np.dtype(hdr.get_data_dtype()).itemsize
+    except Exception:  # noqa: BLE001 - an unknown datatype code; nibabel names it when loading
+        return
+    vox = int(float(hdr["vox_offset"]))  # finite: checked by read_header
+    need = vox + math.prod(shape) * itemsize
+    size = path.stat().st_size
+    ext = path.suffix.lower()
+    if ext == ".gz":
+        if need > size * _GZIP_MAX_RATIO + 65536:
+            raise FormatError(
+                f"{path}: cannot read NIfTI voxel data: shape {tuple(shape)} of {hdr.get_data_dtype()} from "
+                f"vox_offset {vox} needs {need} bytes, more than a {size}-byte gzip file can hold "
+                "(is the file truncated or corrupt?)"
+            )
+    elif ext not in _COMPRESSED_SUFFIXES and need > size:
+        raise FormatError(
+            f"{path}: cannot read NIfTI voxel data: shape {tuple(shape)} of {hdr.get_data_dtype()} from "
+            f"vox_offset {vox} needs {need} bytes, but the file has {size} (is the file truncated or corrupt?)"
+        )
+    elif need - vox > _MAX_BYTES:
+        raise FormatError(
+            f"{path}: NIfTI shape {tuple(shape)} of {hdr.get_data_dtype()} claims {need - vox} bytes of voxel "
+            f"data, over the {_MAX_BYTES} byte limit (is the header corrupt?)"
+        )
+
+
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".mgz")
 
 
 def _xyzc_shape(raw_shape: tuple[int, ...], path: Path) -> tuple[int, int, int, int]:
@@ -224,6 +295,7 @@ def read(path: str | os.PathLike[str]) -> MetaTensor:
 
     p = Path(path)
     hdr = read_header(p)  # validates the file and gives the on-disk header
+    _check_layout(hdr, p)  # dims, vox_offset and data size, before nibabel allocates anything
     sform_code, qform_code = int(hdr["sform_code"]), int(hdr["qform_code"])
     form = "sform" if sform_code > 0 else "qform" if qform_code > 0 else "pixdim fallback"
     if sform_code <= 0:

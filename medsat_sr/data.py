@@ -1,0 +1,1479 @@
+"""Training pairs: nodata-aware patch sampling and on-the-fly degradation.
+
+Everything here works on images already normalised to network units
+(:mod:`medsat_sr.normalise`) and degrades them with the *same* functions of
+:mod:`medsat_sr.degrade` that the evaluation uses, with the parameters of
+the job's domain profile. :func:`make_training_set` turns a job config plus
+images into a :class:`TrainingSet`: an endless MONAI
+:class:`~monai.data.IterableDataset` of training batches and a fixed list of
+validation batches with their cubic baselines.
+
+Pair makers (chosen from the config's mode, the profile's degradation model
+and the data):
+
+* **slice-wise thick slices** (SMORE/ECLARE, :class:`SliceProfileSource`):
+  2D patches cut from planes of a volume and degraded along one in-plane
+  axis by :func:`~medsat_sr.degrade.slice_profile` (Gaussian or rect
+  profile, FWHM = slice thickness, sampled at the slice spacing, both in
+  units of the target spacing). Patches are transposed so that the degraded
+  axis comes first: one 2D network with scale ``(f, 1)`` serves both
+  orientations. Self-supervised, the planes are the thick volume's own
+  in-plane slices; supervised, the planes of a high-resolution reference
+  that contain the simulated slice axis. With an integer ``f`` the whole
+  volume is degraded once and patches are cut at aligned positions (no
+  patch-border effects); with a non-integer ``f`` (4.8 / 1.0156 = 4.726)
+  each batch of high-resolution patches is degraded as it is drawn, the
+  patch length along the degraded axis being ``round(n_lr * f)`` for the
+  ``n_lr`` near ``patch_size / f`` for which ``n_lr * f`` is closest to an
+  integer, and the network is called with ``output_size`` = that length.
+* **aligned pairs** (:class:`AlignedSource`): a low-resolution image
+  computed once for the whole image (Wald's protocol for rasters with
+  :func:`~medsat_sr.degrade.psf_decimate` and the profile's per-band
+  MTF; 3D Gaussian PSF + decimation for isotropic volumes; k-space
+  truncation for in-plane MR; or an explicit ``data.pairs`` file) and
+  patches cut at positions aligned with the integer factors. 2D patches of
+  3D volumes are planes across the axis whose factor is 1.
+* **guided band sets** (DSen2): every band degraded by ``s``; the network
+  sees the degraded coarse bands and the degraded fine (guide) bands on the
+  coarse grid, and predicts the original coarse bands.
+
+Sampling (:class:`PatchSampler`): a patch is accepted when at least
+``data.min_valid_fraction`` of its pixels are valid (finite, not nodata),
+*and*, except for the ``data.background_probability`` share of patches
+drawn anywhere, at least that fraction is foreground (the profile's metric
+mask: e.g. MR head above 10 % of the robust range, CT body above -500 HU;
+rasters: valid pixels). Nodata-dominated patches are never drawn. The
+fractions of every candidate position are computed at once from integral
+images, so there is no rejection loop and a patch is always found when one
+exists.
+
+Validation: a contiguous block is held out (never random, so neighbouring
+pixels cannot leak): ``data.val_fraction`` of the slices along the thick
+axis (self-supervised thick slices, a centred block), of the last spatial
+axis (volumes, centred) or of the width (rasters: the right-hand strip).
+Training patches keep a gap of the degradation's reach from it. Validation
+batches are tiles of the block (at most a fixed number, the
+foreground/valid ones), with their cubic baseline: cubic B-spline for
+volumes (``scipy.ndimage``, exact sample positions), GDAL cubic for rasters
+(``rasterio`` ``Resampling.cubic``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import IterableDataset
+
+from medsat_sr import degrade
+from medsat_sr.errors import ConfigError, DataError, GeometryError
+from medsat_sr.image import BandSet, Key, is_raster, is_volume
+from medsat_sr.normalise import Normaliser, data_range as _data_range, valid_mask
+
+__all__ = [
+    "PatchSampler",
+    "PairSource",
+    "SliceProfileSource",
+    "AlignedSource",
+    "PatchPairDataset",
+    "TrainingSet",
+    "make_training_set",
+    "slice_lengths",
+    "slice_thickness",
+    "thick_axis",
+    "cubic_bspline",
+    "gdal_cubic",
+    "foreground_mask",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Most candidate positions evaluated per patch size (a coarser grid beyond).
+MAX_CANDIDATES = 4_000_000
+#: Most validation tiles (2D) and blocks (3D).
+MAX_VAL_ITEMS_2D = 24
+MAX_VAL_ITEMS_3D = 8
+#: Largest validation tile edge (2D) and block edge (3D), pixels.
+MAX_VAL_TILE_2D = 192
+MAX_VAL_TILE_3D = 64
+#: Validation batch size.
+VAL_BATCH = 8
+
+
+# =============================================================== helpers
+def _plain(x: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x
+        return t
+    return torch.as_tensor(np.asarray(x))
+
+
+def _ints(value: int | Sequence[int], n: int, what: str) -> tuple[int, ...]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return (int(value),) * n
+    vals = tuple(int(v) for v in value)
+    if len(vals) != n:
+        raise ConfigError(f"{what} must have 1 or {n} values, got {list(value)}")
+    return vals
+
+
+def _is_int(f: float, tol: float = 1e-6) -> bool:
+    return abs(f - round(f)) < tol
+
+
+def slice_lengths(target: int, factor: float, *, limit: int | None = None, search: int = 3) -> tuple[int, int]:
+    """``(n_lr, n_hr)`` for a patch of about ``target`` high-res pixels along an axis reduced by ``factor``.
+
+    ``n_hr = round(n_lr * factor)``; among the ``n_lr`` within ``search`` of
+    ``target / factor`` (and with ``n_hr <= limit``) the one for which
+    ``n_lr * factor`` is closest to an integer is chosen, so that the
+    field of view of the low-resolution patch matches the high-resolution
+    one as closely as possible (exact for integer factors).
+
+    Raises:
+        DataError: no ``n_lr >= 2`` fits under ``limit``.
+    """
+    f = float(factor)
+    centre = max(2, int(round(target / f)))
+    best: tuple[float, int, int] | None = None
+    for n_lr in range(max(2, centre - search), centre + search + 1):
+        n_hr = int(math.floor(n_lr * f + 0.5))
+        if limit is not None and n_hr > limit:
+            continue
+        err = abs(n_lr * f - n_hr) + 1e-3 * abs(n_lr - centre)
+        if best is None or err < best[0]:
+            best = (err, n_lr, n_hr)
+    if best is None:
+        n_lr = int((limit or 0) / f)
+        if n_lr < 2:
+            raise DataError(
+                f"an axis of {limit} pixels is too short for two low-resolution samples at factor {f:g}"
+            )
+        return n_lr, int(math.floor(n_lr * f + 0.5))
+    return best[1], best[2]
+
+
+def thick_axis(spacing: Sequence[float], spec_axis: Any = "thickest") -> int:
+    """The through-plane axis: ``spec_axis`` when it is 0, 1 or 2, else the largest spacing."""
+    if isinstance(spec_axis, int) and not isinstance(spec_axis, bool):
+        return int(spec_axis)
+    return int(np.argmax(np.asarray(spacing, dtype=np.float64)))
+
+
+def slice_thickness(image: Any, axis: int) -> float:
+    """The slice thickness (mm) of a volume along ``axis``.
+
+    The reader's ``SliceThickness`` when it recorded one (meta
+    ``slice_thickness`` or a DICOM header) and ``axis`` is the thickest
+    axis; else the spacing along ``axis``.
+    """
+    meta = getattr(image, "meta", None) or {}
+    spacing = [float(s) for s in meta.get(Key.SPACING) or (1.0, 1.0, 1.0)]
+    value = meta.get("slice_thickness")
+    if value is None:
+        header = meta.get(Key.HEADER)
+        getter = getattr(header, "get", None)
+        if callable(getter):
+            try:
+                value = getter("SliceThickness")
+            except Exception:  # noqa: BLE001 - headers of other formats
+                value = None
+    try:
+        v = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        v = None
+    if v is not None and v > 0 and axis == int(np.argmax(spacing)):
+        return v
+    return spacing[axis]
+
+
+def cubic_bspline(x: torch.Tensor, factors: Sequence[float], out_shape: Sequence[int]) -> torch.Tensor:
+    """Cubic B-spline interpolation onto a finer grid, FOV-preserving (volumes' baseline).
+
+    Along each spatial axis with factor ``f``, output sample ``i`` is read at
+    the input coordinate ``(i + 0.5) / f - 0.5`` (the convention of
+    :mod:`medsat_sr.geometry` and :mod:`medsat_sr.degrade`), with spline
+    order 3 and half-sample symmetric borders (``mode="reflect"``).
+
+    Args:
+        x: ``(..., *spatial)`` with ``len(factors)`` trailing spatial axes.
+        factors: upsampling factor per spatial axis.
+        out_shape: output size per spatial axis.
+
+    Returns:
+        float32 tensor ``(..., *out_shape)``.
+    """
+    arr = _plain(x).detach().cpu().to(torch.float64).numpy()
+    nd = len(factors)
+    lead = arr.shape[: arr.ndim - nd]
+    arr = arr.reshape((-1,) + arr.shape[arr.ndim - nd :])
+    for i, (f, n_out) in enumerate(zip(factors, out_shape)):
+        axis = 1 + i
+        n_in = arr.shape[axis]
+        if n_in == n_out and abs(f - 1.0) < 1e-9:
+            continue
+        mat = _bspline_matrix(n_in, int(n_out), float(f))
+        arr = np.moveaxis(np.tensordot(arr, mat, axes=([axis], [1])), -1, axis)
+    return torch.from_numpy(np.ascontiguousarray(arr.reshape(lead + arr.shape[1:]))).to(torch.float32)
+
+
+def _bspline_matrix(n_in: int, n_out: int, factor: float) -> np.ndarray:
+    """``(n_out, n_in)`` matrix of cubic B-spline interpolation at ``(i + 0.5) / factor - 0.5``."""
+    from scipy import ndimage
+
+    pos = (np.arange(n_out, dtype=np.float64) + 0.5) / factor - 0.5
+    mat = np.empty((n_out, n_in))
+    for j in range(n_in):  # the (linear) interpolant of each unit impulse
+        e = np.zeros(n_in)
+        e[j] = 1.0
+        mat[:, j] = ndimage.map_coordinates(e, pos[None], order=3, mode="reflect")
+    return mat
+
+
+def gdal_cubic(x: torch.Tensor, out_shape: Sequence[int]) -> torch.Tensor:
+    """GDAL cubic (``rasterio`` ``Resampling.cubic``) of ``(..., H, W)`` onto ``out_shape`` (rasters' baseline).
+
+    The two grids share their field of view (pixel corners), as in
+    :func:`medsat_sr.geometry.scale_transform`.
+    """
+    from rasterio.transform import Affine
+    from rasterio.warp import Resampling, reproject
+
+    arr = _plain(x).detach().cpu().to(torch.float32).numpy()
+    lead = arr.shape[:-2]
+    h, w = arr.shape[-2:]
+    ho, wo = int(out_shape[0]), int(out_shape[1])
+    src = np.ascontiguousarray(arr.reshape((-1, h, w)))
+    dst = np.zeros((src.shape[0], ho, wo), dtype=np.float32)
+    size = 1000.0
+    reproject(
+        src,
+        dst,
+        src_transform=Affine(size / w, 0, 0, 0, -size / h, size),
+        dst_transform=Affine(size / wo, 0, 0, 0, -size / ho, size),
+        src_crs="EPSG:3857",
+        dst_crs="EPSG:3857",
+        resampling=Resampling.cubic,
+    )
+    return torch.from_numpy(dst.reshape(lead + (ho, wo)))
+
+
+def foreground_mask(
+    physical: torch.Tensor, normalised: torch.Tensor, mask_spec: Any, valid: torch.Tensor
+) -> np.ndarray | None:
+    """The spatial foreground mask of the profile's metric mask spec, or ``None`` (= valid).
+
+    ``kind: foreground``: any channel above ``threshold`` (in physical or
+    normalised units), holes filled and dilated as the spec says, and valid.
+    """
+    if mask_spec is None or mask_spec.kind != "foreground":
+        return None
+    from scipy import ndimage
+
+    src = normalised if mask_spec.units == "normalised" else _plain(physical).to(torch.float32)
+    fg = ((src > float(mask_spec.threshold)) & valid).any(dim=0).cpu().numpy()
+    if mask_spec.fill_holes:
+        fg = ndimage.binary_fill_holes(fg)
+    if mask_spec.dilate:
+        fg = ndimage.binary_dilation(fg, iterations=int(mask_spec.dilate))
+    return fg & valid.all(dim=0).cpu().numpy()
+
+
+# =============================================================== sampler
+class PatchSampler:
+    """Random patch positions over a spatial mask: nodata-free, foreground-favouring.
+
+    Args:
+        valid: boolean ``(*spatial)``: pixels that are not nodata.
+        foreground: boolean ``(*spatial)`` foreground, or ``None`` (= valid).
+        min_valid_fraction: least fraction of valid (and, for foreground
+            draws, foreground) pixels in an accepted patch.
+        background_probability: share of patches drawn anywhere (only the
+            valid fraction is required for them).
+        region: per spatial axis, the ``(start, stop)`` intervals a patch
+            must lie in (``None``: the whole axis).
+
+    Candidate fractions are computed for every position of a patch size at
+    once from integral images (cached per size); positions can be forced
+    onto a grid (``step``, e.g. multiples of an integer scale factor).
+    """
+
+    def __init__(
+        self,
+        valid: np.ndarray,
+        foreground: np.ndarray | None = None,
+        *,
+        min_valid_fraction: float = 0.5,
+        background_probability: float = 0.1,
+        region: Sequence[Sequence[tuple[int, int]] | None] | None = None,
+    ) -> None:
+        v = np.asarray(valid, dtype=bool)
+        self.shape = v.shape
+        self.ndim = v.ndim
+        if not 0.0 <= min_valid_fraction <= 1.0:
+            raise ConfigError(f"min_valid_fraction must be in [0, 1], got {min_valid_fraction}")
+        if not 0.0 <= background_probability <= 1.0:
+            raise ConfigError(f"background_probability must be in [0, 1], got {background_probability}")
+        self.min_valid_fraction = float(min_valid_fraction)
+        self.background_probability = float(background_probability)
+        self._sat_valid = self._sat(v)
+        if foreground is not None:
+            fg = np.asarray(foreground, dtype=bool)
+            if fg.shape != v.shape:
+                raise DataError(f"foreground mask shape {fg.shape} differs from the valid mask {v.shape}")
+            self._sat_fg: np.ndarray | None = self._sat(fg & v)
+        else:
+            self._sat_fg = None
+        if region is None:
+            region = [None] * self.ndim
+        if len(region) != self.ndim:
+            raise DataError(f"region needs {self.ndim} entries (one per axis), got {len(region)}")
+        self.region = [
+            [(0, n)] if r is None else [(int(a), int(b)) for a, b in r] for r, n in zip(region, self.shape)
+        ]
+        self._cache: dict[tuple[Any, ...], tuple[list[np.ndarray], np.ndarray, np.ndarray]] = {}
+
+    @staticmethod
+    def _sat(mask: np.ndarray) -> np.ndarray:
+        s = mask.astype(np.int64)
+        for ax in range(s.ndim):
+            s = np.cumsum(s, axis=ax)
+        return np.pad(s, [(1, 0)] * s.ndim)
+
+    def _box_sums(self, sat: np.ndarray, axes_pos: list[np.ndarray], size: tuple[int, ...]) -> np.ndarray:
+        total = np.zeros(tuple(len(p) for p in axes_pos), dtype=np.int64)
+        for corner in np.ndindex(*(2,) * self.ndim):
+            idx = [p + (size[i] if c else 0) for i, (p, c) in enumerate(zip(axes_pos, corner))]
+            sign = (-1) ** (self.ndim - sum(corner))
+            total += sign * sat[np.ix_(*idx)]
+        return total
+
+    def candidates(
+        self, size: Sequence[int], step: Sequence[int] | None = None
+    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """Per-axis candidate starts and the boolean maps of valid and foreground acceptance."""
+        size_t = tuple(int(s) for s in size)
+        step_t = tuple(int(s) for s in step) if step is not None else (1,) * self.ndim
+        key = (size_t, step_t)
+        if key in self._cache:
+            return self._cache[key]
+        axes_pos: list[np.ndarray] = []
+        for ax in range(self.ndim):
+            st = step_t[ax]
+            pos = [
+                np.arange(int(math.ceil(a / st)) * st, b - size_t[ax] + 1, st, dtype=np.int64)
+                for a, b in self.region[ax]
+            ]
+            axes_pos.append(np.unique(np.concatenate(pos)) if pos else np.zeros(0, np.int64))
+        count = int(np.prod([len(p) for p in axes_pos], dtype=np.float64))
+        if count > MAX_CANDIDATES:  # thin out the longest axes (keeps the alignment)
+            thin = (count / MAX_CANDIDATES) ** (1.0 / self.ndim)
+            axes_pos = [p[:: max(1, int(math.ceil(thin)))] if len(p) > 64 else p for p in axes_pos]
+        n_pix = float(np.prod(size_t))
+        if any(len(p) == 0 for p in axes_pos):
+            empty = np.zeros(tuple(len(p) for p in axes_pos), dtype=bool)
+            self._cache[key] = (axes_pos, empty, empty)
+            return self._cache[key]
+        need = self.min_valid_fraction * n_pix - 1e-6
+        ok_valid = self._box_sums(self._sat_valid, axes_pos, size_t) >= need
+        if self._sat_fg is not None:
+            ok_fg = ok_valid & (self._box_sums(self._sat_fg, axes_pos, size_t) >= need)
+        else:
+            ok_fg = ok_valid
+        self._cache[key] = (axes_pos, ok_valid, ok_fg)
+        return self._cache[key]
+
+    def fraction(self, start: Sequence[int], size: Sequence[int], *, foreground: bool = False) -> float:
+        """Fraction of valid (or foreground) pixels in the box ``start + size``."""
+        sat = self._sat_fg if foreground and self._sat_fg is not None else self._sat_valid
+        pos = [np.array([int(s)]) for s in start]
+        total = self._box_sums(sat, pos, tuple(int(s) for s in size))
+        return float(total.ravel()[0]) / float(np.prod(size))
+
+    def available(self, size: Sequence[int], step: Sequence[int] | None = None) -> int:
+        """How many accepted positions a patch size has."""
+        return int(self.candidates(size, step)[1].sum())
+
+    def sample(
+        self, size: Sequence[int], rng: np.random.Generator, step: Sequence[int] | None = None
+    ) -> tuple[int, ...]:
+        """A random accepted start position for a patch of ``size``.
+
+        Raises:
+            DataError: no position has enough valid pixels.
+        """
+        axes_pos, ok_valid, ok_fg = self.candidates(size, step)
+        use_bg = rng.random() < self.background_probability
+        pool = ok_valid if use_bg else ok_fg
+        flat = np.flatnonzero(pool)
+        if flat.size == 0:
+            flat = np.flatnonzero(ok_valid)
+            if flat.size == 0:
+                raise DataError(
+                    f"no patch of size {tuple(size)} has at least {self.min_valid_fraction:.0%} valid pixels "
+                    f"(image {self.shape}); lower data.min_valid_fraction or train.patch_size"
+                )
+        k = int(flat[rng.integers(flat.size)])
+        idx = np.unravel_index(k, pool.shape)
+        return tuple(int(axes_pos[a][i]) for a, i in enumerate(idx))
+
+
+# =============================================================== holdout
+def _holdout(n: int, fraction: float, where: str, gap: int, step: int = 1, min_len: int = 0,
+             patch: int = 1) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """The held-out interval of an axis of length ``n`` and the training intervals around it.
+
+    ``where="centre"`` falls back to ``"end"`` when neither side of a centred
+    block would hold a training patch of length ``patch``.
+    """
+    if fraction <= 0:
+        return (n, n), [(0, n)]
+    k = max(int(round(n * fraction)), min_len, 1)
+    k = int(math.ceil(k / step)) * step
+    if k >= n:
+        raise DataError(f"val_fraction {fraction} holds out {k} of {n} pixels: nothing left to train on")
+    if where != "end":
+        lo = ((n - k) // 2) // step * step
+        hi = lo + k
+        if lo - gap < patch and n - hi - gap < patch:
+            where = "end"
+    if where == "end":
+        lo = (n - k) // step * step
+        hi = n
+    train = [(0, max(0, lo - gap)), (min(n, hi + gap), n)]
+    return (lo, hi), [(a, b) for a, b in train if b > a]
+
+
+# =============================================================== sources
+class PairSource:
+    """One image's training pairs. Subclasses implement :meth:`train_batch` and :meth:`val_items`.
+
+    Attributes:
+        spatial_dims: the network's spatial dimensions.
+        in_channels: channels of the network input (coarse bands for the guided net).
+        out_channels: channels predicted.
+        guide_channels: guide bands (guided net), else 0.
+        model_scale: per-axis scale of the network.
+        weight: relative sampling weight (accepted positions).
+    """
+
+    spatial_dims: int
+    in_channels: int
+    out_channels: int
+    guide_channels: int = 0
+    model_scale: tuple[float, ...]
+    weight: float = 1.0
+    #: How the pairs are made (recorded in the checkpoint's ``task``).
+    info: dict[str, Any]
+
+    def train_batch(self, n: int, rng: np.random.Generator) -> dict[str, Any]:  # pragma: no cover - abstract
+        """A batch ``{"image", "label"[, "guide"][, "output_size"]}`` of ``n`` random pairs."""
+        raise NotImplementedError
+
+    def val_items(self) -> list[dict[str, torch.Tensor]]:  # pragma: no cover - abstract
+        """The validation pairs (unbatched) of the held-out block."""
+        raise NotImplementedError
+
+    def cubic(self, item: Mapping[str, Any]) -> torch.Tensor:  # pragma: no cover - abstract
+        """The cubic baseline of a validation item, on its label's grid."""
+        raise NotImplementedError
+
+
+class SliceProfileSource(PairSource):
+    """2D patches of a volume's planes, degraded along one in-plane axis by the slice profile.
+
+    Args:
+        volume: normalised ``(C, X, Y, Z)``; nodata filled.
+        valid: boolean ``(X, Y, Z)``.
+        foreground: boolean ``(X, Y, Z)`` or ``None``.
+        views: ``(degraded_axis, other_axis, slice_axis)`` triples of spatial axes.
+        factor: slice spacing / target spacing (``f``, may be non-integer).
+        thickness: profile FWHM in target-spacing pixels.
+        profile: ``"gaussian"`` or ``"rect"``.
+        patch_size: ``(along the degraded axis, along the other axis)`` in
+            high-resolution pixels (the first is adjusted by :func:`slice_lengths`).
+        holdout: ``(axis, fraction, where)``: contiguous block held out for validation.
+        min_valid_fraction, background_probability: sampling (:class:`PatchSampler`).
+        noise: ``(kind, sigma)`` added to low-resolution patches, or ``None``.
+    """
+
+    def __init__(
+        self,
+        volume: torch.Tensor,
+        valid: np.ndarray,
+        foreground: np.ndarray | None,
+        *,
+        views: Sequence[tuple[int, int, int]],
+        factor: float,
+        thickness: float,
+        profile: str = "gaussian",
+        patch_size: tuple[int, int] = (48, 48),
+        holdout: tuple[int, float, str] | None = None,
+        min_valid_fraction: float = 0.5,
+        background_probability: float = 0.1,
+        noise: tuple[str, float] | None = None,
+    ) -> None:
+        self.info = {}
+        self.volume = _plain(volume).to(torch.float32).contiguous()
+        if self.volume.ndim != 4:
+            raise DataError(f"slice-wise pairs need a volume (C, X, Y, Z), got shape {tuple(self.volume.shape)}")
+        self.views = [tuple(int(a) for a in v) for v in views]
+        self.factor = float(factor)
+        self.thickness = float(thickness)
+        self.profile = profile
+        self.noise = noise
+        self.spatial_dims = 2
+        self.in_channels = self.out_channels = int(self.volume.shape[0])
+        self.model_scale = (self.factor, 1.0)
+        self.integer = _is_int(self.factor)
+        shape = tuple(self.volume.shape[1:])
+        limit = min(shape[v[0]] for v in self.views)
+        self.n_lr, self.n_hr = slice_lengths(patch_size[0], self.factor, limit=limit)
+        self.width = min(int(patch_size[1]), min(shape[v[1]] for v in self.views))
+        sigma = degrade.fwhm_to_sigma(self.thickness) if profile == "gaussian" else self.thickness / 2
+        gap = int(math.ceil(4.0 * sigma + self.factor))
+        self.val_interval: tuple[int, int] | None = None
+        region: list[list[tuple[int, int]] | None] = [None, None, None]
+        if holdout is not None and holdout[1] > 0:
+            ax, frac, where = holdout
+            self.val_interval, train = _holdout(shape[ax], frac, where, gap if ax != self.views[0][2] else 0)
+            region[ax] = train
+            self.holdout_axis = ax
+        else:
+            self.holdout_axis = None
+        self.sampler = PatchSampler(
+            valid, foreground, min_valid_fraction=min_valid_fraction,
+            background_probability=background_probability, region=region,
+        )
+        self._valid = np.asarray(valid, dtype=bool)
+        self._fg = None if foreground is None else np.asarray(foreground, dtype=bool)
+        # integer factor: degrade the whole volume once per degraded axis, cut aligned patches
+        self._lr: dict[int, torch.Tensor] = {}
+        if self.integer:
+            for deg in sorted({v[0] for v in self.views}):
+                self._lr[deg] = self.degrade(self.volume, axis=1 + deg)
+        avail = np.array([self.sampler.available(self._box(v), self._step(v)) for v in self.views], dtype=np.float64)
+        self.weight = float(avail.sum())
+        # views are drawn in proportion to their accepted positions (a view may have none)
+        self._view_p = avail / avail.sum() if avail.sum() > 0 else np.full(len(self.views), 1.0 / len(self.views))
+
+    # ----------------------------------------------------------------- pieces
+    def degrade(self, x: torch.Tensor, axis: int) -> torch.Tensor:
+        """The slice-profile degradation used for every pair (``degrade.slice_profile``)."""
+        return degrade.slice_profile(
+            x, axis, thickness=self.thickness, spacing=self.factor, in_spacing=1.0, profile=self.profile
+        )
+
+    def _box(self, view: tuple[int, int, int], n_hr: int | None = None, width: int | None = None) -> tuple[int, ...]:
+        size = [1, 1, 1]
+        size[view[0]] = self.n_hr if n_hr is None else n_hr
+        size[view[1]] = self.width if width is None else width
+        return tuple(size)
+
+    def _step(self, view: tuple[int, int, int]) -> tuple[int, ...] | None:
+        if not self.integer:
+            return None
+        step = [1, 1, 1]
+        step[view[0]] = int(round(self.factor))
+        return tuple(step)
+
+    @staticmethod
+    def _plane(t: torch.Tensor, view: tuple[int, int, int], start: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+        """Cut ``(C, size[deg], size[other])`` with the degraded axis first."""
+        sl = [slice(None)] + [slice(int(s), int(s) + int(n)) for s, n in zip(start, size)]
+        block = t[tuple(sl)]
+        deg, other, slc = view
+        return block.permute(0, 1 + deg, 1 + other, 1 + slc)[..., 0]
+
+    def _lr_plane(self, view: tuple[int, int, int], start: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+        f = int(round(self.factor))
+        lr_start = list(start)
+        lr_size = list(size)
+        lr_start[view[0]] = start[view[0]] // f
+        lr_size[view[0]] = size[view[0]] // f
+        return self._plane(self._lr[view[0]], view, lr_start, lr_size)
+
+    def _add_noise(self, lr: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        if self.noise is None or self.noise[1] <= 0:
+            return lr
+        return degrade.add_noise(lr, sigma=self.noise[1], kind=self.noise[0], generator=gen)
+
+    # ----------------------------------------------------------------- API
+    def train_batch(self, n: int, rng: np.random.Generator) -> dict[str, Any]:
+        hrs, lrs = [], []
+        for _ in range(n):
+            view = self.views[int(rng.choice(len(self.views), p=self._view_p))]
+            size = self._box(view)
+            start = self.sampler.sample(size, rng, self._step(view))
+            hr = self._plane(self.volume, view, start, size)
+            if rng.random() < 0.5:  # flip along the other axis (the profile is symmetric)
+                hr = hr.flip(-1)
+                lr = self._lr_plane(view, start, size).flip(-1) if self.integer else None
+            else:
+                lr = self._lr_plane(view, start, size) if self.integer else None
+            hrs.append(hr)
+            lrs.append(lr)
+        hr_b = torch.stack(hrs)
+        lr_b = torch.stack(lrs) if self.integer else self.degrade(hr_b, axis=2)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        return {
+            "image": self._add_noise(lr_b, gen).contiguous(),
+            "label": hr_b.contiguous(),
+            "output_size": (self.n_hr, self.width),
+        }
+
+    def val_items(self) -> list[dict[str, torch.Tensor]]:
+        if self.val_interval is None:
+            return []
+        lo, hi = self.val_interval
+        shape = tuple(self.volume.shape[1:])
+        views = [v for v in self.views if v[2] == self.holdout_axis] or self.views
+        limit = min(min(shape[v[0]] for v in views), MAX_VAL_TILE_2D)
+        n_lr, n_hr = slice_lengths(limit, self.factor, limit=limit, search=0)
+        width = min(min(shape[v[1]] for v in views), MAX_VAL_TILE_2D)
+        items = []
+        for k in range(lo, hi):
+            for view in views:
+                start = [0, 0, 0]
+                start[view[2]] = k
+                size = self._box(view, n_hr, width)
+                for ax in (view[0], view[1]):
+                    start[ax] = (shape[ax] - size[ax]) // 2
+                if self.integer:
+                    f = int(round(self.factor))
+                    start[view[0]] = start[view[0]] // f * f
+                if self.sampler.fraction(start, size) < self.sampler.min_valid_fraction:
+                    continue
+                fg = self.sampler.fraction(start, size, foreground=True)
+                hr = self._plane(self.volume, view, start, size)
+                lr = self._lr_plane(view, start, size) if self.integer else self.degrade(hr, axis=1)
+                items.append({"image": lr, "label": hr, "output_size": (n_hr, width), "_fg": fg})
+        return _pick(items, MAX_VAL_ITEMS_2D)
+
+    def cubic(self, item: Mapping[str, Any]) -> torch.Tensor:
+        """Cubic B-spline of a validation item along its degraded (first) axis."""
+        out = tuple(item["label"].shape[-2:])
+        return cubic_bspline(item["image"], (self.factor, 1.0), out)
+
+
+class AlignedSource(PairSource):
+    """Patches of an image and of its low-resolution version, cut at aligned positions.
+
+    Args:
+        hr: normalised high-resolution ``(C, *spatial)`` (the target).
+        lr: its low-resolution version ``(C, *spatial_lr)``, the grid reduced
+            by the integer ``factors`` (FOV-preserving).
+        valid: boolean ``(*spatial)`` (high-resolution grid).
+        foreground: boolean ``(*spatial)`` or ``None``.
+        factors: integer factor per spatial axis.
+        patch_size: high-resolution patch size per *network* axis.
+        plane_axis: for 2D networks on 3D data, the axis (factor 1) across
+            which planes are cut; ``None`` otherwise.
+        guide: guide bands on the high-resolution grid (guided net), or ``None``.
+        holdout: ``(axis, fraction, where)``.
+        gap: pixels kept free between training patches and the held-out block.
+        baseline: ``"bspline"`` (volumes) or ``"gdal"`` (rasters).
+    """
+
+    def __init__(
+        self,
+        hr: torch.Tensor,
+        lr: torch.Tensor,
+        valid: np.ndarray,
+        foreground: np.ndarray | None,
+        *,
+        factors: Sequence[int],
+        patch_size: Sequence[int],
+        plane_axis: int | None = None,
+        guide: torch.Tensor | None = None,
+        holdout: tuple[int, float, str] | None = None,
+        gap: int = 0,
+        min_valid_fraction: float = 0.5,
+        background_probability: float = 0.1,
+        baseline: str = "bspline",
+    ) -> None:
+        self.info = {}
+        self.hr = _plain(hr).to(torch.float32).contiguous()
+        self.lr = _plain(lr).to(torch.float32).contiguous()
+        self.guide = None if guide is None else _plain(guide).to(torch.float32).contiguous()
+        nd = self.hr.ndim - 1
+        self.factors = tuple(int(f) for f in factors)
+        if len(self.factors) != nd:
+            raise DataError(f"need {nd} factors for an image of shape {tuple(self.hr.shape)}, got {list(factors)}")
+        expect = tuple(n // f for n, f in zip(self.hr.shape[1:], self.factors))
+        if any(m < e for m, e in zip(self.lr.shape[1:], expect)):
+            raise GeometryError(
+                f"low-resolution image {tuple(self.lr.shape)} is smaller than the high-resolution "
+                f"{tuple(self.hr.shape)} reduced by {self.factors}"
+            )
+        if self.guide is not None and tuple(self.guide.shape[1:]) != tuple(self.hr.shape[1:]):
+            raise GeometryError(
+                f"guide {tuple(self.guide.shape)} must be on the target grid {tuple(self.hr.shape)}"
+            )
+        self.plane_axis = plane_axis
+        self.spatial_dims = nd - (1 if plane_axis is not None else 0)
+        net_axes = [a for a in range(nd) if a != plane_axis]
+        self.net_axes = net_axes
+        self.in_channels = int(self.lr.shape[0])
+        self.out_channels = int(self.hr.shape[0])
+        self.guide_channels = 0 if self.guide is None else int(self.guide.shape[0])
+        self.model_scale = tuple(float(self.factors[a]) for a in net_axes)
+        self.baseline = baseline
+        ps = _ints(patch_size, len(net_axes), "patch_size")
+        size = [1] * nd
+        for a, p in zip(net_axes, ps):
+            f = self.factors[a]
+            usable = (self.hr.shape[1 + a] // f) * f
+            size[a] = max(f, min(int(math.ceil(p / f)) * f, usable))
+        self.size = tuple(size)
+        self.step = tuple(self.factors)
+        region: list[list[tuple[int, int]] | None] = [None] * nd
+        # a patch must not read low-res pixels whose footprint passes the image end
+        for a in range(nd):
+            region[a] = [(0, (self.hr.shape[1 + a] // self.factors[a]) * self.factors[a])]
+        self.val_interval: tuple[int, int] | None = None
+        self.holdout_axis: int | None = None
+        if holdout is not None and holdout[1] > 0:
+            ax, frac, where = holdout
+            n_ax = region[ax][0][1]
+            # validation tiles need at least the SSIM window (11 pixels) along the held-out axis
+            min_len = 1 if ax == plane_axis else max(11, 2 * self.factors[ax])
+            self.val_interval, train = _holdout(
+                n_ax, frac, where, int(math.ceil(gap / self.factors[ax])) * self.factors[ax] if ax != plane_axis else 0,
+                step=self.factors[ax], min_len=min_len, patch=self.size[ax],
+            )
+            region[ax] = train
+            self.holdout_axis = ax
+        self.sampler = PatchSampler(
+            valid, foreground, min_valid_fraction=min_valid_fraction,
+            background_probability=background_probability, region=region,
+        )
+        self.weight = float(self.sampler.available(self.size, self.step))
+
+    def _cut(self, start: Sequence[int], size: Sequence[int]) -> dict[str, torch.Tensor]:
+        sl_hr = (slice(None),) + tuple(slice(s, s + n) for s, n in zip(start, size))
+        sl_lr = (slice(None),) + tuple(
+            slice(s // f, s // f + n // f) for s, n, f in zip(start, size, self.factors)
+        )
+        out = {"image": self.lr[sl_lr], "label": self.hr[sl_hr]}
+        if self.guide is not None:
+            out["guide"] = self.guide[sl_hr]
+        if self.plane_axis is not None:
+            out = {k: v.squeeze(1 + self.plane_axis) for k, v in out.items()}
+        return out
+
+    def train_batch(self, n: int, rng: np.random.Generator) -> dict[str, Any]:
+        items = []
+        for _ in range(n):
+            start = self.sampler.sample(self.size, rng, self.step)
+            item = self._cut(start, self.size)
+            # random flips of the network axes (the degradations are symmetric)
+            dims = [1 + i for i in range(self.spatial_dims) if rng.random() < 0.5]
+            if dims:
+                item = {k: v.flip(dims) for k, v in item.items()}
+            items.append(item)
+        batch: dict[str, Any] = {k: torch.stack([it[k] for it in items]).contiguous() for k in items[0]}
+        return batch
+
+    def val_items(self) -> list[dict[str, torch.Tensor]]:
+        if self.val_interval is None:
+            return []
+        nd = len(self.factors)
+        cap_edge = MAX_VAL_TILE_2D if self.spatial_dims == 2 else MAX_VAL_TILE_3D
+        lo, hi = self.val_interval
+        ax = self.holdout_axis
+        tile = []
+        ranges = []
+        for a in range(nd):
+            f = self.factors[a]
+            n_a = (self.hr.shape[1 + a] // f) * f
+            a0, a1 = (lo, hi) if a == ax else (0, n_a)
+            if a == self.plane_axis:
+                tile.append(1)
+            else:
+                want = max(self.size[a] * 2, 96 if self.spatial_dims == 2 else 48)
+                t = min(want, cap_edge, a1 - a0)
+                tile.append(max(f, t // f * f))
+            ranges.append((a0, a1))
+        starts = [list(range(a0, a1 - t + 1, t)) for (a0, a1), t in zip(ranges, tile)]
+        items = []
+        for start in np.array(np.meshgrid(*starts, indexing="ij")).reshape(nd, -1).T:
+            if self.sampler.fraction(start, tile) < self.sampler.min_valid_fraction:
+                continue
+            item: dict[str, Any] = dict(self._cut(start, tile))
+            item["_fg"] = self.sampler.fraction(start, tile, foreground=True)
+            items.append(item)
+        return _pick(items, MAX_VAL_ITEMS_2D if self.spatial_dims == 2 else MAX_VAL_ITEMS_3D)
+
+    def cubic(self, item: Mapping[str, Any]) -> torch.Tensor:
+        out = tuple(item["label"].shape[1:])
+        if self.baseline == "gdal" and self.spatial_dims == 2:
+            return gdal_cubic(item["image"], out)
+        return cubic_bspline(item["image"], self.model_scale, out)
+
+
+def _pick(items: list[dict[str, Any]], cap: int) -> list[dict[str, Any]]:
+    """Prefer foreground-rich items, then spread the choice evenly over the rest; drop helper keys."""
+    if not items:
+        return []
+    fg_ok = [it for it in items if it.get("_fg", 1.0) > 0] or items
+    if len(fg_ok) > cap:
+        idx = np.linspace(0, len(fg_ok) - 1, cap).round().astype(int)
+        fg_ok = [fg_ok[i] for i in idx]
+    return [{k: v for k, v in it.items() if not k.startswith("_")} for it in fg_ok]
+
+
+# =============================================================== dataset
+class PatchPairDataset(IterableDataset):
+    """Endless stream of training batches drawn from one or more :class:`PairSource`.
+
+    Each item is a whole batch ``{"image": lr, "label": hr[, "guide"][, "output_size"]}``
+    (use a DataLoader with ``batch_size=None``). Sources are drawn in
+    proportion to their number of accepted patch positions.
+
+    Args:
+        sources: the pair sources (same network layout).
+        batch_size: patches per batch.
+        seed: random seed (the stream is reproducible).
+    """
+
+    def __init__(self, sources: Sequence[PairSource], batch_size: int, seed: int = 0) -> None:
+        super().__init__(data=[])
+        if not sources:
+            raise DataError("no training data: every input was empty or held out")
+        self.sources = list(sources)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        w = np.array([max(s.weight, 0.0) for s in self.sources], dtype=np.float64)
+        if not np.any(w > 0):
+            raise DataError(
+                "no training patch has enough valid pixels in any input; "
+                "lower data.min_valid_fraction or train.patch_size"
+            )
+        self.p = w / w.sum()
+        self.rng = np.random.default_rng(self.seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the stream from ``seed`` (e.g. ``seed + iteration`` on resume)."""
+        self.rng = np.random.default_rng(int(seed))
+
+    def next_batch(self) -> dict[str, Any]:
+        """One batch from a randomly drawn source."""
+        k = int(self.rng.choice(len(self.sources), p=self.p)) if len(self.sources) > 1 else 0
+        return self.sources[k].train_batch(self.batch_size, self.rng)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            yield self.next_batch()
+
+    def __len__(self) -> int:  # pragma: no cover - endless
+        raise TypeError("PatchPairDataset is endless")
+
+
+# =============================================================== training set
+@dataclass
+class TrainingSet:
+    """Everything the trainer needs from the data.
+
+    Attributes:
+        kind: ``"slicewise"``, ``"aligned"`` or ``"guided"``.
+        train: the endless training stream.
+        val: validation batches (dicts of stacked tensors).
+        val_cubic: the cubic baseline of each validation batch.
+        spatial_dims, in_channels, out_channels, guide_channels, model_scale:
+            the network layout.
+        band_names: names of the predicted channels; ``guide_band_names``.
+        normaliser: of the (first) training image's predicted channels;
+            ``guide_normaliser`` of the guide bands.
+        data_range: PSNR/SSIM data range in network units.
+        info: how the pairs were made (recorded in the checkpoint).
+    """
+
+    kind: str
+    train: PatchPairDataset
+    val: list[dict[str, Any]]
+    val_cubic: list[torch.Tensor]
+    spatial_dims: int
+    in_channels: int
+    out_channels: int
+    guide_channels: int
+    model_scale: tuple[float, ...]
+    band_names: list[str]
+    normaliser: Normaliser
+    data_range: float
+    guide_band_names: list[str] = field(default_factory=list)
+    guide_normaliser: Normaliser | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    sources: list[PairSource] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    """An image normalised with its masks."""
+
+    data: torch.Tensor  # network units, invalid pixels set to 0
+    valid: np.ndarray  # spatial
+    foreground: np.ndarray | None
+    normaliser: Normaliser
+    image: Any
+
+
+def _prepare(image: Any, cfg: Any, *, normaliser: Normaliser | None = None, channels: Sequence[int] | None = None) -> _Prepared:
+    p = cfg.profile
+    t = _plain(image)
+    if not t.is_floating_point():
+        t = t.to(torch.float32)
+    if channels is not None:
+        t = t[list(channels)]
+    if normaliser is None:
+        sub = image
+        if channels is not None and hasattr(image, "meta"):
+            sub = image[list(channels)]
+            sub.meta = dict(image.meta)
+            for k in (Key.SCALES, Key.OFFSETS):
+                if sub.meta.get(k) is not None:
+                    sub.meta[k] = [sub.meta[k][i] for i in channels]
+        nodata = p.nodata if (getattr(image, "meta", {}) or {}).get(Key.NODATA) is None else None
+        normaliser = Normaliser.fit(sub, p.normalisation, nodata=nodata)
+    meta = dict(getattr(image, "meta", None) or {})
+    vm = valid_mask(t, nodata=meta.get(Key.NODATA) if meta.get(Key.NODATA) is not None else p.nodata,
+                    mask=meta.get("valid_mask"))
+    y = normaliser.forward(t.to(torch.float32))
+    y = torch.where(vm, y, torch.zeros((), dtype=y.dtype))
+    fg = foreground_mask(t, y, p.metrics.mask, vm)
+    return _Prepared(y.contiguous(), vm.all(dim=0).cpu().numpy(), fg, normaliser, image)
+
+
+def _sampling(cfg: Any) -> dict[str, float]:
+    return {
+        "min_valid_fraction": float(cfg.data.min_valid_fraction),
+        "background_probability": float(cfg.data.background_probability),
+    }
+
+
+def _noise(cfg: Any) -> tuple[str, float] | None:
+    n = cfg.profile.degradation.noise
+    return None if n.model == "none" or n.sigma <= 0 else (n.model, float(n.sigma))
+
+
+def _band_sigmas(cfg: Any, names: Sequence[str], factor: float) -> list[float]:
+    p = cfg.profile
+    out = []
+    for name in names:
+        try:
+            out.append(p.psf_sigma(factor, band=name))
+        except ConfigError:
+            mtf = p.degradation.psf.mtf_nyquist
+            if isinstance(mtf, dict) and mtf:
+                gain = float(np.mean(list(mtf.values())))
+                logger.warning(
+                    "band %r has no MTF in domain %r; using the mean MTF %.3f", name, p.name, gain
+                )
+                out.append(degrade.mtf_to_sigma(gain, factor))
+            else:
+                raise
+    return out
+
+
+def _psf_lr(x: torch.Tensor, cfg: Any, factors: Sequence[float], names: Sequence[str] | None,
+            valid: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Profile PSF + decimation of ``(C, *spatial)`` (per-band MTF for rasters)."""
+    p = cfg.profile
+    nd = x.ndim - 1
+    mask = None if valid is None else torch.from_numpy(np.asarray(valid, dtype=bool))
+    if p.degradation.psf.shape == "box":
+        res = degrade.psf_decimate(x, list(factors), method="box", mask=mask, spatial_dims=nd)
+        return (res[0], res[1].numpy()) if mask is not None else (res, None)
+    f_max = max(factors)
+    if p.kind == "raster" and names is not None and isinstance(p.degradation.psf.mtf_nyquist, dict):
+        sig = _band_sigmas(cfg, names, f_max)
+    else:
+        sig = [p.psf_sigma(f_max)] * x.shape[0]
+    outs, m_out = [], None
+    for c in range(x.shape[0]):
+        sig_axes = [sig[c] * f / f_max if f > 1 else 0.0 for f in factors]
+        res = degrade.psf_decimate(x[c : c + 1], list(factors), sigma=sig_axes, mask=mask, spatial_dims=nd)
+        if mask is not None:
+            outs.append(res[0])
+            m_out = res[1].numpy() if m_out is None else (m_out & res[1].numpy())
+        else:
+            outs.append(res)
+    return torch.cat(outs), m_out
+
+
+def _gap(cfg: Any, factors: Sequence[float]) -> int:
+    p = cfg.profile
+    try:
+        sigma = p.psf_sigma(max(factors))
+    except ConfigError:
+        sigma = max(factors) / 2
+    return int(math.ceil(4.0 * sigma))
+
+
+def _holdout_spec(cfg: Any, axis: int, kind: str) -> tuple[int, float, str] | None:
+    frac = float(cfg.data.val_fraction)
+    if frac <= 0:
+        return None
+    return (axis, frac, "end" if kind == "raster" else "centre")
+
+
+def _names(image: Any, n: int) -> list[str]:
+    meta = getattr(image, "meta", None) or {}
+    names = meta.get(Key.BAND_NAMES)
+    return list(names) if names and len(names) == n else [f"ch{i}" for i in range(n)]
+
+
+def _slicewise_source(prep: _Prepared, cfg: Any, *, supervised: bool, holdout: bool) -> SliceProfileSource:
+    image = prep.image
+    p = cfg.profile
+    spec = p.degradation.slice_profile
+    spacing = [float(s) for s in image.meta[Key.SPACING]]
+    ps = _ints(cfg.train.patch_size, 2, "train.patch_size")
+    if supervised:
+        scale = cfg.scale_for(spacing)
+        ups = [i for i, f in enumerate(scale) if f > 1.0 + 1e-6]
+        if len(ups) != 1:
+            raise ConfigError(
+                f"{cfg.source}: supervised slice-profile training needs one axis with a factor > 1 "
+                f"(e.g. scale: [1, 1, 4]), got {scale}"
+            )
+        t = ups[0]
+        f = float(scale[t])
+        target = spacing[t]
+        sl_spacing = f if spec.spacing == "header" else float(spec.spacing) / target
+        thick = sl_spacing if spec.fwhm == "thickness" else float(spec.fwhm) / target
+        a, b = [i for i in range(3) if i != t]
+        views = [(t, b, a), (t, a, b)]
+        hold_axis = a
+    else:
+        t = thick_axis(spacing, spec.axis)
+        scale = cfg.scale_for(spacing)
+        f_scale = float(scale[t])
+        if f_scale <= 1.0:
+            raise ConfigError(
+                f"{cfg.source}: self-supervised thick-slice training needs a through-plane factor > 1 on axis {t}, "
+                f"got scale {scale} for spacing {spacing}"
+            )
+        target = spacing[t] / f_scale
+        inplane = [spacing[i] for i in range(3) if i != t]
+        if max(inplane) > 1.05 * min(inplane):
+            logger.warning(
+                "in-plane spacing %s is anisotropic; slice-wise pairs treat both in-plane axes as %.4g mm",
+                inplane, target,
+            )
+        sl_mm = spacing[t] if spec.spacing == "header" else float(spec.spacing)
+        th_mm = slice_thickness(image, t) if spec.fwhm == "thickness" else float(spec.fwhm)
+        sl_spacing = sl_mm / target
+        thick = th_mm / target
+        f = sl_spacing
+        if abs(f - f_scale) > 1e-3 * f_scale:
+            logger.warning(
+                "slice spacing %.4g mm over target %.4g mm gives factor %.4g, not the scale %.4g; "
+                "training pairs use %.4g", sl_mm, target, f, f_scale, f,
+            )
+        a, b = [i for i in range(3) if i != t]
+        views = [(a, b, t), (b, a, t)]
+        hold_axis = t
+    src = SliceProfileSource(
+        prep.data, prep.valid, prep.foreground,
+        views=views, factor=f, thickness=thick, profile=spec.shape, patch_size=(ps[0], ps[1]),
+        holdout=_holdout_spec(cfg, hold_axis, "volume") if holdout else None,
+        noise=_noise(cfg), **_sampling(cfg),
+    )
+    src.info = {
+        "pairs": "slice_profile",
+        "thick_axis": t,
+        "factor": f,
+        "slice_thickness_px": thick,
+        "slice_spacing_px": f,
+        "target_spacing_mm": target,
+        "profile": spec.shape,
+        "patch_hr": [src.n_hr, src.width],
+        "patch_lr": [src.n_lr, src.width],
+        "views": [list(v) for v in views],
+        "degraded_axis_first": True,
+    }
+    return src
+
+
+def _aligned_source(prep: _Prepared, cfg: Any, *, holdout: bool, lr_image: torch.Tensor | None = None,
+                    lr_valid: np.ndarray | None = None, factors: Sequence[float] | None = None) -> AlignedSource:
+    """Aligned pairs: psf/kspace degradation of ``prep`` (or an explicit low-res image)."""
+    p = cfg.profile
+    x = prep.data
+    nd = x.ndim - 1
+    kind = "raster" if p.kind == "raster" else "volume"
+    meta = getattr(prep.image, "meta", None) or {}
+    if factors is None:
+        spacing = meta.get(Key.SPACING) if kind == "volume" else None
+        factors = cfg.scale_for(spacing)
+    factors = [float(f) for f in factors]
+    if len(factors) != nd:
+        raise ConfigError(f"{cfg.source}: scale {factors} does not fit an image with {nd} spatial axes")
+    if not all(_is_int(f) for f in factors):
+        raise ConfigError(
+            f"{cfg.source}: {p.degradation.model!r} pairs need integer factors per axis, got {factors}; "
+            "non-integer factors are supported for slice-profile (thick-slice) pairs"
+        )
+    ints = [int(round(f)) for f in factors]
+    sd = cfg.spatial_dims
+    plane_axis: int | None = None
+    if sd == 2 and nd == 3:
+        ones = [i for i, f in enumerate(ints) if f == 1]
+        if not ones:
+            raise ConfigError(
+                f"{cfg.source}: a 2D network on volumes needs an axis with factor 1 to cut planes across "
+                f"(scale {factors}); use model.spatial_dims: 3"
+            )
+        plane_axis = ones[-1]
+    valid = prep.valid
+    names = _names(prep.image, x.shape[0])
+    if lr_image is None:
+        model = p.degradation.model
+        if model == "kspace":
+            if kind != "volume":
+                raise ConfigError(f"{cfg.source}: k-space truncation is for MR volumes")
+            ks = p.degradation.kspace
+            axes = [1 + i for i, f in enumerate(ints) if f > 1]
+            facs = [f for f in ints if f > 1]
+            y = x
+            if ks.fraction is not None and abs(ks.fraction * max(facs) - 1.0) > 1e-6:
+                if ks.fraction * max(facs) > 1.0:
+                    raise ConfigError(
+                        f"{cfg.source}: degradation.kspace.fraction {ks.fraction} keeps more than 1/scale of "
+                        "k-space: decimating by the scale would alias"
+                    )
+                y = degrade.kspace_truncate(y, axes, 1.0 / ks.fraction, window=ks.window,
+                                            tukey_alpha=ks.tukey_alpha, output="real")
+            lr = degrade.kspace_truncate(y, axes, facs, window=ks.window, tukey_alpha=ks.tukey_alpha,
+                                         decimate=True, output="real")
+            lr_mask = None
+        else:  # psf (slice_profile never reaches here)
+            lr, lr_mask = _psf_lr(x, cfg, ints, names, valid)
+        noise = _noise(cfg)
+        if noise is not None:
+            lr = degrade.add_noise(lr, sigma=noise[1], kind=noise[0],
+                                   generator=torch.Generator().manual_seed(int(cfg.train.seed)))
+    else:
+        lr, lr_mask = lr_image, lr_valid
+    if lr_mask is not None:  # a pixel is valid only if its low-res footprint is
+        up = np.asarray(lr_mask, dtype=bool)
+        for a, f in enumerate(ints):
+            up = np.repeat(up, f, axis=a)
+        sl = tuple(slice(0, min(n, m)) for n, m in zip(valid.shape, up.shape))
+        v2 = np.zeros_like(valid)
+        v2[sl] = valid[sl] & up[sl]
+        valid = v2
+    hold_axis = (nd - 1) if plane_axis is None else plane_axis
+    ps = cfg.train.patch_size
+    src = AlignedSource(
+        x, lr, valid, None if prep.foreground is None else prep.foreground & valid,
+        factors=ints, patch_size=ps, plane_axis=plane_axis,
+        holdout=_holdout_spec(cfg, hold_axis, kind) if holdout else None,
+        gap=_gap(cfg, ints) if lr_image is None else 0,
+        baseline="gdal" if kind == "raster" else "bspline", **_sampling(cfg),
+    )
+    src.info = {
+        "pairs": "explicit" if lr_image is not None else p.degradation.model,
+        "factors": ints,
+        "plane_axis": plane_axis,
+        "patch_hr": list(src.size),
+    }
+    return src
+
+
+def _guided_source(bandset: BandSet, cfg: Any, *, holdout: bool) -> tuple[AlignedSource, _Prepared, _Prepared, list[str], list[str]]:
+    targets = cfg.target_bands()
+    guides = cfg.guide_bands()
+    if not targets or not guides:
+        raise ConfigError(f"{cfg.source}: guided training needs bands.targets and bands.guides")
+
+    def gather(names: list[str], what: str) -> Any:
+        for img in bandset.groups.values():
+            have = list(img.meta[Key.BAND_NAMES])
+            if all(n in have for n in names):
+                return img, [have.index(n) for n in names]
+        raise DataError(
+            f"{bandset.source_path or 'band set'}: no band group holds all {what} bands {names}; "
+            f"groups: { {k: list(v.meta[Key.BAND_NAMES]) for k, v in bandset.groups.items()} }"
+        )
+
+    t_img, t_idx = gather(targets, "target")
+    g_img, g_idx = gather(guides, "guide")
+    tp = _prepare(t_img, cfg, channels=t_idx)
+    gp = _prepare(g_img, cfg, channels=g_idx)
+    s = float(cfg.scale_for()[0])
+    if not _is_int(s):
+        raise ConfigError(f"{cfg.source}: guided training needs an integer scale, got {s}")
+    si = int(round(s))
+    th, tw = tp.data.shape[1:]
+    gh, gw = gp.data.shape[1:]
+    if abs(gh - th * si) > si or abs(gw - tw * si) > si:
+        raise GeometryError(
+            f"guide bands {tuple(gp.data.shape)} are not {si}x the target bands {tuple(tp.data.shape)}"
+        )
+    # crop both to whole multiples so that the grids line up exactly
+    th2, tw2 = min(th, gh // si), min(tw, gw // si)
+    tdata, tvalid = tp.data[:, :th2, :tw2], tp.valid[:th2, :tw2]
+    gdata, gvalid = gp.data[:, : th2 * si, : tw2 * si], gp.valid[: th2 * si, : tw2 * si]
+    guide_lr, guide_mask = _psf_lr(gdata, cfg, [si, si], guides, gvalid)
+    target_lr, target_mask = _psf_lr(tdata, cfg, [si, si], targets, tvalid)
+    valid = tvalid & (guide_mask if guide_mask is not None else True)
+    up = np.repeat(np.repeat(target_mask, si, 0), si, 1)[: valid.shape[0], : valid.shape[1]]
+    v2 = np.zeros_like(valid)
+    v2[: up.shape[0], : up.shape[1]] = valid[: up.shape[0], : up.shape[1]] & up
+    src = AlignedSource(
+        tdata, target_lr, v2, None if tp.foreground is None else tp.foreground[:th2, :tw2] & v2,
+        factors=[si, si], patch_size=cfg.train.patch_size, guide=guide_lr,
+        holdout=_holdout_spec(cfg, 1, "raster") if holdout else None,
+        gap=_gap(cfg, [si, si]), baseline="gdal", **_sampling(cfg),
+    )
+    src.info = {"pairs": "guided_wald", "factors": [si, si], "patch_hr": list(src.size)}
+    return src, tp, gp, targets, guides
+
+
+def _validate_whole(src: PairSource) -> None:
+    """Make a source that only validates hold out its whole extent."""
+    if isinstance(src, SliceProfileSource):
+        ax = src.views[0][2]
+        src.holdout_axis = ax
+        src.val_interval = (0, int(src.volume.shape[1 + ax]))
+    elif isinstance(src, AlignedSource):
+        nd = len(src.factors)
+        ax = nd - 1 if src.plane_axis is None else src.plane_axis
+        src.holdout_axis = ax
+        src.val_interval = (0, (int(src.hr.shape[1 + ax]) // src.factors[ax]) * src.factors[ax])
+
+
+def _check_pair_grids(lr: Any, hr: Any, where: str) -> list[float]:
+    """Per-axis integer factors of an explicit pair, with the grids checked to line up."""
+    from medsat_sr.geometry import scale_affine, scale_transform
+
+    if is_volume(lr) != is_volume(hr) or is_raster(lr) != is_raster(hr):
+        raise GeometryError(f"{where}: the low- and high-resolution files are not the same kind of image")
+    ls, hs = tuple(lr.shape[1:]), tuple(hr.shape[1:])
+    if lr.shape[0] != hr.shape[0]:
+        raise GeometryError(f"{where}: {lr.shape[0]} channels in the low-resolution file, {hr.shape[0]} in the high")
+    factors = [h / l for h, l in zip(hs, ls)]
+    if is_volume(hr):
+        expect = scale_affine(np.asarray(lr.affine, dtype=np.float64), factors)
+        got = np.asarray(hr.affine, dtype=np.float64)
+        tol = 1e-3 * float(np.min(np.abs(np.linalg.svd(got[:3, :3])[1])))
+        err = float(np.abs(expect - got).max())
+    else:
+        expect = np.asarray(scale_transform(lr.meta[Key.TRANSFORM], factors))
+        got = np.asarray(hr.meta[Key.TRANSFORM])
+        tol = 1e-3 * float(min(abs(got[0]), abs(got[4]) or abs(got[3])) or 1.0)
+        err = float(np.abs(expect - got).max())
+    if err > tol:
+        raise GeometryError(
+            f"{where}: the high-resolution grid is not the low-resolution grid upscaled by {factors} "
+            f"(max difference {err:.3g}, tolerance {tol:.3g}); the pair does not line up"
+        )
+    return factors
+
+
+def make_training_set(
+    images: Any,
+    cfg: Any,
+    *,
+    mode: str | None = None,
+    validation: Sequence[Any] | None = None,
+    pairs: Sequence[tuple[Any, Any]] | None = None,
+    seed: int | None = None,
+) -> TrainingSet:
+    """Build the training stream and validation batches for a job.
+
+    Args:
+        images: a volume or raster (MetaTensor), a BandSet (guided), or a
+            list of them (supervised references).
+        cfg: the :class:`~medsat_sr.config.JobConfig`.
+        mode: ``"self_supervised"`` or ``"supervised"``; default from
+            ``cfg.train.mode`` (``finetune`` uses ``train.finetune_pairs``).
+        validation: held-out references (supervised); default: the last of
+            several inputs, or a held-out block of a single one.
+        pairs: explicit ``(lr, hr)`` images (supervised).
+        seed: stream seed (default ``cfg.train.seed``).
+
+    Returns:
+        The :class:`TrainingSet`.
+
+    Raises:
+        ConfigError: a combination of data, mode and degradation that is not supported.
+        DataError: no usable patch or no validation tile.
+        GeometryError: explicit pairs whose grids do not line up.
+    """
+    if mode is None:
+        mode = cfg.train.mode
+        if mode == "finetune":
+            mode = cfg.train.finetune_pairs or "self_supervised"
+    if mode not in ("self_supervised", "supervised"):
+        raise ConfigError(f"unknown pair mode {mode!r}")
+    p = cfg.profile
+    seed = int(cfg.train.seed if seed is None else seed)
+    items = list(images) if isinstance(images, (list, tuple)) else ([] if images is None else [images])
+    sources: list[PairSource] = []
+    val_sources: list[PairSource] = []
+    guide_names: list[str] = []
+    guide_norm: Normaliser | None = None
+    kind = "aligned"
+    first_prep: _Prepared | None = None
+    names: list[str] = []
+
+    if pairs:
+        n_pairs = len(pairs)
+        for k, (lr_img, hr_img) in enumerate(pairs):
+            factors = _check_pair_grids(lr_img, hr_img, f"data.pairs[{k}]")
+            prep = _prepare(hr_img, cfg)
+            lr_plain = _plain(lr_img).to(torch.float32)
+            lr_valid = valid_mask(lr_plain, nodata=p.nodata).all(dim=0).numpy()
+            lr_t = prep.normaliser.forward(lr_plain)  # the pair shares physical units
+            lr_t = torch.where(torch.from_numpy(lr_valid)[None], lr_t, torch.zeros(()))
+            is_val = n_pairs > 1 and k == n_pairs - 1
+            src = _aligned_source(prep, cfg, holdout=n_pairs == 1, lr_image=lr_t, lr_valid=lr_valid, factors=factors)
+            if is_val:
+                _validate_whole(src)
+                val_sources.append(src)
+            else:
+                sources.append(src)
+                if n_pairs == 1:
+                    val_sources.append(src)
+            first_prep = first_prep or prep
+    elif items and isinstance(items[0], BandSet):
+        if len(items) != 1:
+            raise ConfigError("guided training takes one band set")
+        src, tp, gp, targets, guides = _guided_source(items[0], cfg, holdout=True)
+        sources.append(src)
+        val_sources.append(src)
+        first_prep, names, guide_names, guide_norm = tp, targets, guides, gp.normaliser
+        kind = "guided"
+    else:
+        if not items:
+            raise ConfigError(f"{cfg.source}: no input images (data.inputs is empty)")
+        slicewise = p.degradation.model == "slice_profile"
+        if slicewise and cfg.spatial_dims != 2:
+            raise ConfigError(
+                f"{cfg.source}: slice-profile (thick-slice) training uses a 2D slice network; "
+                "set model.spatial_dims: 2"
+            )
+        kind = "slicewise" if slicewise else "aligned"
+        val_list = list(validation or [])
+        train_imgs = items
+        if mode == "supervised" and not val_list and len(items) > 1:
+            train_imgs, val_list = items[:-1], items[-1:]
+        hold_single = mode == "self_supervised" or not val_list
+        for img in train_imgs:
+            if not (is_volume(img) or is_raster(img)):
+                raise DataError(f"cannot train on {type(img).__name__}; expected a volume or a raster")
+            channels = None
+            tb = cfg.target_bands()
+            if tb and is_raster(img):
+                have = list(img.meta[Key.BAND_NAMES])
+                missing = [b for b in tb if b not in have]
+                if missing:
+                    raise DataError(f"{img.meta.get(Key.SOURCE_PATH)}: no band(s) {missing}; bands are {have}")
+                channels = [have.index(b) for b in tb]
+            prep = _prepare(img, cfg, channels=channels)
+            if slicewise:
+                src = _slicewise_source(prep, cfg, supervised=mode == "supervised", holdout=hold_single)
+            else:
+                src = _aligned_source(prep, cfg, holdout=hold_single)
+            sources.append(src)
+            if hold_single:
+                val_sources.append(src)
+            if first_prep is None:
+                first_prep = prep
+                names = list(tb) if tb else _names(img, prep.data.shape[0])
+        for img in val_list:
+            prep = _prepare(img, cfg)
+            if slicewise:
+                src = _slicewise_source(prep, cfg, supervised=True, holdout=False)
+            else:
+                src = _aligned_source(prep, cfg, holdout=False)
+            _validate_whole(src)
+            val_sources.append(src)
+    if first_prep is None:
+        raise ConfigError(f"{cfg.source}: no training data")
+    if not names:
+        names = _names(first_prep.image, first_prep.data.shape[0])
+    ref = sources[0] if sources else val_sources[0]
+    for s in sources + val_sources:
+        if (s.spatial_dims, s.in_channels, s.out_channels, s.guide_channels) != (
+            ref.spatial_dims, ref.in_channels, ref.out_channels, ref.guide_channels
+        ):
+            raise DataError("the inputs do not share one channel layout; train on images of one kind")
+    if len(sources) > 1:
+        scales = {tuple(round(f, 6) for f in s.model_scale) for s in sources}
+        if len(scales) > 1:
+            raise DataError(f"the inputs need different scale factors {sorted(scales)}; train on one kind of scan")
+    # validation batches and their cubic baselines
+    val_items: list[dict[str, Any]] = []
+    cubic: list[torch.Tensor] = []
+    for s in val_sources:
+        for it in s.val_items():
+            val_items.append(it)
+            cubic.append(s.cubic(it))
+    if not val_items:
+        raise DataError(
+            "no validation tile has enough valid pixels; raise data.val_fraction or lower data.min_valid_fraction"
+        )
+    val_batches, cubic_batches = _batch_val(val_items, cubic)
+    refs = torch.cat([b["label"].reshape(-1) for b in val_batches])
+    dr = _data_range(p.metrics, refs, first_prep.normaliser)
+    train = PatchPairDataset(sources, cfg.train.batch_size, seed=seed)
+    info = dict(getattr(ref, "info", {}))
+    info.update({
+        "mode": mode,
+        "kind": kind,
+        "val_items": len(val_items),
+        "val_fraction": float(cfg.data.val_fraction),
+        "data_range": dr,
+        "min_valid_fraction": float(cfg.data.min_valid_fraction),
+        "background_probability": float(cfg.data.background_probability),
+    })
+    return TrainingSet(
+        kind=kind,
+        train=train,
+        val=val_batches,
+        val_cubic=cubic_batches,
+        spatial_dims=ref.spatial_dims,
+        in_channels=ref.in_channels,
+        out_channels=ref.out_channels,
+        guide_channels=ref.guide_channels,
+        model_scale=tuple(ref.model_scale),
+        band_names=names,
+        normaliser=first_prep.normaliser,
+        data_range=float(dr),
+        guide_band_names=guide_names,
+        guide_normaliser=guide_norm,
+        info=info,
+        sources=sources,
+    )
+
+
+def _batch_val(items: list[dict[str, Any]], cubic: list[torch.Tensor]) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+    """Group validation items of one shape into batches of at most :data:`VAL_BATCH`."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, it in enumerate(items):
+        key = tuple((k, tuple(v.shape)) for k, v in sorted(it.items()) if isinstance(v, torch.Tensor))
+        key += (tuple(it.get("output_size") or ()),)
+        groups.setdefault(key, []).append(i)
+    batches, cubics = [], []
+    for idx in groups.values():
+        for j in range(0, len(idx), VAL_BATCH):
+            chunk = idx[j : j + VAL_BATCH]
+            b: dict[str, Any] = {
+                k: torch.stack([items[i][k] for i in chunk]).contiguous()
+                for k, v in items[chunk[0]].items()
+                if isinstance(v, torch.Tensor)
+            }
+            if "output_size" in items[chunk[0]]:
+                b["output_size"] = tuple(items[chunk[0]]["output_size"])
+            batches.append(b)
+            cubics.append(torch.stack([cubic[i] for i in chunk]))
+    return batches, cubics

@@ -1,0 +1,688 @@
+"""The evaluation report: metrics.json, metrics.csv, PNG figures and one self-contained report.html.
+
+:func:`write_report` turns an :class:`~medsat_sr.evaluate.Evaluation` into a
+folder:
+
+================================ ===============================================
+file                             content
+================================ ===============================================
+``metrics.json``                 every number and every setting it depends on
+                                 (:meth:`Evaluation.to_dict`)
+``metrics.csv``                  one row per file x method (band ``all``) and
+                                 per file x method x band (rasters)
+``panel_<file>.png``             the same crop of the input, each method, the
+                                 reference and the ``|error|`` maps, with the
+                                 slice or bands named
+``gain_over_cubic.png``          PSNR gain over cubic per file and method
+                                 (whole and masked)
+``curves_<file>_<method>.png``   training curves of self-supervised fits
+``report.html``                  one page, figures embedded (base64), no
+                                 external resource: opens offline, mails as
+                                 one file
+================================ ===============================================
+
+Figures use matplotlib's Agg backend (no display needed). The crop shown is
+chosen from the *reference* alone (the window with the most structure: the
+largest mean gradient magnitude inside the scored region and the metric
+mask), never from any method's output, so no method is favoured by the
+choice; the rule is written under each panel.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsat_sr.errors import WriteError
+
+__all__ = [
+    "write_report",
+    "write_metrics_json",
+    "write_metrics_csv",
+    "panel_figure",
+    "gain_figure",
+    "curves_figure",
+    "render_html",
+    "CSV_COLUMNS",
+    "CROP_SIZE",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Largest side (reference pixels) of the crop shown in the panels.
+CROP_SIZE = 128
+
+#: Columns of metrics.csv.
+CSV_COLUMNS = (
+    "file", "kind", "method", "band", "psnr", "psnr_masked", "psnr_gain_vs_cubic", "psnr_masked_gain_vs_cubic",
+    "ssim", "ssim_masked", "ssim_slices", "mae", "mae_masked", "mse", "mse_masked", "rmse", "sam", "ergas",
+    "seconds", "fit_seconds", "apply_seconds", "peak_rss_mb", "peak_rss_increase_mb", "data_range", "units",
+)
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    if matplotlib.get_backend().lower() != "agg":
+        matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _safe(name: str) -> str:
+    keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return keep.strip("._") or "file"
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (Path, os.PathLike)):
+        return str(o)
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+def _finite(o: Any) -> Any:
+    """JSON has no NaN/inf: replace them with None (strict JSON readers accept the file)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    from medsat_sr._atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+    try:  # mkstemp makes 0600 files; a report is meant to be shared like any file the user writes
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)
+    except OSError:  # pragma: no cover - e.g. a file system without modes
+        pass
+
+
+# =============================================================== tables
+def write_metrics_json(evaluation: Any, path: str | os.PathLike[str]) -> Path:
+    """Write :meth:`Evaluation.to_dict` as strict JSON (non-finite numbers as ``null``)."""
+    p = Path(path)
+    text = json.dumps(_finite(json.loads(json.dumps(evaluation.to_dict(), default=_json_default))), indent=2,
+                      allow_nan=False)
+    _atomic_write(p, (text + "\n").encode("utf-8"))
+    return p
+
+
+def _csv_rows(evaluation: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for f in evaluation.files:
+        units = f.settings.get("units")
+        for m, r in f.methods.items():
+            row = {k: r.get(k) for k in CSV_COLUMNS if k in r}
+            row.update(file=f.name, kind=f.case.kind, method=m, band="all", data_range=f.settings.get("data_range"),
+                       units=units)
+            rows.append(row)
+            pb = r.get("per_band")
+            if pb:
+                for i, b in enumerate(pb["names"]):
+                    rows.append({
+                        "file": f.name, "kind": f.case.kind, "method": m, "band": b,
+                        "psnr_masked": pb["psnr"][i], "rmse": pb["rmse"][i], "mae_masked": pb["mae"][i],
+                        "ssim_masked": pb["ssim"][i], "data_range": pb["data_range"][i], "units": units,
+                    })
+    return rows
+
+
+def write_metrics_csv(evaluation: Any, path: str | os.PathLike[str]) -> Path:
+    """Write metrics.csv (:data:`CSV_COLUMNS`); empty cells where a metric does not apply.
+
+    Per-band rows (rasters) hold the per-band metrics on the masked (valid)
+    pixels in the ``*_masked`` columns and ``rmse``, with the band's data range.
+    """
+    p = Path(path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in _csv_rows(evaluation):
+        clean = {}
+        for k in CSV_COLUMNS:
+            v = row.get(k)
+            if isinstance(v, float):
+                v = "" if not math.isfinite(v) else f"{v:.6g}"
+            clean[k] = "" if v is None else v
+        w.writerow(clean)
+    _atomic_write(p, buf.getvalue().encode("utf-8"))
+    return p
+
+
+# =============================================================== figure helpers
+def _world_axis(affine: np.ndarray, axis: int) -> int:
+    col = np.abs(np.asarray(affine, dtype=np.float64)[:3, axis])
+    return int(np.argmax(col))
+
+
+def _plane(case: Any, mask: np.ndarray | None) -> tuple[int, int, str]:
+    """``(fixed_axis, index, plane name)`` of the volume slice shown.
+
+    With a slice axis (thick slices), the plane contains it (coronal first,
+    then axial, then sagittal), so the through-plane resolution is visible;
+    otherwise the axial plane. The index is the mask's centre of mass.
+    """
+    aff = np.asarray(case.reference.affine, dtype=np.float64)
+    world = {a: _world_axis(aff, a) for a in range(3)}
+    prefs = [1, 2, 0]
+    if case.slice_axis is not None:
+        cands = [a for a in range(3) if a != case.slice_axis]
+    else:
+        cands = [max(range(3), key=lambda a: abs(aff[2, a]) / (np.linalg.norm(aff[:3, a]) or 1.0))]
+    fixed = min(cands, key=lambda a: prefs.index(world[a]))
+    region = case.region
+    m = mask[region] if mask is not None else None
+    if m is not None and m.any():
+        idx = int(round(float(np.mean(np.nonzero(m)[fixed])))) + int(region[fixed].start or 0)
+    else:
+        idx = int(case.reference.shape[1 + fixed]) // 2
+    return fixed, idx, {0: "sagittal", 1: "coronal", 2: "axial"}[world[fixed]]
+
+
+def _best_window(img: np.ndarray, weight: np.ndarray, size: tuple[int, int], allowed: tuple[slice, slice]) -> tuple[int, int]:
+    """Top-left corner of the ``size`` window inside ``allowed`` with the largest mean of ``img * weight``."""
+    h, w = img.shape
+    r0, r1 = int(allowed[0].start or 0), int(allowed[0].stop or h)
+    c0, c1 = int(allowed[1].start or 0), int(allowed[1].stop or w)
+    sh, sw = min(size[0], r1 - r0), min(size[1], c1 - c0)
+    v = (img * weight)[r0:r1, c0:c1]
+    ii = np.zeros((v.shape[0] + 1, v.shape[1] + 1))
+    ii[1:, 1:] = np.cumsum(np.cumsum(v, axis=0), axis=1)
+    sums = ii[sh:, sw:] - ii[:-sh, sw:] - ii[sh:, :-sw] + ii[:-sh, :-sw]
+    i, j = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return r0 + int(i), c0 + int(j)
+
+
+def _gradient(a: np.ndarray) -> np.ndarray:
+    gy, gx = np.gradient(a.astype(np.float64))
+    return np.hypot(gx, gy)
+
+
+def _rgb_bands(names: Sequence[str]) -> list[int]:
+    low = [str(n).lower() for n in names]
+    want = []
+    for aliases in (("red", "r", "b04", "b4", "sr_b4"), ("green", "g", "b03", "b3", "sr_b3"),
+                    ("blue", "b", "b02", "b2", "sr_b2")):
+        hit = next((i for i, n in enumerate(low) if n in aliases), None)
+        want.append(hit)
+    if all(w is not None for w in want) and len(set(want)) == 3:
+        return [int(w) for w in want]  # type: ignore[arg-type]
+    return list(range(min(3, len(names))))
+
+
+def _views(fr: Any) -> dict[str, Any]:
+    """The 2D images (reference, input, outputs, errors) of the panel, cropped, in display orientation."""
+    case = fr.case
+    valid, masked = fr.masks if fr.masks is not None else (None, None)
+    ref = case.reference.as_tensor().float().cpu().numpy()
+    from medsat_sr.baselines import upsample_mask
+
+    lr_up = upsample_mask(case.lr.as_tensor().float().cpu().numpy(), ref.shape[1:])
+    outs = dict(fr.outputs)
+    if case.kind == "volume":
+        fixed, idx, plane_name = _plane(case, masked)
+        other = [a for a in range(3) if a != fixed]
+
+        def cut(a: np.ndarray) -> np.ndarray:
+            sl = [slice(None)] * 3
+            sl[fixed] = idx
+            return np.asarray(a[0] if a.ndim == 4 else a)[tuple(sl)]
+
+        aff = np.asarray(case.reference.affine, dtype=np.float64)
+        # vertical: the plane axis along world z (superior up), else along world y (anterior up)
+        vert = min(other, key=lambda a: [2, 1, 0].index(_world_axis(aff, a)))
+        w_vert = _world_axis(aff, vert)
+        hor = other[0] if other[1] == vert else other[1]
+        transpose = other.index(vert) == 1  # cut() gives (other[0], other[1]); want (vert, hor)
+        flip_v = aff[w_vert, vert] > 0  # index grows towards superior/anterior: flip so that it is up
+        flip_h = _world_axis(aff, hor) == 0 and aff[0, hor] < 0  # subject's right on the right (neurological)
+
+        def orient(p: np.ndarray) -> np.ndarray:
+            q = p.T if transpose else p
+            if flip_v:
+                q = q[::-1]
+            if flip_h:
+                q = q[:, ::-1]
+            return q
+
+        ref2 = orient(cut(ref))
+        planes = {"input": orient(cut(lr_up)), **{m: orient(cut(o)) for m, o in outs.items()}}
+        wmask = orient(cut(masked)) if masked is not None else np.ones_like(ref2, bool)
+        allowed_full = [case.region[vert], case.region[hor]]
+        n_v, n_h = ref2.shape
+        rv = allowed_full[0]
+        if flip_v:
+            rv = slice(n_v - int(rv.stop), n_v - int(rv.start or 0))
+        rh = allowed_full[1]
+        if flip_h:
+            rh = slice(n_h - int(rh.stop), n_h - int(rh.start or 0))
+        allowed = (rv, rh)
+        err = {m: np.abs(p - ref2) for m, p in planes.items() if m != "input"}
+        rgb = False
+        ijk = "ijk"
+        band_desc = (f"{plane_name} slice {ijk[fixed]}={idx} of {int(case.reference.shape[1 + fixed])}, "
+                     f"{'superior' if w_vert == 2 else 'anterior' if w_vert == 1 else 'right'} up")
+        if case.slice_axis is not None:
+            sp = case.lr.meta.get("spacing") or ()
+            thick = f", {float(sp[case.slice_axis]):g} mm input slices" if len(sp) == 3 else ""
+            where = "vertical" if case.slice_axis == vert else "horizontal"
+            band_desc += f"; thick-slice axis {ijk[case.slice_axis]} {where}{thick}"
+    else:
+        names = case.reference.meta.get("band_names") or [f"band{i + 1}" for i in range(ref.shape[0])]
+        bands = _rgb_bands(names)
+        rgb = len(bands) == 3
+        ref2 = np.moveaxis(ref[bands], 0, -1) if rgb else ref[bands[0]]
+        planes = {"input": np.moveaxis(lr_up[bands], 0, -1) if rgb else lr_up[bands[0]]}
+        for m, o in outs.items():
+            planes[m] = np.moveaxis(o[bands], 0, -1) if rgb else o[bands[0]]
+        err = {m: np.abs(o - ref).mean(axis=0) for m, o in outs.items()}
+        wmask = masked if masked is not None else np.ones(ref.shape[1:], bool)
+        allowed = (case.region[0], case.region[1])
+        band_desc = (
+            f"bands {', '.join(str(names[b]) for b in bands)} as RGB" if rgb else f"band {names[bands[0]]}"
+        ) + f"; |error| = mean over all {len(names)} bands"
+    gray = ref2.mean(axis=-1) if ref2.ndim == 3 else ref2
+    finite = np.isfinite(gray)
+    score = _gradient(np.where(finite, gray, 0.0)) * (wmask & finite)
+    size = (CROP_SIZE, CROP_SIZE)
+    r0, c0 = _best_window(score, np.ones_like(score), size, allowed)
+    sh = min(size[0], int(allowed[0].stop) - int(allowed[0].start or 0))
+    sw = min(size[1], int(allowed[1].stop) - int(allowed[1].start or 0))
+    crop = (slice(r0, r0 + sh), slice(c0, c0 + sw))
+    return {
+        "reference": ref2[crop], "planes": {k: v[crop] for k, v in planes.items()},
+        "errors": {k: v[crop] for k, v in err.items()}, "rgb": rgb, "description": band_desc,
+        "crop": (r0, r0 + sh, c0, c0 + sw),
+    }
+
+
+def _stretch(a: np.ndarray, lo: Any, hi: Any) -> np.ndarray:
+    return np.clip((a - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)
+
+
+def panel_figure(fr: Any, path: str | os.PathLike[str]) -> Path:
+    """The comparison panel of one file: input, every method, the reference, and |error| maps.
+
+    Row 1: the input (nearest-upsampled to the reference grid, so the same
+    crop shows its pixels), each method's output, the reference. Row 2: the
+    ``|output - reference|`` map of each method on one colour scale (the
+    99th percentile of the cubic error). Titles give each method's PSNR on
+    the masked pixels of the whole scored region (not of the crop).
+    """
+    plt = _plt()
+    v = _views(fr)
+    methods = list(fr.outputs)
+    cols = ["input"] + methods + ["reference"]
+    n = len(cols)
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.9), squeeze=False)
+    ref = v["reference"]
+    if v["rgb"]:
+        lo = np.nanpercentile(ref, 1, axis=(0, 1))
+        hi = np.nanpercentile(ref, 99, axis=(0, 1))
+        show = lambda a: _stretch(a, lo, hi)  # noqa: E731
+        kw: dict[str, Any] = {}
+    else:
+        lo, hi = np.nanpercentile(ref, [0.5, 99.5])
+        show = lambda a: a  # noqa: E731
+        kw = {"cmap": "gray", "vmin": lo, "vmax": hi}
+    base = v["errors"].get("cubic")
+    evmax = float(np.nanpercentile(base, 99)) if base is not None and np.isfinite(base).any() else None
+    if not evmax:
+        allerr = np.concatenate([e.ravel() for e in v["errors"].values()]) if v["errors"] else np.zeros(1)
+        evmax = float(np.nanpercentile(allerr, 99)) or 1.0
+    im_err = None
+    for j, c in enumerate(cols):
+        ax = axes[0, j]
+        img = ref if c == "reference" else v["planes"][c]
+        ax.imshow(show(img), interpolation="nearest", **kw)
+        if c == "input":
+            title = "input (low res.)"
+        elif c == "reference":
+            title = "reference"
+        else:
+            r = fr.methods.get(c, {})
+            title = f"{c}\n{r.get('psnr_masked', float('nan')):.2f} dB (masked)"
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax2 = axes[1, j]
+        ax2.set_xticks([])
+        ax2.set_yticks([])
+        if c in v["errors"]:
+            im_err = ax2.imshow(v["errors"][c], cmap="magma", vmin=0.0, vmax=evmax, interpolation="nearest")
+            ax2.set_title(f"|{c} - reference|", fontsize=9)
+        else:
+            ax2.axis("off")
+    if im_err is not None:
+        cb = fig.colorbar(im_err, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01)
+        cb.set_label("|error| (values as read)", fontsize=8)
+    r0, r1, c0, c1 = v["crop"]
+    fig.suptitle(f"{fr.name}: {v['description']}", fontsize=10)
+    fig.text(
+        0.01, 0.01,
+        f"crop rows {r0}:{r1}, columns {c0}:{c1} of the displayed plane, chosen on the reference alone "
+        "(most structure inside the scored region); PSNR over the whole scored region.",
+        fontsize=7, wrap=True,
+    )
+    p = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    _atomic_write(p, buf.getvalue())
+    return p
+
+
+def gain_figure(evaluation: Any, path: str | os.PathLike[str]) -> Path | None:
+    """Bar chart of the PSNR gain over cubic (dB) per file and non-cubic method, whole and masked."""
+    plt = _plt()
+    files = [f for f in evaluation.files if "cubic" in f.methods]
+    methods = [m for m in evaluation.methods if m != "cubic"]
+    if not files or not methods:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.6 * len(files) * max(1, len(methods)) + 2.0), 3.8), squeeze=False)
+    width = 0.8 / len(methods)
+    x = np.arange(len(files))
+    for k, (key, label) in enumerate((("psnr_gain_vs_cubic", "whole"), ("psnr_masked_gain_vs_cubic", "masked"))):
+        ax = axes[0, k]
+        for i, m in enumerate(methods):
+            vals = [f.methods.get(m, {}).get(key, np.nan) for f in files]
+            vals = [np.nan if v is None else float(v) for v in vals]
+            bars = ax.bar(x + (i - (len(methods) - 1) / 2) * width, vals, width, label=m)
+            for b, val in zip(bars, vals):
+                if np.isfinite(val):
+                    ax.annotate(f"{val:+.2f}", (b.get_x() + b.get_width() / 2, val), ha="center",
+                                va="bottom" if val >= 0 else "top", fontsize=7)
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f.name for f in files], rotation=15, fontsize=8)
+        ax.set_ylabel("PSNR gain over cubic (dB)")
+        ax.set_title(f"PSNR gain over cubic ({label})", fontsize=10)
+        ax.margins(y=0.2)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    p = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    _atomic_write(p, buf.getvalue())
+    return p
+
+
+def curves_figure(fit: Any, path: str | os.PathLike[str], *, title: str = "") -> Path | None:
+    """Training loss and validation PSNR (with the cubic baseline) of a fit; ``None`` without history."""
+    hist = list(getattr(fit, "history", None) or [])
+    if not hist:
+        return None
+    plt = _plt()
+    it = [r.get("iteration") for r in hist]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    pts = [(i, r.get("loss")) for i, r in zip(it, hist) if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
+    if pts:
+        a1.plot(*zip(*pts), marker=".")
+        a1.set_yscale("log")
+    a1.set_xlabel("iteration")
+    a1.set_ylabel("training loss")
+    a1.set_title("training loss (mean per interval)", fontsize=10)
+    pp = [(i, r.get("val_psnr")) for i, r in zip(it, hist) if isinstance(r.get("val_psnr"), (int, float))]
+    if pp:
+        a2.plot(*zip(*pp), marker=".", label="model")
+    vc = getattr(fit, "val_psnr_cubic", None)
+    if isinstance(vc, (int, float)) and math.isfinite(vc):
+        a2.axhline(vc, color="grey", ls="--", label="cubic")
+    a2.set_xlabel("iteration")
+    a2.set_ylabel("PSNR (dB, network units)")
+    a2.set_title("validation PSNR (held-out split of the fit)", fontsize=10)
+    a2.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    p = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    _atomic_write(p, buf.getvalue())
+    return p
+
+
+# =============================================================== HTML
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ccc}
+h3{font-size:1.05em}table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
+th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}th{background:#f1f3f5}
+td.l,th.l{text-align:left}.good{color:#0a7d32;font-weight:600}.bad{color:#b3261e;font-weight:600}
+.box{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;margin:.8em 0;background:#fafbfc}
+img{max-width:100%;border:1px solid #ddd;margin:.4em 0}pre{background:#f6f8fa;padding:.6em;overflow-x:auto;font-size:.8em}
+.small{font-size:.85em;color:#555}
+"""
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, float)):
+        if not math.isfinite(float(v)):
+            return "∞" if float(v) > 0 else "–"
+        return f"{float(v):.{digits}f}"
+    return html.escape(str(v))
+
+
+def _img_tag(png: Path, alt: str) -> str:
+    data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _headline_html(h: dict[str, Any]) -> str:
+    name = html.escape(str(h["file"]))
+    if h.get("method") is None:
+        return f"<li><b>{name}</b>: classical methods only; cubic PSNR {_fmt(h.get('cubic_psnr'), 2)} dB.</li>"
+    g = h.get("gain_masked")
+    cls = "good" if h.get("beats_cubic") else "bad"
+    verdict = "beats cubic" if h.get("beats_cubic") else "does <b>not</b> beat cubic"
+    return (
+        f"<li><b>{name}</b>: {html.escape(str(h['method']))} {verdict}: PSNR (masked) "
+        f"{_fmt(h.get('psnr_masked'), 2)} dB vs cubic {_fmt(h.get('cubic_psnr_masked'), 2)} dB "
+        f"(<span class='{cls}'>{'+' if (g or 0) >= 0 else ''}{_fmt(g, 2)} dB</span>); whole image "
+        f"{_fmt(h.get('psnr'), 2)} vs {_fmt(h.get('cubic_psnr'), 2)} dB.</li>"
+    )
+
+
+def _table_html(fr: Any) -> str:
+    vol = fr.case.kind == "volume"
+    cols = [("psnr", "PSNR dB", 2), ("psnr_masked", "PSNR masked dB", 2), ("psnr_masked_gain_vs_cubic", "Δ masked vs cubic", 2),
+            ("ssim", "SSIM" + (" 3D" if vol else ""), 4), ("ssim_masked", "SSIM masked", 4)]
+    if vol:
+        cols.append(("ssim_slices", "SSIM 2D slices", 4))
+    cols += [("mae", "MAE", 4), ("mse", "MSE", 4)]
+    if not vol:
+        cols += [("sam", "SAM °", 3), ("ergas", "ERGAS", 3)]
+    cols += [("seconds", "time s", 1), ("peak_rss_mb", "peak RSS MiB", 0)]
+    head = "".join(f"<th>{html.escape(c[1])}</th>" for c in cols)
+    rows = []
+    for m, r in fr.methods.items():
+        cells = []
+        for key, _, d in cols:
+            v = r.get(key)
+            cls = ""
+            if key.endswith("gain_vs_cubic") and isinstance(v, (int, float)) and m != "cubic":
+                cls = " class='good'" if v > 0 else " class='bad'"
+            cells.append(f"<td{cls}>{_fmt(v, d)}</td>")
+        rows.append(f"<tr><td class='l'>{html.escape(m)}</td>{''.join(cells)}</tr>")
+    return f"<table><tr><th class='l'>method</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _bands_html(fr: Any) -> str:
+    first = next(iter(fr.methods.values()), {})
+    pb = first.get("per_band")
+    if not pb:
+        return ""
+    names = pb["names"]
+    head = "".join(f"<th>{html.escape(str(n))}</th>" for n in names)
+    out = []
+    for key, label, d in (("psnr", "PSNR dB", 2), ("rmse", "RMSE", 4), ("ssim", "SSIM", 4)):
+        rows = []
+        for m, r in fr.methods.items():
+            vals = (r.get("per_band") or {}).get(key) or []
+            rows.append(f"<tr><td class='l'>{html.escape(m)}</td>{''.join(f'<td>{_fmt(v, d)}</td>' for v in vals)}</tr>")
+        out.append(f"<h4>per band: {label}</h4><table><tr><th class='l'>method</th>{head}</tr>{''.join(rows)}</table>")
+    dr = ", ".join(f"{n}: {_fmt(v, 4)}" for n, v in zip(names, pb["data_range"]))
+    return "".join(out) + f"<p class='small'>Per-band PSNR data ranges: {dr}.</p>"
+
+
+def _settings_html(fr: Any) -> str:
+    s = fr.settings
+    deg = s.get("degradation", {})
+    ms = s.get("metrics", {})
+    items = [
+        ("config", f"{s.get('config')} ({s.get('config_source')}), domain profile {s.get('domain')}"),
+        *([("reference source", s["reference_preparation"])] if s.get("reference_preparation") else []),
+        ("reference", f"shape {s.get('reference_shape')}, spacing {s.get('reference_spacing')}"),
+        ("input", f"shape {s.get('input_shape')}, spacing {s.get('input_spacing')}, factors {s.get('factors')}"),
+        ("degradation", json.dumps(_finite(deg), default=_json_default)),
+        ("crop", json.dumps(s.get("crop"), default=_json_default)),
+        ("scored region", json.dumps(s.get("region"), default=_json_default)
+         + f" less a border of {ms.get('crop_border', 0)}; {s.get('pixels_scored')} pixels, {s.get('pixels_masked')} masked"),
+        ("units", s.get("units")),
+        ("data range", f"{_fmt(s.get('data_range'), 6)}: {s.get('data_range_rule')}"),
+        ("mask", (ms.get("mask") or {}).get("rule")),
+        ("SSIM", json.dumps(ms.get("ssim"), default=_json_default)),
+    ]
+    if "ergas" in ms:
+        items.append(("ERGAS", json.dumps(ms["ergas"], default=_json_default)))
+    if s.get("self_supervised_fit_on"):
+        items.append(("self-supervised fit on", s.get("self_supervised_fit_on")))
+    rows = "".join(f"<tr><th class='l'>{html.escape(k)}</th><td class='l'>{html.escape(str(v))}</td></tr>" for k, v in items)
+    return f"<table>{rows}</table>"
+
+
+def render_html(evaluation: Any, figures: dict[str, list[tuple[Path, str]]], *, title: str | None = None) -> str:
+    """The report page: headlines, tables, embedded figures and settings (one self-contained HTML string).
+
+    Args:
+        evaluation: the :class:`~medsat_sr.evaluate.Evaluation`.
+        figures: ``"_summary"`` and file names -> ``[(png, caption), ...]``.
+        title: page title.
+    """
+    t = title or evaluation.settings.get("title") or "medsat_sr evaluation"
+    env = evaluation.settings.get("environment", {})
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(t)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(t)}</h1>",
+        f"<p class='small'>medsat_sr {html.escape(str(env.get('medsat_sr_version')))}, torch "
+        f"{html.escape(str(env.get('torch_version')))}, {env.get('cpu_count')} CPU(s), "
+        f"{env.get('torch_threads')} torch thread(s); created {html.escape(str(evaluation.settings.get('created')))}. "
+        "Protocol: DESIGN.md §5 — each high-resolution reference is degraded with its domain profile's model "
+        "(the code that makes training pairs), every method upscales the degraded input, and the outputs are "
+        "compared with the reference on its own grid.</p>",
+        "<div class='box'><b>Headline</b><ul>",
+        "".join(_headline_html(h) for h in evaluation.headlines()),
+        "</ul></div>",
+    ]
+    for png, cap in figures.get("_summary", []):
+        parts.append(f"<figure>{_img_tag(png, cap)}<figcaption class='small'>{html.escape(cap)}</figcaption></figure>")
+    for fr in evaluation.files:
+        parts.append(f"<h2>{html.escape(fr.name)} <span class='small'>({html.escape(fr.case.kind)}, "
+                     f"{html.escape(str(fr.case.path or 'in memory'))})</span></h2>")
+        parts.append(_table_html(fr))
+        parts.append(f"<p class='small'>Metric units: {html.escape(str(fr.settings.get('units')))}. "
+                     "Masked = the profile's mask rule (below). Time includes fitting for self-supervised models; "
+                     "peak RSS is the whole process's resident memory.</p>")
+        parts.append(_bands_html(fr))
+        for png, cap in figures.get(fr.name, []):
+            parts.append(f"<figure>{_img_tag(png, cap)}<figcaption class='small'>{html.escape(cap)}</figcaption></figure>")
+        for m, r in fr.methods.items():
+            fit = r.get("fit")
+            if fit:
+                parts.append(
+                    f"<p class='small'>{html.escape(m)}: self-supervised fit on {html.escape(str(fit.get('trained_on')))}, "
+                    f"{fit.get('iterations')} iterations in {_fmt(fit.get('seconds'), 1)} s (stopped by "
+                    f"{html.escape(str(fit.get('stopped_by')))}); validation PSNR {_fmt(fit.get('val_psnr'), 2)} dB vs "
+                    f"cubic {_fmt(fit.get('val_psnr_cubic'), 2)} dB on the fit's held-out split (network units).</p>"
+                )
+        parts.append("<h3>Settings the numbers depend on</h3>")
+        parts.append(_settings_html(fr))
+    parts.append("<p class='small'>Every number and setting is also in metrics.json and metrics.csv next to this page.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# =============================================================== all together
+def write_report(
+    evaluation: Any, out_dir: str | os.PathLike[str], *, figures: bool = True, title: str | None = None
+) -> dict[str, Any]:
+    """Write metrics.json, metrics.csv, the figures and report.html into ``out_dir`` (created).
+
+    Args:
+        evaluation: the :class:`~medsat_sr.evaluate.Evaluation`.
+        out_dir: the report folder.
+        figures: draw the PNG figures (and embed them).
+        title: page title.
+
+    Returns:
+        ``{"json": path, "csv": path, "html": path, "figures": [paths]}``.
+
+    Raises:
+        WriteError: the folder cannot be created or written.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"{out}: cannot create the report folder: {exc.strerror or exc}") from exc
+    paths: dict[str, Any] = {"figures": []}
+    paths["json"] = write_metrics_json(evaluation, out / "metrics.json")
+    paths["csv"] = write_metrics_csv(evaluation, out / "metrics.csv")
+    figs: dict[str, list[tuple[Path, str]]] = {"_summary": []}
+    if figures:
+        g = gain_figure(evaluation, out / "gain_over_cubic.png")
+        if g is not None:
+            figs["_summary"].append((g, "PSNR gain over cubic per file (whole image and inside the mask)."))
+            paths["figures"].append(g)
+        for fr in evaluation.files:
+            lst: list[tuple[Path, str]] = []
+            try:
+                p = panel_figure(fr, out / f"panel_{_safe(fr.name)}.png")
+                lst.append((p, f"{fr.name}: the same crop of the input, each method and the reference, with |error| maps."))
+                paths["figures"].append(p)
+            except Exception as exc:  # noqa: BLE001 - a figure must not lose the numbers
+                logger.warning("%s: no panel figure (%s: %s)", fr.name, type(exc).__name__, exc)
+            for m, fit in fr.fits.items():
+                c = curves_figure(fit, out / f"curves_{_safe(fr.name)}_{_safe(m)}.png", title=f"{fr.name}: {m}")
+                if c is not None:
+                    lst.append((c, f"{fr.name}: training curves of {m} (self-supervised fit)."))
+                    paths["figures"].append(c)
+            figs[fr.name] = lst
+    page = render_html(evaluation, figs, title=title)
+    paths["html"] = out / "report.html"
+    _atomic_write(paths["html"], page.encode("utf-8"))
+    return paths

@@ -1,0 +1,1183 @@
+"""Training on MONAI engines: supervised, self-supervised, fine-tuning, optional adversarial loss.
+
+:func:`build_trainer` assembles a :class:`monai.engines.SupervisedTrainer`
+and a :class:`monai.engines.SupervisedEvaluator` with ignite handlers;
+:func:`fit` runs it on images in memory and returns a :class:`FitResult`;
+:func:`train` reads ``data.inputs`` and writes a run folder.
+
+What a run does (all from the job config):
+
+* **pairs** from :mod:`medsat_sr.data` (slice-wise thick slices, Wald's
+  protocol, guided band sets, 3D patches, explicit pairs), degraded with
+  :mod:`medsat_sr.degrade`, the code the evaluation uses;
+* **loss**: weighted sum of ``l1``, ``charbonnier`` (``sqrt(d^2 + eps^2)``,
+  eps 1e-3), ``mse`` and ``ssim`` (``monai.losses.SSIMLoss``);
+* **optimiser**: AdamW (Adam when ``weight_decay`` is 0) on the trainable
+  parameters; gradient-norm clipping with ``grad_clip``;
+* **learning rate**: linear warm-up, then ``constant``, ``cosine`` (to
+  ``min_lr``), ``step`` or ``plateau``. The cosine follows the *fraction of
+  the budget used*, the larger of ``iteration / max_iterations`` and
+  ``elapsed / max_minutes``, so a run stopped by the time budget still ends
+  with a decayed rate;
+* **precision**: ``fp32`` or ``bf16``. MONAI's ``amp`` flag is CUDA only,
+  so bf16 wraps the network's forward in ``torch.autocast(device, bfloat16)``
+  (:class:`PrecisionWrapper`) during training; parameters, optimiser state,
+  the skip path and the loss stay float32, and validation runs in float32
+  (as inference does by default). On CPU the model and inputs use the
+  ``channels_last`` memory format;
+* **validation** every ``val_every`` iterations (and before the first one):
+  PSNR (``monai.handlers.PeakSignalToNoiseRatio``) and SSIM
+  (``monai.metrics.SSIMMetric`` in ``monai.handlers.IgniteMetricHandler``)
+  on the held-out tiles, with the data range of the profile's metric spec in
+  network units; the cubic baseline (cubic B-spline for volumes, GDAL cubic
+  for rasters) is measured once on the same tiles with the same metrics;
+* **budget**: ``max_iterations`` and ``max_minutes`` (wall clock, validation
+  included); whichever ends first stops training; ignite ``EarlyStopping``
+  on validation PSNR;
+* **checkpoints** (``RUN_DIR/best`` and ``RUN_DIR/last``, safetensors + JSON
+  via :func:`medsat_sr.checkpoint.save_checkpoint`): architecture, scale,
+  domain, normalisation statistics, band names, the resolved config, metrics
+  (validation PSNR/SSIM and their cubic baselines), how the pairs were made
+  (``task``) and the medsat_sr version. ``RUN_DIR/metrics.csv`` holds the
+  history and ``RUN_DIR/curves.png`` the training loss and validation PSNR;
+* **resume** (``resume=True``): weights, optimiser state (tensors in
+  ``last.optim.safetensors``, the rest in ``last.state.json``; no pickle),
+  iteration, elapsed time, best score, early-stopping and plateau counters,
+  and the history are restored; training continues from the last
+  checkpoint's iteration. Not restored: the random stream (reseeded from
+  ``seed + iteration``) and, with the adversarial loss, the discriminator
+  (it restarts from scratch);
+* **fine-tuning** (``mode: finetune`` or ``init=``): weights from a
+  checkpoint, first/last convolution adapted to a new channel count
+  (:func:`medsat_sr.models.adapt_channels`), the head and first N blocks (or
+  the body) frozen, the config's (lower) learning rate;
+* **adversarial** (``train.adversarial.enabled``): ``pixel losses +
+  weight * BCE(D(G(x)), real)`` with MONAI's PatchDiscriminator
+  (:func:`medsat_sr.models.build_discriminator`), trained alternately in a
+  custom ignite iteration.
+
+:func:`apply_slicewise` applies a slice network to a whole thick-slice
+volume (both through-plane orientations, averaged).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medsat_sr.errors import ConfigError, DataError, ModelError
+from medsat_sr.normalise import Normaliser
+
+__all__ = [
+    "FitResult",
+    "TrainState",
+    "PrecisionWrapper",
+    "build_loss",
+    "build_trainer",
+    "fit",
+    "train",
+    "apply_slicewise",
+    "resolve_device",
+    "read_inputs",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File names inside a run folder.
+BEST = "best"
+LAST = "last"
+METRICS_CSV = "metrics.csv"
+CURVES_PNG = "curves.png"
+STATE_JSON = "last.state.json"
+OPTIM_FILE = "last.optim.safetensors"
+
+
+# =============================================================== small pieces
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``None`` -> CPU.
+
+    Raises:
+        ConfigError: ``"cuda"`` requested without a CUDA device, or an unknown name.
+    """
+    if device is None:
+        return torch.device("cpu")
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}; expected auto, cpu or cuda") from exc
+
+
+def _memory_format(spatial_dims: int) -> torch.memory_format:
+    return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+
+
+class PrecisionWrapper(nn.Module):
+    """Runs a network's forward under ``torch.autocast(bfloat16)`` while training.
+
+    The wrapped module (``.module``) stays a plain float32 model: that is
+    what checkpoints save. In eval mode the forward runs in float32 unless
+    ``eval_bf16`` is set. Outputs are float32.
+
+    Args:
+        module: the network.
+        precision: ``"fp32"`` or ``"bf16"``.
+        channels_last: convert 4D/5D inputs to the channels-last memory format.
+        eval_bf16: also use bf16 in eval mode.
+    """
+
+    def __init__(self, module: nn.Module, precision: str = "fp32", *, channels_last: bool = False,
+                 eval_bf16: bool = False) -> None:
+        super().__init__()
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.module = module
+        self.precision = precision
+        self.channels_last = channels_last
+        self.eval_bf16 = eval_bf16
+
+    def _fmt(self, t: Any) -> Any:
+        if self.channels_last and isinstance(t, torch.Tensor) and t.ndim in (4, 5):
+            return t.contiguous(memory_format=_memory_format(t.ndim - 2))
+        return t
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        x = self._fmt(x)
+        args = tuple(self._fmt(a) for a in args)
+        use_bf16 = self.precision == "bf16" and (self.training or self.eval_bf16)
+        if use_bf16:
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                out = self.module(x, *args, **kwargs)
+        else:
+            out = self.module(x, *args, **kwargs)
+        return out.float().contiguous()
+
+
+class CharbonnierLoss(nn.Module):
+    """``mean(sqrt((x - y)^2 + eps^2))`` (a differentiable L1)."""
+
+    def __init__(self, eps: float = 1e-3) -> None:
+        super().__init__()
+        self.eps = float(eps)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt((x - y) ** 2 + self.eps**2).mean()
+
+
+class CombinedLoss(nn.Module):
+    """Weighted sum of loss terms; :attr:`last` holds each term's latest value."""
+
+    def __init__(self, terms: Sequence[tuple[str, float, nn.Module]]) -> None:
+        super().__init__()
+        self.names = [n for n, _, _ in terms]
+        self.weights = [float(w) for _, w, _ in terms]
+        self.terms = nn.ModuleList([m for _, _, m in terms])
+        self.last: dict[str, float] = {}
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        total = x.new_zeros(())
+        for name, w, term in zip(self.names, self.weights, self.terms):
+            v = term(x.float(), y.float())
+            self.last[name] = float(v.detach())
+            total = total + w * v
+        return total
+
+
+def build_loss(losses: Sequence[Any], spatial_dims: int, data_range: float = 1.0) -> CombinedLoss:
+    """The training loss of ``train.losses`` (``l1``, ``charbonnier``, ``mse``, ``ssim``).
+
+    Args:
+        losses: :class:`~medsat_sr.config.LossTerm` items (or mappings with
+            ``name``, ``weight``, ``eps``).
+        spatial_dims: 2 or 3 (for SSIM).
+        data_range: SSIM data range in network units.
+
+    Raises:
+        ConfigError: an unknown loss name.
+    """
+    from monai.losses import SSIMLoss
+
+    terms = []
+    for term in losses:
+        get = term.get if isinstance(term, Mapping) else lambda k, d=None, t=term: getattr(t, k, d)
+        name, weight, eps = get("name"), float(get("weight", 1.0)), get("eps")
+        if name == "l1":
+            mod: nn.Module = nn.L1Loss()
+        elif name == "mse":
+            mod = nn.MSELoss()
+        elif name == "charbonnier":
+            mod = CharbonnierLoss(1e-3 if eps is None else float(eps))
+        elif name == "ssim":
+            mod = _SSIMLossTerm(SSIMLoss(spatial_dims=spatial_dims, data_range=float(data_range)))
+        else:
+            raise ConfigError(f"unknown loss {name!r}; expected l1, charbonnier, mse or ssim")
+        terms.append((str(name), weight, mod))
+    return CombinedLoss(terms)
+
+
+class _SSIMLossTerm(nn.Module):
+    """MONAI's SSIMLoss with the same argument order as the others."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(x, y)
+
+
+def _prepare_batch(batchdata: Mapping[str, Any], device: torch.device | None = None,
+                   non_blocking: bool = False, **kwargs: Any) -> tuple[Any, Any, tuple, dict]:
+    """``(lr, hr, (guide,), {"output_size": ...})`` for MONAI's engines."""
+    x = batchdata["image"].to(device=device, non_blocking=non_blocking)
+    y = batchdata["label"].to(device=device, non_blocking=non_blocking)
+    args: tuple = ()
+    kw: dict[str, Any] = {}
+    if batchdata.get("guide") is not None:
+        args = (batchdata["guide"].to(device=device, non_blocking=non_blocking),)
+    if batchdata.get("output_size") is not None:
+        kw["output_size"] = tuple(int(v) for v in batchdata["output_size"])
+    return x, y, args, kw
+
+
+# =============================================================== results and state
+@dataclass
+class FitResult:
+    """What a training run produced.
+
+    Attributes:
+        model: the best model (by validation PSNR), plain (not wrapped), eval mode.
+        metadata: what the checkpoint JSON holds (architecture, scale,
+            domain, normalisation, band names, config, metrics, task).
+        normaliser: the normalisation of the (first) training image.
+        val_psnr: best validation PSNR (dB, network units, held-out split).
+        val_psnr_cubic: the cubic baseline's PSNR on the same split and metric.
+        val_ssim: SSIM of the best model; ``val_ssim_cubic`` of cubic.
+        history: one dict per validation: ``iteration``, ``loss``, ``val_psnr``,
+            ``val_ssim``, ``lr``, ``seconds``.
+        iterations: iterations done; ``seconds``: wall time.
+        stopped_by: ``"iterations"``, ``"time"`` or ``"early_stopping"``.
+        run_dir: the run folder (``None`` when nothing was written).
+        best_path, last_path: checkpoint stems.
+    """
+
+    model: nn.Module
+    metadata: dict[str, Any]
+    normaliser: Normaliser
+    val_psnr: float
+    val_psnr_cubic: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    val_ssim: float = float("nan")
+    val_ssim_cubic: float = float("nan")
+    iterations: int = 0
+    seconds: float = 0.0
+    stopped_by: str = "iterations"
+    run_dir: Path | None = None
+    best_path: Path | None = None
+    last_path: Path | None = None
+
+    @property
+    def gain_db(self) -> float:
+        """``val_psnr - val_psnr_cubic``."""
+        return self.val_psnr - self.val_psnr_cubic
+
+
+@dataclass
+class TrainState:
+    """Everything a run keeps between handlers (returned by :func:`build_trainer`)."""
+
+    cfg: Any
+    data: Any  # medsat_sr.data.TrainingSet
+    model: nn.Module
+    net: PrecisionWrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss: CombinedLoss
+    device: torch.device
+    run_dir: Path | None
+    metadata_base: dict[str, Any]
+    cubic: dict[str, float]
+    discriminator: nn.Module | None = None
+    d_optimizer: torch.optim.Optimizer | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_psnr: float = -math.inf
+    best_ssim: float = float("nan")
+    best_iteration: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    last_validated: int = -1
+    elapsed_before: float = 0.0
+    t_start: float = 0.0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    plateau_factor: float = 1.0
+    plateau_best: float = -math.inf
+    plateau_bad: int = 0
+    stopped_by: str = "iterations"
+    start_iteration: int = 0
+    early_stopping: Any = None
+    last_plot: float = field(default_factory=time.monotonic)
+
+    def elapsed(self) -> float:
+        """Seconds of training, previous runs of a resumed job included."""
+        return self.elapsed_before + (time.monotonic() - self.t_start if self.t_start else 0.0)
+
+    def progress(self, iteration: int) -> float:
+        """Fraction of the budget used: the larger of iterations and time."""
+        t = self.cfg.train
+        return min(1.0, max(iteration / float(t.max_iterations), self.elapsed() / (60.0 * t.max_minutes)))
+
+
+# =============================================================== LR schedule
+def _lr_lambda(cfg: Any, state_ref: list[TrainState]) -> Callable[[int], float]:
+    def factor(it: int) -> float:
+        sc = cfg.train.schedule
+        base = float(cfg.train.lr)
+        w = int(sc.warmup_iterations)
+        if w > 0 and it < w:
+            return (it + 1) / float(w)
+        if not state_ref:  # called once while the scheduler is built
+            return 1.0
+        st = state_ref[0]
+        if sc.name == "constant":
+            f = 1.0
+        elif sc.name == "plateau":
+            f = st.plateau_factor
+        elif sc.name == "step":
+            f = float(sc.gamma) ** (max(0, it - w) // int(sc.step_size))
+        else:  # cosine over the budget fraction after warm-up
+            p = st.progress(it)
+            pw = w / float(st.cfg.train.max_iterations)
+            q = min(1.0, max(0.0, (p - pw) / max(1e-9, 1.0 - pw)))
+            lr = float(sc.min_lr) + (base - float(sc.min_lr)) * 0.5 * (1.0 + math.cos(math.pi * q))
+            f = lr / base
+        return max(f, float(sc.min_lr) / base if sc.name != "step" else 0.0)
+
+    return factor
+
+
+# =============================================================== model building
+def _model_kwargs(cfg: Any, ts: Any) -> dict[str, Any]:
+    kwargs = dict(cfg.model.kwargs)
+    kwargs.update(
+        spatial_dims=ts.spatial_dims,
+        in_channels=ts.in_channels,
+        out_channels=ts.out_channels,
+        scale=list(ts.model_scale),
+    )
+    if ts.guide_channels:
+        kwargs["guide_channels"] = ts.guide_channels
+    return kwargs
+
+
+def _init_model(cfg: Any, ts: Any, init: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """The generator: fresh, or from a checkpoint (adapted to the data, frozen as configured)."""
+    from medsat_sr.checkpoint import load_checkpoint
+    from medsat_sr.models import adapt_channels, build_model, freeze_blocks, freeze_body
+
+    name = cfg.model.name or cfg.profile.default_model
+    info: dict[str, Any] = {}
+    if init is None:
+        return build_model(name, **_model_kwargs(cfg, ts)).to(device), info
+    if isinstance(init, nn.Module):
+        model, meta = init, {"source": "module"}
+    else:
+        model, meta = load_checkpoint(init, device="cpu")
+    info["init"] = str(init) if not isinstance(init, nn.Module) else "module"
+    cfg_kw = getattr(model, "config", {}).get("kwargs", {})
+    arch = getattr(model, "config", {}).get("name", name)
+    if cfg.model.name and cfg.model.name != arch:
+        logger.warning("config model %r differs from the checkpoint's %r; using the checkpoint's", cfg.model.name, arch)
+    if cfg_kw.get("spatial_dims") not in (None, ts.spatial_dims):
+        raise ModelError(
+            f"checkpoint {init} is a {cfg_kw.get('spatial_dims')}D model; the data need a {ts.spatial_dims}D one"
+        )
+    if cfg_kw.get("in_channels") != ts.in_channels or cfg_kw.get("out_channels") != ts.out_channels:
+        logger.info(
+            "adapting the checkpoint from %s -> %s channels to %s -> %s",
+            cfg_kw.get("in_channels"), cfg_kw.get("out_channels"), ts.in_channels, ts.out_channels,
+        )
+        model = adapt_channels(model, ts.in_channels, ts.out_channels)
+        info["adapted_channels"] = [cfg_kw.get("in_channels"), ts.in_channels]
+        cfg_kw = model.config["kwargs"]
+    old_scale = [float(v) for v in cfg_kw.get("scale", [])]
+    if old_scale and [round(v, 6) for v in old_scale] != [round(v, 6) for v in ts.model_scale]:
+        kw = dict(cfg_kw)
+        kw["scale"] = list(ts.model_scale)
+        new = build_model(arch, **kw)
+        try:
+            new.load_state_dict(model.state_dict(), strict=True)
+        except RuntimeError as exc:
+            raise ModelError(
+                f"checkpoint {init} was trained at scale {old_scale}; its weights do not fit scale "
+                f"{list(ts.model_scale)} ({str(exc).splitlines()[0]}); train from scratch or use a model "
+                "with upsample: pre"
+            ) from exc
+        info["rescaled_from"] = old_scale
+        model = new
+    model = model.to(device)
+    model.train()
+    fb = cfg.train.freeze_blocks
+    if fb == "body":
+        info["frozen"] = freeze_body(model)
+    elif fb:
+        info["frozen"] = freeze_blocks(model, int(fb))
+    info["init_metadata_created"] = meta.get("created") if isinstance(meta, Mapping) else None
+    return model, info
+
+
+def _discriminator(cfg: Any, ts: Any, device: torch.device) -> nn.Module:
+    from medsat_sr.models import build_discriminator
+
+    kw = dict(cfg.train.adversarial.discriminator)
+    kw.setdefault("spatial_dims", ts.spatial_dims)
+    kw.setdefault("in_channels", ts.out_channels)
+    if "n_layers" not in kw:
+        b = ts.val[0]["label"] if ts.val else None
+        smallest = min(cfg.train.patch_size) if isinstance(cfg.train.patch_size, list) else cfg.train.patch_size
+        if b is not None:
+            smallest = min(smallest, min(b.shape[2:]))
+        kw["n_layers"] = max(1, min(3, int(math.floor(math.log2(max(smallest, 6) / 3.0)))))
+    return build_discriminator("patch", **kw).to(device)
+
+
+# =============================================================== checkpoints
+def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser state into safetensors tensors and JSON data (no pickle)."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entry in sd["state"].items():
+        for k, v in entry.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}/{k}"] = v.detach().to("cpu").contiguous().clone()
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    groups = json.loads(json.dumps(sd["param_groups"], default=lambda o: None))
+    return tensors, {"param_groups": groups, "scalars": scalars, "ids": [str(k) for k in sd["state"]]}
+
+
+def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], data: Mapping[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, t in tensors.items():
+        pid, name = key.split("/", 1)
+        state.setdefault(int(pid), {})[name] = t
+    for pid, entry in (data.get("scalars") or {}).items():
+        state.setdefault(int(pid), {}).update(entry)
+    groups = data["param_groups"]
+    cur = opt.state_dict()["param_groups"]
+    if len(groups) != len(cur) or any(len(a["params"]) != len(b["params"]) for a, b in zip(groups, cur)):
+        raise ModelError("the saved optimiser state does not fit this model's parameters; cannot resume")
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _metadata(state: TrainState, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    meta = dict(state.metadata_base)
+    meta["metrics"] = {**state.cubic, **metrics}
+    return meta
+
+
+def _save(state: TrainState, stem: str, metrics: Mapping[str, Any]) -> Path | None:
+    from medsat_sr.checkpoint import save_checkpoint
+
+    if state.run_dir is None:
+        return None
+    path = state.run_dir / stem
+    save_checkpoint(path, state.model, _metadata(state, metrics))
+    return path
+
+
+def _save_resume_state(state: TrainState, iteration: int) -> None:
+    if state.run_dir is None:
+        return
+    from safetensors.torch import save_file
+
+    from medsat_sr._atomic import atomic_path
+
+    tensors, data = _optimizer_to_files(state.optimizer)
+    with atomic_path(state.run_dir / OPTIM_FILE) as tmp:
+        save_file(tensors, str(tmp))
+    doc = {
+        "format": "medsat_sr.train_state/1",
+        "iteration": int(iteration),
+        "elapsed_seconds": state.elapsed(),
+        "best_val_psnr": None if not math.isfinite(state.best_psnr) else state.best_psnr,
+        "best_val_ssim": None if not math.isfinite(state.best_ssim) else state.best_ssim,
+        "best_iteration": state.best_iteration,
+        "plateau": {"factor": state.plateau_factor, "best": None if not math.isfinite(state.plateau_best)
+                    else state.plateau_best, "bad": state.plateau_bad},
+        "early_stopping": _es_state(state.early_stopping),
+        "history": state.history,
+        "optimizer": data,
+        "last_validated": state.last_validated,
+    }
+    text = json.dumps(doc, indent=1, allow_nan=False, default=_json_default)
+    with atomic_path(state.run_dir / STATE_JSON) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    return None
+
+
+def _es_state(es: Any) -> dict[str, Any] | None:
+    if es is None:
+        return None
+    best = es.best_score
+    return {"counter": int(es.counter), "best_score": None if best is None else float(best)}
+
+
+def _restore(state: TrainState, trainer: Any) -> None:
+    """Resume from ``run_dir/last`` (weights, optimiser, counters, history)."""
+    from safetensors.torch import load_file
+
+    from medsat_sr.checkpoint import load_checkpoint
+
+    assert state.run_dir is not None
+    last = state.run_dir / LAST
+    sj = state.run_dir / STATE_JSON
+    if not (state.run_dir / f"{LAST}.json").is_file() or not sj.is_file():
+        raise DataError(f"{state.run_dir}: nothing to resume (no {LAST}.json / {STATE_JSON}); start without --resume")
+    model, _ = load_checkpoint(last, device="cpu")
+    try:
+        state.model.load_state_dict(model.state_dict(), strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{last}: the saved model does not fit this config ({str(exc).splitlines()[0]})") from exc
+    try:
+        doc = json.loads(sj.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{sj}: cannot read the training state: {exc}") from exc
+    optim_path = state.run_dir / OPTIM_FILE
+    if optim_path.is_file():
+        _optimizer_from_files(state.optimizer, load_file(str(optim_path)), doc["optimizer"])
+    it = int(doc["iteration"])
+    state.start_iteration = it
+    state.elapsed_before = float(doc.get("elapsed_seconds") or 0.0)
+    state.best_psnr = doc.get("best_val_psnr") if doc.get("best_val_psnr") is not None else -math.inf
+    state.best_ssim = doc.get("best_val_ssim") if doc.get("best_val_ssim") is not None else float("nan")
+    state.best_iteration = int(doc.get("best_iteration") or 0)
+    pl = doc.get("plateau") or {}
+    state.plateau_factor = float(pl.get("factor", 1.0))
+    state.plateau_best = pl.get("best") if pl.get("best") is not None else -math.inf
+    state.plateau_bad = int(pl.get("bad", 0))
+    state.history = list(doc.get("history") or [])
+    state.last_validated = int(doc.get("last_validated", it))
+    es = doc.get("early_stopping")
+    if es and state.early_stopping is not None:
+        state.early_stopping.counter = int(es["counter"])
+        state.early_stopping.best_score = es["best_score"]
+    best_json = state.run_dir / f"{BEST}.json"
+    if best_json.is_file():
+        bm, _ = load_checkpoint(state.run_dir / BEST, device="cpu")
+        state.best_state = {k: v.detach().clone() for k, v in bm.state_dict().items()}
+    val_every = int(state.cfg.train.val_every)
+    trainer.state.iteration = it
+    trainer.state.epoch = it // val_every
+    state.data.train.reseed(int(state.cfg.train.seed) + it)
+    state.scheduler.last_epoch = it
+    for g, f0 in zip(state.optimizer.param_groups, state.scheduler.base_lrs):
+        g["lr"] = f0 * state.scheduler.lr_lambdas[0](it)
+    logger.info("resuming %s at iteration %d (%.1f s already trained)", state.run_dir, it, state.elapsed_before)
+
+
+# =============================================================== history output
+def _write_history(state: TrainState, *, plot: bool = True) -> None:
+    """Write metrics.csv, and curves.png when ``plot``."""
+    if state.run_dir is None:
+        return
+    cols = ["iteration", "loss", "val_psnr", "val_ssim", "lr", "seconds"]
+    from medsat_sr._atomic import atomic_path
+
+    with atomic_path(state.run_dir / METRICS_CSV) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            for row in state.history:
+                w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in cols})
+    if not plot:
+        return
+    state.last_plot = time.monotonic()
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except Exception as exc:  # noqa: BLE001 - the plot is optional
+        logger.warning("no curves.png: matplotlib unavailable (%s)", exc)
+        return
+    it = [r["iteration"] for r in state.history]
+    loss = [r.get("loss") for r in state.history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    pts = [(i, v) for i, v in zip(it, loss) if v is not None and math.isfinite(v)]
+    if pts:
+        a1.plot(*zip(*pts), marker=".")
+        a1.set_yscale("log")
+    a1.set_xlabel("iteration")
+    a1.set_ylabel("training loss (mean over interval)")
+    a1.set_title("training loss")
+    pp = [(i, r.get("val_psnr")) for i, r in zip(it, state.history) if r.get("val_psnr") is not None]
+    if pp:
+        a2.plot(*zip(*pp), marker=".", label="model")
+    if math.isfinite(state.cubic.get("val_psnr_cubic", float("nan"))):
+        a2.axhline(state.cubic["val_psnr_cubic"], color="grey", ls="--", label="cubic")
+    a2.set_xlabel("iteration")
+    a2.set_ylabel("PSNR (dB)")
+    a2.set_title("validation PSNR")
+    a2.legend()
+    fig.tight_layout()
+    with atomic_path(state.run_dir / CURVES_PNG) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+# =============================================================== metrics
+def _val_metrics(data_range: float, spatial_dims: int, ssim_spec: Any) -> tuple[Any, Any]:
+    from monai.metrics import PSNRMetric, SSIMMetric
+
+    kernel = getattr(ssim_spec, "kernel", "gaussian")
+    ssim = SSIMMetric(
+        spatial_dims=spatial_dims,
+        data_range=float(data_range),
+        kernel_type="gaussian" if kernel == "gaussian" else "uniform",
+        win_size=int(getattr(ssim_spec, "win_size", 11)),
+        kernel_sigma=float(getattr(ssim_spec, "sigma", 1.5)),
+    )
+    return PSNRMetric(max_val=float(data_range)), ssim
+
+
+def _cubic_scores(ts: Any, ssim_spec: Any) -> dict[str, float]:
+    psnr_m, ssim_m = _val_metrics(ts.data_range, ts.spatial_dims, ssim_spec)
+    for b, c in zip(ts.val, ts.val_cubic):
+        psnr_m(c, b["label"])
+        ssim_m(c, b["label"])
+    return {
+        "val_psnr_cubic": float(psnr_m.aggregate().item()),
+        "val_ssim_cubic": float(ssim_m.aggregate().item()),
+    }
+
+
+# =============================================================== the trainer
+def read_inputs(cfg: Any) -> tuple[list[Any], list[Any], list[tuple[Any, Any]]]:
+    """Read ``data.inputs``, ``data.validation`` and ``data.pairs`` of a config.
+
+    Raises:
+        ConfigError: nothing to read.
+        DataError, FormatError, GeometryError: as :func:`medsat_sr.io.read`.
+    """
+    from medsat_sr.io import detect_format, read
+
+    def rd(path: str) -> Any:
+        opts = {"series": cfg.data.series} if cfg.data.series and detect_format(path) == "dicom" else {}
+        return read(path, **opts)
+
+    inputs = [rd(p) for p in cfg.data.inputs]
+    val = [rd(p) for p in cfg.data.validation]
+    pairs = [(rd(pr.lr), rd(pr.hr)) for pr in cfg.data.pairs]
+    if not inputs and not pairs:
+        raise ConfigError(f"{cfg.source}: data.inputs is empty: give the images to train on (--set 'data.inputs=[...]')")
+    return inputs, val, pairs
+
+
+def build_trainer(
+    config: Any,
+    run_dir: str | os.PathLike[str] | None,
+    *,
+    images: Any = None,
+    init: Any = None,
+    progress: bool = True,
+    resume: bool = False,
+    device: str | torch.device | None = "cpu",
+    validation: Sequence[Any] | None = None,
+    pairs: Sequence[tuple[Any, Any]] | None = None,
+) -> tuple[Any, Any, TrainState]:
+    """Assemble the MONAI trainer and evaluator for a job.
+
+    Args:
+        config: a :class:`~medsat_sr.config.JobConfig` (or a name/path/mapping
+            for :func:`~medsat_sr.config.load_config`).
+        run_dir: where checkpoints, ``metrics.csv`` and ``curves.png`` go;
+            ``None`` writes nothing (the best weights are kept in memory).
+        images: the images (volume, raster, BandSet, or a list); ``None``
+            reads ``data.inputs`` (and ``data.validation``, ``data.pairs``).
+        init: a checkpoint (path) or a model to start from; default
+            ``train.init`` in ``finetune`` mode.
+        progress: show a tqdm progress bar.
+        resume: continue from ``run_dir/last``.
+        device: ``"cpu"`` (default), ``"cuda"`` or ``"auto"``.
+        validation: held-out references (supervised).
+        pairs: explicit ``(lr, hr)`` images (supervised).
+
+    Returns:
+        ``(trainer, evaluator, state)``: run with ``trainer.run()``; then
+        :func:`fit` turns the state into a :class:`FitResult`.
+
+    Raises:
+        ConfigError: an unrunnable config (e.g. finetune without a checkpoint).
+        DataError: unreadable or unusable data, or nothing to resume.
+        ModelError: a checkpoint that does not fit the data.
+    """
+    from ignite.engine import Events
+    from ignite.handlers import EarlyStopping
+    from monai.engines import SupervisedEvaluator, SupervisedTrainer
+    from monai.handlers import IgniteMetricHandler, LrScheduleHandler, PeakSignalToNoiseRatio, from_engine
+    from monai.metrics import SSIMMetric
+
+    from medsat_sr import __version__
+    from medsat_sr.config import JobConfig, load_config
+    from medsat_sr.data import make_training_set
+
+    cfg = config if isinstance(config, JobConfig) else load_config(config)
+    if init is None and cfg.train.mode == "finetune":
+        if not cfg.train.init:
+            cfg.check_runnable("train")
+        init = cfg.train.init
+    if images is None and pairs is None:
+        if cfg.train.mode != "finetune":
+            cfg.check_runnable("train")
+        images, val_read, pairs_read = read_inputs(cfg)
+        validation = validation if validation is not None else (val_read or None)
+        pairs = pairs_read or None
+    dev = resolve_device(device)
+    torch.manual_seed(int(cfg.train.seed))
+    ts = make_training_set(images, cfg, validation=validation, pairs=pairs)
+    model, init_info = _init_model(cfg, ts, init, dev)
+    # channels_last pays off with bf16 on CPU (oneDNN/AMX) and costs time in fp32 (measured)
+    cl = dev.type == "cpu" and cfg.train.precision == "bf16"
+    if cl:
+        model = model.to(memory_format=_memory_format(ts.spatial_dims))
+    net = PrecisionWrapper(model, cfg.train.precision, channels_last=cl)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ModelError("every parameter is frozen; lower train.freeze_blocks")
+    t = cfg.train
+    if t.weight_decay > 0:
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=t.lr)
+    loss = build_loss(t.losses, ts.spatial_dims, ts.data_range)
+    state_ref: list[TrainState] = []
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, state_ref))
+
+    rd = None if run_dir is None else Path(run_dir)
+    if rd is not None:
+        try:
+            rd.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            from medsat_sr.errors import WriteError
+
+            raise WriteError(f"{rd}: cannot create the run folder: {exc.strerror or exc}") from exc
+    ssim_spec = cfg.profile.metrics.ssim
+    cubic = _cubic_scores(ts, ssim_spec)
+    metadata_base: dict[str, Any] = {
+        "scale": list(ts.model_scale),
+        "data_scale": list(_data_scale(cfg, images)),
+        "domain": cfg.profile.name,
+        "normalisation": ts.normaliser.to_dict(),
+        "guide_normalisation": None if ts.guide_normaliser is None else ts.guide_normaliser.to_dict(),
+        "band_names": list(ts.band_names),
+        "guide_band_names": list(ts.guide_band_names),
+        "config": cfg.resolved(),
+        "task": {**ts.info, **init_info, "precision": t.precision},
+        "medsat_sr_version": __version__,
+    }
+    state = TrainState(
+        cfg=cfg, data=ts, model=model, net=net, optimizer=opt, scheduler=sched, loss=loss, device=dev,
+        run_dir=rd, metadata_base=metadata_base, cubic=cubic,
+    )
+    state_ref.append(state)
+
+    adv = t.adversarial
+    iteration_update = None
+    if adv.enabled:
+        state.discriminator = _discriminator(cfg, ts, dev)
+        state.d_optimizer = torch.optim.Adam(state.discriminator.parameters(), lr=adv.lr or t.lr, betas=(0.5, 0.999))
+        iteration_update = _gan_iteration(state)
+
+    val_every = int(t.val_every)
+    max_epochs = int(math.ceil(t.max_iterations / val_every))
+    loader = ts.train  # an endless iterable of whole batches (no collation needed)
+    psnr_h = PeakSignalToNoiseRatio(max_val=ts.data_range, output_transform=from_engine(["pred", "label"]))
+    ssim_h = IgniteMetricHandler(
+        metric_fn=SSIMMetric(
+            spatial_dims=ts.spatial_dims, data_range=ts.data_range,
+            kernel_type="gaussian" if ssim_spec.kernel == "gaussian" else "uniform",
+            win_size=ssim_spec.win_size, kernel_sigma=ssim_spec.sigma,
+        ),
+        output_transform=from_engine(["pred", "label"]),
+    )
+    evaluator = SupervisedEvaluator(
+        device=dev, val_data_loader=ts.val, network=net, prepare_batch=_prepare_batch,
+        key_val_metric={"val_psnr": psnr_h}, additional_metrics={"val_ssim": ssim_h}, decollate=False,
+    )
+    trainer = SupervisedTrainer(
+        device=dev, max_epochs=max_epochs, epoch_length=val_every, train_data_loader=loader, network=net,
+        optimizer=opt, loss_function=loss, prepare_batch=_prepare_batch, iteration_update=iteration_update,
+        decollate=False, optim_set_to_none=True,
+    )
+    if t.early_stopping.enabled:
+        es = EarlyStopping(
+            patience=t.early_stopping.patience,
+            score_function=lambda e: float(e.state.metrics["val_psnr"]),
+            trainer=trainer, min_delta=t.early_stopping.min_delta,
+        )
+        evaluator.add_event_handler(Events.COMPLETED, es)
+        state.early_stopping = es
+    if t.grad_clip and not adv.enabled:
+        from monai.engines.utils import IterationEvents
+
+        @trainer.on(IterationEvents.BACKWARD_COMPLETED)
+        def _clip(engine: Any) -> None:
+            torch.nn.utils.clip_grad_norm_(params, float(t.grad_clip))
+
+    LrScheduleHandler(sched, print_lr=False, epoch_level=False).attach(trainer)
+
+    @trainer.on(Events.STARTED)
+    def _started(engine: Any) -> None:
+        state.t_start = time.monotonic()
+        if state.start_iteration == 0 and not state.history:
+            _validate(engine.state.iteration)
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _after_iteration(engine: Any) -> None:
+        out = engine.state.output
+        state.loss_sum += float(out["loss"].detach()) if isinstance(out, Mapping) else float("nan")
+        state.loss_count += 1
+        if engine.state.iteration >= t.max_iterations:
+            state.stopped_by = "iterations"
+            engine.terminate()
+        elif state.elapsed() >= 60.0 * t.max_minutes:
+            state.stopped_by = "time"
+            logger.info("time budget of %g min reached at iteration %d", t.max_minutes, engine.state.iteration)
+            engine.terminate()
+
+    def _validate(iteration: int) -> None:
+        evaluator.run()
+        m = evaluator.state.metrics
+        psnr, ssim = float(m["val_psnr"]), float(m["val_ssim"])
+        row = {
+            "iteration": int(iteration),
+            "loss": state.loss_sum / state.loss_count if state.loss_count else None,
+            "val_psnr": psnr,
+            "val_ssim": ssim,
+            "lr": float(opt.param_groups[0]["lr"]),
+            "seconds": round(state.elapsed(), 3),
+        }
+        state.loss_sum, state.loss_count = 0.0, 0
+        state.history.append(row)
+        state.last_validated = int(iteration)
+        logger.info(
+            "iteration %d: loss %s, val PSNR %.3f dB (cubic %.3f), SSIM %.4f (cubic %.4f)",
+            iteration, "-" if row["loss"] is None else f"{row['loss']:.5f}", psnr, cubic["val_psnr_cubic"],
+            ssim, cubic["val_ssim_cubic"],
+        )
+        if psnr > state.best_psnr:
+            state.best_psnr, state.best_ssim, state.best_iteration = psnr, ssim, int(iteration)
+            state.best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+            _save(state, BEST, _metric_row(state, iteration))
+        if t.schedule.name == "plateau" and iteration > 0:
+            if psnr > state.plateau_best + 1e-6:
+                state.plateau_best, state.plateau_bad = psnr, 0
+            else:
+                state.plateau_bad += 1
+                if state.plateau_bad >= t.schedule.patience:
+                    state.plateau_factor *= float(t.schedule.gamma)
+                    state.plateau_bad = 0
+                    logger.info("plateau: learning rate x%g", t.schedule.gamma)
+        if iteration > 0:
+            _save(state, LAST, _metric_row(state, iteration))
+            _save_resume_state(state, iteration)
+        # the plot costs a fraction of a second: at most every 30 s, and at the end
+        _write_history(state, plot=time.monotonic() - state.last_plot > 30.0)
+
+    state.validate = _validate  # type: ignore[attr-defined]
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _epoch_done(engine: Any) -> None:
+        if engine.state.iteration != state.last_validated:
+            _validate(engine.state.iteration)
+
+    @trainer.on(Events.COMPLETED)
+    def _completed(engine: Any) -> None:
+        if engine.state.iteration != state.last_validated:
+            _validate(engine.state.iteration)
+        if state.early_stopping is not None and getattr(state.early_stopping, "counter", 0) >= t.early_stopping.patience:
+            state.stopped_by = "early_stopping"
+
+    if progress:
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(persist=False).attach(
+            trainer, output_transform=lambda out: {"loss": float(out["loss"])} if isinstance(out, Mapping) else {}
+        )
+    if resume:
+        if rd is None:
+            raise ConfigError("resume needs a run folder")
+        _restore(state, trainer)
+    return trainer, evaluator, state
+
+
+def _metric_row(state: TrainState, iteration: int) -> dict[str, Any]:
+    return {
+        "val_psnr": state.best_psnr if math.isfinite(state.best_psnr) else None,
+        "val_ssim": state.best_ssim,
+        "best_iteration": state.best_iteration,
+        "iteration": int(iteration),
+        "seconds": round(state.elapsed(), 3),
+        "data_range": state.data.data_range,
+        "gain_db": (state.best_psnr - state.cubic["val_psnr_cubic"]) if math.isfinite(state.best_psnr) else None,
+    }
+
+
+def _data_scale(cfg: Any, images: Any) -> tuple[float, ...]:
+    first = images[0] if isinstance(images, (list, tuple)) and images else images
+    spacing = None
+    meta = getattr(first, "meta", None)
+    if meta is not None and meta.get("kind") == "volume":
+        spacing = meta.get("spacing")
+    try:
+        return tuple(cfg.scale_for(spacing))
+    except ConfigError:
+        return ()
+
+
+def _gan_iteration(state: TrainState) -> Callable[[Any, Any], dict[str, Any]]:
+    """One generator + one discriminator step (pixel losses + weight * adversarial)."""
+    bce = nn.BCEWithLogitsLoss()
+    adv = state.cfg.train.adversarial
+    clip = state.cfg.train.grad_clip
+
+    def step(engine: Any, batchdata: Any) -> dict[str, Any]:
+        x, y, args, kw = _prepare_batch(batchdata, state.device)
+        d, d_opt, g_opt = state.discriminator, state.d_optimizer, state.optimizer
+        assert d is not None and d_opt is not None
+        state.net.train()
+        d.train()
+        pred = state.net(x, *args, **kw)
+        loss = state.loss(pred, y)
+        use_adv = engine.state.iteration >= adv.start_iteration
+        if use_adv:
+            for p in d.parameters():
+                p.requires_grad_(False)
+            logits = d(pred)
+            loss = loss + float(adv.weight) * bce(logits, torch.ones_like(logits))
+            for p in d.parameters():
+                p.requires_grad_(True)
+        g_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_([p for p in state.model.parameters() if p.requires_grad], float(clip))
+        g_opt.step()
+        if use_adv:
+            real, fake = d(y), d(pred.detach())
+            d_loss = 0.5 * (bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake)))
+            d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_opt.step()
+        return {"image": x, "label": y, "pred": pred.detach(), "loss": loss.detach()}
+
+    return step
+
+
+# =============================================================== fit / train
+def _finish(state: TrainState, trainer: Any) -> FitResult:
+    model = state.model
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    model = model.to(memory_format=torch.contiguous_format)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    metrics = {**state.cubic, **_metric_row(state, trainer.state.iteration), "stopped_by": state.stopped_by}
+    meta = dict(state.metadata_base)
+    meta["metrics"] = metrics
+    if state.run_dir is not None:
+        # the best checkpoint's metrics carry the final numbers too
+        best_json = state.run_dir / f"{BEST}.json"
+        if best_json.is_file():
+            from medsat_sr.checkpoint import save_checkpoint
+
+            save_checkpoint(state.run_dir / BEST, model, meta)
+            meta = {**meta, "checkpoint": str(state.run_dir / BEST)}  # where it is (not stored in the JSON)
+        _write_history(state)
+    return FitResult(
+        model=model,
+        metadata=meta,
+        normaliser=state.data.normaliser,
+        val_psnr=float(state.best_psnr),
+        val_psnr_cubic=float(state.cubic["val_psnr_cubic"]),
+        history=list(state.history),
+        val_ssim=float(state.best_ssim),
+        val_ssim_cubic=float(state.cubic["val_ssim_cubic"]),
+        iterations=int(trainer.state.iteration),
+        seconds=float(state.elapsed()),
+        stopped_by=state.stopped_by,
+        run_dir=state.run_dir,
+        best_path=None if state.run_dir is None else state.run_dir / BEST,
+        last_path=None if state.run_dir is None else state.run_dir / LAST,
+    )
+
+
+def fit(
+    images: Any,
+    config: Any,
+    *,
+    run_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    init: Any = None,
+    resume: bool = False,
+    device: str | torch.device | None = "cpu",
+    validation: Sequence[Any] | None = None,
+    pairs: Sequence[tuple[Any, Any]] | None = None,
+) -> FitResult:
+    """Train a model on images in memory.
+
+    Args:
+        images: a volume or raster (MetaTensor), a BandSet (guided), or a
+            list of references (supervised).
+        config: the job config (object, name or path).
+        run_dir: run folder for checkpoints, metrics.csv and curves.png;
+            ``None`` writes nothing.
+        progress: tqdm progress bar.
+        init: checkpoint path or model to start from (fine-tuning).
+        resume: continue from ``run_dir/last``.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        validation: held-out references (supervised).
+        pairs: explicit ``(lr, hr)`` images (supervised).
+
+    Returns:
+        The :class:`FitResult` with the best model.
+    """
+    trainer, _, state = build_trainer(
+        config, run_dir, images=images, init=init, progress=progress, resume=resume, device=device,
+        validation=validation, pairs=pairs,
+    )
+    if state.start_iteration >= state.cfg.train.max_iterations:
+        logger.info("nothing to do: the run already reached train.max_iterations")
+    else:
+        trainer.run()
+    return _finish(state, trainer)
+
+
+def train(
+    config: Any,
+    run_dir: str | os.PathLike[str],
+    *,
+    init: Any = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str | torch.device | None = "cpu",
+) -> FitResult:
+    """Train from ``data.inputs`` (``data.validation``, ``data.pairs``) into ``run_dir``.
+
+    Under ``torchrun --nproc-per-node N`` this is data-parallel training
+    (DDP, gloo on CPU): see :mod:`medsat_sr.distributed`.
+
+    Raises:
+        ConfigError, DataError, ModelError, WriteError: see :func:`build_trainer`.
+    """
+    from medsat_sr import distributed
+
+    ctx = distributed.init_from_env(device)
+    try:
+        trainer, evaluator, state = build_trainer(
+            config, run_dir, init=init, progress=progress and ctx.is_main, resume=resume, device=device
+        )
+        distributed.prepare(trainer, evaluator, state, ctx)
+        if state.start_iteration < state.cfg.train.max_iterations:
+            trainer.run()
+        distributed.finalize(state, ctx)
+        return _finish(state, trainer)
+    finally:
+        distributed.shutdown(ctx)
+
+
+# =============================================================== slice-wise application
+def apply_slicewise(
+    model: nn.Module,
+    volume: torch.Tensor,
+    thick_axis: int,
+    factor: float,
+    output_size: int | Sequence[int] | None = None,
+    *,
+    batch_size: int = 8,
+    precision: str = "fp32",
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Apply a slice network through-plane to a whole volume (SMORE/ECLARE).
+
+    The volume is cut into planes that contain the thick axis, in both
+    orientations (across each in-plane axis); each plane, thick axis first,
+    is super-resolved along it to ``output_size``; the two results are averaged.
+
+    Args:
+        model: a 2D network trained with the degraded axis first (scale ``(f, 1)``).
+        volume: normalised ``(C, X, Y, Z)``.
+        thick_axis: the through-plane spatial axis (0, 1 or 2).
+        factor: the through-plane factor (only used for the default output size).
+        output_size: output length along the thick axis (or the whole
+            output spatial shape); default ``round(n * factor)``.
+        batch_size: planes per forward pass.
+        precision: ``"fp32"`` or ``"bf16"``.
+        device: default: the model's device.
+
+    Returns:
+        ``(C, X', Y', Z')`` float32 on the CPU, only the thick axis resized.
+
+    Raises:
+        ModelError: a volume or axis that does not fit.
+    """
+    if not isinstance(volume, torch.Tensor) or volume.ndim != 4:
+        raise ModelError(f"apply_slicewise needs a volume (C, X, Y, Z), got {getattr(volume, 'shape', type(volume))}")
+    t = int(thick_axis)
+    if t not in (0, 1, 2):
+        raise ModelError(f"thick_axis must be 0, 1 or 2, got {thick_axis!r}")
+    vol = volume.as_subclass(torch.Tensor) if type(volume) is not torch.Tensor else volume
+    shape = list(vol.shape[1:])
+    if output_size is None:
+        out_t = max(1, int(math.floor(shape[t] * float(factor) + 0.5)))
+    elif isinstance(output_size, (int, np.integer)):
+        out_t = int(output_size)
+    else:
+        out_t = int(list(output_size)[t])
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    net = PrecisionWrapper(model, precision, channels_last=dev.type == "cpu" and precision == "bf16", eval_bf16=True)
+    net.eval()
+    out_shape = list(shape)
+    out_shape[t] = out_t
+    total = torch.zeros([vol.shape[0]] + out_shape, dtype=torch.float32)
+    a, b = [i for i in range(3) if i != t]
+    with torch.inference_mode():
+        for slice_axis, other in ((a, b), (b, a)):
+            # planes: (n_slices, C, n_t, n_other)
+            planes = vol.permute(1 + slice_axis, 0, 1 + t, 1 + other).to(torch.float32)
+            res = torch.empty((planes.shape[0], vol.shape[0], out_t, planes.shape[3]), dtype=torch.float32)
+            for s0 in range(0, planes.shape[0], batch_size):
+                chunk = planes[s0 : s0 + batch_size].to(dev).contiguous()
+                res[s0 : s0 + chunk.shape[0]] = net(chunk, output_size=(out_t, planes.shape[3])).to("cpu")
+            # back to (C, X, Y, Z): res axes are (slice_axis, C, t, other)
+            order = [0] * 4
+            order[0] = 1
+            order[1 + slice_axis] = 0
+            order[1 + t] = 2
+            order[1 + other] = 3
+            total += res.permute(*order)
+    return total / 2.0
