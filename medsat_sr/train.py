@@ -23,8 +23,18 @@ What a run does (all from the job config):
   so bf16 wraps the network's forward in ``torch.autocast(device, bfloat16)``
   (:class:`PrecisionWrapper`) during training; parameters, optimiser state,
   the skip path and the loss stay float32, and validation runs in float32
-  (as inference does by default). On CPU the model and inputs use the
-  ``channels_last`` memory format;
+  (as inference does by default). With bf16 on CPU the model and inputs
+  use the ``channels_last`` memory format (oneDNN/AMX kernels); fp32 stays
+  contiguous (channels_last did not help it consistently). Measured on the
+  MNI thick-slice x4 case (EDSR 64 features x 8 blocks, batch 16, 48x48
+  patches; 2 cores shared with other jobs, load 2-8, so interleaved
+  medians/minima): a training step takes 0.13-0.56 s (min) / 1.1-1.5 s
+  (median) in bf16 + channels_last against 0.27-0.94 s / 1.8-3.5 s in fp32,
+  i.e. 1.6-2x faster; at equal iterations (100) the validation PSNR differs
+  by 0.006 dB (34.415 bf16, 34.421 fp32); after equal time (3 min) bf16 gave
+  +2.4 dB over cubic and fp32 +1.1 dB. Hence ``precision: bf16`` in the
+  shipped configs. Applying in bf16 (:func:`apply_slicewise`) changed the
+  masked PSNR by 0.001 dB at half the time;
 * **validation** every ``val_every`` iterations (and before the first one):
   PSNR (``monai.handlers.PeakSignalToNoiseRatio``) and SSIM
   (``monai.metrics.SSIMMetric`` in ``monai.handlers.IgniteMetricHandler``)
@@ -332,6 +342,9 @@ class TrainState:
     start_iteration: int = 0
     early_stopping: Any = None
     last_plot: float = field(default_factory=time.monotonic)
+    loss_trace: list[tuple[int, float]] = field(default_factory=list)
+    trace_sum: float = 0.0
+    trace_count: int = 0
 
     def elapsed(self) -> float:
         """Seconds of training, previous runs of a resumed job included."""
@@ -523,6 +536,7 @@ def _save_resume_state(state: TrainState, iteration: int) -> None:
                     else state.plateau_best, "bad": state.plateau_bad},
         "early_stopping": _es_state(state.early_stopping),
         "history": state.history,
+        "loss_trace": [[int(i), float(v)] for i, v in state.loss_trace if math.isfinite(v)],
         "optimizer": data,
         "last_validated": state.last_validated,
     }
@@ -580,6 +594,7 @@ def _restore(state: TrainState, trainer: Any) -> None:
     state.plateau_best = pl.get("best") if pl.get("best") is not None else -math.inf
     state.plateau_bad = int(pl.get("bad", 0))
     state.history = list(doc.get("history") or [])
+    state.loss_trace = [(int(i), float(v)) for i, v in doc.get("loss_trace") or []]
     state.last_validated = int(doc.get("last_validated", it))
     es = doc.get("early_stopping")
     if es and state.early_stopping is not None:
@@ -627,12 +642,13 @@ def _write_history(state: TrainState, *, plot: bool = True) -> None:
     it = [r["iteration"] for r in state.history]
     loss = [r.get("loss") for r in state.history]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    pts = [(i, v) for i, v in zip(it, loss) if v is not None and math.isfinite(v)]
+    trace = state.loss_trace or list(zip(it, loss))
+    pts = [(i, v) for i, v in trace if v is not None and math.isfinite(v)]
     if pts:
         a1.plot(*zip(*pts), marker=".")
         a1.set_yscale("log")
     a1.set_xlabel("iteration")
-    a1.set_ylabel("training loss (mean over interval)")
+    a1.set_ylabel("training loss (running mean)")
     a1.set_title("training loss")
     pp = [(i, r.get("val_psnr")) for i, r in zip(it, state.history) if r.get("val_psnr") is not None]
     if pp:
@@ -859,8 +875,14 @@ def build_trainer(
     @trainer.on(Events.ITERATION_COMPLETED)
     def _after_iteration(engine: Any) -> None:
         out = engine.state.output
-        state.loss_sum += float(out["loss"].detach()) if isinstance(out, Mapping) else float("nan")
+        value = float(out["loss"].detach()) if isinstance(out, Mapping) else float("nan")
+        state.loss_sum += value
         state.loss_count += 1
+        state.trace_sum += value
+        state.trace_count += 1
+        if state.trace_count >= max(1, val_every // 10):  # finer loss curve for curves.png
+            state.loss_trace.append((int(engine.state.iteration), state.trace_sum / state.trace_count))
+            state.trace_sum, state.trace_count = 0.0, 0
         if engine.state.iteration >= t.max_iterations:
             state.stopped_by = "iterations"
             engine.terminate()
