@@ -132,6 +132,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -873,6 +874,8 @@ def upscale(
         sections = _Sections(list(overrides))
     if method is not None and method not in baselines.METHODS:
         raise ConfigError(f"unknown method {method!r}; expected one of {list(baselines.METHODS)}")
+    if scale is not None:
+        _check_scale_bound(scale)
     items = ([model] if model is not None else []) + list(models or [])
     if method is not None and (items or fit is not None):
         raise ConfigError("give either a classical method or models, not both")
@@ -916,6 +919,7 @@ def upscale(
         kind, raster_mem = "geotiff", image
     else:
         raise DataError(f"image must be a path, a volume, a raster or a BandSet, got {type(image).__name__}")
+    _check_input_size(volume, raster_mem, in_path, kind)
     is_vol = volume is not None
     if not is_vol and target_spacing is not None:
         raise ConfigError("target_spacing (--target-spacing) is for volumes; rasters take a scale (--scale)")
@@ -1168,8 +1172,69 @@ def upscale(
     }
     side = None
     if out_path is not None and settings.sidecar:
-        side = write_record(record, out_path)
+        try:
+            side = write_record(record, out_path)
+        except BaseException:
+            # An output without its trust record is incomplete: remove it (and the std map) too.
+            for done in (out_path, std_out_path):
+                _remove_output(done)
+            raise
     return UpscaleResult(image=result_image, std=result_std, record=record, output=out_path, std_output=std_out_path, sidecar=side)
+
+
+def _check_scale_bound(scale: Any) -> None:
+    """Refuse factors above :data:`medsat_sr.config.MAX_SCALE` before any memory is allocated.
+
+    Raises:
+        ConfigError: a factor is not a positive finite number or exceeds the maximum.
+    """
+    from medsat_sr.config import MAX_SCALE
+
+    values = np.atleast_1d(np.asarray(scale, dtype=np.float64)) if not isinstance(scale, str) else None
+    if values is None or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ConfigError(f"scale must be positive finite numbers, got {scale!r}")
+    if np.any(values > MAX_SCALE):
+        raise ConfigError(f"scale {values.tolist()} exceeds the maximum factor {MAX_SCALE:g} per axis")
+
+
+def _check_input_size(volume: Any, raster: Any, path: Path | None, kind: str) -> None:
+    """Refuse images with fewer than 2 samples on a spatial axis: there is nothing to super-resolve.
+
+    Raises:
+        GeometryError: naming the input and its shape.
+    """
+    shapes: list[tuple[int, ...]] = []
+    if volume is not None:
+        shapes.append(tuple(int(v) for v in volume.shape[1:]))
+    elif isinstance(raster, BandSet):
+        shapes.extend(tuple(int(v) for v in g.shape[1:]) for g in raster.groups.values())
+    elif raster is not None:
+        shapes.append(tuple(int(v) for v in raster.shape[1:]))
+    elif path is not None and kind in ("geotiff", "bandset"):
+        import rasterio
+
+        from medsat_sr.io import geotiff
+
+        files = geotiff.band_files(path) if kind == "bandset" else [path]
+        for f in files:
+            try:
+                with rasterio.open(f) as src:
+                    shapes.append((int(src.height), int(src.width)))
+            except rasterio.errors.RasterioIOError:
+                continue  # the reader reports unreadable files with its own message
+    for shape in shapes:
+        if min(shape) < 2:
+            where = str(path) if path is not None else "input"
+            raise GeometryError(f"{where}: image is too small to upscale: shape {list(shape)} has an axis with fewer than 2 samples")
+
+
+def _remove_output(path: Path | None) -> None:
+    if path is None or not path.exists():
+        return
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _with_cog(settings: _Settings, fmt: str | None) -> _Settings:

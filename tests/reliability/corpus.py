@@ -40,16 +40,6 @@ SAMPLES = Path(medsat_sr.samples.__file__).parent
 MNI = SAMPLES / "mni_icbm152_t1_2009a.nii.gz"
 AERIAL = SAMPLES / "rgbn_aerial_5m.tif"
 
-# Known failures (strict xfail: a fix turns them into XPASS, then remove the bug tag).
-BUG_TINY = (
-    "medsat_sr/inference.py: a 1-voxel (or 1-pixel) image is upscaled and written; refuse images with fewer than "
-    "2 samples on an axis that is upscaled ('too small to upscale')"
-)
-BUG_SCALE = (
-    "medsat_sr/inference.py: --scale is not bounded (config.MAX_SCALE = 16 only applies to configs); "
-    "x1000 of a 16x16x8 volume tries to allocate 8 GB (an OOM kill without a memory limit); refuse factors > MAX_SCALE"
-)
-
 # NIfTI-1 header field offsets (bytes)
 _DIM, _DATATYPE, _BITPIX, _PIXDIM, _VOX_OFFSET = 40, 70, 72, 76, 108
 _QFORM_CODE, _SFORM_CODE, _SROW_X, _MAGIC = 252, 254, 280, 344
@@ -217,7 +207,7 @@ def build_corpus(root: Path) -> list[Case]:
     nifti("nifti/bad_vox_offset", _patch(raw, _VOX_OFFSET, "<f", 1e9), "voxel data")
     nifti("nifti/huge_dims", _patch(raw, _DIM, "<4h", 3, 30000, 30000, 30000), "truncated or corrupt")
     one = _patch(raw, _DIM, "<4h", 3, 1, 1, 1)[: hdr_end + 1]
-    nifti("nifti/one_voxel", one, "", bug=BUG_TINY)
+    nifti("nifti/one_voxel", one, "too small to upscale")
     nifti("nifti/inf_vox_offset", _patch(raw, _VOX_OFFSET, "<f", np.inf), "vox_offset")
 
     # ---------------------------------------------------------------- DICOM
@@ -295,7 +285,7 @@ def build_corpus(root: Path) -> list[Case]:
     series_case("dicom/nan_position", "not finite", lambda f: _dicom_edit(f, set_attr("ImagePositionPatient", ["nan", 0, 0])))
     series_case("dicom/bits_allocated_3", "Bits Allocated", lambda f: _dicom_edit(f, set_attr("BitsAllocated", 3)))
     series_case("dicom/rows_zero", "0 x 16 (Rows x Columns)", lambda f: _dicom_edit(f, set_attr("Rows", 0)))
-    series_case("dicom/one_pixel", "", one_pixel, bug=BUG_TINY)
+    series_case("dicom/one_pixel", "too small to upscale", one_pixel)
 
     def not_a_transfer_syntax(f: Path) -> None:  # a SOP class UID where the transfer syntax belongs, same length
         old, new = b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.5.1.4\x00"
@@ -359,7 +349,7 @@ def build_corpus(root: Path) -> list[Case]:
     raster("geotiff/bad_compression_tag", _tiff_set(tif, 259, 60000), "codec")
     raster("geotiff/random_after_magic", b"II*\x00" + rng.integers(0, 256, 300, dtype=np.uint8).tobytes(), "directory")
     one_px = base_raster(src, size=1, name="geotiff_one_pixel.tif")
-    up("geotiff/one_pixel", one_px, "", ext=".tif", bug=BUG_TINY)
+    up("geotiff/one_pixel", one_px, "too small to upscale", ext=".tif")
     bands = src / "geotiff_band_missing_crs"
     bands.mkdir()
     base_raster(bands, name="B02.tif", count=1)
@@ -402,9 +392,6 @@ def build_corpus(root: Path) -> list[Case]:
         cases.append(
             Case(name=name, argv=["upscale", str(src_img), "-o", str(target), "--method", "cubic", "--scale", "2"], expect=expect, code=code, watch=[out, root / "a_file"])
         )
-    for c in cases:
-        if c.name in ("options/scale_1000", "options/scale_17_on_one_axis"):
-            c.known_bug = BUG_SCALE
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "case names must be unique"
     return cases

@@ -199,11 +199,6 @@ def test_sidecar_write_hits_enospc_in_a_batch(tmp_path: Path, monkeypatch: pytes
     assert sorted(ln["status"] for ln in last) == ["done", "skipped"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: medsat_sr/inference.py: when the sidecar cannot be written after the output, upscale "
-    "raises WriteError but leaves the output behind (remove it, or write the sidecar first into a temporary name)",
-)
 def test_plain_upscale_leaves_nothing_when_the_sidecar_hits_enospc(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
