@@ -27,12 +27,13 @@ import argparse
 import csv
 import logging
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
@@ -46,19 +47,6 @@ INPUTS = [
     ("dicom/mr_t1_2d_sag_thick_dcm_qa_decubitus_HFS/In", "1,1,2", "MR thick-slice DICOM series"),
 ]
 QUICK = 5  # --quick: the five Sentinel-2 tiles only
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} usable cores, Python {platform.python_version()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             w.writerow(["input", "scale"])
             for p, scale, _ in rows:
                 w.writerow([str(args.data / p), scale])
-        print(f"# medsat-sr batch throughput: {len(rows)} inputs, cubic, {machine()}")
+        print(f"# medsat-sr batch throughput: {len(rows)} inputs, cubic, {describe()}")
         print("# inputs: " + "; ".join(label for _, _, label in rows))
         print()
         print(f"| {'workers':>7} | {'torch threads':>13} | {'wall s':>7} | {'busy s':>7} | {'files/min':>9} | failed | load avg |")

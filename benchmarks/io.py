@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import shutil
 import statistics
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from _machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "dicom"
@@ -42,21 +42,6 @@ SAMPLES = [
     ("GE MR EPI 4D (15 slices x 10 volumes)", "mr_epi_ge_dcm_qa_nih_mr_0004/In", {}, "folder"),
     ("Siemens XA30 enhanced multi-frame T1", "mr_t1_enhanced_multiframe_dcm_qa_xa30_5/In", {}, "folder"),
 ]
-
-
-def machine() -> str:
-    """CPU model and core count."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 # ----------------------------------------------------------------- oracle
@@ -211,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no DICOM samples at {args.data}", file=sys.stderr)
         return 2
     logging.disable(logging.WARNING)
-    print(f"Machine: {machine()}; median of {args.runs} runs; warm file cache (one untimed read first).\n")
+    print(f"Machine: {describe()}; median of {args.runs} runs; warm file cache (one untimed read first).\n")
     print("| sample | medsat_sr s | medsat_sr geometry | MONAI PydicomReader s | MONAI geometry | time ratio ours/MONAI |")
     print("|---|---:|---|---:|---|---:|")
     tmp = Path(tempfile.mkdtemp(prefix="medsat_io_bench_"))

@@ -104,7 +104,6 @@ import json
 import logging
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -113,6 +112,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import load_average, machine
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
@@ -130,40 +130,6 @@ FLOORS = {"mri": 1.0, "s2": 0.5, "naip": 2.0, "transfer": 0.5}
 
 
 # --------------------------------------------------------------------------- machine and load
-def machine() -> dict[str, Any]:
-    """CPU model, cores, ISA flags and library versions."""
-    import torch
-
-    model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags |= set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    from medsat_sr import __version__
-
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "isa": ",".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags) or "-",
-        "torch": torch.__version__.split("+")[0],
-        "medsat_sr": __version__,
-        "python": platform.python_version(),
-    }
-
-
-def load_average() -> list[float] | None:
-    """The 1, 5 and 15 minute load averages (``os.getloadavg``)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def need(path: Path, what: str) -> Path:
     """``path``, or exit with a clear message when the shared data are missing."""
     if not path.exists():
