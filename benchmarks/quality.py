@@ -103,7 +103,6 @@ import copy
 import json
 import logging
 import math
-import os
 import statistics
 import sys
 import time

@@ -50,6 +50,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# measure this checkout, whatever an installed (editable) medsat_sr points to
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 NAIP = SHARED / "geotiff" / "naip_4band_m_4709963_se_14_1_20180716_opengeos-data" / "m_4709963_se_14_1_20180716.tif"
 

@@ -400,7 +400,8 @@ class Ensemble:
                         continue
                     wsum += w
                     if mean is None:
-                        mean = y.clone()
+                        single = self.n_predictions == 1
+                        mean = y if single else y.clone()  # one prediction: no copy needed
                         m2 = torch.zeros_like(y) if self.uncertainty else None
                         continue
                     delta = y - mean
