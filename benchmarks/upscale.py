@@ -7,7 +7,9 @@ Prints markdown tables for the README:
     statistics, normalisation, halo tiles, model, nodata, encoding, deflate
     writing, consistency score, sidecar with the input's sha256) against the
     bare model forward on the same output pixels (the same core tiles, no
-    halo, tensors already in memory), fp32 and bf16. Goal: <= 1.25x.
+    halo, tensors already in memory), fp32 and bf16, runs interleaved, for
+    the configs' EDSR (64 features x 8 blocks) and a tiny one (16 x 2).
+    Goal: <= 1.25x.
 (b) **Peak RSS** of ``upscale`` x2 on synthetic 4-band uint16 rasters of
     4000^2, 8000^2 and 16000^2 pixels (written to a temporary folder), each in
     a fresh subprocess (its ``VmHWM``), with a tiny model (EDSR, 2 blocks, 16
@@ -192,55 +194,58 @@ def run_child(spec: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- (a) overhead
-def overhead(work: Path, size: int, repeats: int, features: int, n_blocks: int) -> list[dict]:
+def overhead(work: Path, size: int, repeats: int, models: list[tuple[int, int]]) -> list[dict]:
+    """Full ``upscale`` path against the bare forward on the same output pixels, runs interleaved."""
     import torch
 
     from medsat_sr.inference import upscale
     from medsat_sr.io import read
 
     src = synthetic_raster(work / f"a_{size}.tif", size)
-    net = tiny_model(features, n_blocks)
-    img = read(src)
-    x = img.as_tensor()[None].float()
+    x = read(src).as_tensor()[None].float()
     rows = []
-    for precision in ("fp32", "bf16"):
-        res = upscale(src, model=net, output=work / "a_out.tif", precision=precision)  # warm-up, and the tile size
-        tile_out = res.record["settings"]["tile"]
-        t_in = [t // 2 for t in tile_out]
-        norm_scale = 1.0 / 65535.0
+    for features, n_blocks in models:
+        net = tiny_model(features, n_blocks)
+        for precision in ("fp32", "bf16"):
+            res = upscale(src, model=net, output=work / "a_out.tif", precision=precision)  # warm-up; the tiles used
+            t_in = [t // 2 for t in res.record["settings"]["tile"]]
+            if precision == "bf16":
+                net.to(memory_format=torch.channels_last)
 
-        def bare() -> float:
-            # the model alone on the same output pixels: the core tiles, no halo, tensors ready
-            start = time.perf_counter()
-            with torch.inference_mode():
-                for r0 in range(0, size, t_in[0]):
-                    for c0 in range(0, size, t_in[1]):
-                        tile = x[:, :, r0 : r0 + t_in[0], c0 : c0 + t_in[1]] * norm_scale
-                        if precision == "bf16":
-                            tile = tile.contiguous(memory_format=torch.channels_last)
-                            with torch.autocast("cpu", dtype=torch.bfloat16):
+            def bare() -> float:
+                # the model alone on the same output pixels: the core tiles, no halo, tensors ready
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    for r0 in range(0, size, t_in[0]):
+                        for c0 in range(0, size, t_in[1]):
+                            tile = x[:, :, r0 : r0 + t_in[0], c0 : c0 + t_in[1]] * (1.0 / 65535.0)
+                            if precision == "bf16":
+                                tile = tile.contiguous(memory_format=torch.channels_last)
+                                with torch.autocast("cpu", dtype=torch.bfloat16):
+                                    net(tile)
+                            else:
                                 net(tile)
-                        else:
-                            net(tile)
-            return time.perf_counter() - start
+                return time.perf_counter() - start
 
-        if precision == "bf16":
-            net.to(memory_format=torch.channels_last)
-        bare()  # warm-up
-        t_bare = statistics.median(bare() for _ in range(repeats))
-        t_full = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            upscale(src, model=net, output=work / "a_out.tif", precision=precision)
-            t_full.append(time.perf_counter() - t0)
-        full = statistics.median(t_full)
-        n_out = (2 * size) ** 2
-        rows.append({
-            "precision": precision, "input": f"{size}²x4 uint16", "tile": f"{t_in[0]}² (+halo {res.record['settings']['halo'][0]})",
-            "full_ns_per_px": 1e9 * full / n_out, "bare_ns_per_px": 1e9 * t_bare / n_out,
-            "full_s": full, "bare_s": t_bare, "ratio": full / t_bare,
-        })
-    del img
+            def full() -> float:
+                start = time.perf_counter()
+                upscale(src, model=net, output=work / "a_out.tif", precision=precision)
+                return time.perf_counter() - start
+
+            bare()  # warm-up
+            t_bare, t_full = [], []
+            for _ in range(repeats):  # interleaved, so that a change of load hits both
+                t_bare.append(bare())
+                t_full.append(full())
+            fb, ff = statistics.median(t_bare), statistics.median(t_full)
+            n_out = (2 * size) ** 2
+            rows.append({
+                "model": f"EDSR {features}x{n_blocks}", "precision": precision, "input": f"{size}²x4 uint16",
+                "tile": f"{t_in[0]}² (+halo {res.record['settings']['halo'][0]})",
+                "full_ns_per_px": 1e9 * ff / n_out, "bare_ns_per_px": 1e9 * fb / n_out,
+                "full_s": ff, "bare_s": fb, "ratio": ff / fb,
+            })
+            print(f"  (a) {rows[-1]['model']} {precision}: full {ff:.2f} s, bare {fb:.2f} s (load {load()})", file=sys.stderr)
     return rows
 
 
@@ -362,10 +367,11 @@ def main() -> int:
     print(f"load average at start: {load()}; repeats: {repeats} (medians)\n")
     try:
         if "a" not in skip:
-            size = 1024 if args.quick else 2048
-            rows = overhead(work, size, repeats, features=32, n_blocks=4)
-            print("(a) overhead of the full upscale path (streamed GeoTIFF -> GeoTIFF, EDSR 32 features x 4 blocks, x2)\n")
-            print(table(rows, [("precision", "precision", ""), ("input", "input", ""), ("tile", "tile", ""),
+            size = 512 if args.quick else 1024
+            models = [(16, 2)] if args.quick else [(64, 8), (16, 2)]
+            rows = overhead(work, size, repeats, models)
+            print("(a) overhead of the full upscale path (streamed GeoTIFF -> deflated GeoTIFF, x2) against the bare forward\n")
+            print(table(rows, [("model", "model", ""), ("precision", "precision", ""), ("input", "input", ""), ("tile", "tile", ""),
                                ("full_s", "full path (s)", ".2f"), ("bare_s", "bare forward (s)", ".2f"),
                                ("full_ns_per_px", "full ns/output px", ".1f"), ("bare_ns_per_px", "bare ns/output px", ".1f"),
                                ("ratio", "full / bare", ".2f")]))

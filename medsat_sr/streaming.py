@@ -46,10 +46,6 @@ DEFAULT_TILE_RASTER = 512
 CONSISTENCY_TILES = 16
 #: Side (input pixels) of the central crop of each of those tiles that the score uses.
 CONSISTENCY_CROP = 256
-#: Output windows that may wait for the background writer.
-WRITE_QUEUE = 2
-#: GDAL compression threads of streamed outputs (GTiff ``NUM_THREADS``).
-WRITER_THREADS = 2
 #: Compression levels of streamed outputs: fast ones. On Sentinel-2 and NAIP
 #: products DEFLATE level 1 is 1.6-4.6x faster than GDAL's default 6 for files
 #: 0-7 % larger (a COG copy recompresses with the COG driver's own level).
@@ -689,9 +685,6 @@ class _Sink:
         self.masked, self.cog, self.compress, self.blocksize = masked, cog, compress, blocksize
         self.base_meta = base_meta
         self.dsts: list[Any] = []
-        self._queue: Any = None
-        self._thread: Any = None
-        self._error: BaseException | None = None
         self.data: np.ndarray | None = None
         self.valid: np.ndarray | None = None
         self.clipped = 0
@@ -739,8 +732,7 @@ class _Sink:
                 compress=self.compress, blocksize=self.blocksize,
             )
             if profile.get("compress"):
-                # GDAL compresses finished blocks in worker threads, overlapping the next tile's work
-                profile["num_threads"] = str(WRITER_THREADS)
+                # no GDAL compression threads: on few cores they compete with the network's threads
                 level = WRITER_LEVELS.get(str(profile["compress"]).lower())
                 if level is not None:
                     profile[level[0]] = level[1]
@@ -753,55 +745,19 @@ class _Sink:
                 names_in_file=not self.folder,
             )
             self.dsts.append((dst, pos))
-        self._start_writer(stack)
 
     def write(self, data: np.ndarray, valid: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> None:
-        """Store one output window (``data`` and ``valid`` must not be modified afterwards)."""
+        """Store one output window.
+
+        Synchronous on purpose: a background writer (or GDAL compression
+        threads) competes with the network's threads for the cores, and on a
+        2-core machine that made bf16 inference slower, not faster.
+        """
         if self.data is not None and self.valid is not None:
             self.data[:, r0:r1, c0:c1] = data
             self.valid[:, r0:r1, c0:c1] = valid
             return
-        if self._error is not None:
-            raise self._error
-        assert self._queue is not None
-        self._queue.put((data, valid, r0, r1, c0, c1))  # blocks while WRITE_QUEUE windows are pending
-
-    def _start_writer(self, stack: Any) -> None:
-        """Encode and write in a background thread, so that compression overlaps the next tile.
-
-        GDAL (and numpy on large arrays) release the GIL; the queue is
-        bounded, so at most :data:`WRITE_QUEUE` windows wait in memory. An
-        error in the thread is raised by the next :meth:`write` or at the end.
-        """
-        import queue
-        import threading
-
-        self._queue = queue.Queue(maxsize=WRITE_QUEUE)
-
-        def worker() -> None:
-            assert self._queue is not None
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    return
-                if self._error is None:
-                    try:
-                        self._write_now(*item)
-                    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                        self._error = exc
-
-        self._thread = threading.Thread(target=worker, name="medsat_sr-writer", daemon=True)
-        self._thread.start()
-
-        def stop(exc_type: Any, exc: Any, tb: Any) -> bool:
-            assert self._queue is not None and self._thread is not None
-            self._queue.put(None)
-            self._thread.join()
-            if exc_type is None and self._error is not None:
-                raise self._error
-            return False
-
-        stack.push(stop)  # runs before the writers close (LIFO)
+        self._write_now(data, valid, r0, r1, c0, c1)
 
     def _write_now(self, data: np.ndarray, valid: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> None:
         from rasterio.windows import Window
