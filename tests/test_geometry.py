@@ -103,9 +103,9 @@ def test_scale_identity_and_errors() -> None:
 def test_raster_transform_keeps_bounds(t: tuple[float, ...], h: int, w: int, s: int) -> None:
     T = Affine(*t)
     T2 = Affine(*g.scale_transform(t, s))
-    np.testing.assert_allclose(tuple(T2), tuple(T * Affine.scale(1 / s)), rtol=1e-15, atol=0)
+    np.testing.assert_allclose(tuple(T2), tuple(T @ Affine.scale(1 / s)), rtol=1e-15, atol=0)
     for r, c in [(0, 0), (h, 0), (0, w), (h, w)]:
-        np.testing.assert_allclose(T2 * (c * s, r * s), T * (c, r), rtol=1e-12, atol=1e-6)
+        np.testing.assert_allclose(T2 @ (c * s, r * s), T @ (c, r), rtol=1e-12, atol=1e-6)
 
 
 def test_raster_anisotropic_scale_and_crop() -> None:

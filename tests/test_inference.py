@@ -243,7 +243,7 @@ def test_geotiff_x2_keeps_crs_bounds_transform_nodata(tmp_path):
     with rasterio.open(src) as a, rasterio.open(out) as b:
         assert b.crs == a.crs
         assert b.bounds == a.bounds
-        assert tuple(b.transform)[:6] == pytest.approx(tuple(a.transform * Affine.scale(0.5))[:6], abs=1e-9)
+        assert tuple(b.transform)[:6] == pytest.approx(tuple(a.transform @ Affine.scale(0.5))[:6], abs=1e-9)
         assert tuple(b.transform)[:6] == pytest.approx(scale_transform(tuple(a.transform)[:6], 2), abs=1e-9)
         assert b.nodata == a.nodata and b.dtypes == a.dtypes
         assert b.descriptions == a.descriptions
