@@ -37,8 +37,9 @@ __all__ = ["run_raster", "SAMPLE_SIDE", "DEFAULT_TILE_RASTER", "CONSISTENCY_TILE
 
 logger = logging.getLogger("medsat_sr.inference")
 
-#: Largest side (pixels) of the decimated read used for raster statistics.
-SAMPLE_SIDE = 2048
+#: Largest side (pixels) of the decimated read used for raster statistics
+#: (percentiles and band medians; a million pixels per band is ample).
+SAMPLE_SIDE = 1024
 #: Default tile size (input pixels per axis) for rasters.
 DEFAULT_TILE_RASTER = 512
 #: Raster tiles (spread evenly over the scene) on which the consistency score is computed
@@ -860,7 +861,20 @@ def _bind_members(members: list[Member], task: _Task, profile: Any, fit_norm: An
             m.guide_normaliser = _fit_normaliser(gstats, guide_img, spec)
 
 
-def run_raster(
+def run_raster(groups: list[_Group], **kwargs: Any) -> tuple[MetaTensor | None, MetaTensor | None, dict[str, Any]]:
+    """Upscale raster groups window by window (see :func:`_run_raster` for the arguments).
+
+    Everything, the whole-scene statistics included, runs inside
+    :func:`~medsat_sr.io.geotiff.gdal_env`: outside it GDAL's block cache is
+    5 % of the RAM, and the decimated statistics read of a large scene fills it.
+    """
+    from medsat_sr.io.geotiff import gdal_env
+
+    with gdal_env():
+        return _run_raster(groups, **kwargs)
+
+
+def _run_raster(
     groups: list[_Group],
     *,
     members: list[Member] | None,
@@ -989,6 +1003,9 @@ def run_raster(
             model_task.guide_fill = model_task.guide.fill_values()[model_task.guide_idx]
         info["tta"] = [t.describe() for t in ensemble.transforms]
         info["halo"] = list(model_task.halo)
+    for g in groups:  # the statistics are bound: free the decimated samples before the tile loop
+        g._sample = None
+    _release_heap()
     for t in tasks:
         if t.kind != "pass" and t.ratio is not None:
             t.sigma = _psf_sigmas(profile, float(t.ratio[0]), t.bands)
