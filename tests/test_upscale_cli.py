@@ -193,3 +193,45 @@ def test_config_fit_on_noise_falls_back_to_cubic(tmp_path, capsys, caplog):
     a = np.asarray(nib.load(str(tmp_path / "sr.nii.gz")).dataobj)
     b = np.asarray(nib.load(str(tmp_path / "cubic.nii.gz")).dataobj)
     assert a.shape == b.shape == (40, 40, 32) and np.array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- 3D self-supervised through --config
+@pytest.mark.slow
+@pytest.mark.parametrize("as_dicom", [False, True], ids=["nifti", "dicom"])
+def test_config_mri_isotropic_x2_keeps_the_fov_exactly(tmp_path, capsys, as_dicom):
+    """``upscale VOL -o out.nii.gz --config mri_isotropic_x2``: a 3D self-supervised fit, FOV kept exactly."""
+    from medsat_sr.geometry import fov_corners
+    from medsat_sr.io import read, write
+
+    rng = np.random.default_rng(3)
+    shape = (40, 36, 32)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    head = (np.sqrt((grid**2).sum(0)) < 0.8).astype(np.float32)
+    data = (head * (600 + 300 * np.sin(4 * grid[0]) * np.cos(3 * grid[1])) + rng.normal(0, 5, shape)).astype(np.int16)
+    rot = np.array([[0.96, -0.28, 0.0], [0.28, 0.96, 0.0], [0.0, 0.0, 1.0]])  # oblique in-plane rotation
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag([1.2, 1.2, 1.5])
+    aff[:3, 3] = [-12.5, 30.25, -7.0]
+    src = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(data, aff), str(src))
+    if as_dicom:
+        write(read(src), tmp_path / "series")
+        src = tmp_path / "series"
+    out = tmp_path / "out.nii.gz"
+    sets = ["train.max_iterations=6", "train.val_every=3", "train.batch_size=2", "train.patch_size=8",
+            "model.kwargs={features: 8, growth: 4, n_blocks: 1, n_layers: 2}", "train.schedule.warmup_iterations=0",
+            "inference.tile_size=20"]
+    argv = [str(src), "-o", str(out), "--config", "mri_isotropic_x2", "--force", "-q"]
+    for s in sets:
+        argv += ["--set", s]
+    code, _, err = _run(capsys, *argv)
+    assert code == 0, err
+    inp, res = read(src), read(out)
+    assert tuple(res.shape[1:]) == tuple(2 * n for n in inp.shape[1:])
+    np.testing.assert_allclose(np.asarray(res.meta["spacing"]), np.asarray(inp.meta["spacing"]) / 2, rtol=1e-5)
+    # the world extent (outer voxel corners) is the input's, to 1e-6 of a voxel
+    err_mm = np.abs(fov_corners(np.asarray(inp.affine), inp.shape[1:]) - fov_corners(np.asarray(res.affine), res.shape[1:]))
+    assert err_mm.max() < 1e-6 * min(inp.meta["spacing"])
+    rec = json.loads(Path(str(out) + ".json").read_text())
+    assert rec["config"]["name"] == "mri_isotropic_x2" and not rec["fallback"]["applied"]
+    assert rec["validation"]["members"][0]["source"].startswith("self-supervised")
