@@ -57,8 +57,8 @@ Cases (``--cases``):
     :func:`medsat_sr.evaluate.prepare_case` with config ``ct_thick_slice``
     (so the model scale is the same x4). Scratch: ``ct_thick_slice``.
     Fine-tune: ``mri_finetune`` with ``domain=ct`` (head and first 2 blocks
-    frozen, lr 1e-4, the checkpoint's architecture; the module is
-    deep-copied because ``fit(init=module)`` freezes it in place). Both: the
+    frozen, lr 1e-4, the checkpoint's architecture; ``fit(init=module)``
+    fine-tunes a copy, the source model is left as it was). Both: the
     same iteration budget (``--iterations``, default 500; time budget
     ``max(--minutes, 60)`` so that iterations decide), the same seed,
     validation split and normalisation (the CT's, HU window),

@@ -72,6 +72,7 @@ volume (both through-plane orientations, averaged).
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -407,8 +408,8 @@ def _init_model(cfg: Any, ts: Any, init: Any, device: torch.device) -> tuple[nn.
     info: dict[str, Any] = {}
     if init is None:
         return build_model(name, **_model_kwargs(cfg, ts)).to(device), info
-    if isinstance(init, nn.Module):
-        model, meta = init, {"source": "module"}
+    if isinstance(init, nn.Module):  # a copy: freezing and fine-tuning never touch the caller's module
+        model, meta = copy.deepcopy(init), {"source": "module"}
     else:
         model, meta = load_checkpoint(init, device="cpu")
     info["init"] = str(init) if not isinstance(init, nn.Module) else "module"

@@ -184,6 +184,19 @@ def test_finetune_with_frozen_blocks(tmp_path: Path) -> None:
     assert r.metadata["task"]["frozen"]
 
 
+def test_finetune_from_a_module_leaves_the_module_untouched() -> None:
+    base = fit(raster(), tiny_cfg("train.max_iterations=2", "train.val_every=2", "model.kwargs={features: 8, n_blocks: 2}"),
+               progress=False).model
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    cfg = tiny_cfg("train.mode=finetune", "train.freeze_blocks=1", "train.max_iterations=3", "train.val_every=3",
+                   "model.kwargs={features: 8, n_blocks: 2}")
+    r = fit(raster(seed=7), cfg, progress=False, init=base)
+    assert r.model is not base
+    assert all(p.requires_grad for p in base.parameters())  # nothing frozen on the caller's module
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in r.model.state_dict().items())
+
+
 def test_finetune_adapts_channels_through_cli(tmp_path: Path) -> None:
     from medsat_sr.io import write
 
