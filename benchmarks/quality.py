@@ -407,7 +407,9 @@ def case_transfer(budget: Budget, out_png: Path, source_model: Any = None) -> di
     }
 
 
-def _plot_curves(scratch: Sequence[dict[str, Any]], fine: Sequence[dict[str, Any]], target: float, path: Path) -> None:
+def _plot_curves(scratch: Sequence[dict[str, Any]], fine: Sequence[dict[str, Any]], target: float, path: Path, *,
+                 labels: tuple[str, str] = ("scratch (ct_thick_slice)", "fine-tune from MNI model (mri_finetune)"),
+                 title: str = "Transfer on the thick-slice CT (x4)") -> None:
     """PNG of both validation-PSNR curves."""
     import matplotlib
 
@@ -415,12 +417,12 @@ def _plot_curves(scratch: Sequence[dict[str, Any]], fine: Sequence[dict[str, Any
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for hist, label in ((scratch, "scratch (ct_thick_slice)"), (fine, "fine-tune from MNI model (mri_finetune)")):
+    for hist, label in zip((scratch, fine), labels):
         ax.plot([h["iteration"] for h in hist], [h["val_psnr"] for h in hist], marker=".", label=label)
     ax.axhline(target, color="grey", ls="--", lw=0.8, label="scratch best")
     ax.set_xlabel("iteration")
     ax.set_ylabel("validation PSNR (dB, network units)")
-    ax.set_title("Transfer on the thick-slice CT (x4)")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -429,25 +431,23 @@ def _plot_curves(scratch: Sequence[dict[str, Any]], fine: Sequence[dict[str, Any
 
 
 # --------------------------------------------------------------------------- case 5: precision
-def step_times(budget: Budget, steps: int) -> dict[str, Any]:
-    """Median/min seconds of a training step, bf16 and fp32 interleaved, on the MRI case's pairs."""
-    import torch
+def interleaved_steps(states: dict[str, Any], steps: int, warmup: int = 2) -> tuple[dict[str, list[float]], int]:
+    """Seconds of ``steps`` training steps per precision, the precisions interleaved step by step.
 
-    from medsat_sr.config import load_config
-    from medsat_sr.evaluate import prepare_case
-    from medsat_sr.train import _prepare_batch, build_trainer
+    Args:
+        states: ``{"fp32": (TrainState, batch iterator), "bf16": (...)}``.
+        steps: timed steps per precision (after ``warmup`` untimed ones).
 
-    states = {}
-    case = None
-    for prec in ("fp32", "bf16"):
-        cfg = load_config("mri_thick_slice", MRI_DEGRADATION + budget.overrides() + [f"train.precision={prec}"])
-        if case is None:
-            case = prepare_case(mni_reference(budget), cfg)
-        _, _, st = build_trainer(cfg, None, images=[case.lr], progress=False)
-        states[prec] = (st, iter(st.data.train))
-    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    for i in range(steps + 2):  # 2 warm-up steps each
-        for prec in (("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32")):
+    Returns:
+        ``({precision: [seconds, ...]}, output voxels/pixels of one batch)``.
+    """
+    from medsat_sr.train import _prepare_batch
+
+    times: dict[str, list[float]] = {k: [] for k in states}
+    order = list(states)
+    out_size = 0
+    for i in range(steps + warmup):
+        for prec in (order if i % 2 == 0 else order[::-1]):  # alternate who goes first
             st, it = states[prec]
             batch = next(it)
             st.net.train()
@@ -458,8 +458,29 @@ def step_times(budget: Budget, steps: int) -> dict[str, Any]:
             loss.backward()
             st.optimizer.step()
             dt = time.perf_counter() - t0
-            if i >= 2:
+            out_size = int(y.numel() // y.shape[1])
+            if i >= warmup:
                 times[prec].append(dt)
+    return times, out_size
+
+
+def step_times(budget: Budget, steps: int) -> dict[str, Any]:
+    """Median/min seconds of a training step, bf16 and fp32 interleaved, on the MRI case's pairs."""
+    import torch
+
+    from medsat_sr.config import load_config
+    from medsat_sr.evaluate import prepare_case
+    from medsat_sr.train import build_trainer
+
+    states = {}
+    case = None
+    for prec in ("fp32", "bf16"):
+        cfg = load_config("mri_thick_slice", MRI_DEGRADATION + budget.overrides() + [f"train.precision={prec}"])
+        if case is None:
+            case = prepare_case(mni_reference(budget), cfg)
+        _, _, st = build_trainer(cfg, None, images=[case.lr], progress=False)
+        states[prec] = (st, iter(st.data.train))
+    times, _ = interleaved_steps(states, steps)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"steps": steps, "median_s": med, "min_s": {k: min(v) for k, v in times.items()},
             "speedup_median": med["fp32"] / med["bf16"], "torch_threads": torch.get_num_threads(),

@@ -64,7 +64,6 @@ import copy
 import json
 import logging
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,8 +77,10 @@ from quality import (
     Budget,
     _finite,
     _json_default,
+    _plot_curves,
     centre_crop,
     fit_record,
+    interleaved_steps,
     md_table,
     need,
     reach,
@@ -95,6 +96,11 @@ THROUGHPUT_NETS = {
     "edsr3d": ["model.name=edsr", "model.kwargs={features: 32, n_blocks: 4}"],
     "rcan3d": ["model.name=rcan", "model.kwargs={features: 32, n_groups: 2, n_blocks: 2}"],
 }
+
+
+def quick3d(budget: Budget) -> list[str]:
+    """Quick mode: 3D patches small enough for the cropped volume."""
+    return ["train.patch_size=16", "train.batch_size=2"] if budget.quick else []
 
 
 def mni(budget: Budget) -> Any:
@@ -159,7 +165,7 @@ def case_iso(budget: Budget, *, slicewise: bool = True) -> tuple[dict[str, Any],
     from medsat_sr.config import load_config
     from medsat_sr.evaluate import _score_case, prepare_case
 
-    cfg3 = load_config("mri_isotropic_x2", budget.overrides())
+    cfg3 = load_config("mri_isotropic_x2", budget.overrides() + quick3d(budget))
     case = prepare_case(mni(budget), cfg3, name="mni_t1")
     runs = {"cubic": _run("cubic", case, cfg3), "model_3d": _run("model", case, cfg3)}
     if slicewise:
@@ -182,6 +188,7 @@ def case_sampler(budget: Budget, iterations: int) -> dict[str, Any]:
     from medsat_sr.evaluate import _score_case, prepare_case
 
     common = budget.overrides(early_stopping=False, iterations=iterations, minutes=max(budget.minutes, 60.0))
+    common += quick3d(budget)
     cfgs = {
         "foreground (0.05 background)": load_config("mri_isotropic_x2", common + ["data.background_probability=0.05"]),
         "uniform (1.0 background)": load_config("mri_isotropic_x2", common + ["data.background_probability=1.0"]),
@@ -204,7 +211,7 @@ def case_throughput(budget: Budget, steps: int) -> dict[str, Any]:
 
     from medsat_sr.config import load_config
     from medsat_sr.evaluate import prepare_case
-    from medsat_sr.train import _prepare_batch, build_trainer
+    from medsat_sr.train import build_trainer
 
     ref = mni(budget)
     case = None
@@ -212,28 +219,12 @@ def case_throughput(budget: Budget, steps: int) -> dict[str, Any]:
     for net, ov in THROUGHPUT_NETS.items():
         states = {}
         for prec in ("fp32", "bf16"):
-            cfg = load_config("mri_isotropic_x2", budget.overrides() + ov + [f"train.precision={prec}"])
+            cfg = load_config("mri_isotropic_x2", budget.overrides() + ov + quick3d(budget) + [f"train.precision={prec}"])
             if case is None:
                 case = prepare_case(ref, cfg)
             _, _, st = build_trainer(cfg, None, images=[case.lr], progress=False)
             states[prec] = (st, iter(st.data.train))
-        times: dict[str, list[float]] = {"fp32": [], "bf16": []}
-        voxels = 0
-        for i in range(steps + 2):  # 2 warm-up steps each
-            for prec in (("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32")):
-                st, it = states[prec]
-                batch = next(it)
-                st.net.train()
-                t0 = time.perf_counter()
-                x, y, args, kw = _prepare_batch(batch, st.device)
-                st.optimizer.zero_grad(set_to_none=True)
-                loss = st.loss(st.net(x, *args, **kw), y)
-                loss.backward()
-                st.optimizer.step()
-                dt = time.perf_counter() - t0
-                voxels = int(y.numel() // y.shape[1])
-                if i >= 2:
-                    times[prec].append(dt)
+        times, voxels = interleaved_steps(states, steps)
         med = {k: statistics.median(v) for k, v in times.items()}
         out["nets"][net] = {
             "overrides": ov, "voxels_per_step": voxels, "median_s": med,
@@ -255,11 +246,11 @@ def case_transfer(budget: Budget, iterations: int, out_png: Path, source_model: 
     src_info = "the iso case's fitted 3D model (MNI T1)"
     if source_model is None:
         src_info = "a fit on the MNI iso x2 case (mri_isotropic_x2, same budget)"
-        cfg_src = load_config("mri_isotropic_x2", budget.overrides())
+        cfg_src = load_config("mri_isotropic_x2", budget.overrides() + quick3d(budget))
         source_model = fit([prepare_case(mni(budget), cfg_src).lr], cfg_src, progress=False).model
     val_every = max(1, iterations // 20)
     common = budget.overrides(early_stopping=False, iterations=iterations, val_every=val_every,
-                              minutes=max(budget.minutes, 60.0))
+                              minutes=max(budget.minutes, 60.0)) + quick3d(budget)
     arch = ["model.name=dcsrn", DCSRN if not budget.quick else "model.kwargs={features: 16, growth: 8, n_blocks: 2, n_layers: 2}"]
     ov_s = arch + common
     cfg_s = load_config("ct_isotropic_x2", ov_s)
@@ -276,7 +267,9 @@ def case_transfer(budget: Budget, iterations: int, out_png: Path, source_model: 
     target = max(float(h["val_psnr"]) for h in scratch.history)
     it_s, it_f = reach(scratch.history, target), reach(fine.history, target, tol=0.01)
     ratio = (it_f / it_s) if (it_f is not None and it_s) else (0.0 if it_f == 0 else None)
-    _plot(scratch.history, fine.history, target, out_png)
+    _plot_curves(scratch.history, fine.history, target, out_png,
+                 labels=("scratch (ct_isotropic_x2, dcsrn)", "fine-tune from the MR 3D net"),
+                 title="Transfer MR -> CT, isotropic x2 (3D)")
     return {
         "case": "Transfer: MR (MNI) 3D net -> CT iso x2", "floor": "iterations to reach <= 0.5 x scratch",
         "passed": ratio is not None and ratio <= FLOORS["transfer"], "target_val_psnr": target,
@@ -287,26 +280,6 @@ def case_transfer(budget: Budget, iterations: int, out_png: Path, source_model: 
         "settings": {"source": src_info, "target": str(CT), "degradation": case.degradation,
                      "overrides_scratch": ov_s, "overrides_finetune": ov_f},
     }
-
-
-def _plot(scratch: Sequence[dict[str, Any]], fine: Sequence[dict[str, Any]], target: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for hist, label in ((scratch, "scratch (ct_isotropic_x2, dcsrn)"), (fine, "fine-tune from the MR 3D net")):
-        ax.plot([h["iteration"] for h in hist], [h["val_psnr"] for h in hist], marker=".", label=label)
-    ax.axhline(target, color="grey", ls="--", lw=0.8, label="scratch best")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("validation PSNR (dB, network units)")
-    ax.set_title("Transfer MR -> CT, isotropic x2 (3D)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- report

@@ -851,9 +851,15 @@ class PatchPairDataset(IterableDataset):
         self.seed = int(seed)
         w = np.array([max(s.weight, 0.0) for s in self.sources], dtype=np.float64)
         if not np.any(w > 0):
+            sizes = []
+            for src in self.sources:
+                shape, size = getattr(getattr(src, "sampler", None), "shape", None), getattr(src, "size", None)
+                if shape is not None and size is not None:
+                    sizes.append(f"target grid {tuple(int(v) for v in shape)}, patch {tuple(int(v) for v in size)}")
+            where = f" ({'; '.join(sizes)}; the validation hold-out and its gap are excluded)" if sizes else ""
             raise DataError(
-                "no training patch has enough valid pixels in any input; "
-                "lower data.min_valid_fraction or train.patch_size"
+                f"no training patch fits with enough valid pixels in any input{where}; "
+                "lower data.min_valid_fraction or train.patch_size, or give a larger image"
             )
         self.p = w / w.sum()
         self.rng = np.random.default_rng(self.seed)

@@ -54,7 +54,10 @@ axis (MONAI's zoom is then ``shape' / shape`` and the window is the axis).
 *2D models on volumes* (slice-wise, SMORE/ECLARE style): the network's scaled
 axis is the through-plane axis (the one with the largest factor); every slice
 perpendicular to each of the two in-plane axes is super-resolved whole and the
-two orientations are averaged (:func:`apply_slicewise`).
+two orientations are averaged (:func:`apply_slicewise`). A 2D *in-plane*
+network (both of its factors > 1, trained on planes across the axis whose
+factor is 1, e.g. ``scale: [2, 2, 1]``) is applied to every plane across that
+axis (:func:`apply_inplane`); that axis is not resampled.
 
 Rasters
 -------
@@ -168,6 +171,7 @@ __all__ = [
     "upscale",
     "UpscaleResult",
     "apply_slicewise",
+    "apply_inplane",
     "native_bf16",
     "SAMPLE_SIDE",
     "DEFAULT_TILE_VOLUME",
@@ -452,6 +456,70 @@ def apply_slicewise(
     return mean.contiguous(), var.contiguous() if var is not None else None
 
 
+#: Largest number of input pixels in one batch of whole planes (in-plane route).
+INPLANE_BATCH_PIXELS = 1 << 20
+
+
+def apply_inplane(
+    model: Ensemble | Member | nn.Module,
+    volume: torch.Tensor,
+    plane_axis: int,
+    output_size: Sequence[int],
+    *,
+    batch: int = SLICE_BATCH,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Apply a 2D in-plane network to every plane of a volume across ``plane_axis``.
+
+    The planes keep the order of the other two axes (the network's first and
+    second axis); ``plane_axis`` is not resampled. Planes are processed whole,
+    at most ``batch`` (and :data:`INPLANE_BATCH_PIXELS` input pixels) at a time.
+
+    Args:
+        model: a 2D model, a :class:`~medsat_sr.fusion.Member` or an
+            :class:`~medsat_sr.fusion.Ensemble`.
+        volume: ``(C, X, Y, Z)`` physical values (float32).
+        plane_axis: the spatial axis the planes are cut across (factor 1).
+        output_size: the output spatial size (``plane_axis`` unchanged).
+
+    Returns:
+        ``(mean, var)`` as for :func:`apply_slicewise`.
+
+    Raises:
+        ModelError: a model that is not 2D.
+        GeometryError: an output size that changes ``plane_axis``.
+    """
+    ens = _as_ensemble(model, uncertainty=False)
+    if ens.spatial_dims != 2:
+        raise ModelError(f"in-plane application needs a 2D model, got spatial_dims={ens.spatial_dims}")
+    if volume.ndim != 4:
+        raise GeometryError(f"volume must be (C, X, Y, Z), got shape {tuple(volume.shape)}")
+    out_size = tuple(int(v) for v in output_size)
+    p = int(plane_axis)
+    if out_size[p] != volume.shape[1 + p]:
+        raise GeometryError(f"in-plane upscaling keeps axis {p}; got {tuple(volume.shape[1:])} -> {out_size}")
+    vol = volume.as_subclass(torch.Tensor) if isinstance(volume, MetaTensor) else volume
+    others = [a for a in range(3) if a != p]
+    perm = [1 + p, 0, 1 + others[0], 1 + others[1]]
+    planes = vol.float().permute(*perm)
+    size2d = tuple(out_size[a] for a in others)
+    n = planes.shape[0]
+    per = max(1, min(int(batch), INPLANE_BATCH_PIXELS // max(1, planes.shape[2] * planes.shape[3])))
+    mean = torch.empty((n, vol.shape[0], *size2d), dtype=torch.float32)
+    var = torch.empty_like(mean) if ens.uncertainty else None
+    for s0 in _progress(list(range(0, n, per)), progress, f"planes (axis {p})"):
+        s1 = min(n, s0 + per)
+        mu, va = ens.predict(planes[s0:s1].contiguous(), size2d)
+        mean[s0:s1] = mu
+        if var is not None and va is not None:
+            var[s0:s1] = va
+    inv = [0] * 4
+    for i, q in enumerate(perm):
+        inv[q] = i
+    mean = mean.permute(*inv).contiguous()
+    return mean, (var.permute(*inv).contiguous() if var is not None else None)
+
+
 def _volume_windows(
     x: torch.Tensor,
     ens: Ensemble,
@@ -695,8 +763,15 @@ def _state_hash(model: nn.Module) -> str:
 
 def _volume_scale(
     img: MetaTensor, members: list[Member] | None, scale: Any, target_spacing: Any, cfg: Any
-) -> tuple[tuple[float, ...], int | None]:
-    """Per-axis scale of a volume and, for 2D slice models, the through-plane axis."""
+) -> tuple[tuple[float, ...], int | None, str | None]:
+    """Per-axis scale of a volume and, for 2D models, the axis and route.
+
+    Returns:
+        ``(scale, axis, route)``: route ``"slicewise"`` (a slice network,
+        ``axis`` is the through-plane axis it upscales), ``"inplane"`` (an
+        in-plane network applied to the planes across ``axis``, whose factor
+        is 1) or ``None`` (3D models and classical methods, ``axis`` None).
+    """
     spacing = [float(v) for v in img.meta[Key.SPACING]]
     requested: tuple[float, ...] | None = None
     if scale is not None:
@@ -712,7 +787,7 @@ def _volume_scale(
     if not members:
         if requested is None:
             raise ConfigError("a classical method needs a scale: give --scale (e.g. 2 or 1,1,4) or --target-spacing")
-        return requested, None
+        return requested, None, None
     ms = members[0].scale
     for m in members[1:]:
         if len(m.scale) != len(ms) or not np.allclose(m.scale, ms, atol=1e-6):
@@ -720,18 +795,34 @@ def _volume_scale(
     if len(ms) == 3:
         if requested is not None and not np.allclose(requested, ms, atol=1e-6):
             raise ModelError(f"the model upscales by {list(ms)}, but scale {list(requested)} was asked for")
-        return tuple(ms), None
-    # a 2D slice network on a volume
+        return tuple(ms), None, None
+    if all(f > 1 + 1e-9 for f in ms):  # a 2D in-plane network: planes across the axis whose factor is 1
+        if requested is None:
+            plane = int(np.argmax(spacing))
+            others = [a for a in range(3) if a != plane]
+            s = [1.0, 1.0, 1.0]
+            for a, f in zip(others, ms):
+                s[a] = float(f)
+            return tuple(s), plane, "inplane"
+        ones = [a for a, v in enumerate(requested) if abs(v - 1) < 1e-9]
+        others = [a for a in range(3) if a not in ones[-1:]]
+        if len(ones) != 1 or not np.allclose([requested[a] for a in others], ms, atol=1e-6):
+            raise ConfigError(
+                f"a 2D in-plane model (scale {list(ms)}) upscales the planes across one axis of a volume: "
+                f"give a scale with one factor 1 and the model's factors on the two others, got {list(requested)}"
+            )
+        return requested, ones[0], "inplane"
+    # a 2D slice network (SMORE/ECLARE) on a volume: one through-plane axis
     f = max(ms)
     if requested is not None:
         up = [a for a, v in enumerate(requested) if v > 1 + 1e-9]
         if len(up) != 1:
             raise ConfigError(f"a 2D slice model upscales one axis of a volume; the scale {list(requested)} upscales {len(up)}")
-        return requested, up[0]
+        return requested, up[0], "slicewise"
     thick = int(np.argmax(spacing))
     s = [1.0, 1.0, 1.0]
     s[thick] = f
-    return tuple(s), thick
+    return tuple(s), thick, "slicewise"
 
 
 def _input_info(src: Any, path: Path | None, sha: str | None, kind: str) -> dict[str, Any]:
@@ -1011,7 +1102,7 @@ def upscale(
     weights_info: dict[str, Any] | None = None
     if is_vol:
         assert volume is not None
-        s, thick = _volume_scale(volume, members or None, scale, target_spacing, cfg)
+        s, thick, route2d = _volume_scale(volume, members or None, scale, target_spacing, cfg)
         if use_members is None and thick is not None:
             thick = None
         shape = tuple(int(v) for v in volume.shape[1:])
@@ -1045,6 +1136,12 @@ def upscale(
                 mean, var, run_info = _volume_windows(x[None], ens, out_shape, eff, settings, progress)
                 mean = mean[0]
                 var = var[0] if var is not None else None
+            elif route2d == "inplane":
+                ens = Ensemble(use_members, transforms=_tta_for(use_members[0].scale, settings.tta),
+                               precision=settings.precision, device=settings.device, uncertainty=settings.uncertainty)
+                mean, var = apply_inplane(ens, x, thick, out_shape, batch=max(SLICE_BATCH, int(settings.batch_size)),
+                                          progress=progress)
+                run_info = {"route": "inplane", "plane_axis": thick}
             else:
                 ens = Ensemble(use_members, transforms=_tta_for(use_members[0].scale, settings.tta),
                                precision=settings.precision, device=settings.device, uncertainty=settings.uncertainty)

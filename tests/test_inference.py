@@ -520,3 +520,23 @@ def test_no_partial_output_when_the_run_fails(tmp_path):
     with pytest.raises(RuntimeError):
         upscale(src, model=Boom(), output=tmp_path / "o.tif", tile_size=16)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_2d_inplane_model_on_a_volume_runs_plane_by_plane():
+    """A 2D model with scale (2, 2) on a volume: every plane across the factor-1 axis, that axis kept."""
+    img = _volume((1, 14, 11, 5))
+    net = _net(2, 1, 2)
+    res = upscale(img, model=net, scale=[2, 2, 1], precision="fp32")
+    out = res.image.as_tensor().numpy()
+    assert out.shape == (1, 28, 22, 5) and res.record["settings"]["route"] == "inplane"
+    x = img.as_tensor().float()
+    with torch.no_grad():
+        for z in (0, 3):
+            direct = net(x[None, :, :, :, z], output_size=(28, 22))[0].numpy()
+            assert _rel(out[..., z], direct) <= 1e-5
+    # planes across another axis (the model's axes keep their order), and the scale must fit the model
+    assert upscale(img, model=net, scale=[2, 1, 2], precision="fp32").image.shape[1:] == (28, 11, 10)
+    with pytest.raises(ConfigError, match="in-plane model"):
+        upscale(img, model=net, scale=[2, 2, 2])
+    geo = np.asarray(res.image.affine)
+    assert np.abs(fov_corners(_affine(), img.shape[1:]) - fov_corners(geo, out.shape[1:])).max() < 1e-9
