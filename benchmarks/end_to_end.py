@@ -11,8 +11,8 @@ reference tool exists:
     the scan itself). Checks: isotropic output at the in-plane spacing; the
     outer field of view equals that of **dcm2niix's** conversion of the input
     (8 corners, mm); the sidecar. Then the fitted checkpoint is reused
-    (``--model RUN/best``) to write a **derived DICOM series** with ``--tta
-    --uncertainty``; dcm2niix converts that series and its grid must equal
+    (``--model RUN/best``) to write a **derived DICOM series** with
+    ``--uncertainty`` (the spread of the two through-plane orientations); dcm2niix converts that series and its grid must equal
     the NIfTI output's; the ``_std`` uncertainty volume must share it.
 ``s2``
     ``upscale <Sentinel-2 L2A band folder> -o s2_sr.tif --config
@@ -125,8 +125,7 @@ def case_mr(work: Path, minutes: float | None) -> list[dict[str, Any]]:
                         "passed": bool(np.ptp(zooms) < 1e-3 and fov < 1e-3)}, "trust": sidecar(out)}]
     ckpt = run / "best"  # the fit's best checkpoint (best.safetensors + best.json)
     series = work / "mr_sr_dicom"
-    t2, argv2 = cli("upscale", str(MR), "-o", str(series), "--model", str(ckpt), "--tta", "--uncertainty", "--force",
-                    "-q")
+    t2, argv2 = cli("upscale", str(MR), "-o", str(series), "--model", str(ckpt), "--uncertainty", "--force", "-q")
     back = nib.load(str(dcm2niix(series, work / "mr_sr_dicom_dcm2niix")))
     trust2 = sidecar(series)
     std_path = trust2["uncertainty"]
@@ -137,7 +136,7 @@ def case_mr(work: Path, minutes: float | None) -> list[dict[str, Any]]:
         std = nib.load(str(dcm2niix(Path(std_path), work / "mr_sr_dicom_std_dcm2niix")))
     fov2 = fov_difference(back.affine, back.shape, img.affine, img.shape)
     std_fov = None if std is None else fov_difference(std.affine, std.shape, img.affine, img.shape)
-    rows.append({"case": "same model -> derived DICOM series, TTA + uncertainty", "command": " ".join(argv2),
+    rows.append({"case": "same model -> derived DICOM series + uncertainty", "command": " ".join(argv2),
                  "seconds": t2, "output_shape": list(back.shape),
                  "output_spacing": np.asarray(back.header.get_zooms()[:3], float).round(4).tolist(),
                  "checks": {"dcm2niix_of_output_vs_nifti_output_fov_mm": fov2, "uncertainty_written": std is not None,

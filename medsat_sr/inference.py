@@ -268,8 +268,7 @@ def _settings(cfg: Any, **given: Any) -> _Settings:
     if cfg is not None:
         inf, out = cfg.inference, cfg.output
         s.tta, s.uncertainty, s.device = inf.tta, inf.uncertainty, inf.device
-        if "precision" in inf.model_fields_set:  # a config that says fp32 gets fp32; unset means auto
-            s.precision = inf.precision
+        s.precision = inf.precision  # "auto" (the default) resolves to bf16 where it is native
         s.tile_size = tuple(inf.tile_size) if isinstance(inf.tile_size, list) else inf.tile_size
         s.overlap, s.halo, s.batch_size, s.sigma_scale, s.force = inf.overlap, inf.halo, inf.batch_size, inf.sigma_scale, inf.force
         s.dtype = None if out.dtype == "source" else out.dtype
@@ -1103,6 +1102,14 @@ def upscale(
     if is_vol:
         assert volume is not None
         s, thick, route2d = _volume_scale(volume, members or None, scale, target_spacing, cfg)
+        if members:
+            n_in, n_vol = int(getattr(members[0].model, "in_channels", volume.shape[0])), int(volume.shape[0])
+            if n_in != n_vol:
+                where = volume.meta.get(Key.SOURCE_PATH) or "the volume"
+                raise ModelError(
+                    f"{where}: the model takes {n_in} input channel(s), the volume has {n_vol}; "
+                    "use a model trained on volumes with this many channels"
+                )
         if use_members is None and thick is not None:
             thick = None
         shape = tuple(int(v) for v in volume.shape[1:])

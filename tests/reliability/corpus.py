@@ -362,7 +362,7 @@ def build_corpus(root: Path) -> list[Case]:
     for name, ck, path, ext, expect in (
         ("model/wrong_band_count", ck13, tile, ".tif", "13 channels, got 4"),
         ("model/volume_model_on_raster", ck3d, tile, ".tif", "2D model"),
-        ("model/raster_model_on_volume", ck13, niigz, ".nii.gz", "slice-wise model"),
+        ("model/raster_model_on_volume", ck13, niigz, ".nii.gz", "input channel(s), the volume has 1"),
     ):
         argv = ["upscale", str(path), "-o", str(out / f"x{ext}"), "--model", str(ck)]
         cases.append(Case(name=name, argv=argv, expect=expect, watch=[out]))
