@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -61,30 +60,13 @@ NAIP = SHARED / "geotiff" / "naip_4band_m_4709963_se_14_1_20180716_opengeos-data
 
 # --------------------------------------------------------------------------- machine
 def machine() -> dict[str, object]:
+    """:func:`_machine.machine` plus the torch CPU capability and the rasterio/GDAL versions."""
     import rasterio
     import torch
+    from _machine import machine as base
 
-    model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags |= set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "isa": ",".join(isa) or "-",
-        "torch": torch.__version__.split("+")[0],
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "rasterio": rasterio.__version__,
-        "gdal": rasterio.__gdal_version__,
-        "python": platform.python_version(),
-    }
+    return {**base(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__}
 
 
 def load() -> str:

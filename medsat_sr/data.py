@@ -1145,19 +1145,10 @@ def _aligned_source(prep: _Prepared, cfg: Any, *, holdout: bool, lr_image: torch
             if kind != "volume":
                 raise ConfigError(f"{cfg.source}: k-space truncation is for MR volumes")
             ks = p.degradation.kspace
-            axes = [1 + i for i, f in enumerate(ints) if f > 1]
-            facs = [f for f in ints if f > 1]
-            y = x
-            if ks.fraction is not None and abs(ks.fraction * max(facs) - 1.0) > 1e-6:
-                if ks.fraction * max(facs) > 1.0:
-                    raise ConfigError(
-                        f"{cfg.source}: degradation.kspace.fraction {ks.fraction} keeps more than 1/scale of "
-                        "k-space: decimating by the scale would alias"
-                    )
-                y = degrade.kspace_truncate(y, axes, 1.0 / ks.fraction, window=ks.window,
-                                            tukey_alpha=ks.tukey_alpha, output="real")
-            lr = degrade.kspace_truncate(y, axes, facs, window=ks.window, tukey_alpha=ks.tukey_alpha,
-                                         decimate=True, output="real")
+            try:
+                lr = degrade.kspace_lowres(x, ints, fraction=ks.fraction, window=ks.window, tukey_alpha=ks.tukey_alpha)
+            except ConfigError as exc:
+                raise ConfigError(f"{cfg.source}: {exc}") from exc
             lr_mask = None
         else:  # psf (slice_profile never reaches here)
             lr, lr_mask = _psf_lr(x, cfg, ints, names, valid)

@@ -66,6 +66,7 @@ __all__ = [
     "output_size",
     "slice_profile",
     "kspace_truncate",
+    "kspace_lowres",
     "psf_decimate",
     "add_noise",
     "DEGRADATIONS",
@@ -595,6 +596,45 @@ def kspace_truncate(
 # --------------------------------------------------------------------------
 # sensor PSF + decimation
 # --------------------------------------------------------------------------
+
+
+def kspace_lowres(
+    x: torch.Tensor,
+    factors: Sequence[int],
+    *,
+    fraction: float | None = None,
+    window: str | None = None,
+    tukey_alpha: float = 0.5,
+) -> torch.Tensor:
+    """A low-resolution MR acquisition: central k-space kept, then decimated by integer ``factors``.
+
+    The one k-space degradation of a profile, shared by training pairs
+    (:mod:`medsat_sr.data`) and evaluation (:mod:`medsat_sr.evaluate`).
+
+    Args:
+        x: ``(C, *spatial)`` real image.
+        factors: integer factor per spatial axis (1: axis untouched).
+        fraction: fraction of k-space kept along the decimated axes; ``None``
+            or ``1/scale``: exactly what decimation keeps. A smaller fraction
+            truncates further first (partial-Fourier-like blur).
+        window, tukey_alpha: k-space window (see :func:`kspace_truncate`).
+
+    Returns:
+        The decimated real image.
+
+    Raises:
+        ConfigError: a fraction larger than ``1/scale`` (decimation would alias).
+    """
+    axes = [1 + i for i, f in enumerate(factors) if int(f) > 1]
+    facs = [int(f) for f in factors if int(f) > 1]
+    y = x
+    if fraction is not None and abs(fraction * max(facs) - 1.0) > 1e-6:
+        if fraction * max(facs) > 1.0:
+            raise ConfigError(
+                f"degradation.kspace.fraction {fraction} keeps more than 1/scale of k-space: decimating would alias"
+            )
+        y = kspace_truncate(y, axes, 1.0 / fraction, window=window, tukey_alpha=tukey_alpha, output="real")
+    return kspace_truncate(y, axes, facs, window=window, tukey_alpha=tukey_alpha, decimate=True, output="real")
 
 
 def _resolve_spatial_dims(ndim: int, shape: tuple[int, ...], spatial_dims: int | None, n_given: int | None) -> int:

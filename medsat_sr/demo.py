@@ -71,19 +71,7 @@ SLICE_MM = 4.0
 #: Voxels kept around the brain's bounding box.
 MARGIN = 4
 
-#: Config overrides of the MR fit: a small EDSR that trains and runs in the budget.
-MRI_OVERRIDES = (
-    "model.kwargs={features: 32, n_blocks: 4}",
-    "train.batch_size=16",
-    "train.patch_size=48",
-    "train.lr=1.0e-3",
-    "train.schedule.warmup_iterations=20",
-    "train.val_every=50",
-    "train.early_stopping.enabled=false",
-    # bf16 inference: about 2x faster here, and 75 dB PSNR against the fp32 output (max 0.4 of 255)
-    "inference.precision=bf16",
-)
-#: Config overrides of the aerial fit.
+#: Config overrides of the aerial fit: a small EDSR that trains and runs in the budget.
 AERIAL_OVERRIDES = (
     "model.kwargs={features: 32, n_blocks: 4}",
     "train.batch_size=16",
@@ -93,6 +81,9 @@ AERIAL_OVERRIDES = (
     "train.val_every=50",
     "train.early_stopping.enabled=false",
 )
+#: Config overrides of the MR fit: the same network and schedule, and
+#: bf16 inference: about 2x faster here, and 75 dB PSNR against the fp32 output (max 0.4 of 255).
+MRI_OVERRIDES = (*AERIAL_OVERRIDES, "inference.precision=bf16")
 
 
 def sample_path(name: str) -> Path:

@@ -430,18 +430,9 @@ def degrade_reference(
         if any(abs(f - i) > 1e-9 for f, i in zip(fac, ints)):
             raise ConfigError(f"k-space evaluation needs integer factors, got {fac}")
         ks = profile.degradation.kspace
-        axes = [1 + i for i, f in enumerate(ints) if f > 1]
-        facs = [f for f in ints if f > 1]
-        y = x
-        if ks.fraction is not None and abs(ks.fraction * max(facs) - 1.0) > 1e-6:
-            if ks.fraction * max(facs) > 1.0:
-                raise ConfigError(
-                    f"degradation.kspace.fraction {ks.fraction} keeps more than 1/scale of k-space: decimating would alias"
-                )
-            y = degrade.kspace_truncate(y, axes, 1.0 / ks.fraction, window=ks.window, tukey_alpha=ks.tukey_alpha, output="real")
-        lr = degrade.kspace_truncate(y, axes, facs, window=ks.window, tukey_alpha=ks.tukey_alpha, decimate=True, output="real")
+        lr = degrade.kspace_lowres(x, ints, fraction=ks.fraction, window=ks.window, tukey_alpha=ks.tukey_alpha)
         rec.update(fraction=ks.fraction, window=ks.window, tukey_alpha=ks.tukey_alpha, output="real",
-                   function="medsat_sr.degrade.kspace_truncate")
+                   function="medsat_sr.degrade.kspace_lowres")
         lr_valid = None if valid is None else baselines.upsample_mask(valid, lr.shape[1:])
         return lr, lr_valid, rec
     # psf
