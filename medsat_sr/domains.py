@@ -30,7 +30,11 @@ branches on "medical vs satellite"; it reads these fields instead:
   makes training pairs and evaluation inputs (slice profile, PSF/MTF blur
   plus decimation, k-space truncation, noise), with its parameters;
 * **metrics** (:class:`MetricSpec`): the default data-range policy, mask
-  policy, SSIM window, ERGAS convention, border crop and baselines.
+  policy, SSIM window, ERGAS convention, border crop and baselines;
+* **baseline** (:data:`Baseline`): the classical upscaler this domain is
+  compared against and falls back to: ``"bspline"`` (cubic B-spline,
+  volumes), ``"gdal_cubic"`` or ``"gdal_lanczos"`` (GDAL resampling,
+  rasters). Omitted: ``bspline`` for volumes, ``gdal_cubic`` for rasters.
 
 Units used throughout: slice thickness and spacing in millimetres, ground
 sampling distance in metres, PSF widths in *low-resolution pixels* (so a
@@ -78,11 +82,19 @@ __all__ = [
     "MaskSpec",
     "SSIMSpec",
     "MetricSpec",
+    "Baseline",
+    "BASELINES",
     "load_domain",
     "list_domains",
 ]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+#: The classical baselines a profile can name, and the image kind each serves.
+BASELINES: dict[str, str] = {"bspline": "volume", "gdal_cubic": "raster", "gdal_lanczos": "raster"}
+
+#: The value of :attr:`DomainProfile.baseline`.
+Baseline = Literal["bspline", "gdal_cubic", "gdal_lanczos"]
 
 
 def _parse_number(value: Any) -> Any:
@@ -492,7 +504,9 @@ class DomainProfile(StrictModel):
     groups name existing bands, each band at most once, all at one
     resolution; slice-profile and k-space degradations are for volumes;
     ``data_range: window`` needs ``hu_window`` normalisation and
-    ``"percentile"`` needs ``percentile`` normalisation.
+    ``"percentile"`` needs ``percentile`` normalisation; ``baseline`` fits
+    the kind (``bspline`` for volumes, ``gdal_*`` for rasters; see
+    :data:`BASELINES`).
     """
 
     name: str = Field(pattern=_NAME)
@@ -508,10 +522,26 @@ class DomainProfile(StrictModel):
     degradation: DegradationSpec
     metrics: MetricSpec
     default_model: str | None = None
+    baseline: Baseline = Field(None, validate_default=False)  # type: ignore[assignment]  # see _default_baseline
     references: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_baseline(cls, data: Any) -> Any:
+        """Omitted (or null) ``baseline``: ``bspline`` for volumes, ``gdal_cubic`` for rasters."""
+        kind = data.get("kind") if isinstance(data, Mapping) else None
+        if kind in ("volume", "raster") and data.get("baseline") is None:
+            data = dict(data)
+            data["baseline"] = "bspline" if kind == "volume" else "gdal_cubic"
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> DomainProfile:
+        if BASELINES[self.baseline] != self.kind:
+            fits = [b for b, k in BASELINES.items() if k == self.kind]
+            raise located(
+                "baseline", f"{self.baseline!r} is for {BASELINES[self.baseline]}s; a {self.kind} takes one of {fits}"
+            )
         if self.kind == "volume":
             if self.bands is not None:
                 raise located("bands", "a volume profile lists channels, not bands")

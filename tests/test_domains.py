@@ -331,3 +331,29 @@ def test_data_dir_is_the_checkout_or_the_installed_copy():
     assert {p.stem for p in folder.glob("*.yaml")} >= set(REQUIRED)
     root = Path(medsat_sr.domains.__file__).resolve().parent
     assert folder in (root.parent / "domains", root / "_data" / "domains")
+
+
+# ---------------------------------------------------------------- baseline
+@pytest.mark.parametrize("name", list_domains())
+def test_every_builtin_profile_names_its_baseline(name):
+    data = raw(name)
+    assert "baseline" in data, f"domains/{name}.yaml sets no baseline"
+    p = load_domain(name)
+    assert p.baseline == ("bspline" if p.kind == "volume" else "gdal_cubic")
+
+
+def test_baseline_defaults_by_kind_and_must_fit_the_kind():
+    ct = raw("ct")
+    del ct["baseline"]
+    assert load_domain(ct).baseline == "bspline"
+    s2 = raw("sentinel2_l2a")
+    s2["baseline"] = None
+    assert load_domain(s2).baseline == "gdal_cubic"
+    s2["baseline"] = "gdal_lanczos"
+    assert load_domain(s2).baseline == "gdal_lanczos"
+    ct["baseline"] = "gdal_cubic"
+    with pytest.raises(ConfigError, match=r"baseline: 'gdal_cubic' is for rasters; a volume takes one of \['bspline'\]"):
+        load_domain(ct)
+    ct["baseline"] = "bicubic"
+    with pytest.raises(ConfigError, match="baseline"):
+        load_domain(ct)
