@@ -9,7 +9,7 @@ The curated API:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from medsat_sr._version import __version__
 
 from medsat_sr.errors import (  # noqa: E402
     ConfigError,

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from medsat_sr._resources import did_you_mean
 from medsat_sr.errors import ConfigError
@@ -343,3 +343,18 @@ def check_path(model: type[BaseModel], parts: Sequence[str]) -> None:
             parent = dotted(parts[:i]) or "(top level)"
             raise ConfigError(f"cannot set {here!r}: {parent!r} is a plain value, not a section")
         ann = nxt
+
+
+def _parse_size(value: Any) -> Any:
+    def ok(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 4096
+
+    if ok(value):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) in (2, 3) and all(ok(v) for v in value):
+        return list(value)
+    raise ValueError(f"expected an integer in [8, 4096] or a list of 2 or 3 of them, got {value!r}")
+
+
+#: A tile or patch size: one integer >= 8 for every axis, or one per axis.
+SizeValue = Annotated[int | list[int], BeforeValidator(_parse_size)]

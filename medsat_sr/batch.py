@@ -716,7 +716,7 @@ def _member(path: str, sha: str, device: str) -> Any:
     key = (sha, device)
     cached = _MODEL_CACHE.get(key)
     if cached is None:
-        from medsat_sr import inference
+        from medsat_sr.inference import api as inference
 
         cached, _ = inference._load_member(path, device)
         _CACHE_STATS["loads"] += 1
@@ -791,7 +791,7 @@ def _set_threads(n: int | None) -> None:
 
 def _execute(job: Callable[[Task], Mapping[str, Any]], task: Task) -> dict[str, Any]:
     """Run one task with failure isolation; write its sidecar. Runs in a worker (or inline)."""
-    from medsat_sr import __version__
+    from medsat_sr._version import __version__
     from medsat_sr.trust import RECORD_FORMAT, now_iso, sidecar_path, write_record
 
     t0 = time.perf_counter()

@@ -195,7 +195,7 @@ def save_checkpoint(
             not JSON-serialisable.
         WriteError: the folder is missing or not writable.
     """
-    from medsat_sr import __version__
+    from medsat_sr._version import __version__
 
     metadata = dict(metadata or {})
     weights_path, meta_path = checkpoint_paths(path)

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from medsat_sr import __version__
+from medsat_sr._version import __version__
 from medsat_sr.errors import MedsatError, WriteError
 
 __all__ = ["main", "build_parser"]

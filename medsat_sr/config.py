@@ -85,6 +85,7 @@ from medsat_sr._schema import (
 )
 from medsat_sr.domains import DegradationSpec, DomainProfile, MetricSpec, Normalisation, load_domain
 from medsat_sr.errors import ConfigError
+from medsat_sr.inference.options import InferenceOptions, OutputOptions, SizeValue
 
 __all__ = [
     "JobConfig",
@@ -117,13 +118,7 @@ MODEL_NAMES = ("srresnet", "edsr", "rcan", "dcsrn", "guided", "unguided")
 #: Model arguments that come from the data and the config, not from ``model.kwargs``.
 RESERVED_MODEL_KWARGS = ("spatial_dims", "in_channels", "out_channels", "scale", "guide_channels")
 
-#: Placeholders of ``output.name_template``.
-TEMPLATE_FIELDS = {
-    "stem": "the input's name without its extension (.nii.gz counts as one)",
-    "ext": "the output extension, with its dot (.nii.gz, .tif); empty for a DICOM folder",
-    "name": "the config's name",
-    "index": "the input's position in the batch (0-based; format spec allowed: {index:04d})",
-}
+from medsat_sr.inference.options import TEMPLATE_FIELDS  # noqa: E402  (re-exported)
 
 Precision = Literal["fp32", "bf16"]
 
@@ -183,19 +178,7 @@ def _parse_spacing(value: Any) -> Any:
     raise ValueError(f"expected a spacing in mm (> 0) or a list of 3, got {value!r}")
 
 
-def _parse_size(value: Any) -> Any:
-    def ok(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 4096
 
-    if ok(value):
-        return value
-    if isinstance(value, (list, tuple)) and len(value) in (2, 3) and all(ok(v) for v in value):
-        return list(value)
-    raise ValueError(f"expected an integer in [8, 4096] or a list of 2 or 3 of them, got {value!r}")
-
-
-#: A tile or patch size: one integer >= 8 for every axis, or one per axis.
-SizeValue = Annotated[int | list[int], BeforeValidator(_parse_size)]
 
 
 def _as_list(value: Any) -> Any:
@@ -439,94 +422,10 @@ class BandsConfig(StrictModel):
     others: Literal["cubic", "drop"] = "cubic"
 
 
-class InferenceConfig(StrictModel):
-    """How a trained model is applied.
-
-    Attributes:
-        tile_size: input tile size (per axis or one for all); volumes use
-            sliding windows, rasters stream windows of this size.
-        overlap: sliding-window overlap fraction, in ``[0, 1)``.
-        halo: raster halo in input pixels; ``None``: the model's receptive field.
-        blend: tile blending of volumes: ``gaussian`` (no seams).
-        sigma_scale: Gaussian blending width, as a fraction of the tile.
-        batch_size: tiles per forward pass.
-        precision: ``auto`` (bf16 where the CPU or GPU runs it natively, else
-            fp32; on the benchmark data bf16 cost 0.0007 dB of PSNR and ran
-            1.9x faster), ``fp32`` or ``bf16``.
-        tta: self-ensemble over the flips/rotations the anisotropy allows.
-        uncertainty: also write the per-voxel standard deviation of the members.
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        force: keep the model's output even when it does not beat cubic
-            on its held-out split (default: fall back to cubic and say so).
-    """
-
-    tile_size: SizeValue = 128
-    overlap: float = Field(0.25, ge=0, lt=1)
-    halo: int | None = Field(None, ge=0)
-    blend: Literal["gaussian"] = "gaussian"
-    sigma_scale: float = Field(0.125, gt=0, le=1)
-    batch_size: int = Field(1, ge=1, le=1024)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    tta: bool = False
-    uncertainty: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    force: bool = False
-
-
-class OutputConfig(StrictModel):
-    """What is written.
-
-    Attributes:
-        dtype: ``source`` (rounded and clipped, same slope/intercept or
-            scale/offset) or ``float32`` (physical units).
-        format: ``auto`` (from the output suffix), ``nifti``, ``geotiff``
-            or ``dicom`` (a derived series folder).
-        cog: make a Cloud-Optimised GeoTIFF at the end (rasters).
-        compress: GeoTIFF compression.
-        name_template: output file name for batch jobs; placeholders
-            ``{stem}``, ``{ext}``, ``{name}``, ``{index}``
-            (:data:`TEMPLATE_FIELDS`), at least one of ``{stem}`` and
-            ``{index}``, no folders.
-        sidecar: write the JSON trust record next to each output.
-    """
-
-    dtype: Literal["source", "float32"] = "source"
-    format: Literal["auto", "nifti", "geotiff", "dicom"] = "auto"
-    cog: bool = False
-    compress: Literal["deflate", "zstd", "lzw", "none"] = "deflate"
-    name_template: str = "{stem}_sr{ext}"
-    sidecar: bool = True
-
-    @field_validator("name_template")
-    @classmethod
-    def _template(cls, v: str) -> str:
-        if not v or "/" in v or "\\" in v or v in (".", ".."):
-            raise ValueError(f"a file name template without folders, got {v!r}")
-        used = set()
-        try:
-            parsed = list(string.Formatter().parse(v))
-        except ValueError as exc:
-            raise ValueError(f"invalid template {v!r}: {exc}") from exc
-        for _, field, spec, conv in parsed:
-            if field is None:
-                continue
-            if field not in TEMPLATE_FIELDS:
-                raise ValueError(
-                    f"unknown placeholder {{{field}}}{suggest(field, list(TEMPLATE_FIELDS))} "
-                    f"(placeholders: {', '.join('{' + k + '}' for k in TEMPLATE_FIELDS)})"
-                )
-            if conv or (spec and field != "index"):
-                raise ValueError(
-                    f"only {{index}} takes a format spec, got {{{field}{'!' + conv if conv else ''}:{spec}}}"
-                )
-            used.add(field)
-        if not used & {"stem", "index"}:
-            raise ValueError(f"needs {{stem}} or {{index}} so that outputs do not collide, got {v!r}")
-        try:
-            v.format(stem="x", ext=".tif", name="n", index=0)
-        except (ValueError, KeyError, IndexError) as exc:
-            raise ValueError(f"invalid template {v!r}: {exc}") from exc
-        return v
+#: The ``inference:`` and ``output:`` sections are the upscale options, declared once in
+#: :mod:`medsat_sr.inference.options`.
+InferenceConfig = InferenceOptions
+OutputConfig = OutputOptions
 
 
 # =============================================================== the job

@@ -1240,7 +1240,7 @@ def _check_output_dir(path: Path) -> None:
 
 
 def _environment() -> dict[str, Any]:
-    from medsat_sr import __version__
+    from medsat_sr._version import __version__
 
     return {
         "medsat_sr_version": __version__,

@@ -758,7 +758,7 @@ def build_trainer(
     from monai.handlers import IgniteMetricHandler, LrScheduleHandler, PeakSignalToNoiseRatio, from_engine
     from monai.metrics import SSIMMetric
 
-    from medsat_sr import __version__
+    from medsat_sr._version import __version__
     from medsat_sr.config import JobConfig, load_config
     from medsat_sr.data import make_training_set
 

@@ -467,7 +467,7 @@ def test_trust_record(tmp_path):
 def test_tile_decimation_matches_degrade():
     """The consistency score's fast decimation is degrade.psf_decimate for integer factors."""
     from medsat_sr.degrade import psf_decimate
-    from medsat_sr.streaming import _decimate
+    from medsat_sr.inference.raster import _decimate
 
     ref = torch.rand(3, 42, 36)
     for f, sig in (((2, 2), [0.9, 1.3, 0.0]), ((6, 6), [2.5, 2.0, 1.0]), ((2, 3), [1.0, 1.0, 1.0])):

@@ -109,7 +109,7 @@ def test_unwritable_output_exits_3_and_leaves_nothing(tmp_path, capsys):
 
 def test_a_failure_while_writing_leaves_no_partial_output(tmp_path, capsys, monkeypatch):
     """Streamed rasters are written to a temporary file and renamed only when complete."""
-    import medsat_sr.streaming as inf
+    import medsat_sr.inference.raster as inf
 
     src = _tif(tmp_path / "in.tif")
     real = inf._Sink.write

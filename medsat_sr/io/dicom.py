@@ -1709,7 +1709,7 @@ def write(
     if desc is None:
         desc = f"{src_desc} (medsat_sr)" if src_desc else "medsat_sr derived"
     _put(base, "SeriesDescription", desc[:64])
-    from medsat_sr import __version__
+    from medsat_sr._version import __version__
 
     source = meta.get(Key.SOURCE_PATH)
     default_derivation = (

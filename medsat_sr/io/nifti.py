@@ -469,7 +469,7 @@ def _disk_shape(spatial: tuple[int, int, int], channels: int, src: Any | None) -
 def _fresh_header(meta: Mapping[str, Any], nifti2: bool) -> tuple[Any, tuple[int, int]]:
     import nibabel as nib
 
-    from medsat_sr import __version__
+    from medsat_sr._version import __version__
 
     hdr = nib.Nifti2Header() if nifti2 else nib.Nifti1Header()
     fmt = meta.get(Key.SOURCE_FORMAT)

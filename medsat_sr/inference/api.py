@@ -62,7 +62,7 @@ axis (:func:`apply_inplane`); that axis is not resampled.
 Rasters
 -------
 A GeoTIFF or a band folder named by path is *streamed*
-(:mod:`medsat_sr.streaming`): output windows are processed in row-major
+(:mod:`medsat_sr.inference.raster`): output windows are processed in row-major
 order and each is written into a tiled, compressed GTiff (:func:`medsat_sr.io.geotiff.open_writer`, ``GDAL_CACHEMAX`` capped by
 :func:`~medsat_sr.io.geotiff.gdal_env`), so peak memory depends on the tile
 size, not on the scene. A COG is made at the end by copy when asked.
@@ -96,8 +96,8 @@ size, not on the scene. A COG is made at the end by copy when asked.
   come from that decimated read (GDAL nearest decimation, also used for
   in-memory rasters so both paths agree).
 * The consistency score of the trust record is computed on a fixed-cost
-  sample: the central :data:`~medsat_sr.streaming.CONSISTENCY_CROP` pixels
-  of at most :data:`~medsat_sr.streaming.CONSISTENCY_TILES` tiles spread over
+  sample: the central :data:`~medsat_sr.inference.raster.CONSISTENCY_CROP` pixels
+  of at most :data:`~medsat_sr.inference.raster.CONSISTENCY_TILES` tiles spread over
   the scene (the PSF is reflected at the crop borders).
 
 Intensity and dtype
@@ -152,7 +152,7 @@ from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError,
 from medsat_sr.fusion import Ensemble, Member
 from medsat_sr.geometry import as_scale, effective_scale, scale_affine, scaled_shape
 from medsat_sr.image import BandSet, Key, is_raster, is_volume, make_volume
-from medsat_sr.streaming import (
+from medsat_sr.inference.raster import (
     DEFAULT_TILE_RASTER,
     SAMPLE_SIDE,
     WEIGHT_CROP,
@@ -839,7 +839,7 @@ def _input_info(src: Any, path: Path | None, sha: str | None, kind: str) -> dict
 
 
 def _derivation(method_desc: str, eff: Sequence[float], meta: Mapping[str, Any]) -> str:
-    from medsat_sr import __version__
+    from medsat_sr._version import __version__
 
     src = meta.get(Key.SOURCE_PATH)
     factors = "x".join(f"{float(v):g}" for v in eff)
@@ -945,7 +945,7 @@ def upscale(
         DataError, FormatError, GeometryError: unreadable input.
         WriteError: the output cannot be written (nothing is left behind).
     """
-    from medsat_sr import __version__
+    from medsat_sr._version import __version__
     from medsat_sr._atomic import check_writable
     from medsat_sr.io import detect_format, output_format
     from medsat_sr.io import read as io_read
