@@ -21,3 +21,11 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/data not found: real-data tests need the shared samples")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def shared_data_session() -> Path:
+    """The ../shared/data folder for session-scoped fixtures; skips when it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data not found: real-data tests need the shared samples")
+    return SHARED
