@@ -31,6 +31,10 @@ branches on "medical vs satellite"; it reads these fields instead:
   plus decimation, k-space truncation, noise), with its parameters;
 * **metrics** (:class:`MetricSpec`): the default data-range policy, mask
   policy, SSIM window, ERGAS convention, border crop and baselines;
+* **match** (:class:`MatchSpec`): which inputs the profile is for (DICOM
+  ``Modality`` values, band-name patterns, or ``fallback``), read by
+  :func:`profile_for`; band patterns also give the band order of
+  :func:`band_sort_key`;
 * **baseline** (:data:`Baseline`): the classical upscaler this domain is
   compared against and falls back to: ``"bspline"`` (cubic B-spline,
   volumes), ``"gdal_cubic"`` or ``"gdal_lanczos"`` (GDAL resampling,
@@ -52,17 +56,21 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from fractions import Fraction as _Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from medsat_sr._resources import builtin_names, builtin_path, looks_like_path, read_yaml, suggest
 from medsat_sr._schema import StrictModel, located, validate
 from medsat_sr.errors import ConfigError
+from medsat_sr.image import Key
 
 __all__ = [
     "DomainProfile",
@@ -84,9 +92,14 @@ __all__ = [
     "MetricSpec",
     "Baseline",
     "BASELINES",
+    "MatchSpec",
     "load_domain",
     "list_domains",
+    "profile_for",
+    "band_sort_key",
 ]
+
+logger = logging.getLogger(__name__)
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
@@ -494,6 +507,75 @@ class MetricSpec(StrictModel):
         return self
 
 
+# =============================================================== matching
+#: Named groups a band pattern may define (see :class:`MatchSpec`).
+BAND_PATTERN_GROUPS = ("number", "suffix")
+
+
+def _check_band_pattern(pattern: str) -> str:
+    """A band pattern must compile, use only known named groups and not match the empty name."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+    unknown = sorted(set(compiled.groupindex) - set(BAND_PATTERN_GROUPS))
+    if unknown:
+        raise ValueError(
+            f"pattern {pattern!r} has named groups {unknown}; expected only {list(BAND_PATTERN_GROUPS)}"
+        )
+    if compiled.fullmatch("") is not None:
+        raise ValueError(f"pattern {pattern!r} matches an empty band name; expected a pattern for real names")
+    return pattern
+
+
+def _check_modality(value: str) -> str:
+    """A DICOM Modality code: upper-case letters and digits (CS value, at most 16 characters)."""
+    if not re.fullmatch(r"[A-Z0-9 _]{1,16}", value):
+        raise ValueError(f"expected a DICOM Modality code such as 'CT' or 'MR' (upper case), got {value!r}")
+    return value
+
+
+class MatchSpec(StrictModel):
+    """Which inputs a profile is for (read by :func:`profile_for`).
+
+    Attributes:
+        modalities: volumes: DICOM ``Modality`` (0008,0060) values this
+            profile is for (``[CT]``, ``[MR]``), compared case-insensitively
+            with the image's ``modality`` meta key.
+        band_patterns: rasters: regular expressions (Python :mod:`re`
+            syntax, matched against the *whole* band name; ``(?i)`` makes
+            one case-insensitive). A raster matches when every one of its
+            band names matches one of them. Two optional named groups give
+            the band order of :func:`band_sort_key`: ``number`` (the band
+            number) and ``suffix`` (a non-empty suffix sorts after the bare
+            number, as ``B8A`` after ``B08``).
+        fallback: the profile for inputs of its kind that no other profile
+            matches (a volume without a modality, such as NIfTI; a raster
+            with unrecognised band names). A fallback states no
+            modalities or patterns.
+    """
+
+    modalities: list[Annotated[str, AfterValidator(_check_modality)]] = Field(default_factory=list)
+    band_patterns: list[Annotated[str, AfterValidator(_check_band_pattern)]] = Field(default_factory=list)
+    fallback: bool = False
+
+    @model_validator(mode="after")
+    def _fallback(self) -> MatchSpec:
+        if self.fallback and (self.modalities or self.band_patterns):
+            raise located(
+                "fallback", "a fallback profile matches what no other does; drop modalities and band_patterns"
+            )
+        return self
+
+    def band_match(self, name: str) -> re.Match[str] | None:
+        """The match of the first band pattern that matches all of ``name``, or ``None``."""
+        for pattern in self.band_patterns:
+            m = re.fullmatch(pattern, name)
+            if m is not None:
+                return m
+        return None
+
+
 # =============================================================== the profile
 class DomainProfile(StrictModel):
     """A modality or sensor: bands, intensity scaling, nodata, degradation, metrics.
@@ -522,6 +604,7 @@ class DomainProfile(StrictModel):
     degradation: DegradationSpec
     metrics: MetricSpec
     default_model: str | None = None
+    match: MatchSpec = Field(default_factory=MatchSpec)
     baseline: Baseline = Field(None, validate_default=False)  # type: ignore[assignment]  # see _default_baseline
     references: list[str] = Field(default_factory=list)
 
@@ -542,6 +625,10 @@ class DomainProfile(StrictModel):
             raise located(
                 "baseline", f"{self.baseline!r} is for {BASELINES[self.baseline]}s; a {self.kind} takes one of {fits}"
             )
+        if self.kind == "volume" and self.match.band_patterns:
+            raise located("match.band_patterns", "band patterns are for rasters; a volume matches by modalities")
+        if self.kind == "raster" and self.match.modalities:
+            raise located("match.modalities", "modalities are for volumes; a raster matches by band_patterns")
         if self.kind == "volume":
             if self.bands is not None:
                 raise located("bands", "a volume profile lists channels, not bands")
@@ -762,3 +849,135 @@ def load_domain(
     if profile.name != name:
         raise ConfigError(f"{path}: profile name {profile.name!r} does not match its file name {name!r}")
     return profile
+
+
+# =============================================================== choosing a profile
+#: Meta key of the DICOM ``Modality`` value (set by :mod:`medsat_sr.io.dicom`).
+MODALITY_KEY = "modality"
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_profiles() -> tuple[DomainProfile, ...]:
+    """The built-in profiles, loaded once (callers get copies)."""
+    return tuple(load_domain(name) for name in list_domains())
+
+
+def _meta_of(image_or_meta: Any) -> Mapping[str, Any]:
+    meta = getattr(image_or_meta, "meta", image_or_meta)
+    if not isinstance(meta, Mapping):
+        raise ConfigError(
+            f"profile_for needs an image (MetaTensor) or its meta mapping, got {type(image_or_meta).__name__}"
+        )
+    return meta
+
+
+def _what_matches(p: DomainProfile) -> str:
+    if p.match.fallback:
+        return f"{p.name} (fallback for {p.kind}s)"
+    if p.match.modalities:
+        return f"{p.name} (Modality {', '.join(p.match.modalities)})"
+    if p.match.band_patterns:
+        return f"{p.name} (bands {' | '.join(p.match.band_patterns)})"
+    return f"{p.name} (by name only)"
+
+
+def _input_label(meta: Mapping[str, Any]) -> str:
+    path = meta.get(Key.SOURCE_PATH)
+    return f"{path}: " if path else ""
+
+
+def _specific_matches(
+    kind: str, meta: Mapping[str, Any], pool: Sequence[DomainProfile]
+) -> tuple[str, list[DomainProfile]]:
+    """What the input offers (for messages) and the non-fallback profiles that match it."""
+    if kind == "volume":
+        modality = str(meta.get(MODALITY_KEY) or "").strip().upper()
+        hits = [p for p in pool if modality and modality in {m.upper() for m in p.match.modalities}]
+        return (f"DICOM Modality {modality!r}" if modality else "no modality (e.g. NIfTI)"), hits
+    names = [str(n) for n in (meta.get(Key.BAND_NAMES) or [])]
+    hits = [p for p in pool if names and p.match.band_patterns and all(p.match.band_match(n) for n in names)]
+    # Prefer profiles that list every band by its exact name (B10 tells L1C from L2A).
+    exact = [p for p in hits if p.bands is not None and set(names) <= set(p.band_names or [])]
+    return f"band names {names}", (exact if len(exact) == 1 else hits)
+
+
+def profile_for(
+    image_or_meta: Any,
+    *,
+    profiles: Sequence[str | os.PathLike[str] | DomainProfile] | None = None,
+    fallback: bool = True,
+) -> DomainProfile:
+    """The domain profile for an image, chosen from its metadata by each profile's ``match`` section.
+
+    Rules, in order (only profiles of the image's ``kind`` take part):
+
+    1. Volumes: the profile whose ``match.modalities`` holds the DICOM
+       ``Modality`` of the image (meta key ``modality``, set by the DICOM
+       reader): ``CT`` -> ``ct``, ``MR`` -> ``mri``.
+       Rasters: the profile whose ``match.band_patterns`` match every band
+       name; among several, the one that lists every band by name, if
+       exactly one does.
+    2. Two or more matches: an error naming them (choose one explicitly).
+    3. No match: the ``match.fallback`` profile of that kind, with a log
+       message: ``generic_volume`` for a volume without a modality (NIfTI
+       carries none, and holds CT as often as MR) or with one no profile
+       covers; ``multiband`` for a raster with unrecognised band names. A
+       volume never silently gets the MRI profile. With ``fallback=False``,
+       or when no fallback profile exists, an error listing the profiles
+       and what each matches.
+
+    Args:
+        image_or_meta: an image (anything with a ``meta`` mapping, such as a
+            MetaTensor from :func:`medsat_sr.io.read`) or its meta mapping.
+        profiles: the candidates (names, YAML paths or profiles); default
+            the built-in profiles (:func:`list_domains`).
+        fallback: allow the fallback profile when nothing else matches.
+
+    Returns:
+        A copy of the chosen profile.
+
+    Raises:
+        ConfigError: no ``kind`` in the meta, an ambiguous match, or no
+            match (without a usable fallback); the message lists the
+            profiles and what each matches.
+    """
+    meta = _meta_of(image_or_meta)
+    kind = meta.get(Key.KIND)
+    label = _input_label(meta)
+    if kind not in ("volume", "raster"):
+        raise ConfigError(
+            f"{label}cannot choose a domain profile: meta 'kind' must be 'volume' or 'raster', got {kind!r}"
+        )
+    every = _builtin_profiles() if profiles is None else tuple(load_domain(p) for p in profiles)
+    pool = [p for p in every if p.kind == kind]
+    offered, hits = _specific_matches(kind, meta, [p for p in pool if not p.match.fallback])
+    listing = "; ".join(_what_matches(p) for p in pool) or "none"
+    if len(hits) > 1:
+        raise ConfigError(
+            f"{label}{offered} match several {kind} profiles ({', '.join(p.name for p in hits)}); "
+            f"name the domain explicitly (profiles: {listing})"
+        )
+    if hits:
+        return hits[0].model_copy(deep=True)
+    fallbacks = [p for p in pool if p.match.fallback] if fallback else []
+    if len(fallbacks) == 1:
+        name = fallbacks[0].name
+        logger.info("%sno %s profile matches %s; using the fallback profile %r", label, kind, offered, name)
+        return fallbacks[0].model_copy(deep=True)
+    why = "several fallback profiles" if len(fallbacks) > 1 else "no profile matches"
+    raise ConfigError(f"{label}{why} for a {kind} with {offered}; name the domain explicitly (profiles: {listing})")
+
+
+def band_sort_key(name: str) -> tuple[int, int, int, str]:
+    """Sort key putting band names in sensor order, from the profiles' band patterns.
+
+    The first built-in band pattern with a ``number`` group that matches
+    ``name`` gives ``(0, number, 1 if suffix else 0, NAME)``; Sentinel-2:
+    ``B01 < B02 < ... < B08 < B8A < B09 < B10 < B11 < B12``. Other names
+    come after, alphabetically: ``(1, 0, 0, NAME)``.
+    """
+    for profile in _builtin_profiles():
+        m = profile.match.band_match(name)
+        if m is not None and m.groupdict().get("number"):
+            return (0, int(m.group("number")), 1 if m.groupdict().get("suffix") else 0, name.upper())
+    return (1, 0, 0, name.upper())

@@ -12,8 +12,10 @@ import yaml
 
 import medsat_sr.domains
 from medsat_sr._resources import data_dir
-from medsat_sr.domains import DomainProfile, list_domains, load_domain
+from medsat_sr.domains import DomainProfile, band_sort_key, list_domains, load_domain, profile_for
 from medsat_sr.errors import ConfigError
+from medsat_sr.image import Key
+from medsat_sr.io import dicom, geotiff, nifti
 
 REQUIRED = ["ct", "mri", "sentinel2_l2a", "sentinel2_l1c", "landsat8_9", "rgbn_aerial"]
 
@@ -357,3 +359,155 @@ def test_baseline_defaults_by_kind_and_must_fit_the_kind():
     ct["baseline"] = "bicubic"
     with pytest.raises(ConfigError, match="baseline"):
         load_domain(ct)
+
+
+# ---------------------------------------------------------------- profile_for: volumes
+CT_DICOM = "dicom/ct_head_ge_tilt_dcm_qa_ct/In/GE"
+CT_UID = "1.2.826.0.1.3680043.9.4245.3115138630835728997848661150714813892"  # the folder holds 2 series
+MR_DICOM = "dicom/mr_t1_enhanced_multiframe_dcm_qa_xa30_5/In"
+CT_NIFTI = "nifti/TotalSegmentator/tests/reference_files/example_ct.nii.gz"
+S2_L2A = "geotiff/sentinel2_l2a_S2A_29RKH_20200219_rio-tiler-pds"
+
+
+def test_ct_dicom_series_gets_the_ct_profile(shared_data):
+    vol = dicom.read(shared_data / CT_DICOM, series=CT_UID, resample=True)  # tilted, uneven spacing: resampled
+    assert vol.meta["modality"] == "CT"
+    p = profile_for(vol)
+    assert p.name == "ct"
+    assert p.normalisation.method == "hu_window"
+    assert profile_for(dict(vol.meta)).name == "ct"  # the meta alone is enough
+
+
+def test_mr_dicom_series_gets_the_mri_profile(shared_data):
+    vol = dicom.read(shared_data / MR_DICOM)
+    assert vol.meta["modality"] == "MR"
+    assert profile_for(vol).name == "mri"
+
+
+def test_nifti_volume_gets_the_generic_profile_never_mri(shared_data, caplog):
+    vol = nifti.read(shared_data / CT_NIFTI)  # a CT in NIfTI: no modality in the file
+    assert not vol.meta.get("modality")
+    with caplog.at_level("INFO", logger="medsat_sr.domains"):
+        p = profile_for(vol)
+    assert p.name == "generic_volume"
+    assert "using the fallback profile 'generic_volume'" in caplog.text
+    # modality-agnostic: no MR k-space or Rician noise, percentiles on every finite voxel
+    assert p.normalisation.method == "percentile" and p.normalisation.mask == "valid"
+    assert p.degradation.noise.model == "none"
+    assert p.degradation.model == "slice_profile"
+    assert p.baseline == "bspline"
+
+
+def test_modality_matching_rules():
+    assert profile_for({Key.KIND: "volume", "modality": "ct"}).name == "ct"  # case-insensitive
+    assert profile_for({Key.KIND: "volume", "modality": " MR "}).name == "mri"
+    assert profile_for({Key.KIND: "volume", "modality": "PT"}).name == "generic_volume"
+    assert profile_for({Key.KIND: "volume", "modality": None}).name == "generic_volume"
+
+
+def test_no_match_without_fallback_lists_the_profiles():
+    meta = {Key.KIND: "volume", Key.SOURCE_PATH: "/data/brain.nii.gz"}
+    with pytest.raises(ConfigError) as err:
+        profile_for(meta, fallback=False)
+    msg = str(err.value)
+    assert msg.startswith("/data/brain.nii.gz: no profile matches for a volume with no modality")
+    assert "ct (Modality CT)" in msg and "mri (Modality MR)" in msg and "generic_volume (fallback for volumes)" in msg
+    with pytest.raises(ConfigError, match="no profile matches for a volume with DICOM Modality 'US'"):
+        profile_for({Key.KIND: "volume", "modality": "US"}, profiles=["ct", "mri"])
+
+
+def test_profile_for_refuses_what_it_cannot_read():
+    with pytest.raises(ConfigError, match="meta 'kind' must be 'volume' or 'raster', got None"):
+        profile_for({})
+    with pytest.raises(ConfigError, match="needs an image .* got int"):
+        profile_for(3)
+
+
+def test_profile_for_returns_a_copy():
+    p = profile_for({Key.KIND: "volume", "modality": "CT"})
+    p.nodata = -2000
+    assert profile_for({Key.KIND: "volume", "modality": "CT"}).nodata is None
+
+
+# ---------------------------------------------------------------- profile_for: rasters
+def test_sentinel2_band_names_match_both_levels_unless_b10_decides():
+    names = ["B02", "B03", "B04", "B08"]
+    with pytest.raises(ConfigError, match=r"match several raster profiles \(sentinel2_l1c, sentinel2_l2a\)"):
+        profile_for({Key.KIND: "raster", Key.BAND_NAMES: names})
+    assert profile_for({Key.KIND: "raster", Key.BAND_NAMES: names + ["B10"]}).name == "sentinel2_l1c"
+    assert profile_for({Key.KIND: "raster", Key.BAND_NAMES: names}, profiles=["sentinel2_l2a", "multiband"]).name == (
+        "sentinel2_l2a"
+    )
+
+
+def test_raster_band_patterns_from_yaml():
+    def pick(names):
+        return profile_for({Key.KIND: "raster", Key.BAND_NAMES: names}).name
+
+    assert pick(["LC09_L2SP_016037_20230101_SR_B4", "SR_B5"]) == "landsat8_9"
+    assert pick(["Red", "green", "blue", "NIR"]) == "rgbn_aerial"
+    assert pick(["band1", "band2", "band3"]) == "multiband"  # no descriptions: the generic raster
+    assert pick(["l8_B1"]) == "multiband"  # Landsat Level-1 DN is not the SR product
+    assert pick(["B02", "SCL"]) == "multiband"  # every band must match
+
+
+def test_real_sentinel2_band_folder_sorts_and_matches(shared_data):
+    names = geotiff.read_bandset(shared_data / S2_L2A).band_names
+    # grouped by grid (10 m, 20 m, 60 m), each group in the profiles' band order
+    assert names == ["B02", "B03", "B04", "B08", "B05", "B06", "B07", "B8A", "B11", "B12", "B01", "B09"]
+    assert {"B02", "B8A", "B12"} <= set(names)
+    assert profile_for({Key.KIND: "raster", Key.BAND_NAMES: names}, profiles=["sentinel2_l2a", "multiband"]).name == (
+        "sentinel2_l2a"
+    )
+
+
+def test_band_sort_key_comes_from_the_profiles():
+    names = ["SCL", "B12", "b8a", "B1", "B10", "B08", "B09", "B02"]
+    assert sorted(names, key=band_sort_key) == ["B1", "B02", "B08", "b8a", "B09", "B10", "B12", "SCL"]
+    assert band_sort_key("B8A") == (0, 8, 1, "B8A")
+    assert band_sort_key("red") == (1, 0, 0, "RED")  # a pattern without a number group does not order
+
+
+# ---------------------------------------------------------------- match: validation
+@pytest.mark.parametrize(
+    ("patterns", "message"),
+    [
+        (["B(?P<number>\\d"], r"match\.band_patterns\.0: .*invalid regular expression 'B\(\?P<number>\\\\d': missing \)"),
+        (["B(?P<num>\\d)"], r"named groups \['num'\]; expected only \['number', 'suffix'\]"),
+        ([".*"], "matches an empty band name"),
+    ],
+)
+def test_a_bad_band_pattern_is_a_clear_error(tmp_path, patterns, message):
+    data = raw("sentinel2_l2a")
+    data["match"] = {"band_patterns": patterns}
+    path = tmp_path / "mysensor.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message) as err:
+        load_domain(path)
+    assert str(err.value).startswith(f"{path}: invalid domain profile")
+
+
+def test_match_section_must_fit_the_kind():
+    ct = raw("ct")
+    ct["match"] = {"band_patterns": ["B\\d+"]}
+    with pytest.raises(ConfigError, match="match.band_patterns: band patterns are for rasters"):
+        load_domain(ct)
+    s2 = raw("sentinel2_l2a")
+    s2["match"] = {"modalities": ["CT"]}
+    with pytest.raises(ConfigError, match="match.modalities: modalities are for volumes"):
+        load_domain(s2)
+    ct["match"] = {"modalities": ["CT"], "fallback": True}
+    with pytest.raises(ConfigError, match="match.fallback: a fallback profile matches what no other does"):
+        load_domain(ct)
+    ct["match"] = {"modalities": ["ct"]}
+    with pytest.raises(ConfigError, match="expected a DICOM Modality code such as 'CT'"):
+        load_domain(ct)
+    ct["match"] = {"modalitys": ["CT"]}
+    with pytest.raises(ConfigError, match="did you mean 'modalities'"):
+        load_domain(ct)
+
+
+def test_each_kind_has_exactly_one_builtin_fallback():
+    profiles = [load_domain(n) for n in list_domains()]
+    fallbacks = {k: [p.name for p in profiles if p.kind == k and p.match.fallback] for k in ("volume", "raster")}
+    assert fallbacks == {"volume": ["generic_volume"], "raster": ["multiband"]}
