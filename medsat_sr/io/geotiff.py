@@ -47,7 +47,8 @@ reuses.
 Band sets (:func:`read_bandset`, :func:`write_bandset`): a folder of
 single-band files (``B02.tif``, ``B8A.tif``, ...) is grouped by grid (same
 transform and shape; one CRS for all) into rasters named by pixel size
-(``"10m"``, ``"20m"``, ``"0.5m"``), finest first, bands in Sentinel-2 order.
+(``"10m"``, ``"20m"``, ``"0.5m"``), finest first, bands in sensor order
+(:func:`medsat_sr.domains.band_sort_key`, from the profiles' ``band_patterns``).
 Nothing is resampled. Auxiliary layers that are not spectral bands (Sentinel-2
 ``SCL``, ``AOT``, ``WVP``, ``TCI``, cloud and snow masks) are left out unless
 ``include_aux=True``.
@@ -82,6 +83,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from medsat_sr._atomic import atomic_dir, atomic_path
+from medsat_sr.domains import band_sort_key  # band order comes from the sensor profiles' band_patterns
 from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError, WriteError
 from medsat_sr.image import BandSet, Key, is_volume, make_raster
 
@@ -145,7 +147,6 @@ _PREDICTOR_CODECS = ("deflate", "lzw", "zstd", "lzma")
 _RASTERIO_ERRORS: tuple[type[BaseException], ...] = (rasterio.errors.RasterioError, CPLE_BaseError)
 _STAT_TAG = re.compile(r"^STATISTICS_", re.IGNORECASE)
 _DEFAULT_NAME = re.compile(r"^band\d+$")
-_S2_BAND = re.compile(r"^B(\d{1,2})(A?)$", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -183,18 +184,6 @@ def _check_readable(path: Path) -> None:
         raise DataError(f"{path}: not a file")
     if not os.access(path, os.R_OK):
         raise DataError(f"{path}: file is not readable (permission denied)")
-
-
-def band_sort_key(name: str) -> tuple[int, int, int, str]:
-    """Sort key putting Sentinel-2 style names in band order.
-
-    ``B01 < B02 < ... < B08 < B8A < B09 < B10 < B11 < B12``; other names
-    come after, alphabetically.
-    """
-    m = _S2_BAND.match(name)
-    if m:
-        return (0, int(m.group(1)), 1 if m.group(2) else 0, name.upper())
-    return (1, 0, 0, name.upper())
 
 
 def as_window(window: Window | Sequence[Sequence[int]] | None) -> Window | None:
