@@ -123,7 +123,16 @@ class Inputs:
     dicom: Path
     geotiff: Path
     bandset: Path
+    runs: Path
     ckpt: dict[str, Path]
+
+    def checkpoint(self, kind: str) -> Path:
+        """The session checkpoint for ``kind``, fitted on first use (classical cases never pay for it)."""
+        if kind not in self.ckpt:
+            src, config, extra = CKPT_RECIPES[kind]
+            budget = ["train.max_minutes=0.5", "train.early_stopping.enabled=false", "train.lr=0.002"]
+            self.ckpt[kind] = _fit_checkpoint(getattr(self, src), config, [*extra, *budget], self.runs / kind)
+        return self.ckpt[kind]
 
 
 def _write_tif(path: Path, src: Path, window: Window) -> Path:
@@ -178,23 +187,19 @@ def inputs(shared_data_session: Path, uih_iso, tmp_path_factory: pytest.TempPath
     bandset = root / "s2"
     bandset.mkdir()
     for b in ("B02", "B03", "B04", "B08"):
-        _write_tif(bandset / f"{b}.tif", shared_data_session / S2_L2A / f"{b}.tif", Window(600, 600, 60, 60))
+        _write_tif(bandset / f"{b}.tif", shared_data_session / S2_L2A / f"{b}.tif", Window(600, 600, 120, 120))
     for b in ("B05", "B06", "B07", "B8A", "B11", "B12"):
-        _write_tif(bandset / f"{b}.tif", shared_data_session / S2_L2A / f"{b}.tif", Window(300, 300, 30, 30))
-    runs = tmp_path_factory.mktemp("route_ckpts")
-    budget = ["train.max_minutes=0.75", "train.early_stopping.enabled=false", "train.lr=0.002"]
-    ckpt = {
-        "nifti": _fit_checkpoint(nifti, "mri_thick_slice", [*TINY_2D, *budget, "train.max_iterations=300",
-                                                            "train.val_every=100"], runs / "nifti"),
-        "dicom": _fit_checkpoint(dicom, "mri_thick_slice", [*TINY_2D, *budget, "train.max_iterations=300",
-                                                            "train.val_every=100"], runs / "dicom"),
-        "geotiff": _fit_checkpoint(geotiff, "multiband_x2", [*TINY_2D, *budget, "train.max_iterations=600",
-                                                             "train.val_every=200"], runs / "geotiff"),
-        "bandset": _fit_checkpoint(bandset, "sentinel2_20m_to_10m", [*TINY_GUIDED, *budget,
-                                                                     "train.max_iterations=400", "train.val_every=100"],
-                                   runs / "bandset"),
-    }
-    return Inputs(nifti=nifti, dicom=dicom, geotiff=geotiff, bandset=bandset, ckpt=ckpt)
+        _write_tif(bandset / f"{b}.tif", shared_data_session / S2_L2A / f"{b}.tif", Window(300, 300, 60, 60))
+    return Inputs(nifti=nifti, dicom=dicom, geotiff=geotiff, bandset=bandset, runs=tmp_path_factory.mktemp("route_ckpts"), ckpt={})
+
+
+#: (input attribute, config, settings) of each session checkpoint.
+CKPT_RECIPES: dict[str, tuple[str, str, list[str]]] = {
+    "nifti": ("nifti", "mri_thick_slice", [*TINY_2D, "train.max_iterations=150", "train.val_every=50"]),
+    "dicom": ("dicom", "mri_thick_slice", [*TINY_2D, "train.max_iterations=150", "train.val_every=50"]),
+    "geotiff": ("geotiff", "multiband_x2", [*TINY_2D, "train.max_iterations=400", "train.val_every=100"]),
+    "bandset": ("bandset", "sentinel2_20m_to_10m", [*TINY_GUIDED, "train.max_iterations=300", "train.val_every=100"]),
+}
 
 
 # --------------------------------------------------------------------------- geometry checks
@@ -305,7 +310,7 @@ def test_route(inputs: Inputs, tmp_path: Path, kind: str, way: str, out_kind: st
     if way == "classical":
         argv += ["--method", "cubic", "--scale", classical_scale]
     elif way == "model":
-        argv += ["--model", str(inputs.ckpt[kind])]
+        argv += ["--model", str(inputs.checkpoint(kind))]
     elif way == "wins":
         argv += ["--config", CONFIG[kind], *sets([*tiny, *FINETUNE, f"train.init={inputs.ckpt[kind]}"])]
     else:
