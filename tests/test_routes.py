@@ -312,7 +312,7 @@ def test_route(inputs: Inputs, tmp_path: Path, kind: str, way: str, out_kind: st
     elif way == "model":
         argv += ["--model", str(inputs.checkpoint(kind))]
     elif way == "wins":
-        argv += ["--config", CONFIG[kind], *sets([*tiny, *FINETUNE, f"train.init={inputs.ckpt[kind]}"])]
+        argv += ["--config", CONFIG[kind], *sets([*tiny, *FINETUNE, f"train.init={inputs.checkpoint(kind)}"])]
     else:
         argv += ["--config", CONFIG[kind], *sets([*tiny, *NO_BUDGET])]
         if way == "force":
