@@ -716,9 +716,9 @@ def _member(path: str, sha: str, device: str) -> Any:
     key = (sha, device)
     cached = _MODEL_CACHE.get(key)
     if cached is None:
-        from medsat_sr.inference import api as inference
+        from medsat_sr.inference import members as inference
 
-        cached, _ = inference._load_member(path, device)
+        cached, _ = inference.load_member(path, device)
         _CACHE_STATS["loads"] += 1
         while len(_MODEL_CACHE) >= MODEL_CACHE_SIZE:
             _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))

@@ -73,6 +73,7 @@ from pydantic import (
 
 from medsat_sr._resources import builtin_names, builtin_path, looks_like_path, read_yaml, suggest
 from medsat_sr._schema import (
+    SizeValue,
     OverrideOf,
     Problem,
     StrictModel,
@@ -85,7 +86,8 @@ from medsat_sr._schema import (
 )
 from medsat_sr.domains import DegradationSpec, DomainProfile, MetricSpec, Normalisation, load_domain
 from medsat_sr.errors import ConfigError
-from medsat_sr.inference.options import InferenceOptions, OutputOptions, SizeValue
+from medsat_sr.geometry import snap_scale
+from medsat_sr.inference.options import InferenceOptions, OutputOptions
 
 __all__ = [
     "JobConfig",
@@ -546,8 +548,7 @@ class JobConfig(StrictModel):
             target = [self.target_spacing] * 3
         else:
             target = list(self.target_spacing)
-        factors = tuple(max(1.0, s / t) for s, t in zip(sp, target, strict=True))
-        factors = tuple(1.0 if abs(f - 1.0) < 1e-6 else f for f in factors)
+        factors = snap_scale([max(1.0, s / t) for s, t in zip(sp, target, strict=True)])
         if max(factors) <= 1.0:
             raise ConfigError(
                 f"{self._source}: scale: auto found nothing to upsample: spacing {sp} mm is already at "

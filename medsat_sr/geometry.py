@@ -27,6 +27,8 @@ import numpy as np
 from medsat_sr.errors import GeometryError
 
 __all__ = [
+    "SCALE_RTOL",
+    "snap_scale",
     "as_scale",
     "scaled_shape",
     "effective_scale",
@@ -39,6 +41,25 @@ __all__ = [
     "Tile",
     "iter_tiles",
 ]
+
+
+#: Relative tolerance below which two spacings (or a factor and 1) count as equal. Real headers
+#: carry rounded direction cosines (dcm2niix writes oblique ones to 5-6 digits), so a column norm of
+#: 1.000007 must not turn an in-plane axis into an upscaled one.
+SCALE_RTOL = 1e-4
+
+
+def snap_scale(scale: Sequence[float], rtol: float = SCALE_RTOL) -> tuple[float, ...]:
+    """``scale`` with factors within ``rtol`` of a whole number set to that number (1.000007 -> 1.0).
+
+    A factor that close to an integer cannot change any grid below 10^4 samples per axis,
+    and snapping keeps the integer-factor routes (exact tiling, slice models) open.
+    """
+    out = []
+    for f in scale:
+        r = float(round(float(f)))
+        out.append(r if r >= 1 and abs(float(f) - r) <= rtol * r else float(f))
+    return tuple(out)
 
 
 def as_scale(scale: float | Sequence[float], ndim: int) -> np.ndarray:

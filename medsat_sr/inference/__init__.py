@@ -20,9 +20,9 @@ __all__ = ["upscale", "UpscaleResult", "apply_slicewise", "apply_inplane", "nati
 _LAZY = {
     "upscale": "medsat_sr.inference.api",
     "UpscaleResult": "medsat_sr.inference.api",
-    "apply_slicewise": "medsat_sr.inference.api",
-    "apply_inplane": "medsat_sr.inference.api",
-    "native_bf16": "medsat_sr.inference.api",
+    "apply_slicewise": "medsat_sr.inference.volume",
+    "apply_inplane": "medsat_sr.inference.volume",
+    "native_bf16": "medsat_sr.inference.members",
 }
 
 

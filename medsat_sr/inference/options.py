@@ -24,12 +24,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 import string
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from medsat_sr._resources import did_you_mean, suggest
-from medsat_sr._schema import SizeValue, StrictModel
+from medsat_sr._schema import StrictModel
 from medsat_sr.errors import ConfigError
 
 __all__ = [
@@ -63,6 +63,21 @@ TEMPLATE_FIELDS = {
 }
 
 
+def _parse_tile(value: Any) -> Any:
+    def ok(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if value is None or ok(value):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) in (2, 3) and all(ok(v) for v in value):
+        return list(value)
+    raise ValueError(f"expected a positive integer or a list of 2 or 3 of them, got {value!r}")
+
+
+#: A tile size: one positive integer for every axis, or one per axis (larger than the image: one tile).
+TileSize = Annotated[int | list[int] | None, BeforeValidator(_parse_tile)]
+
+
 def _flag(flag: str, metavar: str | None = None) -> dict[str, Any]:
     return {"flag": flag, "metavar": metavar}
 
@@ -70,7 +85,7 @@ def _flag(flag: str, metavar: str | None = None) -> dict[str, Any]:
 class InferenceOptions(StrictModel):
     """How a model is applied (the job config's ``inference:`` section)."""
 
-    tile_size: SizeValue | None = Field(
+    tile_size: TileSize = Field(
         None,
         description=f"tile size in input pixels/voxels, one value or one per axis "
         f"(default {DEFAULT_TILE_VOLUME} for volumes, {DEFAULT_TILE_RASTER} for rasters)",
@@ -165,7 +180,9 @@ _SECTIONS: dict[str, type[StrictModel]] = {"inference": InferenceOptions, "outpu
 def _problem(exc: ValidationError, where: str) -> ConfigError:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err.get("loc") or ())
-    return ConfigError(f"{where}{loc}: {err['msg']}, got {err.get('input')!r}")
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    got = "" if "got" in msg else f", got {err.get('input')!r}"
+    return ConfigError(f"{where}{loc}: {msg}{got}")
 
 
 def resolve_options(

@@ -29,7 +29,11 @@ from monai.data import MetaTensor
 
 from medsat_sr import baselines
 from medsat_sr.errors import ConfigError, FormatError, GeometryError, MedsatError, ModelError
-from medsat_sr.fusion import Ensemble, Member, Transform, tta_transforms
+from medsat_sr.fusion import Ensemble, Member
+from medsat_sr.inference.members import WEIGHT_CROP, band_roles, centre, fit_normaliser, tta_for
+from medsat_sr.inference.progress import progress_over
+from medsat_sr.inference.record import input_info, std_path
+from medsat_sr.io.geotiff import gdal_env
 from medsat_sr.geometry import as_scale, effective_scale, scale_transform, scaled_shape
 from medsat_sr.image import Key, make_raster
 
@@ -53,17 +57,6 @@ CONSISTENCY_CROP = 256
 WRITER_LEVELS = {"deflate": ("zlevel", 1), "zstd": ("zstd_level", 1)}
 
 
-def _fit_normaliser(stats: Any, image: MetaTensor, spec: Any) -> Any:
-    """Normaliser for ``image`` from checkpoint stats and/or a profile spec (``None``: identity)."""
-    if not stats and spec is None:
-        return None
-    from medsat_sr.normalise import Normaliser
-
-    if isinstance(stats, Normaliser):
-        if stats.channels == int(image.shape[0]):
-            return stats
-        stats = stats.to_dict()
-    return Normaliser.for_inference(stats or None, image, spec=spec)
 
 
 # =============================================================== raster sources
@@ -855,10 +848,10 @@ def _bind_members(members: list[Member], task: _Task, profile: Any, fit_norm: An
         meta = m.info.get("_meta") or {}
         stats = fit_norm if fit_norm is not None else meta.get("normalisation")
         if m.normaliser is None:
-            m.normaliser = _fit_normaliser(stats, target_img, spec)
+            m.normaliser = fit_normaliser(stats, target_img, spec)
         if m.guided and guide_img is not None and m.guide_normaliser is None:
             gstats = meta.get("guide_normalisation") or (stats.to_dict() if hasattr(stats, "to_dict") else stats)
-            m.guide_normaliser = _fit_normaliser(gstats, guide_img, spec)
+            m.guide_normaliser = fit_normaliser(gstats, guide_img, spec)
 
 
 def run_raster(groups: list[_Group], **kwargs: Any) -> tuple[MetaTensor | None, MetaTensor | None, dict[str, Any]]:
@@ -889,6 +882,7 @@ def _run_raster(
     folder: bool,
     progress: bool,
     fit_weights_method: str | None = None,
+    others: str = "cubic",
 ) -> tuple[MetaTensor | None, MetaTensor | None, dict[str, Any]]:
     """Upscale raster groups window by window (see :mod:`medsat_sr.inference` for the design).
 
@@ -959,12 +953,12 @@ def _run_raster(
                 task.guide, task.guide_idx = _guide_for(groups, target_group, guides, int(members[0].model.guide_channels))
             tasks.append(task)
             rest = [i for i in range(len(target_group.bands)) if i not in tidx]
-            if rest and settings.others != "drop":
+            if rest and others != "drop":
                 tasks.append(_Task(kind="resample", group=target_group, idx=rest, method="cubic"))
         for g in groups[1:]:
             if g is target_group:
                 continue
-            if members and settings.others == "drop":
+            if members and others == "drop":
                 continue
             tasks.append(_Task(kind="resample", group=g, idx=list(range(len(g.bands))), method=(method or "cubic") if not members else "cubic"))
     for t in tasks:
@@ -986,7 +980,7 @@ def _run_raster(
     model_task = next((t for t in tasks if t.kind == "model"), None)
     if model_task is not None and members:
         _bind_members(members, model_task, profile, fit_norm)
-        transforms = _tta_for(members[0].scale, settings.tta)
+        transforms = tta_for(members[0].scale, settings.tta)
         if fit_weights_method is not None and len(members) > 1:
             model_task.sigma = _psf_sigmas(profile, float(model_task.ratio[0]), model_task.bands) if model_task.ratio else None
             ws, winfo = _wald_weights_raster(fit_weights_method, members, model_task, profile)
@@ -1038,7 +1032,7 @@ def _run_raster(
         model_task.std_pos = list(range(len(std_bands)))
         std_meta = {Key.HEADER: {"tags": {"MEDSAT_SR_LAYER": "standard deviation across ensemble members"}}, Key.SOURCE_FORMAT: "geotiff", Key.SOURCE_PATH: base_meta.get(Key.SOURCE_PATH)}
         std_sink = _Sink(
-            path=_std_path(output) if output is not None else None, folder=False, bands=std_bands,
+            path=std_path(output) if output is not None else None, folder=False, bands=std_bands,
             band_meta=[({}, 0)] * len(std_bands), shape=out_shape, transform=tuple(out_t), crs=groups[0].crs,
             nodata=float("nan"), dtype="float32", scales=None, offsets=None, masked=False,
             cog=settings.cog, compress=settings.compress, blocksize=bs, base_meta=std_meta,
@@ -1062,7 +1056,7 @@ def _run_raster(
         sink.open(stack)
         if std_sink is not None:
             std_sink.open(stack)
-        for k, (r0, r1, c0, c1) in enumerate(_progress(tiles, progress, "upscale")):
+        for k, (r0, r1, c0, c1) in enumerate(progress_over(tiles, progress, "upscale")):
             out = np.empty((len(out_bands), r1 - r0, c1 - c0), np.float32)
             valid = np.empty(out.shape, bool)
             std_out = np.full((len(std_bands), r1 - r0, c1 - c0), np.nan, np.float32) if std_sink is not None else None
@@ -1082,7 +1076,7 @@ def _run_raster(
     info["nodata"] = nodata
     image = sink.image() if output is None else None
     std = std_sink.image() if std_sink is not None and output is None else None
-    info["std_output"] = str(_std_path(output)) if std_sink is not None and output is not None else None
+    info["std_output"] = str(std_path(output)) if std_sink is not None and output is not None else None
     return image, std, info
 
 
@@ -1194,41 +1188,10 @@ def _lr_core(t: _Task, r0: int, r1: int, c0: int, c1: int) -> tuple[int, int, in
     return r0 * qr // pr, -(-r1 * qr // pr), c0 * qc // pc, -(-c1 * qc // pc)
 
 
-def _std_path(output: Path) -> Path:
-    """``out.nii.gz`` -> ``out_std.nii.gz``, ``out.tif`` -> ``out_std.tif``; a folder ``out`` -> ``out_std.tif``/``.nii.gz``."""
-    name = output.name
-    for suf in (".nii.gz", ".nii", ".tiff", ".tif"):
-        if name.lower().endswith(suf):
-            return output.with_name(name[: -len(suf)] + "_std" + name[-len(suf):])
-    return output.with_name(name + "_std.tif")
 
 
-def _progress(items: Sequence[Any], enabled: bool, desc: str) -> Any:
-    if not enabled or len(items) <= 1:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, unit="tile")
 
 
-def _tta_for(scale: Sequence[float], tta: bool | int) -> list[Transform] | None:
-    """Self-ensemble transforms for ``tta`` (``True``: up to 8, an int: up to that many, falsy: none)."""
-    if not tta:
-        return None
-    from medsat_sr.fusion import DEFAULT_TTA_MEMBERS
-
-    return tta_transforms(scale, DEFAULT_TTA_MEMBERS if tta is True else int(tta))
-
-
-#: Size (input pixels/voxels per axis) of the central crop used to fit ensemble weights.
-WEIGHT_CROP = {2: 384, 3: 48}
-
-
-def _centre(n: int, size: int, multiple: int) -> tuple[int, int]:
-    size = max(multiple, min(n, size) // multiple * multiple)
-    size = min(size, n // multiple * multiple) or n
-    start = (n - size) // 2
-    return start, start + size
 
 
 def _wald_weights_raster(method: str, members: list[Member], task: _Task, profile: Any) -> tuple[list[float], dict[str, Any]]:
@@ -1240,7 +1203,7 @@ def _wald_weights_raster(method: str, members: list[Member], task: _Task, profil
     r = [int(task.ratio[a]) for a in range(2)]
     if any(abs(float(task.ratio[a]) - r[a]) > 1e-9 for a in range(2)):
         raise ConfigError("fitted ensemble weights need an integer scale; give the weights (--weights w1,w2)")
-    (r0, r1), (c0, c1) = _centre(g.height, WEIGHT_CROP[2], r[0]), _centre(g.width, WEIGHT_CROP[2], r[1])
+    (r0, r1), (c0, c1) = centre(g.height, WEIGHT_CROP[2], r[0]), centre(g.width, WEIGHT_CROP[2], r[1])
     d, v = g.read(r0, r1, c0, c1)
     d, v = d[task.idx], v[task.idx]
     fill = task.group.fill_values()[task.idx]
@@ -1262,3 +1225,81 @@ def _wald_weights_raster(method: str, members: list[Member], task: _Task, profil
     w = fit_weights(preds, ref, method=method, mask=torch.from_numpy(v),
                     data_range=float(ref.max() - ref.min()) or 1.0)
     return w, {"method": method, "split": f"central window {r1 - r0}x{c1 - c0} of {g.name}, degraded by {r[0]} (Wald)"}
+
+
+def _groups_of(src: Any, files: _FileSet) -> list[_Group]:
+    if src.raster is not None:
+        if isinstance(src.raster, MetaTensor):
+            return [_memory_group("image", src.raster)]
+        return [_memory_group(n, g) for n, g in src.raster.groups.items()]
+    with gdal_env():
+        return _file_groups(src.path, src.kind, files)
+
+
+def _raster_scale(groups: list[_Group], members: list[Member], scale: Any, cfg: Any) -> Any:
+    """The scale of a single raster for every route (model, classical, fallback); ``None`` for band sets."""
+    if len(groups) > 1:
+        return scale
+    if scale is not None:
+        return scale
+    if members:
+        return tuple(members[0].scale)
+    if cfg is not None:
+        try:
+            return cfg.scale_for(None)
+        except MedsatError:
+            return None
+    return None
+
+
+def upscale_raster(*, src: Any, mem: Any, decision: Any, method: str | None, scale: Any, opts: Any, profile: Any,
+                   cfg: Any, out_path: Path | None, fmt: str | None, progress: bool, others: str) -> dict[str, Any]:
+    """Run a raster plan: stream the networks (when the decision keeps them) or the classical method.
+
+    A fallback writes the classical method at the network's scale, so it
+    lands on the same grid the network would have given.
+
+    Returns:
+        What the trust record needs (see :func:`~medsat_sr.inference.volume.upscale_volume`).
+    """
+    files = _FileSet()
+    try:
+        groups = _groups_of(src, files)
+        if fmt == "dicom" and len(groups) == 1:
+            raise FormatError(f"{out_path}: a raster is written to a .tif file (a folder output is for band sets)")
+        targets, guides = band_roles(cfg, mem.fit_meta, mem.members, profile)
+        use = mem.members if decision.use_model else None
+        if mem.members and len(groups) == 1:  # the model must fit the raster, whatever the decision
+            _check_model_scale(mem.members, scale)
+        opts = opts.model_copy(update={"cog": opts.cog or fmt == "cog"})
+        image, std, info = run_raster(
+            groups, members=use, method=method if use is None else None,
+            scale=_raster_scale(groups, mem.members, scale, cfg) if use is None else scale,
+            settings=opts, others=others, profile=profile, targets=targets, guides=guides, fit_norm=mem.fit_norm,
+            output=out_path, folder=fmt == "dicom", progress=progress,
+            fit_weights_method=mem.weights_method if use else None,
+        )
+    finally:
+        files.close()
+    std_out = Path(info.pop("std_output")) if info.get("std_output") else None
+    info.pop("std_output", None)
+    consistency = info.pop("consistency", {})
+    weights = info.pop("weights", None)
+    return {
+        "image": image, "std": std, "std_output": std_out, "run_info": info, "consistency": consistency,
+        "weights": weights, "timings": {"write": 0.0},
+        "input": input_info(src.raster if src.raster is not None else groups, src.path, src.sha, src.kind),
+        "output": {"shape": [len(info["bands"]), *info["output_shape"]], "transform": info["output_transform"],
+                   "bands": info["bands"], "uncertainty": str(std_out) if std_out else None},
+    }
+
+
+def _check_model_scale(members: list[Member], scale: Any) -> None:
+    s = members[0].scale
+    for m in members[1:]:
+        if not np.allclose(m.scale, s):
+            raise ModelError(f"ensemble members have different scales: {[m.scale for m in members]}")
+    if len(s) != 2:
+        raise ModelError(f"a raster needs a 2D model; this one has scale {list(s)}")
+    if scale is not None and not np.allclose(as_scale(scale, 2), s, atol=1e-6):
+        raise ModelError(f"the model upscales by {list(s)}, but scale {scale} was asked for")

@@ -1,0 +1,200 @@
+"""The models of a run: checkpoints, self-supervised fits and ensembles.
+
+A *member* is one network with its normaliser and weight
+(:class:`medsat_sr.fusion.Member`). This module turns what the caller gave
+(checkpoint paths, modules, a job config to fit, a FitResult) into members,
+with what the trust record needs to know about each, and holds the device
+and precision rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+from torch import nn
+
+from medsat_sr.checkpoint import load_checkpoint, model_hash
+from medsat_sr.domains import load_domain
+from medsat_sr.errors import ConfigError, MedsatError, ModelError
+from medsat_sr.fusion import DEFAULT_TTA_MEMBERS, Ensemble, Member, Transform, normalise_weights, tta_transforms
+from medsat_sr.normalise import Normaliser
+
+logger = logging.getLogger("medsat_sr.inference")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; a CUDA device that is not there is a ConfigError."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but CUDA is not available; use --device cpu")
+    return str(device)
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether ``device`` runs bfloat16 natively (CPU: AVX512-BF16 or AMX; CUDA: ``is_bf16_supported``)."""
+    if str(device).startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def domain_of(meta: Mapping[str, Any]) -> Any:
+    dom = meta.get("domain")
+    if not dom:
+        return None
+    try:
+        return load_domain(dom)
+    except (MedsatError, TypeError, ValueError) as exc:
+        logger.warning("checkpoint domain %r cannot be loaded (%s); using no profile", dom if isinstance(dom, str) else "<inline>", exc)
+        return None
+
+
+def validation_of(metrics: Any) -> dict[str, float] | None:
+    """``val_psnr`` and the cubic PSNR on the same split from a metrics mapping, if present."""
+    if not isinstance(metrics, Mapping):
+        return None
+    pairs = (
+        ("val_psnr", "val_psnr_cubic"),
+        ("val_psnr", "cubic_psnr"),
+        ("psnr", "psnr_cubic"),
+        ("val_psnr", "val_cubic_psnr"),
+    )
+    for a, b in pairs:
+        va, vb = metrics.get(a), metrics.get(b)
+        if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool):
+            out = {"val_psnr": float(va), "val_psnr_cubic": float(vb)}
+            vi = metrics.get("val_psnr_interp")
+            if isinstance(vi, (int, float)) and not isinstance(vi, bool):
+                out["val_psnr_interp"] = float(vi)
+            return out
+    return None
+
+
+def load_member(item: Any, device: str) -> tuple[Member, dict[str, Any]]:
+    """A Member (unbound normaliser spec in ``info``) from a checkpoint path or a module."""
+    if isinstance(item, Member):
+        return item, dict(item.info)
+    if isinstance(item, (str, os.PathLike)):
+        model, meta = load_checkpoint(item, device=device)
+        info = {
+            "path": str(item),
+            "sha256": model_hash(item),
+            "architecture": meta.get("architecture"),
+            "scale": meta.get("scale"),
+            "band_names": meta.get("band_names"),
+            "metrics": meta.get("metrics"),
+            "domain": meta.get("domain") if isinstance(meta.get("domain"), str) else (meta.get("domain") or {}).get("name") if isinstance(meta.get("domain"), Mapping) else None,
+            "_meta": meta,
+        }
+        return Member(model=model, name=str(item), info=info), info
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], nn.Module):
+        model, meta = item
+        info = {"path": None, "sha256": None, "architecture": getattr(model, "config", None), "metrics": (meta or {}).get("metrics"), "_meta": dict(meta or {})}
+        return Member(model=model.to(device).eval(), name=type(model).__name__, info=info), info
+    if isinstance(item, nn.Module):
+        info = {"path": None, "sha256": None, "architecture": getattr(item, "config", None), "metrics": None, "_meta": {}}
+        return Member(model=item.to(device).eval(), name=type(item).__name__, info=info), info
+    raise ModelError(f"a model is a checkpoint path or a torch.nn.Module, got {type(item).__name__}")
+
+
+def as_ensemble(model: Any, uncertainty: bool) -> Ensemble:
+    if isinstance(model, Ensemble):
+        return model
+    if isinstance(model, Member):
+        return Ensemble([model], uncertainty=uncertainty)
+    if isinstance(model, nn.Module):
+        return Ensemble([Member(model=model)], uncertainty=uncertainty)
+    raise ModelError(f"expected a model or an Ensemble, got {type(model).__name__}")
+
+
+def state_hash(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def member_weights(weights: Any, members: list[Member]) -> tuple[list[float], str | None]:
+    """Initial weights and the fitting method (``"lstsq"``/``"softmax"``: fitted on a Wald split later)."""
+    n = len(members)
+    if weights is None or (isinstance(weights, str) and weights == "equal"):
+        return normalise_weights(None, n), None
+    if isinstance(weights, str):
+        if weights in ("lstsq", "softmax"):
+            return normalise_weights(None, n), weights
+        raise ConfigError(f"weights must be numbers (one per model), 'equal', 'lstsq' or 'softmax', got {weights!r}")
+    return normalise_weights(list(weights), n), None
+
+
+def band_roles(cfg: Any, fit_meta: Mapping[str, Any], members: list[Member], profile: Any) -> tuple[list[str] | None, list[str] | None]:
+    """Target and guide band names for a raster model (checkpoint, fit metadata, then config)."""
+    targets: list[str] | None = None
+    guides: list[str] | None = None
+    metas = [fit_meta] + [m.info.get("_meta") or {} for m in members]
+    for meta in metas:
+        if not meta:
+            continue
+        if targets is None and meta.get("band_names"):
+            targets = list(meta["band_names"])
+        g = meta.get("guide_band_names") or meta.get("guide_bands")
+        if guides is None and g:
+            guides = list(g)
+        c = meta.get("config")
+        if guides is None and isinstance(c, Mapping):
+            gb = (c.get("bands") or {}).get("guides") if isinstance(c.get("bands"), Mapping) else None
+            if gb and profile is not None:
+                try:
+                    guides = profile.expand_bands(gb)
+                except MedsatError:
+                    guides = None
+    if cfg is not None:
+        if targets is None:
+            targets = cfg.target_bands()
+        if guides is None and cfg.bands.guides:
+            guides = cfg.guide_bands()
+    return targets, guides
+
+
+def fit_normaliser(stats: Any, image: MetaTensor, spec: Any) -> Any:
+    """Normaliser for ``image`` from checkpoint stats and/or a profile spec (``None``: identity)."""
+    if not stats and spec is None:
+        return None
+    if isinstance(stats, Normaliser):
+        if stats.channels == int(image.shape[0]):
+            return stats
+        stats = stats.to_dict()
+    return Normaliser.for_inference(stats or None, image, spec=spec)
+
+
+def tta_for(scale: Sequence[float], tta: bool | int) -> list[Transform] | None:
+    """Self-ensemble transforms for ``tta`` (``True``: up to 8, an int: up to that many, falsy: none)."""
+    if not tta:
+        return None
+
+    return tta_transforms(scale, DEFAULT_TTA_MEMBERS if tta is True else int(tta))
+
+
+#: Size (input pixels/voxels per axis) of the central crop used to fit ensemble weights.
+WEIGHT_CROP = {2: 384, 3: 48}
+
+
+def centre(n: int, size: int, multiple: int) -> tuple[int, int]:
+    size = max(multiple, min(n, size) // multiple * multiple)
+    size = min(size, n // multiple * multiple) or n
+    start = (n - size) // 2
+    return start, start + size
