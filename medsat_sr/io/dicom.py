@@ -61,16 +61,18 @@ rows and Z across slices. ``.affine`` maps voxel centres to RAS millimetres
   therefore lies at its ImagePositionPatient (to that tolerance; exactly for
   the first and last). A single slice gets the step ``normal x
   SpacingBetweenSlices`` (else SliceThickness, else 1 mm).
-* **Gantry tilt policy.** A regular stack whose step is not parallel to the
-  normal (CT gantry tilt) is returned exactly as acquired: the affine is
-  *sheared* (its slice column is the real inter-slice step, not perpendicular
-  to the slice plane), the angle is recorded in ``meta["gantry_tilt_deg"]``
-  (0.0 when below :data:`TILT_TOL_DEG`) and logged. ``resample=True`` corrects
-  the tilt onto an orthogonal grid instead (see below); ``gantry_tilt_deg``
-  is then 0.0 and ``meta["resampled"]["tilt_corrected_deg"]`` holds the
-  angle. A sheared affine is exact but cannot be stored in a NIfTI qform;
-  the sform holds it. (The GE head CT sample interleaves two such regular
-  reconstructions under one SeriesInstanceUID; each is read exactly.)
+* **Gantry tilt policy.** A stack whose step is not parallel to the normal
+  (CT gantry tilt above :data:`TILT_TOL_DEG`) is refused with a
+  :class:`~medsat_sr.errors.GeometryError` naming the folder, the first and
+  last slice files, the angle (``gantry tilt 18.5°``) and ``resample=True
+  (--resample)``: its only exact affine is *sheared* (slice column along the
+  table step, not the normal), which most tools misread and a NIfTI qform
+  cannot hold, so it is never returned silently. ``resample=True`` corrects
+  the tilt onto an orthogonal grid (see below), as dcm2niix's tilt
+  correction does; ``meta["resampled"]["tilt_corrected_deg"]`` then holds
+  the angle. ``meta["gantry_tilt_deg"]`` is therefore always 0.0 (kept for
+  compatibility). (The GE head CT sample interleaves two tilted
+  reconstructions under one SeriesInstanceUID.)
 * **Irregular stacks** (uneven spacing, missing slices, tilt combined with
   either) are refused with a :class:`~medsat_sr.errors.GeometryError` that
   names the problem and the numbers, for example ``gantry tilt 18.5°; slice
@@ -139,8 +141,14 @@ Writing
   ``float32`` is refused: CT/MR images hold integers (use NIfTI for float).
 * Defaults when the image has no DICOM header (for example one read from
   NIfTI): PatientName ``ANONYMOUS``, PatientID ``MEDSAT_SR``, new
-  StudyInstanceUID and FrameOfReferenceUID, study date/time = now, Modality
-  from ``meta["modality"]`` else ``OT``. SOP class: CT Image Storage for CT,
+  StudyInstanceUID and FrameOfReferenceUID, study date/time = now,
+  PatientPosition ``HFS`` (:data:`DEFAULT_PATIENT_POSITION`; NIfTI does not
+  record it, and the geometry is carried by the positions and orientation
+  anyway), Manufacturer and ManufacturerModelName ``medsat_sr``
+  (:data:`DEFAULT_MANUFACTURER`, also used when a DICOM source names none),
+  SoftwareVersions ``medsat_sr <version>``, Modality
+  from ``meta["modality"]`` else ``OT``. dcm2niix converts such a series
+  without warnings. SOP class: CT Image Storage for CT,
   MR Image Storage for MR (placeholder ScanningSequence ``RM`` and
   SequenceVariant ``NONE`` when unknown), Secondary Capture Image Storage
   otherwise and for uint8 output.
@@ -168,6 +176,7 @@ from monai.data import MetaTensor
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import get_decoder
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
@@ -180,6 +189,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from medsat_sr._atomic import atomic_dir
+from medsat_sr._version import __version__
 from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError, MedsatError
 from medsat_sr.image import Key, check_affine, is_raster, make_volume
 
@@ -916,7 +926,7 @@ def _diagnose(positions: np.ndarray, normal: np.ndarray, resid: float) -> tuple[
     typical = float(np.median(ds))
     parts: list[str] = []
     if tilt > TILT_TOL_DEG:
-        parts.append(f"gantry tilt {tilt:.1f}°")
+        parts.append(f"gantry tilt {_deg(tilt)}")
     missing = 0
     gaps: list[str] = []
     uneven = False
@@ -996,12 +1006,12 @@ def _plan(frames: list[_Frame], label: str, resample: bool) -> _Plan:
         tilt = math.degrees(math.acos(min(1.0, abs(float(step @ normal)) / float(np.linalg.norm(step)))))
         tilt = tilt if tilt > TILT_TOL_DEG else 0.0
         if tilt and resample:
-            parts = [f"gantry tilt {tilt:.1f}°"]
+            parts = [f"gantry tilt {_deg(tilt)}"]
             return _resample_plan(grid, positions, row, col, normal, du, dv, parts, 0, tilt)
-        affine = ras(np.column_stack([row * du, col * dv, step]), positions[0])
         if tilt:
-            logger.info("%s: gantry tilt %.2f° kept exactly in a sheared affine", label, tilt)
-        return _Plan(grid, positions, row, col, normal, du, dv, affine, tilt)
+            raise _tilt_error(label, grid, tilt, float(np.linalg.norm(step)), abs(float(step @ normal)))
+        affine = ras(np.column_stack([row * du, col * dv, step]), positions[0])
+        return _Plan(grid, positions, row, col, normal, du, dv, affine, 0.0)
 
     parts, missing, tilt = _diagnose(positions, normal, resid)
     if not resample:
@@ -1010,6 +1020,24 @@ def _plan(frames: list[_Frame], label: str, resample: bool) -> _Plan:
             "pass resample=True (--resample) to resample onto a regular grid"
         )
     return _resample_plan(grid, positions, row, col, normal, du, dv, parts, missing, tilt)
+
+
+def _deg(angle: float) -> str:
+    """An angle for messages: one decimal (18.5°), more digits only for angles under 0.1°."""
+    return f"{angle:.1f}°" if angle >= 0.1 else f"{angle:.2g}°"
+
+
+def _tilt_error(label: str, grid: list[list[_Frame]], tilt: float, step: float, spacing: float) -> GeometryError:
+    """The refusal of a regular but tilted stack (the policy of the module docstring)."""
+    first, last = grid[0][0].path, grid[-1][0].path
+    stated = _float(grid[0][0].ds.get("GantryDetectorTilt"))
+    header = f", GantryDetectorTilt {stated:g}" if stated is not None else ""
+    return GeometryError(
+        f"{label}: gantry tilt {_deg(tilt)} (slices {first.name} to {last.name}{header}): the table step "
+        f"({step:.2f} mm) is not perpendicular to the slices ({spacing:.2f} mm apart), so only a sheared affine "
+        "would place them; pass resample=True (--resample) to resample onto an orthogonal grid as dcm2niix's "
+        "tilt correction does"
+    )
 
 
 def _resample_plan(
@@ -1157,7 +1185,6 @@ def _decoder_problem(ts: UID | None) -> str | None:
     """Why pixels in ``ts`` cannot be decoded here (with a pip hint), or None."""
     if ts is None or not ts.is_compressed:
         return None
-    from pydicom.pixels import get_decoder
 
     package = _DECODER_PACKAGES.get(str(ts), "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg")
     try:
@@ -1362,7 +1389,7 @@ def read(
         volume: for 4D series, the 0-based volume to keep (default: all
             volumes, as channels).
         resample: resample irregular or tilted stacks onto a regular
-            orthogonal grid instead of refusing them / keeping the shear.
+            orthogonal grid instead of refusing them.
 
     Returns:
         A float32 MetaTensor ``(C, X, Y, Z)`` in physical units whose affine
@@ -1373,8 +1400,8 @@ def read(
         DataError: the path is missing, an empty folder or unreadable.
         FormatError: no DICOM image, several candidates without ``series=``,
             an unknown ``series=``, a corrupt or undecodable file.
-        GeometryError: missing or degenerate geometry, or an irregular stack
-            without ``resample=True``.
+        GeometryError: missing or degenerate geometry, or an irregular or
+            tilted stack without ``resample=True``.
     """
     if series is not None and (isinstance(series, bool) or not isinstance(series, (str, int))):
         raise ConfigError(f"series must be a key, a UID or a 1-based index, got {series!r}")
@@ -1568,6 +1595,28 @@ def _target_dtype(requested: str | None, source: str | None, vmin: float) -> np.
     return np.dtype("int16" if vmin < 0 else "uint16")
 
 
+#: PatientPosition written when the source is not DICOM (NIfTI and others do not record it).
+DEFAULT_PATIENT_POSITION = "HFS"
+#: Manufacturer written when the source does not name one.
+DEFAULT_MANUFACTURER = "medsat_sr"
+
+
+def _equipment_defaults(base: Dataset, *, from_dicom: bool) -> None:
+    """Fill the equipment and position attributes dcm2niix expects, keeping the source's values.
+
+    Manufacturer (``medsat_sr`` when the source names none) and
+    SoftwareVersions are filled whenever they are empty; PatientPosition
+    (``HFS``) only for non-DICOM sources, which do not record it. The geometry
+    is fully in ImagePositionPatient / ImageOrientationPatient, so the
+    default does not move the image.
+    """
+    _default(base, "Manufacturer", DEFAULT_MANUFACTURER)
+    _default(base, "ManufacturerModelName", DEFAULT_MANUFACTURER)
+    _default(base, "SoftwareVersions", f"medsat_sr {__version__}")
+    if not from_dicom:
+        _default(base, "PatientPosition", DEFAULT_PATIENT_POSITION)
+
+
 def _now() -> tuple[str, str]:
     now = _dt.datetime.now()
     return now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
@@ -1699,7 +1748,7 @@ def write(
         _put(base, "FrameOfReferenceUID", generate_uid())
     _default(base, "PositionReferenceIndicator", "")
     _put(base, "Modality", modality)
-    _default(base, "Manufacturer", "")
+    _equipment_defaults(base, from_dicom=header is not None)
     series_uid = generate_uid()
     _put(base, "SeriesInstanceUID", series_uid)
     src_number = header.get("SeriesNumber") if header is not None else None
@@ -1709,8 +1758,6 @@ def write(
     if desc is None:
         desc = f"{src_desc} (medsat_sr)" if src_desc else "medsat_sr derived"
     _put(base, "SeriesDescription", desc[:64])
-    from medsat_sr._version import __version__
-
     source = meta.get(Key.SOURCE_PATH)
     default_derivation = (
         f"medsat_sr {__version__}: written from a {meta.get(Key.SOURCE_FORMAT) or 'volume'}"

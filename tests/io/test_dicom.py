@@ -22,6 +22,7 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from monai.data import MetaTensor
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
@@ -39,7 +40,7 @@ import medsat_sr.io
 from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError, WriteError
 from medsat_sr.geometry import fov_corners, scale_affine, scaled_shape
 from medsat_sr.image import make_raster, make_volume
-from medsat_sr.io import dicom
+from medsat_sr.io import dicom, nifti
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers.py
 from helpers import corner_error, dcm2niix_log, grid_correspondence, resample_reference, run_dcm2niix  # noqa: E402
@@ -251,25 +252,37 @@ def tilted_series(
     return imgs, positions
 
 
-def test_gantry_tilt_kept_exactly_in_sheared_affine(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    imgs, positions = tilted_series(tmp_path)
-    with caplog.at_level(logging.INFO, logger="medsat_sr.io.dicom"):
-        vol = dicom.read(tmp_path / "tilt")
-    aff = np.asarray(vol.affine)
-    assert vol.meta["gantry_tilt_deg"] == pytest.approx(15.0, abs=1e-3)
-    assert "gantry tilt 15.00°" in caplog.text
-    np.testing.assert_allclose(aff[:3, 2], ras(positions[1] - positions[0]), atol=1e-9)  # the real step
-    normal = np.cross(aff[:3, 0], aff[:3, 1])
-    assert abs(aff[:3, 2] @ normal) / (np.linalg.norm(aff[:3, 2]) * np.linalg.norm(normal)) < 0.99  # sheared
-    for k, p in enumerate(positions):
-        np.testing.assert_allclose(slice_positions(aff, len(positions))[k], ras(p), atol=1e-9)
-        np.testing.assert_array_equal(vol[0, :, :, k].numpy(), imgs[k].T - 1024.0)
+def sheared_volume(imgs: list[np.ndarray], positions: np.ndarray, tilt_deg: float = 15.0) -> MetaTensor:
+    """The tilted stack of :func:`tilted_series` with its exact, sheared affine, built by hand."""
+    c, s = math.cos(math.radians(tilt_deg)), math.sin(math.radians(tilt_deg))
+    row, col = np.array([1.0, 0.0, 0.0]), np.array([0.0, c, -s])
+    aff = np.eye(4)
+    aff[:3, :3] = LPS_RAS @ np.column_stack([row * 0.6, col * 0.9, positions[1] - positions[0]])
+    aff[:3, 3] = ras(positions[0])
+    data = np.stack([im.T.astype(np.float32) - 1024.0 for im in imgs], axis=-1)[None]
+    return make_volume(data, aff, source_dtype="int16", intensity={"slope": 1.0, "intercept": -1024.0}, modality="CT")
+
+
+def test_gantry_tilt_refused_naming_folder_files_angle_and_option(tmp_path: Path) -> None:
+    """Issue #13: a tilted stack is never returned with a sheared affine; the error says what to do."""
+    tilted_series(tmp_path)
+    with pytest.raises(GeometryError) as err:
+        dicom.read(tmp_path / "tilt")
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'tilt'}: gantry tilt 15.0° (slices ")
+    assert "pass resample=True (--resample) to resample onto an orthogonal grid" in msg
+    assert "\n" not in msg
+
+
+def test_small_tilt_angle_printed_with_its_digits(tmp_path: Path) -> None:
+    tilted_series(tmp_path, tilt_deg=0.05)
+    with pytest.raises(GeometryError, match="gantry tilt 0.05°"):
+        dicom.read(tmp_path / "tilt")
 
 
 def test_gantry_tilt_resampled_onto_orthogonal_grid(tmp_path: Path) -> None:
     """resample=True: every output voxel is the linear interpolation of the sheared volume at that point."""
-    tilted_series(tmp_path)
-    sheared = dicom.read(tmp_path / "tilt")
+    sheared = sheared_volume(*tilted_series(tmp_path))
     vol = dicom.read(tmp_path / "tilt", resample=True)
     a_out, a_in = np.asarray(vol.affine), np.asarray(sheared.affine)
     lin = a_out[:3, :3] / np.linalg.norm(a_out[:3, :3], axis=0)
@@ -618,6 +631,48 @@ def test_writer_defaults_without_dicom_header(tmp_path: Path) -> None:
     assert d.SOPClassUID == CTImageStorage and d.RescaleType == "HU"
 
 
+@pytest.mark.parametrize("modality", ["CT", "MR", None])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_series_from_nifti_converts_without_dcm2niix_warnings(
+    tmp_path: Path, modality: str | None, channels: int
+) -> None:
+    """Issue #13: a series written from a NIfTI file has PatientPosition, Manufacturer, ... so dcm2niix is silent."""
+    rng = np.random.default_rng(3)
+    aff = np.eye(4)
+    aff[:3, :3] = random_rotation(rng) @ np.diag([0.8, 0.9, 2.5])
+    aff[:3, 3] = [40.0, -30.0, 10.0]
+    data = rng.integers(-500, 1500, (channels, 12, 10, 5)).astype(np.float32)
+    extra = {"modality": modality} if modality else {}
+    nifti.write(make_volume(data, aff, source_dtype="int16", **extra), tmp_path / "src.nii.gz")
+    src = nifti.read(tmp_path / "src.nii.gz")
+    src.meta.update(extra)
+    out = dicom.write(src, tmp_path / "series")
+    d = pydicom.dcmread(sorted(out.glob("*.dcm"))[0], stop_before_pixels=True)
+    assert d.PatientPosition == dicom.DEFAULT_PATIENT_POSITION == "HFS"
+    assert d.Manufacturer == dicom.DEFAULT_MANUFACTURER == "medsat_sr" and d.ManufacturerModelName == "medsat_sr"
+    assert d.SoftwareVersions.startswith("medsat_sr ")
+    niis = run_dcm2niix(out, tmp_path / "nii")
+    log = dcm2niix_log(tmp_path / "nii")
+    assert "warning" not in log.lower() and "error" not in log.lower(), log
+    assert len(niis) == 1
+    ref = nib.load(niis[0])
+    assert ref.shape == (12, 10, 5) + ((channels,) if channels > 1 else ())
+    assert corner_error(aff, data.shape[1:], ref.affine, ref.shape[:3]) < 1e-3
+    r, t = grid_correspondence(aff, ref.affine)
+    vals = physical(ref)
+    vals = vals if vals.ndim == 4 else vals[..., None]
+    np.testing.assert_array_equal(resample_reference(vals, data.shape[1:], r, t), np.moveaxis(data, 0, -1))
+
+
+def test_writer_keeps_source_equipment_and_leaves_dicom_position_alone(tmp_path: Path) -> None:
+    header = Dataset()
+    header.Manufacturer = "GE MEDICAL SYSTEMS"
+    header.Modality = "CT"
+    out = dicom.write(synthetic_volume(header=header), tmp_path / "ge")
+    d = pydicom.dcmread(sorted(out.glob("*.dcm"))[0], stop_before_pixels=True)
+    assert d.Manufacturer == "GE MEDICAL SYSTEMS" and "PatientPosition" not in d
+
+
 def test_writer_dtype_policy(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     rng = np.random.default_rng(10)
     aff = np.diag([1.0, 1.0, 1.5, 1.0])
@@ -670,15 +725,21 @@ def test_writer_refuses_bad_input(tmp_path: Path) -> None:
 
 
 def test_writer_sheared_affine_written_slice_by_slice(tmp_path: Path) -> None:
-    tilted_series(tmp_path)
-    sheared = dicom.read(tmp_path / "tilt")
+    """A sheared affine (API-built) is written exactly, slice by slice; reading it back is then refused."""
+    imgs, positions = tilted_series(tmp_path)
+    sheared = sheared_volume(imgs, positions)
     out = dicom.write(sheared, tmp_path / "out")
-    back = dicom.read(out)
-    np.testing.assert_allclose(np.asarray(back.affine), np.asarray(sheared.affine), atol=1e-9)
-    np.testing.assert_array_equal(back.numpy(), sheared.numpy())
-    assert back.meta["gantry_tilt_deg"] == pytest.approx(15.0, abs=1e-3)
-    d = pydicom.dcmread(sorted(out.glob("*.dcm"))[0])
+    files = sorted(out.glob("*.dcm"))
+    got = np.array([[float(v) for v in pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient] for f in files])
+    np.testing.assert_allclose(got, positions, atol=1e-6)
+    d = pydicom.dcmread(files[0])
     assert float(d.SpacingBetweenSlices) == pytest.approx(3.0)  # along the normal
+    with pytest.raises(GeometryError, match="gantry tilt 15.0°"):
+        dicom.read(out)
+    back = dicom.read(out, resample=True)
+    ref = dicom.read(tmp_path / "tilt", resample=True)
+    np.testing.assert_allclose(np.asarray(back.affine), np.asarray(ref.affine), atol=1e-5)
+    np.testing.assert_allclose(back.numpy(), ref.numpy(), atol=1e-3)
 
 
 # --------------------------------------------------------------------------------------
@@ -813,24 +874,18 @@ def test_ge_tilt_both_reconstructions_together_refused_with_the_numbers() -> Non
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize(("series", "thickness", "table_step"), [(1, 4.0, 4.22), (f"{GE_UID}#2", 7.0, 7.38)])
-def test_ge_tilt_each_reconstruction_exact_in_sheared_affine(
-    series: object, thickness: float, table_step: float
+@pytest.mark.parametrize(("series", "name", "step", "spacing"), [(1, "01.dcm", "4.22", "4.00"), (f"{GE_UID}#2", "15.dcm", "7.38", "7.00")])
+def test_ge_tilt_each_reconstruction_refused_with_angle_files_and_option(
+    series: object, name: str, step: str, spacing: str
 ) -> None:
-    """Each reconstruction alone is regular: every slice at its own ImagePositionPatient (0.00 mm), tilt kept."""
-    vol = dicom.read(need(GE_IN), series=series)
-    aff = np.asarray(vol.affine)
-    assert tuple(vol.shape) == (1, 512, 512, 14)
-    assert vol.meta["gantry_tilt_deg"] == pytest.approx(18.5, abs=0.01)
-    np.testing.assert_allclose(aff[:3, 2], [0, 0, table_step], atol=1e-9)  # the real step: the table moves in z
-    headers = {f: pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(GE_IN.glob("*.dcm"))}
-    files = [f for f, ds in headers.items() if float(ds.SliceThickness) == thickness]
-    assert len(files) == 14
-    worst = 0.0
-    for f in files:
-        err, _ = nearest_slice_error(aff, 14, headers[f].ImagePositionPatient)
-        worst = max(worst, err)
-    assert worst < 1e-6  # 0.00 mm
+    """Issue #13: each reconstruction alone is regular but tilted: refused, never a silent sheared affine."""
+    with pytest.raises(GeometryError) as err:
+        dicom.read(need(GE_IN), series=series)
+    msg = str(err.value)
+    assert msg.startswith(f"{GE_IN} [series {GE_UID}#")
+    assert f"gantry tilt 18.5° (slices {name} to " in msg and "GantryDetectorTilt 18.5)" in msg
+    assert f"table step ({step} mm) is not perpendicular to the slices ({spacing} mm apart)" in msg
+    assert msg.endswith("pass resample=True (--resample) to resample onto an orthogonal grid as dcm2niix's tilt correction does")
 
 
 @pytest.mark.shared_data
@@ -838,8 +893,7 @@ def test_ge_tilt_uncorrected_dcm2niix_output_is_not_a_reference() -> None:
     """Why ``_2.nii.gz`` is not used as the reference: it puts the last slice ~44 mm from its DICOM position.
 
     dcm2niix stacks both reconstructions on a regular 4.002 mm grid along z,
-    ignoring the tilt and the uneven steps. Our reading of the same slices
-    (each reconstruction alone) puts every slice at its ImagePositionPatient.
+    ignoring the tilt and the uneven steps.
     """
     ref = nib.load(need(GE_REF / "_2.nii.gz"))
     positions = [pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient for f in sorted(GE_IN.glob("*.dcm"))]
@@ -847,8 +901,6 @@ def test_ge_tilt_uncorrected_dcm2niix_output_is_not_a_reference() -> None:
     # dcm2niix flips the rows: DICOM row 0 of its last slice is voxel (0, 511, 27)
     theirs = ref.affine[:3, :3] @ np.array([0, ref.shape[1] - 1, ref.shape[2] - 1]) + ref.affine[:3, 3]
     assert np.linalg.norm(theirs - ras(ipp)) > 40.0
-    ours = dicom.read(GE_IN, series=2)
-    assert nearest_slice_error(np.asarray(ours.affine), 14, ipp)[0] < 1e-6
 
 
 @pytest.mark.shared_data
@@ -1013,6 +1065,8 @@ def test_nifti_ct_written_as_dicom_matches_for_dcm2niix(tmp_path: Path) -> None:
     assert d.BitsAllocated == 16 and d.PixelRepresentation == 1  # int32 HU fits int16 exactly
     assert (float(d.RescaleSlope), float(d.RescaleIntercept)) == (1.0, 0.0)
     niis = run_dcm2niix(out, tmp_path / "nii")
+    log = dcm2niix_log(tmp_path / "nii")
+    assert "warning" not in log.lower() and "error" not in log.lower(), log
     ref = nib.load(niis[0])
     assert corner_error(img.affine, img.shape, ref.affine, ref.shape[:3]) < 1e-3
     r, t = grid_correspondence(img.affine, ref.affine)
