@@ -79,7 +79,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medsat_sr.models.upsample import interpolate
 from medsat_sr.errors import ConfigError, DataError, ModelError
 from medsat_sr.normalise import Normaliser
 
@@ -682,13 +683,19 @@ def _val_metrics(data_range: float, spatial_dims: int, ssim_spec: Any) -> tuple[
 
 
 def _cubic_scores(ts: Any, ssim_spec: Any) -> dict[str, float]:
+    """The baselines on the validation split: the classical result (``val_psnr_cubic``: what a
+    fallback writes) and the networks' own interpolation path (``val_psnr_interp``: what an
+    untrained network gives), with the same metric and data range as the network."""
     psnr_m, ssim_m = _val_metrics(ts.data_range, ts.spatial_dims, ssim_spec)
+    interp_m, _ = _val_metrics(ts.data_range, ts.spatial_dims, ssim_spec)
     for b, c in zip(ts.val, ts.val_cubic):
         psnr_m(c, b["label"])
         ssim_m(c, b["label"])
+        interp_m(interpolate(b["image"].float(), b["label"].shape[2:]), b["label"])
     return {
         "val_psnr_cubic": float(psnr_m.aggregate().item()),
         "val_ssim_cubic": float(ssim_m.aggregate().item()),
+        "val_psnr_interp": float(interp_m.aggregate().item()),
     }
 
 
@@ -873,10 +880,13 @@ def build_trainer(
         if state.start_iteration == 0 and not state.history:
             _validate(engine.state.iteration)
 
-    @trainer.on(Events.ITERATION_COMPLETED)
+    @trainer.on(Events.ITERATION_COMPLETED)  # registered before the progress bar: it sees the detached loss
     def _after_iteration(engine: Any) -> None:
         out = engine.state.output
-        value = float(out["loss"].detach()) if isinstance(out, Mapping) else float("nan")
+        if isinstance(out, MutableMapping) and isinstance(out.get("loss"), torch.Tensor):
+            # MONAI's trainer returns the loss with its autograd graph; nothing after the step needs it
+            out["loss"] = out["loss"].detach()
+        value = float(out["loss"]) if isinstance(out, Mapping) else float("nan")
         state.loss_sum += value
         state.loss_count += 1
         state.trace_sum += value

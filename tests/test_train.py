@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,14 @@ def test_fit_checkpoint_reloads_bit_for_bit(tmp_path: Path) -> None:
     assert meta["metrics"]["val_psnr"] == pytest.approx(r.val_psnr)
     assert meta["metrics"]["val_psnr_cubic"] == pytest.approx(r.val_psnr_cubic)
     assert r.metadata["normalisation"] == r.normaliser.to_dict()
+
+
+def test_fit_with_progress_bar_raises_no_requires_grad_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue #13: the loss is detached after each step, so no consumer converts a graph-carrying tensor."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*requires_grad.*", category=UserWarning)
+        r = fit(raster(), tiny_cfg("train.max_iterations=2", "train.val_every=2"), progress=True)
+    assert r.iterations == 2 and all(math.isfinite(h["loss"]) for h in r.history[1:])
 
 
 def test_fit_without_run_dir_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
