@@ -44,6 +44,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medsat_sr._atomic import atomic_path
 from medsat_sr.errors import DataError
 
@@ -97,8 +99,6 @@ def now_iso() -> str:
 
 def jsonable(value: Any) -> Any:
     """``value`` as plain JSON data (tuples to lists, numpy scalars to numbers, NaN/inf to null)."""
-    import numpy as np
-
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -53,11 +53,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from nibabel.filebasedimages import ImageFileError
+from nibabel.openers import ImageOpener
+from nibabel.spatialimages import HeaderDataError
+from nibabel.volumeutils import array_to_file
+from nibabel.wrapstruct import WrapStructError
 
 from medsat_sr._atomic import atomic_path
+from medsat_sr._version import __version__
 from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError, WriteError
 from medsat_sr.image import Key, check_affine, is_raster, make_volume
 
@@ -111,10 +118,6 @@ def _format_error(path: Path, exc: BaseException, what: str = "cannot read NIfTI
 
 # Exceptions nibabel and the gzip/zlib stack raise on malformed or truncated files.
 def _parse_errors() -> tuple[type[BaseException], ...]:
-    from nibabel.filebasedimages import ImageFileError
-    from nibabel.spatialimages import HeaderDataError
-    from nibabel.wrapstruct import WrapStructError
-
     return (
         ImageFileError,
         HeaderDataError,
@@ -156,9 +159,6 @@ def read_header(path: str | os.PathLike[str]) -> Any:
         DataError: the file is missing or unreadable.
         FormatError: the file is not a valid NIfTI-1/2 single file.
     """
-    import nibabel as nib
-    from nibabel.openers import ImageOpener
-
     p = Path(path)
     _check_readable(p)
     try:
@@ -291,8 +291,6 @@ def read(path: str | os.PathLike[str]) -> MetaTensor:
             layout medsat_sr does not support (RGB, complex, 5D with time).
         GeometryError: the affine is zero, NaN or singular.
     """
-    import nibabel as nib
-
     p = Path(path)
     hdr = read_header(p)  # validates the file and gives the on-disk header
     _check_layout(hdr, p)  # dims, vox_offset and data size, before nibabel allocates anything
@@ -467,10 +465,6 @@ def _disk_shape(spatial: tuple[int, int, int], channels: int, src: Any | None) -
 
 
 def _fresh_header(meta: Mapping[str, Any], nifti2: bool) -> tuple[Any, tuple[int, int]]:
-    import nibabel as nib
-
-    from medsat_sr._version import __version__
-
     hdr = nib.Nifti2Header() if nifti2 else nib.Nifti1Header()
     fmt = meta.get(Key.SOURCE_FORMAT)
     hdr.set_xyzt_units("mm", "sec")
@@ -514,8 +508,6 @@ def _output_header(
     explicit: bool,
 ) -> tuple[Any, tuple[int, ...], float, float]:
     """Build the header to write; return it, the on-disk shape and the value mapping."""
-    import nibabel as nib
-
     src = meta.get(Key.HEADER)
     is_nifti = isinstance(src, (nib.Nifti1Header, nib.Nifti2Header))
     slope, inter = _intensity(meta)
@@ -577,7 +569,7 @@ def _output_header(
         min_vox = hdr.single_vox_offset + hdr.extensions.get_sizeondisk()
         if vox < min_vox:
             hdr["vox_offset"] = 0  # nibabel sets the minimum on write
-    except nib.spatialimages.HeaderDataError as exc:
+    except HeaderDataError as exc:
         raise FormatError(f"cannot build a NIfTI header for shape {disk_shape} and dtype {dt.name}: {exc}") from exc
     return hdr, disk_shape, slope, inter
 
@@ -602,9 +594,6 @@ def write(image: MetaTensor, path: str | os.PathLike[str], *, dtype: str | None 
         ConfigError: ``dtype`` is not a NIfTI dtype.
         WriteError: the output folder is missing or not writable, or the write failed.
     """
-    from nibabel.openers import ImageOpener
-    from nibabel.volumeutils import array_to_file
-
     p = Path(path)
     if not _output_suffix_ok(p):
         raise FormatError(f"{p}: a NIfTI output must end with .nii or .nii.gz, got {p.name!r}")

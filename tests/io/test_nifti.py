@@ -448,7 +448,7 @@ def test_failed_write_leaves_nothing(scaled_file: tuple[Path, np.ndarray], tmp_p
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("nibabel.volumeutils.array_to_file", disk_full)
+    monkeypatch.setattr(nifti, "array_to_file", disk_full)
     with pytest.raises(WriteError, match="No space left"):
         nifti.write(img, out_dir / "out.nii.gz")
     assert list(out_dir.iterdir()) == []
