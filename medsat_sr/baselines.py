@@ -62,6 +62,10 @@ __all__ = [
     "lanczos_weights",
     "resample_raster_window",
     "gdal_resampling",
+    "cubic_bspline",
+    "gdal_resize",
+    "BASELINES",
+    "upsample",
 ]
 
 #: The classical methods, by name.
@@ -195,10 +199,14 @@ def _bspline3(d: np.ndarray) -> np.ndarray:
     return np.where(a < 1, 2.0 / 3.0 - a**2 + a**3 / 2.0, np.where(a < 2, (2.0 - a) ** 3 / 6.0, 0.0))
 
 
-def _spline_axis(x: torch.Tensor, dim: int, m: int, order: int) -> torch.Tensor:
-    """Resample ``x`` along ``dim`` to ``m`` samples: B-spline of ``order`` 1 or 3, mirror borders."""
+def _spline_axis(x: torch.Tensor, dim: int, m: int, order: int, step: float | None = None) -> torch.Tensor:
+    """Resample ``x`` along ``dim`` to ``m`` samples: B-spline of ``order`` 1 or 3, mirror borders.
+
+    Output ``k`` is read at input index ``(k + 0.5) * step - 0.5``; ``step``
+    defaults to ``n / m`` (the grids share their field of view).
+    """
     n = x.shape[dim]
-    pos = (np.arange(m, dtype=np.float64) + 0.5) * (n / m) - 0.5
+    pos = (np.arange(m, dtype=np.float64) + 0.5) * (n / m if step is None else step) - 0.5
     if order == 3:
         from scipy import ndimage
 
@@ -225,6 +233,100 @@ def _spline_axis(x: torch.Tensor, dim: int, m: int, order: int) -> torch.Tensor:
         out = term if out is None else out.add_(term)
     assert out is not None
     return out.movedim(0, dim).contiguous()
+
+
+def cubic_bspline(x: torch.Tensor | np.ndarray, factors: Sequence[float], out_shape: Sequence[int]) -> torch.Tensor:
+    """Cubic B-spline interpolation onto a grid ``factors`` times finer: the volumes' baseline.
+
+    Along each trailing spatial axis with factor ``f``, output sample ``i`` is
+    read at the input coordinate ``(i + 0.5) / f - 0.5``: the sample positions
+    of :mod:`medsat_sr.degrade` inverted exactly, also when ``n * f`` is not
+    a whole number (training patches at non-integer slice factors). Spline
+    order 3, half-sample symmetric borders; the same spline as
+    :func:`resample_volume` (``method="cubic"``), which places samples by the
+    size ratio instead.
+
+    Args:
+        x: ``(..., *spatial)`` with ``len(factors)`` trailing spatial axes.
+        factors: upsampling factor per spatial axis (> 0).
+        out_shape: output size per spatial axis.
+
+    Returns:
+        float32 tensor ``(..., *out_shape)``.
+
+    Raises:
+        GeometryError: ``out_shape`` and ``factors`` of different lengths, or
+            more axes than ``x`` has.
+    """
+    t = _as_cpu_float(x)
+    nd = len(factors)
+    if len(out_shape) != nd or t.ndim < nd:
+        raise GeometryError(f"need one factor and one output size per spatial axis, got {list(factors)} and {list(out_shape)}")
+    for i, (f, n_out) in enumerate(zip(factors, out_shape)):
+        dim = t.ndim - nd + i
+        if t.shape[dim] == int(n_out) and abs(float(f) - 1.0) < 1e-9:
+            continue
+        t = _spline_axis(t, dim, int(n_out), 3, step=1.0 / float(f))
+    return t
+
+
+def _as_cpu_float(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A plain float32 CPU tensor (MetaTensors unwrapped)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().as_subclass(torch.Tensor).cpu().to(torch.float32).contiguous()
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+#: Corner transform of the synthetic grid that :func:`gdal_resize` resamples on.
+_GRID_SIZE = 1000.0
+
+
+def gdal_resize(x: torch.Tensor | np.ndarray, out_shape: Sequence[int], method: str = "cubic") -> torch.Tensor:
+    """GDAL resampling of ``(..., H, W)`` onto ``out_shape`` with the same field of view: the rasters' baseline.
+
+    Both grids cover one synthetic square (pixel corners, as
+    :func:`medsat_sr.geometry.scale_transform`); the work is
+    :func:`resample_raster_window` (``rasterio.warp.reproject``).
+
+    Args:
+        x: ``(..., H, W)`` values without nodata.
+        out_shape: ``(H', W')``.
+        method: one of :data:`METHODS` (``"cubic"``: GDAL cubic, ``"lanczos"``: GDAL lanczos).
+
+    Returns:
+        float32 tensor ``(..., H', W')``.
+    """
+    arr = _as_cpu_float(x).numpy()
+    lead = arr.shape[:-2]
+    h, w = arr.shape[-2:]
+    ho, wo = int(out_shape[0]), int(out_shape[1])
+    src_t = (_GRID_SIZE / w, 0.0, 0.0, 0.0, -_GRID_SIZE / h, _GRID_SIZE)
+    dst_t = (_GRID_SIZE / wo, 0.0, 0.0, 0.0, -_GRID_SIZE / ho, _GRID_SIZE)
+    out = resample_raster_window(arr.reshape((-1, h, w)), src_t, (ho, wo), dst_t, crs=None, method=method)
+    return torch.from_numpy(out.reshape(lead + (ho, wo)))
+
+
+#: The named baselines of domain profiles (``DomainProfile.baseline``).
+BASELINES: tuple[str, ...] = ("bspline", "gdal_cubic", "gdal_lanczos")
+
+
+def upsample(name: str, x: torch.Tensor | np.ndarray, factors: Sequence[float], out_shape: Sequence[int]) -> torch.Tensor:
+    """The baseline ``name`` of :data:`BASELINES` from ``x`` onto ``out_shape`` (trailing axes).
+
+    ``"bspline"``: :func:`cubic_bspline` (any number of spatial axes);
+    ``"gdal_cubic"`` / ``"gdal_lanczos"``: :func:`gdal_resize` on the two
+    trailing axes (rasters).
+
+    Raises:
+        ConfigError: an unknown name, or a GDAL baseline on other than two spatial axes.
+    """
+    if name == "bspline":
+        return cubic_bspline(x, factors, out_shape)
+    if name in ("gdal_cubic", "gdal_lanczos"):
+        if len(out_shape) != 2:
+            raise ConfigError(f"baseline {name!r} resamples rasters (2 spatial axes), got {len(out_shape)}")
+        return gdal_resize(x, out_shape, name.split("_", 1)[1])
+    raise ConfigError(f"unknown baseline {name!r}; expected one of {list(BASELINES)}")
 
 
 # --------------------------------------------------------------------------- rasters (GDAL)

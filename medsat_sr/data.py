@@ -53,9 +53,14 @@ axis (self-supervised thick slices, a centred block), of the last spatial
 axis (volumes, centred) or of the width (rasters: the right-hand strip).
 Training patches keep a gap of the degradation's reach from it. Validation
 batches are tiles of the block (at most a fixed number, the
-foreground/valid ones), with their cubic baseline: cubic B-spline for
-volumes (``scipy.ndimage``, exact sample positions), GDAL cubic for rasters
-(``rasterio`` ``Resampling.cubic``).
+foreground/valid ones), with the profile's baseline (``DomainProfile.baseline``,
+:func:`medsat_sr.baselines.upsample`): cubic B-spline for volumes (exact
+sample positions), GDAL cubic (or lanczos) for rasters.
+
+Degradation: every low-resolution image or patch is
+:func:`medsat_sr.degrade.degrade` (or its :class:`~medsat_sr.degrade.Recipe`)
+of the profile, the one recipe that evaluation and the inference
+consistency check use too.
 """
 
 from __future__ import annotations
@@ -70,8 +75,11 @@ import numpy as np
 import torch
 from monai.data import IterableDataset
 
-from medsat_sr import degrade
+from scipy import ndimage
+
+from medsat_sr import baselines, degrade
 from medsat_sr.errors import ConfigError, DataError, GeometryError
+from medsat_sr.geometry import scale_affine, scale_transform
 from medsat_sr.image import BandSet, Key, is_raster, is_volume
 from medsat_sr.normalise import Normaliser, data_range as _data_range, valid_mask
 
@@ -84,10 +92,7 @@ __all__ = [
     "TrainingSet",
     "make_training_set",
     "slice_lengths",
-    "slice_thickness",
     "thick_axis",
-    "cubic_bspline",
-    "gdal_cubic",
     "foreground_mask",
 ]
 
@@ -165,104 +170,6 @@ def thick_axis(spacing: Sequence[float], spec_axis: Any = "thickest") -> int:
     return int(np.argmax(np.asarray(spacing, dtype=np.float64)))
 
 
-def slice_thickness(image: Any, axis: int) -> float:
-    """The slice thickness (mm) of a volume along ``axis``.
-
-    The reader's ``SliceThickness`` when it recorded one (meta
-    ``slice_thickness`` or a DICOM header) and ``axis`` is the thickest
-    axis; else the spacing along ``axis``.
-    """
-    meta = getattr(image, "meta", None) or {}
-    spacing = [float(s) for s in meta.get(Key.SPACING) or (1.0, 1.0, 1.0)]
-    value = meta.get("slice_thickness")
-    if value is None:
-        header = meta.get(Key.HEADER)
-        getter = getattr(header, "get", None)
-        if callable(getter):
-            try:
-                value = getter("SliceThickness")
-            except Exception:  # noqa: BLE001 - headers of other formats
-                value = None
-    try:
-        v = float(value) if value is not None else None
-    except (TypeError, ValueError):
-        v = None
-    if v is not None and v > 0 and axis == int(np.argmax(spacing)):
-        return v
-    return spacing[axis]
-
-
-def cubic_bspline(x: torch.Tensor, factors: Sequence[float], out_shape: Sequence[int]) -> torch.Tensor:
-    """Cubic B-spline interpolation onto a finer grid, FOV-preserving (volumes' baseline).
-
-    Along each spatial axis with factor ``f``, output sample ``i`` is read at
-    the input coordinate ``(i + 0.5) / f - 0.5`` (the convention of
-    :mod:`medsat_sr.geometry` and :mod:`medsat_sr.degrade`), with spline
-    order 3 and half-sample symmetric borders (``mode="reflect"``).
-
-    Args:
-        x: ``(..., *spatial)`` with ``len(factors)`` trailing spatial axes.
-        factors: upsampling factor per spatial axis.
-        out_shape: output size per spatial axis.
-
-    Returns:
-        float32 tensor ``(..., *out_shape)``.
-    """
-    arr = _plain(x).detach().cpu().to(torch.float64).numpy()
-    nd = len(factors)
-    lead = arr.shape[: arr.ndim - nd]
-    arr = arr.reshape((-1,) + arr.shape[arr.ndim - nd :])
-    for i, (f, n_out) in enumerate(zip(factors, out_shape)):
-        axis = 1 + i
-        n_in = arr.shape[axis]
-        if n_in == n_out and abs(f - 1.0) < 1e-9:
-            continue
-        mat = _bspline_matrix(n_in, int(n_out), float(f))
-        arr = np.moveaxis(np.tensordot(arr, mat, axes=([axis], [1])), -1, axis)
-    return torch.from_numpy(np.ascontiguousarray(arr.reshape(lead + arr.shape[1:]))).to(torch.float32)
-
-
-def _bspline_matrix(n_in: int, n_out: int, factor: float) -> np.ndarray:
-    """``(n_out, n_in)`` matrix of cubic B-spline interpolation at ``(i + 0.5) / factor - 0.5``."""
-    from scipy import ndimage
-
-    pos = (np.arange(n_out, dtype=np.float64) + 0.5) / factor - 0.5
-    mat = np.empty((n_out, n_in))
-    for j in range(n_in):  # the (linear) interpolant of each unit impulse
-        e = np.zeros(n_in)
-        e[j] = 1.0
-        mat[:, j] = ndimage.map_coordinates(e, pos[None], order=3, mode="reflect")
-    return mat
-
-
-def gdal_cubic(x: torch.Tensor, out_shape: Sequence[int]) -> torch.Tensor:
-    """GDAL cubic (``rasterio`` ``Resampling.cubic``) of ``(..., H, W)`` onto ``out_shape`` (rasters' baseline).
-
-    The two grids share their field of view (pixel corners), as in
-    :func:`medsat_sr.geometry.scale_transform`.
-    """
-    from rasterio.transform import Affine
-    from rasterio.warp import Resampling, reproject
-
-    arr = _plain(x).detach().cpu().to(torch.float32).numpy()
-    lead = arr.shape[:-2]
-    h, w = arr.shape[-2:]
-    ho, wo = int(out_shape[0]), int(out_shape[1])
-    src = np.ascontiguousarray(arr.reshape((-1, h, w)))
-    dst = np.zeros((src.shape[0], ho, wo), dtype=np.float32)
-    size = 1000.0
-    reproject(
-        src,
-        dst,
-        src_transform=Affine(size / w, 0, 0, 0, -size / h, size),
-        dst_transform=Affine(size / wo, 0, 0, 0, -size / ho, size),
-        src_crs="EPSG:3857",
-        dst_crs="EPSG:3857",
-        resampling=Resampling.cubic,
-    )
-    return torch.from_numpy(dst.reshape(lead + (ho, wo)))
-
-
 def foreground_mask(
     physical: torch.Tensor, normalised: torch.Tensor, mask_spec: Any, valid: torch.Tensor
 ) -> np.ndarray | None:
@@ -273,8 +180,6 @@ def foreground_mask(
     """
     if mask_spec is None or mask_spec.kind != "foreground":
         return None
-    from scipy import ndimage
-
     src = normalised if mask_spec.units == "normalised" else _plain(physical).to(torch.float32)
     fg = ((src > float(mask_spec.threshold)) & valid).any(dim=0).cpu().numpy()
     if mask_spec.fill_holes:
@@ -535,6 +440,10 @@ class SliceProfileSource(PairSource):
         limit = min(shape[v[0]] for v in self.views)
         self.n_lr, self.n_hr = slice_lengths(patch_size[0], self.factor, limit=limit)
         self.width = min(int(patch_size[1]), min(shape[v[1]] for v in self.views))
+        self.recipe = degrade.Recipe(
+            model="slice_profile", factors=(self.factor,), axis=0, slice_shape=profile,
+            slice_spacing=self.factor, slice_fwhm=self.thickness,
+        )
         sigma = degrade.fwhm_to_sigma(self.thickness) if profile == "gaussian" else self.thickness / 2
         gap = int(math.ceil(4.0 * sigma + self.factor))
         self.val_interval: tuple[int, int] | None = None
@@ -564,10 +473,8 @@ class SliceProfileSource(PairSource):
 
     # ----------------------------------------------------------------- pieces
     def degrade(self, x: torch.Tensor, axis: int) -> torch.Tensor:
-        """The slice-profile degradation used for every pair (``degrade.slice_profile``)."""
-        return degrade.slice_profile(
-            x, axis, thickness=self.thickness, spacing=self.factor, in_spacing=1.0, profile=self.profile
-        )
+        """The profile's slice profile across tensor ``axis`` of ``(C, *spatial)`` (:attr:`recipe`)."""
+        return self.recipe.on_axis(axis - 1, x.ndim - 1).apply(x)[0]
 
     def _box(self, view: tuple[int, int, int], n_hr: int | None = None, width: int | None = None) -> tuple[int, ...]:
         size = [1, 1, 1]
@@ -658,7 +565,7 @@ class SliceProfileSource(PairSource):
     def cubic(self, item: Mapping[str, Any]) -> torch.Tensor:
         """Cubic B-spline of a validation item along its degraded (first) axis."""
         out = tuple(item["label"].shape[-2:])
-        return cubic_bspline(item["image"], (self.factor, 1.0), out)
+        return baselines.cubic_bspline(item["image"], (self.factor, 1.0), out)
 
 
 class AlignedSource(PairSource):
@@ -677,7 +584,9 @@ class AlignedSource(PairSource):
         guide: guide bands on the high-resolution grid (guided net), or ``None``.
         holdout: ``(axis, fraction, where)``.
         gap: pixels kept free between training patches and the held-out block.
-        baseline: ``"bspline"`` (volumes) or ``"gdal"`` (rasters).
+        baseline: a name of :data:`medsat_sr.baselines.BASELINES`
+            (``"bspline"``, ``"gdal_cubic"``, ``"gdal_lanczos"``); GDAL
+            baselines apply to 2D networks, 3D ones get the B-spline.
     """
 
     def __init__(
@@ -812,9 +721,8 @@ class AlignedSource(PairSource):
 
     def cubic(self, item: Mapping[str, Any]) -> torch.Tensor:
         out = tuple(item["label"].shape[1:])
-        if self.baseline == "gdal" and self.spatial_dims == 2:
-            return gdal_cubic(item["image"], out)
-        return cubic_bspline(item["image"], self.model_scale, out)
+        name = self.baseline if self.spatial_dims == 2 else "bspline"
+        return baselines.upsample(name, item["image"], self.model_scale, out)
 
 
 def _pick(items: list[dict[str, Any]], cap: int) -> list[dict[str, Any]]:
@@ -967,49 +875,23 @@ def _noise(cfg: Any) -> tuple[str, float] | None:
     return None if n.model == "none" or n.sigma <= 0 else (n.model, float(n.sigma))
 
 
-def _band_sigmas(cfg: Any, names: Sequence[str], factor: float) -> list[float]:
-    p = cfg.profile
-    out = []
-    for name in names:
-        try:
-            out.append(p.psf_sigma(factor, band=name))
-        except ConfigError:
-            mtf = p.degradation.psf.mtf_nyquist
-            if isinstance(mtf, dict) and mtf:
-                gain = float(np.mean(list(mtf.values())))
-                logger.warning(
-                    "band %r has no MTF in domain %r; using the mean MTF %.3f", name, p.name, gain
-                )
-                out.append(degrade.mtf_to_sigma(gain, factor))
-            else:
-                raise
-    return out
+def _baseline(profile: Any) -> str:
+    """The profile's baseline (``DomainProfile.baseline``); without one: B-spline for volumes, GDAL cubic for rasters."""
+    name = getattr(profile, "baseline", None)
+    if name:
+        return str(name)
+    return "gdal_cubic" if profile.kind == "raster" else "bspline"
 
 
-def _psf_lr(x: torch.Tensor, cfg: Any, factors: Sequence[float], names: Sequence[str] | None,
+def _lowres(x: torch.Tensor, cfg: Any, factors: Sequence[float], names: Sequence[str] | None,
             valid: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
-    """Profile PSF + decimation of ``(C, *spatial)`` (per-band MTF for rasters)."""
-    p = cfg.profile
-    nd = x.ndim - 1
-    mask = None if valid is None else torch.from_numpy(np.asarray(valid, dtype=bool))
-    if p.degradation.psf.shape == "box":
-        res = degrade.psf_decimate(x, list(factors), method="box", mask=mask, spatial_dims=nd)
-        return (res[0], res[1].numpy()) if mask is not None else (res, None)
-    f_max = max(factors)
-    if p.kind == "raster" and names is not None and isinstance(p.degradation.psf.mtf_nyquist, dict):
-        sig = _band_sigmas(cfg, names, f_max)
-    else:
-        sig = [p.psf_sigma(f_max)] * x.shape[0]
-    outs, m_out = [], None
-    for c in range(x.shape[0]):
-        sig_axes = [sig[c] * f / f_max if f > 1 else 0.0 for f in factors]
-        res = degrade.psf_decimate(x[c : c + 1], list(factors), sigma=sig_axes, mask=mask, spatial_dims=nd)
-        if mask is not None:
-            outs.append(res[0])
-            m_out = res[1].numpy() if m_out is None else (m_out & res[1].numpy())
-        else:
-            outs.append(res)
-    return torch.cat(outs), m_out
+    """The profile's degradation of ``(C, *spatial)`` (:func:`medsat_sr.degrade.degrade`) and its valid mask."""
+    try:
+        res = degrade.degrade(x, cfg.profile, list(factors), bands=names,
+                              valid=None if valid is None else np.asarray(valid, dtype=bool))
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg.source}: {exc}") from exc
+    return res if valid is not None else (res, None)
 
 
 def _gap(cfg: Any, factors: Sequence[float]) -> int:
@@ -1040,8 +922,8 @@ def _slicewise_source(prep: _Prepared, cfg: Any, *, supervised: bool, holdout: b
     spec = p.degradation.slice_profile
     spacing = [float(s) for s in image.meta[Key.SPACING]]
     ps = _ints(cfg.train.patch_size, 2, "train.patch_size")
+    scale = cfg.scale_for(spacing)
     if supervised:
-        scale = cfg.scale_for(spacing)
         ups = [i for i, f in enumerate(scale) if f > 1.0 + 1e-6]
         if len(ups) != 1:
             raise ConfigError(
@@ -1049,16 +931,14 @@ def _slicewise_source(prep: _Prepared, cfg: Any, *, supervised: bool, holdout: b
                 f"(e.g. scale: [1, 1, 4]), got {scale}"
             )
         t = ups[0]
-        f = float(scale[t])
         target = spacing[t]
-        sl_spacing = f if spec.spacing == "header" else float(spec.spacing) / target
-        thick = sl_spacing if spec.fwhm == "thickness" else float(spec.fwhm) / target
+        # the reference is the high-resolution volume; its thick slices are simulated: no thickness to read
+        rec = degrade.recipe(p, [float(v) for v in scale], spacing=spacing)
         a, b = [i for i in range(3) if i != t]
         views = [(t, b, a), (t, a, b)]
         hold_axis = a
     else:
         t = thick_axis(spacing, spec.axis)
-        scale = cfg.scale_for(spacing)
         f_scale = float(scale[t])
         if f_scale <= 1.0:
             raise ConfigError(
@@ -1072,22 +952,22 @@ def _slicewise_source(prep: _Prepared, cfg: Any, *, supervised: bool, holdout: b
                 "in-plane spacing %s is anisotropic; slice-wise pairs treat both in-plane axes as %.4g mm",
                 inplane, target,
             )
-        sl_mm = spacing[t] if spec.spacing == "header" else float(spec.spacing)
-        th_mm = slice_thickness(image, t) if spec.fwhm == "thickness" else float(spec.fwhm)
-        sl_spacing = sl_mm / target
-        thick = th_mm / target
-        f = sl_spacing
-        if abs(f - f_scale) > 1e-3 * f_scale:
+        # the high-resolution signal is the in-plane one, at the target spacing; slices as the header says
+        facs = [1.0, 1.0, 1.0]
+        facs[t] = spacing[t] / target
+        rec = degrade.recipe(p, facs, spacing=[target] * 3, thickness=degrade.slice_thickness(image, t))
+        if abs(rec.factors[t] - f_scale) > 1e-3 * f_scale:
             logger.warning(
                 "slice spacing %.4g mm over target %.4g mm gives factor %.4g, not the scale %.4g; "
-                "training pairs use %.4g", sl_mm, target, f, f_scale, f,
+                "training pairs use %.4g", rec.factors[t] * target, target, rec.factors[t], f_scale, rec.factors[t],
             )
         a, b = [i for i in range(3) if i != t]
         views = [(a, b, t), (b, a, t)]
         hold_axis = t
+    f, thick = float(rec.slice_spacing or 0.0), float(rec.slice_fwhm or 0.0)
     src = SliceProfileSource(
         prep.data, prep.valid, prep.foreground,
-        views=views, factor=f, thickness=thick, profile=spec.shape, patch_size=(ps[0], ps[1]),
+        views=views, factor=f, thickness=thick, profile=rec.slice_shape, patch_size=(ps[0], ps[1]),
         holdout=_holdout_spec(cfg, hold_axis, "volume") if holdout else None,
         noise=_noise(cfg), **_sampling(cfg),
     )
@@ -1098,7 +978,8 @@ def _slicewise_source(prep: _Prepared, cfg: Any, *, supervised: bool, holdout: b
         "slice_thickness_px": thick,
         "slice_spacing_px": f,
         "target_spacing_mm": target,
-        "profile": spec.shape,
+        "profile": rec.slice_shape,
+        "degradation": rec.describe(),
         "patch_hr": [src.n_hr, src.width],
         "patch_lr": [src.n_lr, src.width],
         "views": [list(v) for v in views],
@@ -1140,18 +1021,7 @@ def _aligned_source(prep: _Prepared, cfg: Any, *, holdout: bool, lr_image: torch
     valid = prep.valid
     names = _names(prep.image, x.shape[0])
     if lr_image is None:
-        model = p.degradation.model
-        if model == "kspace":
-            if kind != "volume":
-                raise ConfigError(f"{cfg.source}: k-space truncation is for MR volumes")
-            ks = p.degradation.kspace
-            try:
-                lr = degrade.kspace_lowres(x, ints, fraction=ks.fraction, window=ks.window, tukey_alpha=ks.tukey_alpha)
-            except ConfigError as exc:
-                raise ConfigError(f"{cfg.source}: {exc}") from exc
-            lr_mask = None
-        else:  # psf (slice_profile never reaches here)
-            lr, lr_mask = _psf_lr(x, cfg, ints, names, valid)
+        lr, lr_mask = _lowres(x, cfg, ints, names, valid)  # psf or kspace (slice_profile never reaches here)
         noise = _noise(cfg)
         if noise is not None:
             lr = degrade.add_noise(lr, sigma=noise[1], kind=noise[0],
@@ -1173,7 +1043,7 @@ def _aligned_source(prep: _Prepared, cfg: Any, *, holdout: bool, lr_image: torch
         factors=ints, patch_size=ps, plane_axis=plane_axis,
         holdout=_holdout_spec(cfg, hold_axis, kind) if holdout else None,
         gap=_gap(cfg, ints) if lr_image is None else 0,
-        baseline="gdal" if kind == "raster" else "bspline", **_sampling(cfg),
+        baseline=_baseline(p), **_sampling(cfg),
     )
     src.info = {
         "pairs": "explicit" if lr_image is not None else p.degradation.model,
@@ -1218,8 +1088,8 @@ def _guided_source(bandset: BandSet, cfg: Any, *, holdout: bool) -> tuple[Aligne
     th2, tw2 = min(th, gh // si), min(tw, gw // si)
     tdata, tvalid = tp.data[:, :th2, :tw2], tp.valid[:th2, :tw2]
     gdata, gvalid = gp.data[:, : th2 * si, : tw2 * si], gp.valid[: th2 * si, : tw2 * si]
-    guide_lr, guide_mask = _psf_lr(gdata, cfg, [si, si], guides, gvalid)
-    target_lr, target_mask = _psf_lr(tdata, cfg, [si, si], targets, tvalid)
+    guide_lr, guide_mask = _lowres(gdata, cfg, [si, si], guides, gvalid)
+    target_lr, target_mask = _lowres(tdata, cfg, [si, si], targets, tvalid)
     valid = tvalid & (guide_mask if guide_mask is not None else True)
     up = np.repeat(np.repeat(target_mask, si, 0), si, 1)[: valid.shape[0], : valid.shape[1]]
     v2 = np.zeros_like(valid)
@@ -1228,7 +1098,7 @@ def _guided_source(bandset: BandSet, cfg: Any, *, holdout: bool) -> tuple[Aligne
         tdata, target_lr, v2, None if tp.foreground is None else tp.foreground[:th2, :tw2] & v2,
         factors=[si, si], patch_size=cfg.train.patch_size, guide=guide_lr,
         holdout=_holdout_spec(cfg, 1, "raster") if holdout else None,
-        gap=_gap(cfg, [si, si]), baseline="gdal", **_sampling(cfg),
+        gap=_gap(cfg, [si, si]), baseline=_baseline(cfg.profile), **_sampling(cfg),
     )
     src.info = {"pairs": "guided_wald", "factors": [si, si], "patch_hr": list(src.size)}
     return src, tp, gp, targets, guides
@@ -1249,8 +1119,6 @@ def _validate_whole(src: PairSource) -> None:
 
 def _check_pair_grids(lr: Any, hr: Any, where: str) -> list[float]:
     """Per-axis integer factors of an explicit pair, with the grids checked to line up."""
-    from medsat_sr.geometry import scale_affine, scale_transform
-
     if is_volume(lr) != is_volume(hr) or is_raster(lr) != is_raster(hr):
         raise GeometryError(f"{where}: the low- and high-resolution files are not the same kind of image")
     ls, hs = tuple(lr.shape[1:]), tuple(hr.shape[1:])

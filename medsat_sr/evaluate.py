@@ -10,8 +10,9 @@ For each high-resolution reference (or explicit low/high-resolution pair):
    view are aligned by construction, which :func:`evaluate` checks for every
    method's output (``grid_match``).
 2. **Degradation.** The reference is degraded with the job's domain profile
-   (config overrides merged) by the functions of :mod:`medsat_sr.degrade`,
-   with the parameters that :mod:`medsat_sr.data` uses for training pairs:
+   (config overrides merged) by :func:`medsat_sr.degrade.degrade`, the one
+   recipe that :mod:`medsat_sr.data` uses for training pairs and inference
+   for its consistency check:
 
    * ``slice_profile`` (thick slices): Gaussian or rect profile of FWHM
      ``degradation.slice_profile.fwhm`` mm, sampled every
@@ -26,7 +27,7 @@ For each high-resolution reference (or explicit low/high-resolution pair):
      gives it, or FWHM in low-resolution pixels) or box, then decimation
      (:func:`medsat_sr.degrade.psf_decimate`), nodata mask propagated;
    * ``kspace``: central k-space kept and decimated
-     (:func:`medsat_sr.degrade.kspace_truncate`, real part);
+     (:func:`medsat_sr.degrade.kspace_lowres`, real part);
    * ``noise`` (when the profile sets it): sigma given in normalised units,
      converted to physical units with the profile's normalisation of the
      reference, seeded with ``train.seed``.
@@ -95,8 +96,17 @@ import torch
 from monai.data import MetaTensor
 
 from medsat_sr import baselines, degrade, geometry, metrics
-from medsat_sr.errors import ConfigError, DataError, GeometryError
+from medsat_sr._resources import suggest
+from medsat_sr._version import __version__
+from medsat_sr.config import JobConfig, load_config
+from medsat_sr.data import foreground_mask
+from medsat_sr.errors import ConfigError, DataError, GeometryError, WriteError
 from medsat_sr.image import BandSet, Key, is_raster, is_volume, make_raster, make_volume
+from medsat_sr.inference import upscale
+from medsat_sr.io import read
+from medsat_sr.normalise import Normaliser, valid_mask
+from medsat_sr.report import write_report
+from medsat_sr.train import fit
 
 __all__ = [
     "evaluate",
@@ -276,8 +286,6 @@ def _name_of(path: str | os.PathLike[str] | None, index: int) -> str:
 
 
 def _read(image: Any, what: str) -> tuple[MetaTensor, str | None]:
-    from medsat_sr.io import read
-
     if isinstance(image, (str, os.PathLike)):
         img = read(image)
         path: str | None = str(image)
@@ -312,8 +320,13 @@ def superior_axis(affine: np.ndarray) -> int:
     return int(np.argmax(cosines))
 
 
-def _slice_settings(cfg: Any, ref: MetaTensor, scale: Any) -> tuple[int, float, float, dict[str, Any]]:
-    """Thick axis, factor and FWHM (in reference voxels) of a slice-profile evaluation."""
+def _slice_settings(cfg: Any, ref: MetaTensor, scale: Any) -> tuple[int, float, dict[str, Any]]:
+    """Thick axis and factor of a slice-profile evaluation, with the rules that chose them.
+
+    The FWHM follows from the profile in :func:`medsat_sr.degrade.recipe`
+    (the reference has no thick slices to read a thickness from: thickness =
+    slice spacing unless the profile gives ``fwhm`` in mm).
+    """
     spec = cfg.profile.degradation.slice_profile
     spacing = [float(s) for s in ref.meta[Key.SPACING]]
     notes: dict[str, Any] = {}
@@ -350,14 +363,8 @@ def _slice_settings(cfg: Any, ref: MetaTensor, scale: Any) -> tuple[int, float, 
             f"the slice spacing along axis {axis} gives factor {factor:g}; a slice-profile evaluation needs a factor > 1 "
             "(set --scale, e.g. 1,1,4, or degradation.slice_profile.spacing in mm)"
         )
-    if isinstance(spec.fwhm, (int, float)) and not isinstance(spec.fwhm, bool):
-        fwhm_px = float(spec.fwhm) / spacing[axis]
-        notes["fwhm_rule"] = "degradation.slice_profile.fwhm (mm)"
-    else:
-        fwhm_px = factor
-        notes["fwhm_rule"] = "thickness = slice spacing (no gap)"
     notes["axis_rule"] = axis_rule
-    return axis, factor, fwhm_px, notes
+    return axis, factor, notes
 
 
 def _factors(cfg: Any, ref: MetaTensor, scale: Any) -> tuple[float, ...]:
@@ -380,98 +387,42 @@ def degrade_reference(
     profile: Any,
     factors: Sequence[float],
     *,
-    slice_axis: int | None = None,
-    slice_fwhm: float | None = None,
+    spacing: Sequence[float] | None = None,
     band_names: Sequence[str] | None = None,
     valid: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, np.ndarray | None, dict[str, Any]]:
     """Degrade a reference ``(C, *spatial)`` with a domain profile's model (no noise).
 
-    The parameters are those of the training pairs (:mod:`medsat_sr.data`):
-    the PSF sigma per band from :meth:`~medsat_sr.domains.DomainProfile.psf_sigma`
-    at the largest factor, scaled per axis; ``real`` k-space output.
+    :func:`medsat_sr.degrade.degrade`, the recipe of the training pairs
+    (:mod:`medsat_sr.data`): a slice profile across the one axis with a
+    factor > 1 (FWHM = the slice spacing, or the profile's ``fwhm`` in mm:
+    a reference has no thick slices to read a thickness from), a PSF per band
+    and axis, or k-space truncation (real part).
 
     Args:
         x: float tensor ``(C, *spatial)`` (physical values).
         profile: the domain profile (a config's :attr:`~medsat_sr.config.JobConfig.profile`).
         factors: reduction factor per spatial axis (each axis must hold a
             whole number of low-resolution samples).
-        slice_axis: spatial axis of the slice profile (``slice_profile`` model).
-        slice_fwhm: slice FWHM in reference voxels (``slice_profile`` model).
+        spacing: the reference's spacing in mm (volumes; converts the
+            profile's slice ``fwhm``/``spacing`` given in mm to voxels).
         band_names: band names (per-band MTF).
-        valid: spatial validity ``(*spatial)`` of ``x`` (propagated by ``psf``).
+        valid: spatial validity ``(*spatial)`` of ``x`` (propagated).
 
     Returns:
-        ``(low_res, low_res_valid or None, record)``.
+        ``(low_res, low_res_valid or None, record)``; the record is
+        :meth:`medsat_sr.degrade.Recipe.record`.
 
     Raises:
         ConfigError: a model that does not fit the factors.
     """
-    model = profile.degradation.model
-    nd = x.ndim - 1
-    fac = [float(f) for f in factors]
-    rec: dict[str, Any] = {"model": model, "factors": fac}
-    if model == "slice_profile":
-        if slice_axis is None or slice_fwhm is None:
-            raise ConfigError("the slice_profile degradation needs slice_axis and slice_fwhm")
-        sp = profile.degradation.slice_profile
-        f = fac[slice_axis]
-        lr = degrade.slice_profile(x, 1 + slice_axis, thickness=float(slice_fwhm), spacing=f, in_spacing=1.0, profile=sp.shape)
-        rec.update(axis=int(slice_axis), profile=sp.shape, fwhm_voxels=float(slice_fwhm), spacing_voxels=f,
-                   function="medsat_sr.degrade.slice_profile")
-        lr_valid = None
-        if valid is not None:
-            lr_valid = baselines.upsample_mask(valid, lr.shape[1:])  # thick slices: keep it simple (volumes rarely have nodata)
-        return lr, lr_valid, rec
-    ints = [int(round(f)) for f in fac]
-    if model == "kspace":
-        if profile.kind != "volume":
-            raise ConfigError("k-space truncation is for MR volumes")
-        if any(abs(f - i) > 1e-9 for f, i in zip(fac, ints)):
-            raise ConfigError(f"k-space evaluation needs integer factors, got {fac}")
-        ks = profile.degradation.kspace
-        lr = degrade.kspace_lowres(x, ints, fraction=ks.fraction, window=ks.window, tukey_alpha=ks.tukey_alpha)
-        rec.update(fraction=ks.fraction, window=ks.window, tukey_alpha=ks.tukey_alpha, output="real",
-                   function="medsat_sr.degrade.kspace_lowres")
-        lr_valid = None if valid is None else baselines.upsample_mask(valid, lr.shape[1:])
-        return lr, lr_valid, rec
-    # psf
-    psf = profile.degradation.psf
-    mask = None if valid is None else torch.from_numpy(np.asarray(valid, dtype=bool))
-    if psf.shape == "box":
-        res = degrade.psf_decimate(x, fac, method="box", mask=mask, spatial_dims=nd)
-        rec.update(psf="box", function="medsat_sr.degrade.psf_decimate")
-        return (res[0], res[1].numpy(), rec) if mask is not None else (res, None, rec)
-    f_max = max(fac)
-    names = list(band_names) if band_names is not None else [None] * x.shape[0]
-    sig: list[float] = []
-    for name in names:
-        try:
-            sig.append(profile.psf_sigma(f_max, band=name))
-        except ConfigError:
-            mtf = psf.mtf_nyquist
-            if isinstance(mtf, dict) and mtf:
-                sig.append(degrade.mtf_to_sigma(float(np.mean(list(mtf.values()))), f_max))
-            else:
-                raise
-    outs, m_out = [], None
-    for c in range(x.shape[0]):
-        sig_axes = [sig[c] * f / f_max if f > 1 else 0.0 for f in fac]
-        res = degrade.psf_decimate(x[c : c + 1], fac, sigma=sig_axes, mask=mask, spatial_dims=nd)
-        if mask is not None:
-            outs.append(res[0])
-            m = res[1].numpy()
-            m_out = m if m_out is None else (m_out & m)
-        else:
-            outs.append(res)
-    rec.update(psf="gaussian", mtf_nyquist=psf.mtf_nyquist, fwhm_lr_pixels=psf.fwhm, sigma_hr_pixels=[float(s) for s in sig],
-               function="medsat_sr.degrade.psf_decimate")
-    return torch.cat(outs), m_out, rec
+    rec = degrade.recipe(profile, [float(f) for f in factors], bands=band_names, channels=int(x.shape[0]),
+                         spacing=spacing)
+    lr, lr_valid = rec.apply(x, None if valid is None else np.asarray(valid, dtype=bool))
+    return lr, None if lr_valid is None else lr_valid.cpu().numpy(), rec.record()
 
 
 def _spatial_valid(img: MetaTensor) -> np.ndarray:
-    from medsat_sr.normalise import valid_mask
-
     return valid_mask(img).all(dim=0).cpu().numpy()
 
 
@@ -504,8 +455,6 @@ def _noise(cfg: Any, ref: MetaTensor, lr: torch.Tensor) -> tuple[torch.Tensor, d
     n = cfg.profile.degradation.noise
     if n.model == "none" or n.sigma <= 0:
         return lr, None
-    from medsat_sr.normalise import Normaliser
-
     norm = Normaliser.fit(ref, cfg.profile)
     gen = torch.Generator().manual_seed(int(cfg.train.seed))
     out = []
@@ -547,18 +496,16 @@ def prepare_case(
         ConfigError: a reference that does not fit the config, or invalid options.
         GeometryError: an axis too short for the factor.
     """
-    from medsat_sr.config import JobConfig, load_config
-
     cfg = config if isinstance(config, JobConfig) else load_config(config)
     ref, path = _read(reference, "reference")
     kind = "volume" if is_volume(ref) else "raster"
     if cfg.profile.kind != kind:
         raise ConfigError(f"{cfg.source}: the config is for {cfg.profile.kind}s; {path or 'the reference'} is a {kind}")
     nd = ref.ndim - 1
-    slice_axis = slice_fwhm = None
+    slice_axis = None
     notes: dict[str, Any] = {}
     if cfg.profile.degradation.model == "slice_profile":
-        slice_axis, f, slice_fwhm, notes = _slice_settings(cfg, ref, scale)
+        slice_axis, f, notes = _slice_settings(cfg, ref, scale)
         factors = [1.0] * nd
         factors[slice_axis] = f
     else:
@@ -581,10 +528,13 @@ def prepare_case(
             vals = xs[c][torch.from_numpy(valid)]
             xs[c][torch.from_numpy(~valid)] = float(vals.median()) if vals.numel() else 0.0
         x = xs
+    if cfg.profile.degradation.model == "kspace" and any(abs(f - round(f)) > 1e-9 for f in factors):
+        raise ConfigError(f"k-space evaluation needs integer factors, got {factors}")
     lr, lr_valid, rec = degrade_reference(
-        x, cfg.profile, factors, slice_axis=slice_axis, slice_fwhm=slice_fwhm,
+        x, cfg.profile, factors, spacing=[float(v) for v in ref.meta[Key.SPACING]] if kind == "volume" else None,
         band_names=ref.meta.get(Key.BAND_NAMES), valid=valid if fill_needed else None,
     )
+    slice_fwhm = rec.get("fwhm_voxels")
     lr, noise = _noise(cfg, ref, lr)
     rec["noise"] = noise
     rec.update(notes)
@@ -598,8 +548,9 @@ def prepare_case(
             rec["slice_fwhm_mm"] = sp[slice_axis] * float(slice_fwhm)
         aff = geometry.scale_affine(np.asarray(ref.affine, dtype=np.float64), eff_down)
         extra = {k: v for k, v in ref.meta.items() if k in ("modality", "series_description")}
-        if slice_axis is not None:
+        if slice_axis is not None:  # what slice_thickness() of the degraded volume reads
             extra["slice_thickness"] = sp[slice_axis] * float(slice_fwhm)
+            extra["slice_axis"] = int(slice_axis)
         lr_img = make_volume(
             lr, aff, source_dtype=ref.meta.get(Key.SOURCE_DTYPE), intensity=ref.meta.get(Key.INTENSITY),
             band_names=ref.meta.get(Key.BAND_NAMES), source_format=ref.meta.get(Key.SOURCE_FORMAT),
@@ -656,8 +607,6 @@ def pair_case(lr: Any, hr: Any, config: Any, *, name: str | None = None, index: 
         GeometryError: grids that are not aligned.
         ConfigError: images of a kind the config is not for.
     """
-    from medsat_sr.config import JobConfig, load_config
-
     cfg = config if isinstance(config, JobConfig) else load_config(config)
     lo, lo_path = _read(lr, "lr")
     hi, hi_path = _read(hr, "hr")
@@ -704,8 +653,6 @@ def _units_transform(profile: Any, ref: MetaTensor) -> tuple[Any, str]:
     """Map values as read to the profile's metric units, and name them."""
     method = profile.normalisation.method
     if method in ("linear", "reflectance"):
-        from medsat_sr.normalise import Normaliser
-
         norm = Normaliser.fit(ref, profile)
         scale = np.asarray(norm.scale, dtype=np.float64)
         offset = np.asarray(norm.offset, dtype=np.float64)
@@ -810,9 +757,6 @@ def _masks(cfg: Any, case: Case, ref: MetaTensor, srs: Mapping[str, np.ndarray])
     ms = cfg.profile.metrics.mask
     if ms.kind != "foreground":
         return valid, valid.copy()
-    from medsat_sr.data import foreground_mask
-    from medsat_sr.normalise import Normaliser
-
     phys = ref.as_tensor().to(torch.float32)
     normed = Normaliser.fit(ref, cfg.profile).forward(phys) if ms.units == "normalised" else phys
     fg = foreground_mask(phys, normed, ms, torch.from_numpy(valid)[None].expand_as(phys))
@@ -957,8 +901,6 @@ def parse_methods(
                     f"(train.mode: self_supervised); the config's train.mode is {getattr(cfg.train, 'mode', None)!r}"
                 )
         else:
-            from medsat_sr._resources import suggest
-
             raise ConfigError(
                 f"unknown method {m!r}{suggest(m, list(CLASSICAL) + ['model'])}; expected "
                 f"{', '.join(CLASSICAL)} or model"
@@ -1025,8 +967,6 @@ def _run_method(
     run_dir: Path | None,
     progress: bool,
 ) -> MethodRun:
-    from medsat_sr.inference import upscale
-
     scale = list(case.factors)
     fit_res = None
     fit_s = None
@@ -1041,8 +981,6 @@ def _run_method(
                           sidecar=False, progress=progress)
         else:
             kind = "self_supervised"
-            from medsat_sr.train import fit
-
             fit_input = case.fit_image if case.fit_image is not None else case.lr
             rd = None if run_dir is None else run_dir / case.name
             fit_res = fit([fit_input], cfg, run_dir=rd, progress=progress)
@@ -1225,8 +1163,6 @@ def _check_output_dir(path: Path) -> None:
     Raises:
         WriteError: the path is a file, or its first existing ancestor is not writable.
     """
-    from medsat_sr.errors import WriteError
-
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise WriteError(f"{p}: exists and is not a folder")
@@ -1240,8 +1176,6 @@ def _check_output_dir(path: Path) -> None:
 
 
 def _environment() -> dict[str, Any]:
-    from medsat_sr._version import __version__
-
     return {
         "medsat_sr_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
@@ -1309,8 +1243,6 @@ def evaluate(
         DataError, FormatError: unreadable inputs.
         WriteError: the report cannot be written.
     """
-    from medsat_sr.config import JobConfig, load_config
-
     if config is None:
         raise ConfigError("evaluate needs a config (--config NAME or PATH): it names the domain profile and the degradation")
     if isinstance(config, JobConfig) and not overrides:
@@ -1370,8 +1302,6 @@ def evaluate(
     }
     ev = Evaluation(files=files, settings=settings)
     if out_dir is not None:
-        from medsat_sr.report import write_report
-
         write_report(ev, out_dir, figures=figures, title=title)
         ev.report_dir = out_dir
     return ev

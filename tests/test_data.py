@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from medsat_sr import degrade
+from medsat_sr.baselines import cubic_bspline
 from medsat_sr.config import load_config
 from medsat_sr.data import (
     AlignedSource,
     PatchSampler,
     SliceProfileSource,
-    cubic_bspline,
     make_training_set,
     slice_lengths,
-    slice_thickness,
 )
+from medsat_sr.degrade import slice_thickness
 from medsat_sr.errors import DataError, GeometryError
 from medsat_sr.geometry import scale_affine, scale_transform
 from medsat_sr.image import BandSet, make_raster, make_volume

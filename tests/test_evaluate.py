@@ -121,14 +121,14 @@ def test_superior_axis_follows_the_affine() -> None:
 
 # ------------------------------------------------------------------ degradation: the training code
 def test_raster_degradation_is_the_training_degradation() -> None:
-    from medsat_sr.data import _psf_lr
+    from medsat_sr.data import _lowres
 
     rng = np.random.default_rng(1)
     ref = _raster(rng.uniform(0, 255, size=(3, 32, 40)))
     cfg = load_config("multiband_x2")
     case = prepare_case(ref, cfg, holdout=0)
     x = ref.as_tensor().float()
-    expected, _ = _psf_lr(x, cfg, [2, 2], ref.meta[Key.BAND_NAMES])
+    expected, _ = _lowres(x, cfg, [2, 2], ref.meta[Key.BAND_NAMES])
     np.testing.assert_allclose(case.lr.as_tensor().numpy(), expected.numpy(), rtol=1e-6, atol=1e-4)
     rec = case.degradation
     assert rec["model"] == "psf" and rec["mtf_nyquist"] == pytest.approx(0.3)
