@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from monai.data import MetaTensor
 
 from medsat_sr.errors import FormatError
-from medsat_sr.image import BandSet, Key, is_volume
-from medsat_sr.io import detect_format
+
+if TYPE_CHECKING:  # pragma: no cover
+    from monai.data import MetaTensor
+
+# torch, MONAI and rasterio load inside the functions, only for the inputs that need them
+# (``medsat-sr info`` imports this module; see benchmarks/startup.py).
 
 __all__ = ["describe", "format_description"]
 
@@ -33,6 +36,8 @@ def _crs_label(crs: Any) -> str | None:
 
 
 def _describe_image(img: MetaTensor) -> dict[str, Any]:
+    from medsat_sr.image import Key, is_volume
+
     meta = img.meta
     out: dict[str, Any] = {
         "kind": meta.get(Key.KIND),
@@ -114,6 +119,9 @@ def describe(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
     Raises:
         MedsatError: whatever the reader raises for bad input.
     """
+    from medsat_sr.image import BandSet
+    from medsat_sr.io import detect_format
+
     p = Path(path)
     fmt = detect_format(p)
     out: dict[str, Any] = {"path": str(p), "format": fmt}

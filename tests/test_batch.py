@@ -155,10 +155,10 @@ def test_rerun_skips_complete_outputs_and_redoes_what_changed(tmp_path: Path, ca
     assert run_cli(capsys, *args)[0] == 0
     assert [ln["status"] for ln in lines_of(out, "last")] == ["skipped"] * 3
 
-    # another recipe (an output option) redoes everything; so does --force
+    # another recipe (an output option) redoes everything; so does --redo
     assert run_cli(capsys, *args, "--set", "output.compress=zstd")[0] == 0
     assert [ln["status"] for ln in lines_of(out, "last")] == ["done"] * 3
-    assert run_cli(capsys, *args, "--set", "output.compress=zstd", "--force")[0] == 0
+    assert run_cli(capsys, *args, "--set", "output.compress=zstd", "--redo")[0] == 0
     assert [ln["status"] for ln in lines_of(out, "last")] == ["done"] * 3
     assert all(mtimes(outputs)[p] != second[p] for p in outputs)
     # batch.jsonl is append-only: one line per input per run

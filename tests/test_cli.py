@@ -7,6 +7,7 @@ traceback without --debug, and no file left behind.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -268,3 +269,89 @@ def test_real_process_prints_no_traceback_unless_debug(tmp_path: Path) -> None:
     assert p.stderr.strip() == f"medsat-sr: error: {missing}: no such file or folder"
     p = subprocess.run([*exe, "--debug", "info", missing], capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "Traceback" in p.stderr and "DataError" in p.stderr
+
+
+# ------------------------------------------------------------------ startup: what each entry point imports
+_LOADED = """
+import json, sys
+from medsat_sr.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+heavy = ("torch", "monai", "rasterio", "pydantic", "numpy", "scipy", "pydicom", "nibabel", "dask")
+print("LOADED " + json.dumps({"code": code, "modules": [m for m in heavy if m in sys.modules]}), file=sys.stderr)
+"""
+
+
+def _loaded_by(*argv: str) -> tuple[object, set[str]]:
+    """Run ``medsat-sr ARGV`` in a fresh interpreter; (exit code, heavy modules it imported)."""
+    p = subprocess.run([sys.executable, "-c", _LOADED, *argv], capture_output=True, text=True, timeout=120)
+    line = [ln for ln in p.stderr.splitlines() if ln.startswith("LOADED ")]
+    assert line, p.stderr
+    d = json.loads(line[-1][len("LOADED "):])
+    return d["code"], set(d["modules"])
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["-q", "--help"], ["info", "--help"], ["convert", "--help"]])
+def test_version_and_help_import_no_heavy_library(argv: list[str]) -> None:
+    code, loaded = _loaded_by(*argv)
+    assert code == 0
+    assert not loaded & {"torch", "monai", "rasterio", "pydantic"}, loaded
+
+
+@pytest.mark.parametrize("command", ["upscale", "batch", "train", "evaluate"])
+def test_command_help_imports_no_torch(command: str) -> None:
+    code, loaded = _loaded_by(command, "--help")
+    assert code == 0
+    assert not loaded & {"torch", "monai", "rasterio"}, loaded
+
+
+def test_package_root_and_command_modules_are_cheap_to_import() -> None:
+    code = (
+        "import sys, importlib, medsat_sr, medsat_sr.cli\n"
+        "mods = [importlib.import_module(m) for m in medsat_sr.cli.COMMANDS.values()]\n"
+        "assert all(m.HELP and callable(m.add_parser) and callable(m.run) for m in mods)\n"
+        "assert medsat_sr.MedsatError and medsat_sr.__version__\n"
+        "print(sorted(m for m in ('torch', 'monai', 'rasterio', 'pydantic', 'numpy') if m in sys.modules))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+
+
+def test_lazy_package_root_names() -> None:
+    import medsat_sr
+    from medsat_sr.image import BandSet
+    from medsat_sr.inference.api import UpscaleResult, upscale
+    from medsat_sr.io import read, write
+
+    assert (medsat_sr.read, medsat_sr.write, medsat_sr.upscale) == (read, write, upscale)
+    assert (medsat_sr.UpscaleResult, medsat_sr.BandSet) == (UpscaleResult, BandSet)
+    assert set(medsat_sr.__all__) <= set(dir(medsat_sr))
+    with pytest.raises(AttributeError):
+        medsat_sr.no_such_name  # noqa: B018
+
+
+def test_invalid_flag_value_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "upscale", "x.nii.gz", "-o", "y.nii.gz", "--method", "cubic", "--device", "gpu")
+    assert code == 2
+    assert err.strip() == "medsat-sr: error: argument --device: invalid choice: 'gpu' (choose from 'auto', 'cpu', 'cuda')"
+    with pytest.raises(SystemExit) as exc:  # an unknown command is a usage error, as before
+        main(["upscal", "x"])
+    assert exc.value.code == 2 and "usage: medsat-sr" in capsys.readouterr().err
+
+
+def test_full_parser_and_batch_option_flags() -> None:
+    from medsat_sr.cli import COMMANDS, build_parser
+    from medsat_sr.cli.batch import option_overrides
+
+    parser = build_parser()
+    args = parser.parse_args(["batch", "in.tif", "-o", "out", "--method", "cubic", "--tile-size", "64,64,32",
+                              "--precision", "fp32", "--force", "--cog", "--redo"])
+    assert args.redo and args.force and args.func is importlib.import_module(COMMANDS["batch"]).run
+    assert sorted(option_overrides(args)) == [
+        "inference.force=true", "inference.precision=\"fp32\"", "inference.tile_size=[64, 64, 32]", "output.cog=true",
+    ]
+    args = parser.parse_args(["batch", "in.tif", "-o", "out", "--method", "cubic"])
+    assert option_overrides(args) == [] and not args.redo

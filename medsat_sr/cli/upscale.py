@@ -1,0 +1,117 @@
+"""``medsat-sr upscale INPUT -o OUTPUT``: one of --config, --model (repeatable) or --method.
+
+The option flags (``--tile-size``, ``--precision``, ``--tta``, ``--uncertainty``,
+``--device``, ``--force``, ``--dtype``, ``--format``, ``--cog``) come from the
+one options model, :mod:`medsat_sr.inference.options`: their names, choices,
+defaults and help are declared there, and :func:`run` passes the ones given
+to :func:`medsat_sr.inference.upscale` as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from medsat_sr.cli import EXIT_OK
+from medsat_sr.cli.options import (
+    add_config,
+    add_method,
+    add_model,
+    add_reader_flags,
+    add_scale,
+    add_set,
+    numbers,
+    reader_options,
+)
+
+HELP = "super-resolve a volume or a raster (model, ensemble, self-supervised config or classical method)"
+
+log = logging.getLogger("medsat_sr")
+
+_WEIGHT_RULES = ("equal", "lstsq", "softmax")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``upscale`` command to ``subparsers`` (imports the options model: pydantic, no torch)."""
+    from medsat_sr.inference.options import add_flags
+
+    p = subparsers.add_parser(
+        "upscale",
+        help=HELP,
+        description="Upscale INPUT (DICOM series folder, NIfTI, GeoTIFF or band folder) into OUTPUT with exactly one of "
+        "--config (self-supervised: fit on the input, then apply), --model (repeatable: weighted ensemble) or --method. "
+        "The output format follows the suffix (.nii, .nii.gz, .tif, .tiff); no suffix: a derived DICOM series "
+        "(volumes) or a band folder (band sets). Rasters are streamed. A JSON trust record OUTPUT.json is written "
+        "next to the output.",
+    )
+    p.add_argument("input", help="input file or folder")
+    p.add_argument("-o", "--output", required=True, help="output file or folder")
+    g = p.add_argument_group("what to upscale with (exactly one)")
+    add_config(g, help="job config (built-in name or .yaml); self-supervised configs fit on INPUT first")
+    add_model(g)
+    add_method(g)
+    g = p.add_argument_group("what to produce")
+    add_scale(g)
+    g.add_argument("--target-spacing", metavar="MM", help="volumes: output spacing in mm (one value or per axis)")
+    g.add_argument(
+        "--weights",
+        metavar="W",
+        help="ensemble weights w1,w2,..., 'equal' (default), or fitted on a Wald split of the input: "
+        "'lstsq' or 'softmax' (over PSNR)",
+    )
+    add_set(g, example="inference.tile_size=256")
+    g.add_argument("--series-description", metavar="TEXT", help="DICOM output: SeriesDescription")
+    g.add_argument("--run-dir", metavar="DIR", help="--config: keep the fit's checkpoints and curves here")
+    add_flags(p.add_argument_group("options (the config's inference and output sections)"))
+    add_reader_flags(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _weights(text: str | None) -> object:
+    """``--weights``: a rule name, or one number per member."""
+    if not text:
+        return None
+    if text in _WEIGHT_RULES:
+        return text
+    w = numbers(text, "--weights")
+    return [w] if isinstance(w, float) else w
+
+
+def run(args: argparse.Namespace) -> int:
+    """Upscale ``args.input`` into ``args.output`` and print the files written; return the exit code."""
+    from medsat_sr.errors import ConfigError
+    from medsat_sr.inference.api import upscale
+    from medsat_sr.inference.options import given_flags
+
+    given = [name for name, v in (("--config", args.config), ("--model", args.model), ("--method", args.method)) if v]
+    if len(given) != 1:
+        raise ConfigError(
+            "give exactly one of --config CFG, --model CKPT (repeatable) or --method cubic|linear|nearest|lanczos"
+            + (f"; got {' and '.join(given)}" if given else "")
+        )
+    models = list(args.model or [])
+    result = upscale(
+        args.input,
+        output=args.output,
+        model=models[0] if len(models) == 1 else None,
+        models=models if len(models) > 1 else None,
+        weights=_weights(args.weights),
+        method=args.method,
+        scale=numbers(args.scale, "--scale"),
+        target_spacing=numbers(args.target_spacing, "--target-spacing"),
+        config=args.config,
+        overrides=list(args.set or []),
+        series_description=args.series_description,
+        read_options=reader_options(args),
+        run_dir=args.run_dir,
+        progress=not args.quiet,
+        **given_flags(args),
+    )
+    log.info("wrote %s", result.output)
+    if not args.quiet:
+        for p in (result.output, result.std_output, result.sidecar):
+            if p is not None:
+                print(p)
+    return EXIT_OK
