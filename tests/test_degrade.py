@@ -11,22 +11,33 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from medsat_sr import data as data_mod
+from medsat_sr import evaluate as evaluate_mod
 from medsat_sr import geometry
+from medsat_sr.config import load_config
 from medsat_sr.degrade import (
     DEGRADATIONS,
     FWHM_PER_SIGMA,
     add_noise,
+    band_sigmas,
+    decimate,
+    degrade,
+    describe,
     fwhm_to_sigma,
     gaussian_kernel1d,
     kspace_truncate,
     mtf_to_sigma,
     output_size,
     psf_decimate,
+    recipe,
     sigma_to_fwhm,
     sigma_to_mtf,
     slice_profile,
+    slice_thickness,
 )
+from medsat_sr.domains import load_domain
 from medsat_sr.errors import ConfigError
+from medsat_sr.image import make_volume
 
 F64 = torch.float64
 
@@ -572,3 +583,125 @@ def test_registry_names():
         "kspace": kspace_truncate,
         "noise": add_noise,
     }
+
+
+# ------------------------------------------------------------------ the one recipe and its callers
+# The consistency check of inference (inference/volume.py, inference/raster.py) calls the recipe
+# like this, on the super-resolved output ``sr`` of a low-resolution input ``lr_img`` upscaled by
+# ``eff`` per axis:
+#
+#     thick = slice_thickness(lr_img, axis)                       # volumes, the one upscaled axis
+#     hr_spacing = [s / e for s, e in zip(lr_img.meta["spacing"], eff)]
+#     deg = degrade(sr, profile, eff, bands=names, spacing=hr_spacing, thickness=thick)
+#
+# and, tile by tile on rasters with integer ratios, ``decimate(sr_tile, ratio,
+# band_sigmas(profile, r, bands), valid=tile_valid)`` (equal to ``degrade`` to float rounding).
+# ``_consistency_calls`` below is that call; the inference caller joins this test once it is moved.
+
+
+def _consistency_calls(sr: torch.Tensor, lr_meta: dict, eff, profile, names=None, valid=None):
+    """``degrade`` called as the consistency check calls it (see the comment above)."""
+    ups = [a for a, e in enumerate(eff) if e > 1]
+    thick = slice_thickness(lr_meta, ups[0]) if len(ups) == 1 and "spacing" in lr_meta else None
+    hr_spacing = [s / e for s, e in zip(lr_meta["spacing"], eff)] if "spacing" in lr_meta else None
+    return degrade(sr, profile, eff, bands=names, spacing=hr_spacing, thickness=thick, valid=valid)
+
+
+def _texture(shape, seed=0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).uniform(0, 100, size=shape).astype(np.float32))
+
+
+def test_three_callers_identical_volume_slice_profile() -> None:
+    cfg = load_config("mri_thick_slice", ["scale=[1, 1, 4]", "train.patch_size=16"])
+    vol = make_volume(_texture((1, 24, 20, 32)), np.eye(4))
+    prep = data_mod._prepare(vol, cfg)
+    x = prep.data
+    # training pairs: the supervised slice-wise source degrades the whole volume along axis 2
+    src = data_mod._slicewise_source(prep, cfg, supervised=True, holdout=False)
+    lr_train = src._lr[2]
+    # evaluation protocol
+    lr_eval, _, rec = evaluate_mod.degrade_reference(x, cfg.profile, [1.0, 1.0, 4.0], spacing=[1.0, 1.0, 1.0])
+    # consistency check: the low-res volume records its slices (4 mm apart, 4 mm thick, as evaluate writes)
+    lr_meta = {"spacing": (1.0, 1.0, 4.0), "slice_thickness": 4.0, "slice_axis": 2}
+    lr_check = _consistency_calls(x, lr_meta, (1.0, 1.0, 4.0), cfg.profile)
+    assert lr_train.shape == (1, 24, 20, 8)
+    assert torch.equal(lr_train, lr_eval) and torch.equal(lr_eval, lr_check)
+    assert rec["model"] == "slice_profile" and rec["fwhm_voxels"] == 4.0 and rec["spacing_voxels"] == 4.0
+
+
+def test_three_callers_identical_raster_without_mtf() -> None:
+    cfg = load_config("multiband_x2", ["degradation.psf.mtf_nyquist=null"])
+    profile = cfg.profile
+    assert profile.degradation.psf.mtf_nyquist is None
+    x = _texture((3, 32, 40), 1)
+    names = ["b1", "b2", "b3"]
+    valid = np.ones((32, 40), bool)
+    valid[5, 7] = False
+    lr_train, m_train = data_mod._lowres(x, cfg, [2, 2], names, valid)
+    lr_eval, m_eval, rec = evaluate_mod.degrade_reference(x, profile, [2.0, 2.0], band_names=names, valid=valid)
+    lr_check, m_check = _consistency_calls(x, {}, (2.0, 2.0), profile, names, valid)
+    assert torch.equal(lr_train, lr_eval) and torch.equal(lr_eval, lr_check)
+    assert np.array_equal(m_train, m_eval) and np.array_equal(m_eval, m_check) and not m_check.all()
+    # the agreed default: Gaussian of FWHM one low-resolution pixel
+    assert rec["sigma_hr_pixels"] == pytest.approx([fwhm_to_sigma(2.0)] * 3)
+    # the streamed tile path agrees to float rounding
+    lr_tile, m_tile = decimate(x, (2, 2), band_sigmas(profile, 2.0, names), valid=torch.from_numpy(valid))
+    assert torch.allclose(lr_tile, lr_check, atol=1e-4)
+    assert np.array_equal(m_tile.numpy().all(axis=0), m_check)
+
+
+def test_three_callers_identical_band_set() -> None:
+    cfg = load_config("sentinel2_20m_to_10m")
+    profile = cfg.profile
+    groups = {"10m": (["B02", "B03", "B04", "B08"], 2.0), "20m": (["B05", "B11", "B99"], 4.0)}  # B99: no MTF
+    for seed, (names, ratio) in enumerate(groups.values()):
+        x = _texture((len(names), 32, 32), seed)
+        lr_train, _ = data_mod._lowres(x, cfg, [ratio, ratio], names)
+        lr_eval, _, rec = evaluate_mod.degrade_reference(x, profile, [ratio, ratio], band_names=names)
+        lr_check = _consistency_calls(x, {}, (ratio, ratio), profile, names)
+        assert torch.equal(lr_train, lr_eval) and torch.equal(lr_eval, lr_check)
+        assert rec["sigma_hr_pixels"] == pytest.approx(band_sigmas(profile, ratio, names))
+    gains = list(profile.degradation.psf.mtf_nyquist.values())
+    assert band_sigmas(profile, 2.0, ["B99"]) == pytest.approx([mtf_to_sigma(float(np.mean(gains)), 2.0)])
+
+
+def test_decimate_equals_psf_decimate_gaussian_and_box() -> None:
+    x = _texture((3, 30, 24), 4)
+    for factors in [(2, 2), (3, 1), (4, 3)]:
+        sig = [0.0, 0.7, 1.9]
+        for c in range(3):
+            s_axes = [sig[c] if f > 1 else 0.0 for f in factors]
+            exp = psf_decimate(x[c : c + 1], list(factors), sigma=s_axes, spatial_dims=2)
+            got = decimate(x, factors, sig)[c : c + 1]
+            assert torch.allclose(got, exp, atol=1e-4), factors
+        box = decimate(x, factors, method="box")
+        assert torch.allclose(box, psf_decimate(x, list(factors), method="box"), atol=1e-4)
+    with pytest.raises(ConfigError, match="integer factors"):
+        decimate(x, (2.5, 2), [1.0] * 3)
+
+
+def test_slice_thickness_rule() -> None:
+    # meta slice_thickness belongs to the named slice axis, else to the thickest one
+    assert slice_thickness({"spacing": (1.0, 1.0, 4.0), "slice_thickness": 3.0}, 2) == 3.0
+    assert slice_thickness({"spacing": (1.0, 1.0, 4.0), "slice_thickness": 3.0}, 0) == 1.0
+    assert slice_thickness({"spacing": (4.0, 1.0, 1.0), "slice_thickness": 3.0, "slice_axis": 0}, 0) == 3.0
+    # DICOM SliceThickness belongs to the stacking axis, even when it is not the thickest (overlapping slices)
+    dicom = {"spacing": (0.9, 0.9, 0.8), "source_format": "dicom", "header": {"SliceThickness": "1.5"}}
+    assert slice_thickness(dicom, 2) == 1.5 and slice_thickness(dicom, 0) == 0.9
+    # other formats' headers are not read; no thickness: the spacing
+    assert slice_thickness({"spacing": (1.0, 1.0, 5.0), "header": {"SliceThickness": 2.0}}, 2) == 5.0
+
+
+def test_recipe_describes_and_records() -> None:
+    mri = load_domain("mri")
+    r = recipe(mri, (1, 1, 4), spacing=(1.0, 1.0, 1.0), thickness=3.0)
+    assert (r.model, r.axis, r.slice_fwhm, r.slice_spacing) == ("slice_profile", 2, 3.0, 4.0)
+    assert "FWHM 3 px" in r.describe() and describe(mri, (1, 1, 4), spacing=(1.0, 1.0, 1.0), thickness=3.0) == r.describe()
+    iso = recipe(mri, (2, 2, 2))  # a slice-profile profile on several axes: its psf
+    assert iso.model == "psf" and "model_rule" in iso.record()["rules"]
+    with pytest.raises(ConfigError, match="spacing="):
+        recipe(mri.model_copy(update={"degradation": mri.degradation.model_copy(
+            update={"slice_profile": mri.degradation.slice_profile.model_copy(update={"fwhm": 2.0})})}), (1, 1, 4))
+    with pytest.raises(ConfigError, match="MR volumes"):
+        recipe(load_domain("multiband").model_copy(update={"degradation": mri.degradation.model_copy(
+            update={"model": "kspace"})}), (2, 2))
