@@ -18,6 +18,17 @@ Models:
   then decimation; 1D, 2D or 3D; degrades a validity mask along.
 * :func:`add_noise`: Gaussian or Rician (magnitude MR) noise.
 
+The one recipe of a domain profile, which training pairs (:mod:`medsat_sr.data`),
+the evaluation protocol (:mod:`medsat_sr.evaluate`) and the consistency check
+of inference all call: :func:`degrade` (HR -> LR from profile, factors, bands,
+valid mask), resolved by :func:`recipe` into a :class:`Recipe` that
+:meth:`Recipe.apply` runs and :meth:`Recipe.describe` / :meth:`Recipe.record`
+report. Its rules live here once: :func:`slice_thickness` (the slice
+thickness of a volume), :func:`band_sigmas` (the PSF sigma per band, with the
+mean MTF for a band the profile's table misses) and :func:`decimate` (the
+tile-wise integer decimation of streamed rasters, equal to
+:func:`psf_decimate`).
+
 Sampling convention (the same as :mod:`medsat_sr.geometry`, which keeps the
 field of view when a grid is rescaled): along an axis reduced by the factor
 ``f`` (``spacing / in_spacing``), output sample ``j`` sits at the input index
