@@ -464,17 +464,6 @@ def test_trust_record(tmp_path):
     assert res.record["output"]["path"] == str(tmp_path / "o.nii.gz")
 
 
-def test_tile_decimation_matches_degrade():
-    """The consistency score's fast decimation is degrade.psf_decimate for integer factors."""
-    from medsat_sr.degrade import psf_decimate
-    from medsat_sr.inference.raster import _decimate
-
-    ref = torch.rand(3, 42, 36)
-    for f, sig in (((2, 2), [0.9, 1.3, 0.0]), ((6, 6), [2.5, 2.0, 1.0]), ((2, 3), [1.0, 1.0, 1.0])):
-        want = torch.stack([psf_decimate(ref[i : i + 1], f, sigma=sig[i], spatial_dims=2)[0] for i in range(3)])
-        assert torch.allclose(_decimate(ref, list(f), sig), want, atol=1e-6)
-
-
 def test_precision_auto_follows_the_hardware():
     from medsat_sr.inference import native_bf16
 

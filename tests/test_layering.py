@@ -55,7 +55,6 @@ LAYERS: dict[str, int] = {
     "medsat_sr.trust": 2,
     # 3: upscaling
     "medsat_sr.inference": 3,
-    "medsat_sr.streaming": 3,  # until issue #12 moves it into inference/raster.py
     # 4: jobs built on upscaling
     "medsat_sr.evaluate": 4,
     "medsat_sr.batch": 4,

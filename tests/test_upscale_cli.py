@@ -109,10 +109,10 @@ def test_unwritable_output_exits_3_and_leaves_nothing(tmp_path, capsys):
 
 def test_a_failure_while_writing_leaves_no_partial_output(tmp_path, capsys, monkeypatch):
     """Streamed rasters are written to a temporary file and renamed only when complete."""
-    import medsat_sr.inference.raster as inf
+    import medsat_sr.inference.raster_sink as sink_mod
 
     src = _tif(tmp_path / "in.tif")
-    real = inf._Sink.write
+    real = sink_mod.Sink.write
     calls = {"n": 0}
 
     def failing(self, *a, **k):
@@ -121,7 +121,7 @@ def test_a_failure_while_writing_leaves_no_partial_output(tmp_path, capsys, monk
             raise OSError(28, "No space left on device")
         return real(self, *a, **k)
 
-    monkeypatch.setattr(inf._Sink, "write", failing)
+    monkeypatch.setattr(sink_mod.Sink, "write", failing)
     code, _, err = _run(capsys, str(src), "-o", str(tmp_path / "o.tif"), "--method", "cubic", "--scale", "2", "--tile-size", "8")
     assert code != 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]

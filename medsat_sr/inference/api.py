@@ -96,8 +96,8 @@ size, not on the scene. A COG is made at the end by copy when asked.
   come from that decimated read (GDAL nearest decimation, also used for
   in-memory rasters so both paths agree).
 * The consistency score of the trust record is computed on a fixed-cost
-  sample: the central :data:`~medsat_sr.inference.raster.CONSISTENCY_CROP` pixels
-  of at most :data:`~medsat_sr.inference.raster.CONSISTENCY_TILES` tiles spread over
+  sample: the central :data:`~medsat_sr.inference.raster_check.CONSISTENCY_CROP` pixels
+  of at most :data:`~medsat_sr.inference.raster_check.CONSISTENCY_TILES` tiles spread over
   the scene (the PSF is reflected at the crop borders).
 
 Intensity and dtype

@@ -20,7 +20,9 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from medsat_sr._version import __version__
+from medsat_sr import degrade
 from medsat_sr.baselines import resample_volume
+from medsat_sr.domains import profile_for
 from medsat_sr.errors import ConfigError, GeometryError, ModelError
 from medsat_sr.fusion import Ensemble, Member, fit_weights
 from medsat_sr.geometry import effective_scale, scale_affine, scaled_shape
@@ -264,54 +266,23 @@ def volume_windows(
     return mean, var, {"route": route, "halo": halo, "roi": roi, "overlap": overlap, "exact_tiling": exact}
 
 
-def _thickness(img: MetaTensor, axis: int) -> float:
-    """The slice thickness along ``axis`` (DICOM SliceThickness when the slices are along it, else the spacing)."""
-    spacing = float(img.meta[Key.SPACING][axis])
-    header = img.meta.get(Key.HEADER)
-    if img.meta.get(Key.SOURCE_FORMAT) == "dicom" and header is not None and axis == 2:
-        try:
-            th = float(getattr(header, "SliceThickness", None) or 0.0)
-        except (TypeError, ValueError):
-            th = 0.0
-        if th > 0:
-            return th
-    return spacing
-
-
 def _degrade_volume(sr: torch.Tensor, img: MetaTensor, eff: Sequence[float], profile: Any) -> tuple[torch.Tensor, str]:
     """``sr`` (on the grid upscaled by ``eff`` from ``img``) degraded back onto ``img``'s grid.
 
-    The profile's degradation (default: the ``mri`` profile's): a slice
-    profile along the one upscaled axis (FWHM = the slice thickness, at the
-    slice spacing), else a Gaussian PSF (FWHM one low-resolution voxel unless
-    the profile says otherwise) and decimation, or box averaging.
+    The one recipe of training and evaluation (:func:`medsat_sr.degrade.recipe`),
+    with the profile of the model, else the profile that matches the volume
+    (:func:`medsat_sr.domains.profile_for`: never MRI's silently). The slice
+    thickness follows :func:`medsat_sr.degrade.slice_thickness`.
     """
-    from medsat_sr.degrade import fwhm_to_sigma, psf_decimate, slice_profile
-    from medsat_sr.domains import load_domain
-
-    spec = (profile if profile is not None else load_domain("mri")).degradation
+    prof = profile if profile is not None else profile_for(img)
+    spacing = [float(s) for s in img.meta[Key.SPACING]]
     up = [a for a in range(3) if eff[a] > 1 + 1e-9]
+    thickness = degrade.slice_thickness(img, up[0]) if len(up) == 1 else None
+    r = degrade.recipe(prof, [float(e) for e in eff], channels=int(sr.shape[0]),
+                       spacing=[s / float(e) for s, e in zip(spacing, eff)], thickness=thickness)
     with torch.inference_mode():
-        if len(up) == 1 and (spec.model == "slice_profile" or profile is None):
-            a = up[0]
-            sp = spec.slice_profile
-            sp_lr = float(img.meta[Key.SPACING][a])
-            thick = _thickness(img, a) if sp.fwhm == "thickness" else float(sp.fwhm)
-            spacing = sp_lr if sp.spacing == "header" else float(sp.spacing)
-            deg = slice_profile(sr, a + 1, thickness=thick, spacing=spacing, in_spacing=sp_lr / float(eff[a]), profile=sp.shape)
-            return deg, f"slice_profile axis {a} ({sp.shape}, FWHM {thick:g} mm, spacing {spacing:g} mm)"
-        if spec.psf.shape == "box":
-            return psf_decimate(sr, [float(e) for e in eff], method="box", spatial_dims=3), "box PSF + decimation"
-        sig = []
-        for e in eff:
-            if e <= 1 + 1e-9:
-                sig.append(0.0)
-            elif profile is not None:
-                sig.append(float(profile.psf_sigma(float(e))))
-            else:
-                sig.append(fwhm_to_sigma(float(e)))
-        deg = psf_decimate(sr, [float(e) for e in eff], sigma=sig, spatial_dims=3)
-        return deg, f"gaussian PSF + decimation (sigma {[round(v, 3) for v in sig]} output voxels)"
+        deg, _ = r.apply(sr)
+    return deg, f"{prof.name}: {r.describe()}"
 
 
 def volume_consistency(sr: torch.Tensor, img: MetaTensor, eff: np.ndarray, profile: Any) -> dict[str, Any]:

@@ -144,7 +144,7 @@ DTYPES: tuple[str, ...] = (
 COMPRESSIONS: tuple[str, ...] = ("deflate", "lzw", "zstd", "lzma", "packbits", "jpeg", "webp", "lerc", "none")
 _PREDICTOR_CODECS = ("deflate", "lzw", "zstd", "lzma")
 
-_RASTERIO_ERRORS: tuple[type[BaseException], ...] = (rasterio.errors.RasterioError, CPLE_BaseError)
+RASTERIO_ERRORS: tuple[type[BaseException], ...] = (rasterio.errors.RasterioError, CPLE_BaseError)
 _STAT_TAG = re.compile(r"^STATISTICS_", re.IGNORECASE)
 _DEFAULT_NAME = re.compile(r"^band\d+$")
 
@@ -323,7 +323,7 @@ def _header(src: Any, indexes: list[int], win: Window) -> dict[str, Any]:
         "window": (int(win.row_off), int(win.col_off), int(win.height), int(win.width)),
     }
     if ci[indexes[0] - 1] == ColorInterp.palette:
-        with contextlib.suppress(ValueError, *_RASTERIO_ERRORS):
+        with contextlib.suppress(ValueError, *RASTERIO_ERRORS):
             header["colormap"] = {int(k): tuple(int(c) for c in v) for k, v in src.colormap(indexes[0]).items()}
     return header
 
@@ -421,7 +421,7 @@ def read(
     try:
         with gdal_env(), rasterio.open(p) as src:
             return _read_open(src, p, win, bands)
-    except _RASTERIO_ERRORS as exc:
+    except RASTERIO_ERRORS as exc:
         raise FormatError(f"{p}: cannot read GeoTIFF: {_describe(exc)} (is the file truncated or corrupt?)") from exc
 
 
@@ -573,7 +573,7 @@ def read_bandset(
                             "(read multi-band files with geotiff.read)"
                         )
                     info.append((f, src.transform, (src.height, src.width), src.crs, src.nodata))
-            except _RASTERIO_ERRORS as exc:
+            except RASTERIO_ERRORS as exc:
                 raise FormatError(f"{f}: cannot read GeoTIFF: {_describe(exc)} (is the file truncated or corrupt?)") from exc
     crs0 = info[0][3]
     if any((c is None) != (crs0 is None) or (c is not None and c != crs0) for _, _, _, c, _ in info):
@@ -898,14 +898,14 @@ def open_writer(
                 yield dst
             if staging is not None:
                 rasterio.shutil.copy(staging, tmp, driver="COG", **_cog_options(profile, overview_resampling))
-        except _RASTERIO_ERRORS as exc:
+        except RASTERIO_ERRORS as exc:
             raise WriteError(f"{p}: GeoTIFF write failed: {_describe(exc)}") from exc
         finally:
             if staging is not None:
                 staging.unlink(missing_ok=True)
 
 
-def _apply_metadata(
+def apply_metadata(
     dst: Any,
     meta: Mapping[str, Any],
     count: int,
@@ -948,13 +948,13 @@ def _apply_metadata(
     if ci and len(ci) == count:
         try:
             dst.colorinterp = [ColorInterp[c] for c in ci]
-        except (KeyError, ValueError, *_RASTERIO_ERRORS) as exc:
+        except (KeyError, ValueError, *RASTERIO_ERRORS) as exc:
             logger.debug("colour interpretation %s not kept: %s", ci, exc)
     cmap = header.get("colormap") if header else None
     if cmap and dst.dtypes[0] in ("uint8", "uint16"):
         try:
             dst.write_colormap(1, cmap)
-        except (ValueError, *_RASTERIO_ERRORS) as exc:
+        except (ValueError, *RASTERIO_ERRORS) as exc:
             logger.debug("colour map not kept: %s", exc)
 
 
@@ -1050,7 +1050,7 @@ def _write(
         logger.warning("valid_mask shaped %s does not match the raster %s; not written", np.shape(mask), (height, width))
         mask = None
     with open_writer(path, profile, cog=cog, overwrite=overwrite, overview_resampling=resampling) as dst:
-        _apply_metadata(dst, meta, count, scales, offsets, names_in_file=names_in_file)
+        apply_metadata(dst, meta, count, scales, offsets, names_in_file=names_in_file)
         dst.write(raw)
         if mask is not None:
             dst.write_mask(np.asarray(mask, dtype=bool))
