@@ -89,6 +89,8 @@ def test_real_tiny_tmpfs_in_a_batch(tiny_disk: Path, tmp_path: Path, capsys: pyt
 def test_nifti_voxel_write_hits_enospc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import nibabel.volumeutils
 
+    import medsat_sr.io.nifti
+
     nii, _ = base_volume(tmp_path / "base")
     out = tmp_path / "out"
     out.mkdir()
@@ -98,6 +100,7 @@ def test_nifti_voxel_write_hits_enospc(tmp_path: Path, monkeypatch: pytest.Monke
         raise ENOSPC
 
     monkeypatch.setattr(nibabel.volumeutils, "array_to_file", array_to_file)
+    monkeypatch.setattr(medsat_sr.io.nifti, "array_to_file", array_to_file)  # the writer's own binding
     code, err = run_cli(capsys, "upscale", str(nii), "-o", str(out / "x.nii.gz"), "--method", "cubic", "--scale", "2")
     line = one_error_line(err)
     assert code == 3 and "No space left on device" in line and str(out / "x.nii.gz") in line
@@ -175,6 +178,7 @@ def test_geotiff_window_write_hits_enospc(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_sidecar_write_hits_enospc_in_a_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The output is written, its sidecar is not: the batch removes the output (no half-done input)."""
+    import medsat_sr.inference.api
     import medsat_sr.trust
 
     tiles = [base_raster(tmp_path / "in", size=16, name=f"t{i}.tif") for i in range(2)]
@@ -189,11 +193,13 @@ def test_sidecar_write_hits_enospc_in_a_batch(tmp_path: Path, monkeypatch: pytes
         return real(record, output)
 
     monkeypatch.setattr(medsat_sr.trust, "write_record", write_record)
+    monkeypatch.setattr(medsat_sr.inference.api, "write_record", write_record)
     code, err = run_cli(capsys, "batch", *map(str, tiles), "-o", str(out), "--method", "cubic", "--scale", "2", "-q")
     assert code == 4 and "No space left on device" in err and "Traceback" not in err
     assert everything(out) == {"batch.jsonl", "t0_sr.tif", "t0_sr.tif.json"}
     # and a rerun with space again completes it, skipping what is done
     monkeypatch.setattr(medsat_sr.trust, "write_record", real)
+    monkeypatch.setattr(medsat_sr.inference.api, "write_record", real)
     assert run_cli(capsys, "batch", *map(str, tiles), "-o", str(out), "--method", "cubic", "--scale", "2", "-q")[0] == 0
     last = read_jsonl(out / "batch.jsonl")[-2:]
     assert sorted(ln["status"] for ln in last) == ["done", "skipped"]
@@ -202,6 +208,7 @@ def test_sidecar_write_hits_enospc_in_a_batch(tmp_path: Path, monkeypatch: pytes
 def test_plain_upscale_leaves_nothing_when_the_sidecar_hits_enospc(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    import medsat_sr.inference.api
     import medsat_sr.trust
     from medsat_sr.errors import WriteError
 
@@ -213,6 +220,7 @@ def test_plain_upscale_leaves_nothing_when_the_sidecar_hits_enospc(
         raise WriteError(f"{output}.json: write failed: No space left on device")
 
     monkeypatch.setattr(medsat_sr.trust, "write_record", write_record)
+    monkeypatch.setattr(medsat_sr.inference.api, "write_record", write_record)  # the caller's own binding
     code, err = run_cli(capsys, "upscale", str(tile), "-o", str(out / "x.tif"), "--method", "cubic", "--scale", "2")
     one_error_line(err)
     assert code == 3
