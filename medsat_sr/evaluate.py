@@ -106,6 +106,7 @@ from medsat_sr.inference import upscale
 from medsat_sr.io import read
 from medsat_sr.normalise import Normaliser, valid_mask
 from medsat_sr.report import write_report
+from medsat_sr.report_plain import band_labels, is_generic_band_name, validation_trend
 from medsat_sr.train import fit
 
 __all__ = [
@@ -999,6 +1000,8 @@ def _run_method(
         )
     arr = out.as_tensor().detach().to(torch.float32).cpu().numpy()
     info: dict[str, Any] = {"grid_match": True, "grid_max_difference": err, "method_description": res.record.get("method")}
+    if kind != "classical":  # what `upscale` would decide on this input (evaluate keeps the model's output anyway)
+        info["decision"] = res.record.get("decision")
     if res.record.get("consistency"):
         info["consistency"] = res.record["consistency"]
     if fit_res is not None:
@@ -1012,6 +1015,7 @@ def _run_method(
             "task": (fit_res.metadata or {}).get("task"),
             "run_dir": str(getattr(fit_res, "run_dir", None)) if getattr(fit_res, "run_dir", None) else None,
             "note": "validation numbers are in network units on the fit's own held-out split",
+            "validation_trend": validation_trend(list(getattr(fit_res, "history", None) or [])),
         }
     if checkpoint is not None:
         info["checkpoint"] = str(checkpoint)
@@ -1307,6 +1311,15 @@ def evaluate(
     return ev
 
 
+def _band_ids(cfg: Any, ref: MetaTensor) -> list[str]:
+    """Band names of the tables: the file's, or the domain profile's when the file has only placeholders."""
+    names = list(ref.meta.get(Key.BAND_NAMES) or [])
+    prof = list(cfg.profile.bands or [])
+    if (not names or all(is_generic_band_name(n) for n in names)) and len(prof) == int(ref.shape[0]):
+        return [str(b.name) for b in prof]
+    return names or [f"band{i + 1}" for i in range(int(ref.shape[0]))]
+
+
 def _score_case(cfg: Any, case: Case, runs: Mapping[str, MethodRun]) -> FileResult:
     ref = case.reference
     conv, units = _units_transform(cfg.profile, ref)
@@ -1335,7 +1348,7 @@ def _score_case(cfg: Any, case: Case, runs: Mapping[str, MethodRun]) -> FileResu
             sr_m, ref_m, kind=case.kind, data_range=dr, band_ranges=dr_bands, valid=v_r, mask=m_r,
             ssim_sigma=float(cfg.profile.metrics.ssim.sigma), slice_axis=case.slice_axis,
             scale=max(case.factors) if case.kind == "raster" else None, ergas_h_over_l=eh,
-            band_names=ref.meta.get(Key.BAND_NAMES),
+            band_names=_band_ids(cfg, ref),
         )
         r.update(
             kind=run.kind, seconds=run.seconds, fit_seconds=run.fit_seconds, apply_seconds=run.apply_seconds,
@@ -1361,7 +1374,8 @@ def _score_case(cfg: Any, case: Case, runs: Mapping[str, MethodRun]) -> FileResu
         "input_shape": [int(v) for v in case.lr.shape],
         "reference_spacing": [float(v) for v in ref.meta[Key.SPACING]],
         "input_spacing": [float(v) for v in case.lr.meta[Key.SPACING]],
-        "band_names": list(ref.meta.get(Key.BAND_NAMES) or []),
+        "band_names": _band_ids(cfg, ref) if case.kind == "raster" else list(ref.meta.get(Key.BAND_NAMES) or []),
+        "band_labels": band_labels(_band_ids(cfg, ref), cfg.profile.bands, int(ref.shape[0])) if case.kind == "raster" else None,
         "units": units,
         "data_range": dr,
         "data_range_per_band": dr_bands if case.kind == "raster" else None,

@@ -45,6 +45,9 @@ from typing import Any
 import numpy as np
 
 from medsat_sr.errors import WriteError
+from medsat_sr.report_plain import (
+    add_scale_bar, band_labels, corner_text, crs_units, headline, trend_sentence, validation_trend,
+)
 
 __all__ = [
     "write_report",
@@ -62,6 +65,12 @@ logger = logging.getLogger(__name__)
 
 #: Largest side (reference pixels) of the crop shown in the panels.
 CROP_SIZE = 128
+
+#: Least width (inches) of every figure; at :data:`FIGURE_DPI` that is at least 1100 pixels.
+FIGURE_WIDTH_IN = 11.0
+
+#: Resolution of the PNG figures.
+FIGURE_DPI = 100
 
 #: Columns of metrics.csv.
 CSV_COLUMNS = (
@@ -294,9 +303,13 @@ def _views(fr: Any) -> dict[str, Any]:
             thick = f", {float(sp[case.slice_axis]):g} mm input slices" if len(sp) == 3 else ""
             where = "vertical" if case.slice_axis == vert else "horizontal"
             band_desc += f"; thick-slice axis {ijk[case.slice_axis]} {where}{thick}"
+        spacing = case.reference.meta.get("spacing") or ()
+        bar = (float(spacing[hor]), "mm") if len(spacing) == 3 else None
+        corners = None
     else:
-        names = case.reference.meta.get("band_names") or [f"band{i + 1}" for i in range(ref.shape[0])]
-        bands = _rgb_bands(names)
+        ids = fr.settings.get("band_names") or case.reference.meta.get("band_names") or []
+        names = fr.settings.get("band_labels") or band_labels(ids, None, ref.shape[0])
+        bands = _rgb_bands(ids if len(ids) == ref.shape[0] else names)
         rgb = len(bands) == 3
         ref2 = np.moveaxis(ref[bands], 0, -1) if rgb else ref[bands[0]]
         planes = {"input": np.moveaxis(lr_up[bands], 0, -1) if rgb else lr_up[bands[0]]}
@@ -306,8 +319,13 @@ def _views(fr: Any) -> dict[str, Any]:
         wmask = masked if masked is not None else np.ones(ref.shape[1:], bool)
         allowed = (case.region[0], case.region[1])
         band_desc = (
-            f"bands {', '.join(str(names[b]) for b in bands)} as RGB" if rgb else f"band {names[bands[0]]}"
+            f"colour image of bands {', '.join(str(names[b]) for b in bands)} (shown as red, green, blue)" if rgb
+            else f"band {names[bands[0]]}"
         ) + f"; |error| = mean over all {len(names)} bands"
+        tr = case.reference.meta.get("transform")
+        unit, _ = crs_units(case.reference.meta.get("crs"))
+        bar = (math.hypot(float(tr[0]), float(tr[3])), unit) if tr is not None else None
+        corners = tr
     gray = ref2.mean(axis=-1) if ref2.ndim == 3 else ref2
     finite = np.isfinite(gray)
     score = _gradient(np.where(finite, gray, 0.0)) * (wmask & finite)
@@ -316,10 +334,12 @@ def _views(fr: Any) -> dict[str, Any]:
     sh = min(size[0], int(allowed[0].stop) - int(allowed[0].start or 0))
     sw = min(size[1], int(allowed[1].stop) - int(allowed[1].start or 0))
     crop = (slice(r0, r0 + sh), slice(c0, c0 + sw))
+    box = (r0, r0 + sh, c0, c0 + sw)
     return {
         "reference": ref2[crop], "planes": {k: v[crop] for k, v in planes.items()},
         "errors": {k: v[crop] for k, v in err.items()}, "rgb": rgb, "description": band_desc,
-        "crop": (r0, r0 + sh, c0, c0 + sw),
+        "crop": box, "bar": bar,
+        "corners": None if corners is None else corner_text(corners, case.reference.meta.get("crs"), box),
     }
 
 
@@ -341,7 +361,8 @@ def panel_figure(fr: Any, path: str | os.PathLike[str]) -> Path:
     methods = list(fr.outputs)
     cols = ["input"] + methods + ["reference"]
     n = len(cols)
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.9), squeeze=False)
+    width = max(FIGURE_WIDTH_IN, 2.6 * n)
+    fig, axes = plt.subplots(2, n, figsize=(width, 6.6), squeeze=False)
     ref = v["reference"]
     if v["rgb"]:
         lo = np.nanpercentile(ref, 1, axis=(0, 1))
@@ -362,6 +383,8 @@ def panel_figure(fr: Any, path: str | os.PathLike[str]) -> Path:
         ax = axes[0, j]
         img = ref if c == "reference" else v["planes"][c]
         ax.imshow(show(img), interpolation="nearest", **kw)
+        if v["bar"] is not None:
+            add_scale_bar(ax, v["bar"][0], v["bar"][1], int(ref.shape[1]), int(ref.shape[0]))
         if c == "input":
             title = "input (low res.)"
         elif c == "reference":
@@ -377,23 +400,22 @@ def panel_figure(fr: Any, path: str | os.PathLike[str]) -> Path:
         ax2.set_yticks([])
         if c in v["errors"]:
             im_err = ax2.imshow(v["errors"][c], cmap="magma", vmin=0.0, vmax=evmax, interpolation="nearest")
-            ax2.set_title(f"|{c} - reference|", fontsize=9)
+            ax2.set_title(f"error of {c}", fontsize=9)
         else:
             ax2.axis("off")
     if im_err is not None:
         cb = fig.colorbar(im_err, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01)
-        cb.set_label("|error| (values as read)", fontsize=8)
+        cb.set_label("|error|, values as read (brighter = worse)", fontsize=8)
     r0, r1, c0, c1 = v["crop"]
     fig.suptitle(f"{fr.name}: {v['description']}", fontsize=10)
-    fig.text(
-        0.01, 0.01,
-        f"crop rows {r0}:{r1}, columns {c0}:{c1} of the displayed plane, chosen on the reference alone "
-        "(most structure inside the scored region); PSNR over the whole scored region.",
-        fontsize=7, wrap=True,
-    )
+    note = (f"Crop rows {r0}:{r1}, columns {c0}:{c1} of the displayed plane, chosen on the reference alone "
+            "(most structure inside the scored region); PSNR over the whole scored region.")
+    if v["corners"]:
+        note = v["corners"] + " " + note
+    fig.text(0.01, 0.01, note, fontsize=8, wrap=True)
     p = Path(path)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=FIGURE_DPI)
     plt.close(fig)
     _atomic_write(p, buf.getvalue())
     return p
@@ -406,7 +428,8 @@ def gain_figure(evaluation: Any, path: str | os.PathLike[str]) -> Path | None:
     methods = [m for m in evaluation.methods if m != "cubic"]
     if not files or not methods:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.6 * len(files) * max(1, len(methods)) + 2.0), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(max(FIGURE_WIDTH_IN, 1.6 * len(files) * max(1, len(methods)) + 2.0), 4.4),
+                             squeeze=False)
     width = 0.8 / len(methods)
     x = np.arange(len(files))
     for k, (key, label) in enumerate((("psnr_gain_vs_cubic", "whole"), ("psnr_masked_gain_vs_cubic", "masked"))):
@@ -422,14 +445,14 @@ def gain_figure(evaluation: Any, path: str | os.PathLike[str]) -> Path | None:
         ax.axhline(0.0, color="black", lw=0.8)
         ax.set_xticks(x)
         ax.set_xticklabels([f.name for f in files], rotation=15, fontsize=8)
-        ax.set_ylabel("PSNR gain over cubic (dB)")
+        ax.set_ylabel("PSNR gain over cubic (dB; above 0 = better)")
         ax.set_title(f"PSNR gain over cubic ({label})", fontsize=10)
         ax.margins(y=0.2)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     p = Path(path)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=FIGURE_DPI)
     plt.close(fig)
     _atomic_write(p, buf.getvalue())
     return p
@@ -442,7 +465,7 @@ def curves_figure(fit: Any, path: str | os.PathLike[str], *, title: str = "") ->
         return None
     plt = _plt()
     it = [r.get("iteration") for r in hist]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(FIGURE_WIDTH_IN, 4.2))
     pts = [(i, r.get("loss")) for i, r in zip(it, hist) if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
     if pts:
         a1.plot(*zip(*pts), marker=".")
@@ -453,6 +476,14 @@ def curves_figure(fit: Any, path: str | os.PathLike[str], *, title: str = "") ->
     pp = [(i, r.get("val_psnr")) for i, r in zip(it, hist) if isinstance(r.get("val_psnr"), (int, float))]
     if pp:
         a2.plot(*zip(*pp), marker=".", label="model")
+    trend = validation_trend(hist)
+    if trend is not None:
+        a2.plot([trend["best_iteration"]], [trend["best_psnr"]], marker="*", ms=14, color="tab:green", ls="none",
+                label=f"best checkpoint (used), it. {trend['best_iteration']}")
+        if trend["late_drop"]:
+            a2.annotate(f"late drop {-trend['drop_db']:+.2f} dB\n(overfitting)", (trend["last_iteration"], trend["last_psnr"]),
+                        xytext=(-10, -28), textcoords="offset points", ha="right", fontsize=8, color="tab:red",
+                        arrowprops={"arrowstyle": "->", "color": "tab:red"})
     vc = getattr(fit, "val_psnr_cubic", None)
     if isinstance(vc, (int, float)) and math.isfinite(vc):
         a2.axhline(vc, color="grey", ls="--", label="cubic")
@@ -465,7 +496,7 @@ def curves_figure(fit: Any, path: str | os.PathLike[str], *, title: str = "") ->
     fig.tight_layout()
     p = Path(path)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=FIGURE_DPI)
     plt.close(fig)
     _atomic_write(p, buf.getvalue())
     return p
@@ -516,6 +547,35 @@ def _headline_html(h: dict[str, Any]) -> str:
     )
 
 
+def _plain_html(fr: Any) -> str:
+    h = headline(fr)
+    cls = {True: "good", False: "bad"}.get(h["good"], "")
+    text = html.escape(h["text"])
+    return (f"<li><b>{html.escape(str(fr.name))}</b>: <span class='{cls}'>{text[:1].upper() + text[1:]}</span>. "
+            f"<span class='small'>{html.escape(h['gloss'])}</span></li>")
+
+
+_GLOSSARY = (
+    "<div class='box small'><b>How to read this report.</b> Each original image was made coarser on purpose (as a "
+    "coarser sensor or thicker slices would see it), then brought back to full resolution by each method. The "
+    "results are compared with the original, which no method saw. <b>Cubic</b> is the standard interpolation of "
+    "GIS and imaging software; <b>model</b> is the network trained on the coarse image alone. <b>PSNR</b> (dB) "
+    "says how close a result is to the original: higher is better, +1 dB is about 11 % less pixel error and +6 dB "
+    "about half. <b>SSIM</b> (0 to 1) compares local structure: 1 is identical. <b>Fallback</b>: "
+    "<code>medsat-sr upscale</code> checks the network on pixels it did not train on and writes the cubic result "
+    "instead when the network does not beat cubic there.</div>"
+)
+
+
+def _trend_html(fr: Any) -> str:
+    out = []
+    for m, fit in fr.fits.items():
+        sentence = trend_sentence(validation_trend(list(getattr(fit, "history", None) or [])), m)
+        if sentence:
+            out.append(f"<p class='box small'>{html.escape(sentence)}</p>")
+    return "".join(out)
+
+
 def _table_html(fr: Any) -> str:
     vol = fr.case.kind == "volume"
     cols = [("psnr", "PSNR dB", 2), ("psnr_masked", "PSNR masked dB", 2), ("psnr_masked_gain_vs_cubic", "Δ masked vs cubic", 2),
@@ -546,6 +606,9 @@ def _bands_html(fr: Any) -> str:
     if not pb:
         return ""
     names = pb["names"]
+    labels = fr.settings.get("band_labels") or []
+    if len(labels) == len(names):
+        names = labels
     head = "".join(f"<th>{html.escape(str(n))}</th>" for n in names)
     out = []
     for key, label, d in (("psnr", "PSNR dB", 2), ("rmse", "RMSE", 4), ("ssim", "SSIM", 4)):
@@ -605,14 +668,18 @@ def render_html(evaluation: Any, figures: dict[str, list[tuple[Path, str]]], *, 
         "(the code that makes training pairs), every method upscales the degraded input, and the outputs are "
         "compared with the reference on its own grid.</p>",
         "<div class='box'><b>Headline</b><ul>",
+        "".join(_plain_html(fr) for fr in evaluation.files),
+        "</ul><details><summary class='small'>the numbers behind it</summary><ul class='small'>",
         "".join(_headline_html(h) for h in evaluation.headlines()),
-        "</ul></div>",
+        "</ul></details></div>",
+        _GLOSSARY,
     ]
     for png, cap in figures.get("_summary", []):
         parts.append(f"<figure>{_img_tag(png, cap)}<figcaption class='small'>{html.escape(cap)}</figcaption></figure>")
     for fr in evaluation.files:
         parts.append(f"<h2>{html.escape(fr.name)} <span class='small'>({html.escape(fr.case.kind)}, "
                      f"{html.escape(str(fr.case.path or 'in memory'))})</span></h2>")
+        parts.append(f"<ul>{_plain_html(fr)}</ul>")
         parts.append(_table_html(fr))
         parts.append(f"<p class='small'>Metric units: {html.escape(str(fr.settings.get('units')))}. "
                      "Masked = the profile's mask rule (below). Time includes fitting for self-supervised models; "
@@ -629,6 +696,7 @@ def render_html(evaluation: Any, figures: dict[str, list[tuple[Path, str]]], *, 
                     f"{html.escape(str(fit.get('stopped_by')))}); validation PSNR {_fmt(fit.get('val_psnr'), 2)} dB vs "
                     f"cubic {_fmt(fit.get('val_psnr_cubic'), 2)} dB on the fit's held-out split (network units).</p>"
                 )
+        parts.append(_trend_html(fr))
         parts.append("<h3>Settings the numbers depend on</h3>")
         parts.append(_settings_html(fr))
     parts.append("<p class='small'>Every number and setting is also in metrics.json and metrics.csv next to this page.</p>")

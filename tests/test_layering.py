@@ -39,13 +39,14 @@ LAYERS: dict[str, int] = {
     "medsat_sr.baselines": 0,
     "medsat_sr.metrics": 0,
     "medsat_sr.image": 0,
-    "medsat_sr.normalise": 0,
     "medsat_sr.samples": 0,  # a data package (sample files only)
     # 1: formats, networks, declarative knowledge
     "medsat_sr.io": 1,
     "medsat_sr.models": 1,
     "medsat_sr.domains": 1,
     "medsat_sr.config": 1,
+    "medsat_sr.normalise": 1,  # fits a profile's normalisation spec (imports domains)
+    "medsat_sr.zoo": 1,  # the shipped models' catalogue (JSON only) and their files
     # 2: learning
     "medsat_sr.data": 2,
     "medsat_sr.train": 2,
@@ -59,6 +60,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.evaluate": 4,
     "medsat_sr.batch": 4,
     "medsat_sr.report": 4,
+    "medsat_sr.report_plain": 4,
     "medsat_sr.demo": 4,
     "medsat_sr.info": 4,
     # 5: entry points and the curated API

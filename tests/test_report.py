@@ -98,7 +98,7 @@ def test_figures_are_not_empty(report: tuple[Path, object]) -> None:
         raw = png.read_bytes()
         assert raw.startswith(PNG_MAGIC), png
         img = mpimg.imread(png)
-        assert img.shape[0] > 200 and img.shape[1] > 300, (png, img.shape)
+        assert img.shape[0] > 300 and img.shape[1] >= 1000, (png, img.shape)  # readable on a screen
         assert float(np.std(img[..., :3])) > 0.05, f"{png.name} looks blank"
 
 
@@ -113,8 +113,55 @@ def test_html_is_self_contained(report: tuple[Path, object]) -> None:
         assert base64.b64decode(s.split(",", 1)[1]).startswith(PNG_MAGIC)
     assert not re.search(r'(href|src)="(https?:)?//', page), "the page must not load anything from the network"
     assert "<link" not in page and "<script" not in page
-    for text in ("mni_crop", "aerial_crop", "PSNR", "data range", "ERGAS", "Headline"):
+    for text in ("mni_crop", "aerial_crop", "PSNR", "data range", "ERGAS", "Headline", "How to read this report"):
         assert text in page, text
+
+
+def test_headline_is_plain(report: tuple[Path, object]) -> None:
+    """One sentence per file: better or not than cubic by how much, on which pixels, and the fallback decision."""
+    out, ev = report
+    page = (out / "report.html").read_text()
+    aer = ev.files[1]
+    gain = aer.methods["model"]["psnr_masked_gain_vs_cubic"]
+    decision = aer.methods["model"]["decision"]
+    assert decision is not None and "forced" in decision  # upscale's own decision is recorded
+    verdict = f"sharper than cubic by {gain:.1f} dB" if gain > 0 else f"not better than cubic ({gain:+.1f} dB"
+    assert verdict in page
+    assert "held-out pixels" in page
+    assert ("upscale would fall back to cubic here" if decision["forced"] else "no fallback") in page
+    assert "Classical methods only" in page  # the volume ran classical methods only
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["files"][1]["methods"]["model"]["fit"]["validation_trend"]["best_iteration"] >= 0
+
+
+def test_raster_panel_has_coordinates_and_scale(report: tuple[Path, object]) -> None:
+    """The raster panel names its CRS and crop corners (CRS units); the scale bar uses the pixel size."""
+    from medsat_sr.report import _views
+
+    _, ev = report
+    v = _views(ev.files[1])
+    assert v["bar"] == (pytest.approx(5.0), "m")
+    r0, _, c0, _ = v["crop"]
+    x0, y0 = 792988.0 + 5.0 * c0, 2050382.0 - 5.0 * r0  # the sample's transform, the crop's upper-left corner
+    assert "EPSG:32618" in v["corners"] and "UTM zone 18N" in v["corners"]
+    assert f"x {x0:,.0f} m".replace(",", "\u2009") in v["corners"] and f"y {y0:,.0f} m".replace(",", "\u2009") in v["corners"]
+    vv = _views(ev.files[0])
+    assert vv["bar"] == (pytest.approx(1.0), "mm") and vv["corners"] is None
+
+
+def test_profile_band_names_replace_placeholders() -> None:
+    """A file without band descriptions gets the domain profile's band names (rgbn_aerial: red ... nir)."""
+    from medsat_sr.report import _views
+
+    ras = crop_image(read(SAMPLES / "rgbn_aerial_5m.tif"), [0, 0], [64, 64])
+    assert ras.meta["band_names"] == ["band1", "band2", "band3", "band4"]
+    ev = evaluate([ras], load_config("multiband_x2", ["domain=rgbn_aerial"]), methods="cubic", holdout=0,
+                  names=["aer"], progress=False)
+    fr = ev.files[0]
+    assert fr.settings["band_names"] == ["red", "green", "blue", "nir"]
+    assert fr.settings["band_labels"][3] == "near infrared (nir)"
+    assert fr.methods["cubic"]["per_band"]["names"] == ["red", "green", "blue", "nir"]
+    assert "bands red, green, blue" in _views(fr)["description"]
 
 
 def test_html_renders_in_headless_chromium(report: tuple[Path, object], tmp_path: Path) -> None:
