@@ -60,8 +60,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import TypeAdapter, ValidationError
 
-from medsat_sr.errors import ConfigError, DataError
+from medsat_sr.domains import DomainProfile, Normalisation
+from medsat_sr.errors import ConfigError, DataError, ModelError
 
 __all__ = ["Normaliser", "valid_mask", "data_range", "NORMALISATION_FORMAT"]
 
@@ -83,10 +85,6 @@ def _plain(x: Any) -> Any:
 
 def _spec_of(spec: Any) -> Any:
     """A validated normalisation spec from a spec, a mapping or a DomainProfile."""
-    from pydantic import TypeAdapter, ValidationError
-
-    from medsat_sr.domains import DomainProfile, Normalisation
-
     if isinstance(spec, DomainProfile):
         return spec.normalisation
     if hasattr(spec, "method") and hasattr(spec, "model_dump"):
@@ -233,8 +231,6 @@ class Normaliser:
             DataError: not a ``(C, *spatial)`` array, or a channel with no
                 valid value to fit percentiles on.
         """
-        from medsat_sr.domains import DomainProfile
-
         if isinstance(spec, DomainProfile) and nodata is None:
             nodata = spec.nodata if getattr(image, "meta", {}).get("nodata") is None else None
         sp = _spec_of(spec)
@@ -367,8 +363,6 @@ class Normaliser:
         Raises:
             ModelError: neither a checkpoint normalisation nor a spec.
         """
-        from medsat_sr.errors import ModelError
-
         if ckpt_stats:
             stored = cls.from_dict(ckpt_stats)
             fitted = cls.fit(image, stored.spec, nodata=None if stored.nodata is None else stored.nodata, mask=mask)
@@ -480,8 +474,6 @@ class Normaliser:
         Raises:
             ModelError: not normalisation data, or inconsistent entries.
         """
-        from medsat_sr.errors import ModelError
-
         if not isinstance(d, Mapping) or d.get("format") != NORMALISATION_FORMAT:
             raise ModelError(
                 f"not medsat_sr normalisation data (format {d.get('format') if isinstance(d, Mapping) else None!r}, "
