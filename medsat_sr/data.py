@@ -330,11 +330,16 @@ class PatchSampler:
 
 # =============================================================== holdout
 def _holdout(n: int, fraction: float, where: str, gap: int, step: int = 1, min_len: int = 0,
-             patch: int = 1) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+             patch: int = 1, valid_share: np.ndarray | None = None,
+             need: float = 0.0) -> tuple[tuple[int, int], list[tuple[int, int]]]:
     """The held-out interval of an axis of length ``n`` and the training intervals around it.
 
     ``where="centre"`` falls back to ``"end"`` when neither side of a centred
-    block would hold a training patch of length ``patch``.
+    block would hold a training patch of length ``patch``. Nodata-aware: with
+    ``valid_share`` (the valid fraction of each position along the axis),
+    a default block whose valid fraction is below ``need`` (a scene's nodata
+    collar, say) moves to the position with the most valid data that still
+    leaves a training patch on one side.
     """
     if fraction <= 0:
         return (n, n), [(0, n)]
@@ -350,8 +355,33 @@ def _holdout(n: int, fraction: float, where: str, gap: int, step: int = 1, min_l
     if where == "end":
         lo = (n - k) // step * step
         hi = n
+    if valid_share is not None:
+        lo = _valid_block(np.asarray(valid_share, dtype=np.float64)[:n], lo, k, step, gap, patch, need)
+        hi = lo + k
     train = [(0, max(0, lo - gap)), (min(n, hi + gap), n)]
     return (lo, hi), [(a, b) for a, b in train if b > a]
+
+
+def _axis_share(valid: np.ndarray, axis: int) -> np.ndarray:
+    """The valid fraction of each position along ``axis`` of a spatial mask."""
+    v = np.asarray(valid, dtype=bool)
+    return v.mean(axis=tuple(a for a in range(v.ndim) if a != axis)) if v.ndim > 1 else v.astype(np.float64)
+
+
+def _valid_block(share: np.ndarray, lo: int, k: int, step: int, gap: int, patch: int, need: float) -> int:
+    """Start of the held-out block: ``lo`` when its valid fraction reaches ``need``, else the most valid start."""
+    n = share.size
+    csum = np.concatenate([[0.0], np.cumsum(share)])
+    if (csum[lo + k] - csum[lo]) / k >= need:
+        return lo
+    starts = np.arange(0, n - k + 1, step)
+    room = np.maximum(starts - gap, n - starts - k - gap) >= patch  # a training patch fits on one side
+    if not room.any():
+        return lo
+    starts = starts[room]
+    means = (csum[starts + k] - csum[starts]) / k
+    best = starts[means >= means.max() - 1e-9]
+    return int(best[np.argmin(np.abs(best - lo))])  # the most valid block nearest the default
 
 
 # =============================================================== sources
@@ -373,6 +403,10 @@ class PairSource:
     guide_channels: int = 0
     model_scale: tuple[float, ...]
     weight: float = 1.0
+    #: The file the pairs come from (for error messages), when known.
+    name: str | None = None
+    #: The largest valid fraction of a validation tile seen by :meth:`val_items`.
+    val_best_fraction: float = 0.0
     #: How the pairs are made (recorded in the checkpoint's ``task``).
     info: dict[str, Any]
 
@@ -450,7 +484,8 @@ class SliceProfileSource(PairSource):
         region: list[list[tuple[int, int]] | None] = [None, None, None]
         if holdout is not None and holdout[1] > 0:
             ax, frac, where = holdout
-            self.val_interval, train = _holdout(shape[ax], frac, where, gap if ax != self.views[0][2] else 0)
+            self.val_interval, train = _holdout(shape[ax], frac, where, gap if ax != self.views[0][2] else 0,
+                                                valid_share=_axis_share(valid, ax), need=min_valid_fraction)
             region[ax] = train
             self.holdout_axis = ax
         else:
@@ -461,6 +496,7 @@ class SliceProfileSource(PairSource):
         )
         self._valid = np.asarray(valid, dtype=bool)
         self._fg = None if foreground is None else np.asarray(foreground, dtype=bool)
+        self.val_best_fraction = 0.0
         # integer factor: degrade the whole volume once per degraded axis, cut aligned patches
         self._lr: dict[int, torch.Tensor] = {}
         if self.integer:
@@ -554,12 +590,15 @@ class SliceProfileSource(PairSource):
                 if self.integer:
                     f = int(round(self.factor))
                     start[view[0]] = start[view[0]] // f * f
-                if self.sampler.fraction(start, size) < self.sampler.min_valid_fraction:
+                share = self.sampler.fraction(start, size)
+                self.val_best_fraction = max(self.val_best_fraction, share)
+                if share < self.sampler.min_valid_fraction:
                     continue
                 fg = self.sampler.fraction(start, size, foreground=True)
                 hr = self._plane(self.volume, view, start, size)
                 lr = self._lr_plane(view, start, size) if self.integer else self.degrade(hr, axis=1)
-                items.append({"image": lr, "label": hr, "output_size": (n_hr, width), "_fg": fg})
+                valid = self._plane(torch.from_numpy(self._valid)[None], view, start, size)
+                items.append({"image": lr, "label": hr, "valid": valid, "output_size": (n_hr, width), "_fg": fg})
         return _pick(items, MAX_VAL_ITEMS_2D)
 
     def cubic(self, item: Mapping[str, Any]) -> torch.Tensor:
@@ -655,6 +694,7 @@ class AlignedSource(PairSource):
             self.val_interval, train = _holdout(
                 n_ax, frac, where, int(math.ceil(gap / self.factors[ax])) * self.factors[ax] if ax != plane_axis else 0,
                 step=self.factors[ax], min_len=min_len, patch=self.size[ax],
+                valid_share=_axis_share(valid, ax), need=min_valid_fraction,
             )
             region[ax] = train
             self.holdout_axis = ax
@@ -662,7 +702,9 @@ class AlignedSource(PairSource):
             valid, foreground, min_valid_fraction=min_valid_fraction,
             background_probability=background_probability, region=region,
         )
+        self._valid_t = torch.from_numpy(np.ascontiguousarray(valid, dtype=bool))[None]
         self.weight = float(self.sampler.available(self.size, self.step))
+        self.val_best_fraction = 0.0
 
     def _cut(self, start: Sequence[int], size: Sequence[int]) -> dict[str, torch.Tensor]:
         sl_hr = (slice(None),) + tuple(slice(s, s + n) for s, n in zip(start, size))
@@ -712,9 +754,14 @@ class AlignedSource(PairSource):
         starts = [list(range(a0, a1 - t + 1, t)) for (a0, a1), t in zip(ranges, tile)]
         items = []
         for start in np.array(np.meshgrid(*starts, indexing="ij")).reshape(nd, -1).T:
-            if self.sampler.fraction(start, tile) < self.sampler.min_valid_fraction:
+            share = self.sampler.fraction(start, tile)
+            self.val_best_fraction = max(self.val_best_fraction, share)
+            if share < self.sampler.min_valid_fraction:
                 continue
             item: dict[str, Any] = dict(self._cut(start, tile))
+            sl = (slice(None),) + tuple(slice(int(s), int(s) + int(n)) for s, n in zip(start, tile))
+            mask = self._valid_t[sl]
+            item["valid"] = mask.squeeze(1 + self.plane_axis) if self.plane_axis is not None else mask
             item["_fg"] = self.sampler.fraction(start, tile, foreground=True)
             items.append(item)
         return _pick(items, MAX_VAL_ITEMS_2D if self.spatial_dims == 2 else MAX_VAL_ITEMS_3D)
@@ -765,8 +812,11 @@ class PatchPairDataset(IterableDataset):
                 if shape is not None and size is not None:
                     sizes.append(f"target grid {tuple(int(v) for v in shape)}, patch {tuple(int(v) for v in size)}")
             where = f" ({'; '.join(sizes)}; the validation hold-out and its gap are excluded)" if sizes else ""
+            names = sorted({s.name for s in self.sources if s.name})
+            need = getattr(getattr(self.sources[0], "sampler", None), "min_valid_fraction", None)
+            need_s = f" ({need:.0%} valid, data.min_valid_fraction)" if need is not None else ""
             raise DataError(
-                f"no training patch fits with enough valid pixels in any input{where}; "
+                f"{', '.join(names) or 'input'}: no training patch has enough valid pixels{need_s}{where}; "
                 "lower data.min_valid_fraction or train.patch_size, or give a larger image"
             )
         self.p = w / w.sum()
@@ -1201,6 +1251,7 @@ def make_training_set(
             lr_t = torch.where(torch.from_numpy(lr_valid)[None], lr_t, torch.zeros(()))
             is_val = n_pairs > 1 and k == n_pairs - 1
             src = _aligned_source(prep, cfg, holdout=n_pairs == 1, lr_image=lr_t, lr_valid=lr_valid, factors=factors)
+            src.name = _source_name(hr_img)
             if is_val:
                 _validate_whole(src)
                 val_sources.append(src)
@@ -1213,6 +1264,7 @@ def make_training_set(
         if len(items) != 1:
             raise ConfigError("guided training takes one band set")
         src, tp, gp, targets, guides = _guided_source(items[0], cfg, holdout=True)
+        src.name = _source_name(items[0])
         sources.append(src)
         val_sources.append(src)
         first_prep, names, guide_names, guide_norm = tp, targets, guides, gp.normaliser
@@ -1248,6 +1300,7 @@ def make_training_set(
                 src = _slicewise_source(prep, cfg, supervised=mode == "supervised", holdout=hold_single)
             else:
                 src = _aligned_source(prep, cfg, holdout=hold_single)
+            src.name = _source_name(img)
             sources.append(src)
             if hold_single:
                 val_sources.append(src)
@@ -1260,6 +1313,7 @@ def make_training_set(
                 src = _slicewise_source(prep, cfg, supervised=True, holdout=False)
             else:
                 src = _aligned_source(prep, cfg, holdout=False)
+            src.name = _source_name(img)
             _validate_whole(src)
             val_sources.append(src)
     if first_prep is None:
@@ -1284,9 +1338,7 @@ def make_training_set(
             val_items.append(it)
             cubic.append(s.cubic(it))
     if not val_items:
-        raise DataError(
-            "no validation tile has enough valid pixels; raise data.val_fraction or lower data.min_valid_fraction"
-        )
+        raise _no_validation(val_sources, cfg)
     val_batches, cubic_batches = _batch_val(val_items, cubic)
     refs = torch.cat([b["label"].reshape(-1) for b in val_batches])
     dr = _data_range(p.metrics, refs, first_prep.normaliser)
@@ -1318,6 +1370,32 @@ def make_training_set(
         guide_normaliser=guide_norm,
         info=info,
         sources=sources,
+    )
+
+
+def _source_name(image: Any) -> str | None:
+    """The file an image was read from, when known."""
+    path = getattr(image, "source_path", None)
+    if path is None:
+        path = (getattr(image, "meta", None) or {}).get(Key.SOURCE_PATH)
+    return None if path is None else str(path)
+
+
+def _no_validation(sources: Sequence[PairSource], cfg: Any) -> DataError:
+    """The error when no validation tile has enough valid pixels: the file, the fractions and the option."""
+    need = float(cfg.data.min_valid_fraction)
+    src = sources[0] if sources else None
+    name = (src.name if src is not None else None) or "the input"
+    sampler = getattr(src, "sampler", None)
+    whole = ""
+    if sampler is not None:
+        whole = f"{float(sampler._sat_valid.flat[-1]) / float(np.prod(sampler.shape)):.0%} of the image is valid; "
+    best = max((s.val_best_fraction for s in sources), default=0.0)
+    hint = max(0.05, math.floor(best * 20) / 20) if best > 0 else None
+    fix = f"--set data.min_valid_fraction={hint:g}" if hint is not None and hint < need else "a larger data.val_fraction"
+    return DataError(
+        f"{name}: too little valid data to hold out a validation split: {whole}the best held-out tile is "
+        f"{best:.0%} valid, {need:.0%} needed (data.min_valid_fraction); try {fix}"
     )
 
 

@@ -682,6 +682,20 @@ def _val_metrics(data_range: float, spatial_dims: int, ssim_spec: Any) -> tuple[
     return PSNRMetric(max_val=float(data_range)), ssim
 
 
+def only_valid(pred: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+    """``pred`` with the reference copied in where the batch's ``valid`` mask is false (nodata scores no error).
+
+    Validation tiles hold at least ``data.min_valid_fraction`` valid pixels;
+    their nodata pixels then add nothing to the error of the network or of
+    the baselines, so a nodata collar cannot decide model against cubic.
+    """
+    valid = batch.get("valid") if isinstance(batch, Mapping) else None
+    if valid is None:
+        return pred
+    label = batch["label"].to(pred.device)
+    return torch.where(valid.to(pred.device), pred, label.to(pred.dtype))
+
+
 def _cubic_scores(ts: Any, ssim_spec: Any) -> dict[str, float]:
     """The baselines on the validation split: the classical result (``val_psnr_cubic``: what a
     fallback writes) and the networks' own interpolation path (``val_psnr_interp``: what an
@@ -689,9 +703,10 @@ def _cubic_scores(ts: Any, ssim_spec: Any) -> dict[str, float]:
     psnr_m, ssim_m = _val_metrics(ts.data_range, ts.spatial_dims, ssim_spec)
     interp_m, _ = _val_metrics(ts.data_range, ts.spatial_dims, ssim_spec)
     for b, c in zip(ts.val, ts.val_cubic):
+        c = only_valid(c, b)
         psnr_m(c, b["label"])
         ssim_m(c, b["label"])
-        interp_m(interpolate(b["image"].float(), b["label"].shape[2:]), b["label"])
+        interp_m(only_valid(interpolate(b["image"].float(), b["label"].shape[2:]), b), b["label"])
     return {
         "val_psnr_cubic": float(psnr_m.aggregate().item()),
         "val_ssim_cubic": float(ssim_m.aggregate().item()),
@@ -762,6 +777,7 @@ def build_trainer(
     from ignite.engine import Events
     from ignite.handlers import EarlyStopping
     from monai.engines import SupervisedEvaluator, SupervisedTrainer
+    from monai.engines.utils import IterationEvents
     from monai.handlers import IgniteMetricHandler, LrScheduleHandler, PeakSignalToNoiseRatio, from_engine
     from monai.metrics import SSIMMetric
 
@@ -857,6 +873,12 @@ def build_trainer(
         optimizer=opt, loss_function=loss, prepare_batch=_prepare_batch, iteration_update=iteration_update,
         decollate=False, optim_set_to_none=True,
     )
+    @evaluator.on(IterationEvents.MODEL_COMPLETED)
+    def _score_valid_only(engine: Any) -> None:
+        out = engine.state.output
+        if isinstance(out, MutableMapping) and "pred" in out:
+            out["pred"] = only_valid(out["pred"], engine.state.batch)
+
     if t.early_stopping.enabled:
         es = EarlyStopping(
             patience=t.early_stopping.patience,
@@ -866,7 +888,6 @@ def build_trainer(
         evaluator.add_event_handler(Events.COMPLETED, es)
         state.early_stopping = es
     if t.grad_clip and not adv.enabled:
-        from monai.engines.utils import IterationEvents
 
         @trainer.on(IterationEvents.BACKWARD_COMPLETED)
         def _clip(engine: Any) -> None:
