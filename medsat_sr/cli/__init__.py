@@ -59,6 +59,7 @@ COMMANDS: dict[str, str] = {
     "batch": "medsat_sr.cli.batch",
     "evaluate": "medsat_sr.cli.evaluate",
     "demo": "medsat_sr.cli.demo",
+    "models": "medsat_sr.cli.models",
 }
 
 _GLOBAL_FLAGS = frozenset({"-q", "--quiet", "-v", "--verbose", "--debug"})

@@ -163,6 +163,7 @@ from medsat_sr.inference.options import UpscaleOptions, resolve_options
 from medsat_sr.inference.plan import Decision, check_fit_route, check_input_size, check_scale_bound, decide
 from medsat_sr.inference.raster import upscale_raster
 from medsat_sr.inference.record import TrustRecord
+from medsat_sr.inference.shipped import as_checkpoints, fit_on_input, score_on_input, serves, shipped_names
 from medsat_sr.inference.volume import upscale_volume
 from medsat_sr.io import detect_format, output_format
 from medsat_sr.io import read as io_read
@@ -312,8 +313,17 @@ def _check_request(src: Source, cfg: JobConfig | None, fmt: str | None, opts: Up
         raise FormatError(f"{out_path}: a raster is written to a .tif file (or a band folder for band sets)")
 
 
-def _fit_member(src: Source, cfg: JobConfig, run_dir: Any, progress: bool, scale: Any, target_spacing: Any) -> Any:
-    """Fit the config's network on the input itself, once the request has been checked."""
+def _fit_input(src: Source, cfg: JobConfig, scale: Any, target_spacing: Any) -> Any:
+    """What a self-supervised fit of ``cfg`` trains (and validates) on: the volume, raster or band set."""
+    if src.is_volume:
+        check_fit_route(src.volume, cfg, scale, target_spacing)
+        return src.volume
+    return src.raster if src.raster is not None else io_read(src.path)
+
+
+def _fit_member(src: Source, cfg: JobConfig, run_dir: Any, progress: bool, scale: Any, target_spacing: Any,
+                opts: UpscaleOptions) -> Any:
+    """Fit on the input itself (fine-tuning the shipped model by default), once the request has been checked."""
     if cfg.train.mode == "supervised":
         raise ConfigError(
             f"{cfg.source}: a supervised config trains on references first (medsat-sr train); "
@@ -326,7 +336,7 @@ def _fit_member(src: Source, cfg: JobConfig, run_dir: Any, progress: bool, scale
         if src.raster is None and src.path is not None:
             src.raster = io_read(src.path)
         fit_input = src.raster
-    return train_fit([fit_input], cfg, run_dir=run_dir, progress=progress, init=cfg.train.init)
+    return fit_on_input(fit_input, cfg, opts, run_dir=run_dir, progress=progress)
 
 
 def _fitted(fit: Any, device: str) -> tuple[Member, dict[str, Any], dict[str, Any] | None]:
@@ -336,7 +346,7 @@ def _fitted(fit: Any, device: str) -> tuple[Member, dict[str, Any], dict[str, An
         "path": meta.get("checkpoint"),
         "sha256": state_hash(fit.model),
         "architecture": getattr(fit.model, "config", None),
-        "source": "self-supervised fit on the input",
+        "source": (meta.get("start") or {}).get("source", "self-supervised fit on the input"),
         "metrics": meta.get("metrics"),
     }
     vp, vc = getattr(fit, "val_psnr", None), getattr(fit, "val_psnr_cubic", None)
@@ -473,12 +483,15 @@ def upscale(
         WriteError: the output cannot be written (nothing is left behind).
     """
     t_start = time.perf_counter()
+    shipped = shipped_names(([model] if model is not None else []) + list(models or []))
+    if shipped and config is None and fit is None:
+        config = serves(shipped[0])  # the shipped model's profile, scale rule and options
     cfg = load_config(config, list(overrides)) if config is not None else None
     if method is not None and method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; expected one of {list(METHODS)}")
     if scale is not None:
         check_scale_bound(scale)
-    items = ([model] if model is not None else []) + list(models or [])
+    items = as_checkpoints(([model] if model is not None else []) + list(models or []))
     if method is not None and (items or fit is not None):
         raise ConfigError("give either a classical method or models, not both")
     if not items and method is None and fit is None and cfg is None:
@@ -492,9 +505,14 @@ def upscale(
     timings["read"] = time.perf_counter() - t0
     if not items and method is None and fit is None and cfg is not None:
         t0 = time.perf_counter()
-        fit = _fit_member(src, cfg, run_dir, progress, scale, target_spacing)
+        fit = _fit_member(src, cfg, run_dir, progress, scale, target_spacing, opts)
         timings["fit"] = time.perf_counter() - t0
     mem = _members(items, fit, weights, opts.device)
+    if shipped and cfg is not None and len(items) == 1 and fit is None:
+        t0 = time.perf_counter()
+        mem.validations = [{"model": 0, **score_on_input(items[0], cfg, _fit_input(src, cfg, scale, target_spacing),
+                                                          shipped[0])}]
+        timings["score_on_input"] = time.perf_counter() - t0
     profile = _profile(cfg, mem.members)
     decision = decide(mem.members, mem.validations, classical_method=_classical_name(src, profile),
                       margin_db=opts.min_gain_db, force=opts.force)

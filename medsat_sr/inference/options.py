@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_TILE_VOLUME",
     "DEFAULT_TILE_RASTER",
     "MIN_GAIN_DB",
+    "DEFAULT_FINETUNE_SECONDS",
     "resolve_options",
     "add_flags",
     "given_flags",
@@ -52,6 +53,9 @@ DEFAULT_TILE_RASTER = 512
 #: The default least held-out gain (dB) of a learned model over the classical result it would
 #: replace; smaller differences are within the noise of a held-out PSNR estimate.
 MIN_GAIN_DB = 0.05
+#: Default fine-tuning budget (seconds) of ``upscale --config`` from a shipped model; chosen from
+#: benchmarks/time_to_quality.py (the fine-tuned PSNR on held-out data levels off by about then).
+DEFAULT_FINETUNE_SECONDS = 60.0
 
 
 #: Placeholders of ``output.name_template``.
@@ -117,6 +121,20 @@ class InferenceOptions(StrictModel):
         False,
         description="keep the model's output even when it does not beat the classical result on its held-out split",
         json_schema_extra=_flag("--force"),
+    )
+    from_scratch: bool = Field(
+        False,
+        description="--config: fit the config's network from random weights for the config's budget, instead of "
+        "fine-tuning the shipped model that serves the config (`medsat-sr models`)",
+        json_schema_extra=_flag("--from-scratch"),
+    )
+    budget: float | None = Field(
+        None,
+        gt=0,
+        le=7 * 24 * 3600,
+        description=f"--config: fitting budget in seconds (default {DEFAULT_FINETUNE_SECONDS:g} when fine-tuning a "
+        "shipped model, the config's train.max_minutes from scratch)",
+        json_schema_extra=_flag("--budget", "SECONDS"),
     )
 
 

@@ -1,0 +1,136 @@
+"""Shipped models in an upscale run: fine-tune by default, or apply one with no fitting.
+
+``upscale --config CFG`` (a self-supervised config) used to fit the config's
+network from random weights for the config's budget (10 minutes on 2 CPU
+cores). Now, when a shipped model serves ``CFG`` (:func:`medsat_sr.zoo.for_config`)
+and its weights fit the input, the run starts from those weights and
+fine-tunes them on the input's own self-supervised pairs for a short budget
+(:data:`~medsat_sr.inference.options.DEFAULT_FINETUNE_SECONDS`, or ``--budget``).
+The fine-tuned network has the shipped model's architecture (the config's
+``model`` section describes the network trained from scratch). The fallback
+guards the result as before: the fit's held-out split scores the network
+against the classical result. ``--from-scratch`` restores the old fit (its
+budget: the config's, or ``--budget``); so does a shipped model whose weights
+cannot serve the input (a different dimensionality or a scale its upsampler
+cannot give), with a warning that says why.
+
+``upscale --model NAME`` applies a shipped model with no fitting at all. Its
+config (``card.serves``) supplies the profile, the scale rule and the options,
+and the decision scores the model on the input's own held-out split, the
+pairs a self-supervised fit would validate on, against the classical result
+on the same split; so a shipped model that does not suit the input falls back
+to the classical result like a fit would.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medsat_sr import zoo
+from medsat_sr.config import load_config
+from medsat_sr.errors import ModelError
+from medsat_sr.inference.options import DEFAULT_FINETUNE_SECONDS
+from medsat_sr.train import build_trainer, fit as train_fit
+
+logger = logging.getLogger("medsat_sr.inference")
+
+__all__ = ["FINETUNE_LR_FACTOR", "FINETUNE_VAL_EVERY", "shipped_names", "as_checkpoints", "serves",
+           "fit_on_input", "finetune_overrides", "score_on_input"]
+
+#: The fine-tuning learning rate as a fraction of the config's (the shipped weights are close already).
+FINETUNE_LR_FACTOR = 0.5
+#: Validation interval (iterations) of a fine-tune: several checks inside a one-minute budget.
+FINETUNE_VAL_EVERY = 25
+
+
+def shipped_names(items: Sequence[Any]) -> list[str]:
+    """The names of shipped models among ``items`` (``--model`` values), in order."""
+    return [str(i) for i in items if zoo.is_shipped(i)]
+
+
+def as_checkpoints(items: Sequence[Any]) -> list[Any]:
+    """``items`` with shipped model names replaced by their checkpoint paths."""
+    return [str(zoo.checkpoint(i)) if zoo.is_shipped(i) else i for i in items]
+
+
+def serves(name: str) -> str | None:
+    """The job config a shipped model serves (its profile, scale rule and options), if any."""
+    return zoo.card(name).get("serves")
+
+
+def finetune_overrides(cfg: Any, seconds: float) -> list[str]:
+    """The ``--set`` items that turn ``cfg`` into a short fine-tune: budget, learning rate, no warm-up."""
+    return [
+        f"train.max_minutes={seconds / 60.0!r}",
+        f"train.lr={float(cfg.train.lr) * FINETUNE_LR_FACTOR!r}",
+        "train.schedule.warmup_iterations=0",
+        f"train.val_every={min(int(cfg.train.val_every), FINETUNE_VAL_EVERY)}",
+    ]
+
+
+def fit_on_input(fit_input: Any, cfg: Any, opts: Any, *, run_dir: Any, progress: bool) -> Any:
+    """The self-supervised fit of ``upscale --config``: fine-tune the shipped model, or from scratch.
+
+    Args:
+        fit_input: the volume, raster or band set to fit on.
+        cfg: the self-supervised job config.
+        opts: the run's options (``from_scratch``, ``budget``).
+        run_dir: where the fit keeps its run, or ``None``.
+        progress: progress bars.
+
+    Returns:
+        The :class:`~medsat_sr.train.FitResult`; ``metadata["start"]`` says
+        where it started (``shipped`` name or ``None``) and its budget.
+    """
+    name = None
+    if cfg.train.mode == "finetune":  # the config names its own starting checkpoint
+        reason = f"the config's train.init {cfg.train.init}"
+    elif opts.from_scratch:
+        reason = "--from-scratch"
+    else:
+        name = zoo.for_config(cfg.name)
+        reason = f"no shipped model serves config {cfg.name!r}" if name is None else ""
+    if name is not None:
+        seconds = float(opts.budget or DEFAULT_FINETUNE_SECONDS)
+        ft_cfg = load_config(cfg, finetune_overrides(cfg, seconds))
+        try:
+            fr = train_fit([fit_input], ft_cfg, run_dir=run_dir, progress=progress, init=str(zoo.checkpoint(name)))
+        except ModelError as exc:
+            logger.warning("shipped model %r cannot start this fit (%s); fitting from scratch", name, exc)
+            reason = f"shipped model {name!r} does not fit the input: {exc}"
+        else:
+            fr.metadata["start"] = {"shipped": name, "budget_seconds": seconds, "lr": ft_cfg.train.lr,
+                                    "source": f"fine-tuned from shipped model {name!r} on the input ({seconds:g} s budget)"}
+            return fr
+    sc_cfg = load_config(cfg, [f"train.max_minutes={float(opts.budget) / 60.0!r}"]) if opts.budget else cfg
+    logger.info("fitting from scratch (%s)", reason)
+    fr = train_fit([fit_input], sc_cfg, run_dir=run_dir, progress=progress, init=cfg.train.init)
+    fr.metadata["start"] = {"shipped": None, "budget_seconds": 60.0 * float(sc_cfg.train.max_minutes), "reason": reason,
+                            "source": f"self-supervised fit on the input from {'the config init' if cfg.train.init else 'random weights'}"}
+    return fr
+
+
+def score_on_input(checkpoint: str | Path, cfg: Any, fit_input: Any, name: str) -> dict[str, Any]:
+    """Score a shipped model, unchanged, on the input's own held-out split against the classical result.
+
+    The split, the pairs, the metric and the data range are those of a
+    self-supervised fit of ``cfg`` on ``fit_input`` (its validation at
+    iteration 0), so the decision reads it like a fit's validation.
+
+    Returns:
+        A validation entry for :func:`medsat_sr.inference.plan.decide`.
+
+    Raises:
+        ModelError: the model does not fit the input's pairs.
+    """
+    _, _, state = build_trainer(cfg, None, images=[fit_input], init=str(checkpoint), progress=False)
+    state.validate(0)  # type: ignore[attr-defined]
+    row = state.history[-1]
+    out = {"val_psnr": float(row["val_psnr"]), "val_psnr_cubic": float(state.cubic["val_psnr_cubic"]),
+           "source": f"shipped model {name!r} (no fitting) on the input's own held-out split"}
+    if state.cubic.get("val_psnr_interp") is not None:
+        out["val_psnr_interp"] = float(state.cubic["val_psnr_interp"])
+    return out
