@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.degrade": 0,
     "medsat_sr.baselines": 0,
     "medsat_sr.metrics": 0,
+    "medsat_sr.pansharpen_metrics": 0,  # pan-sharpening indices: Q2n, QNR, HQNR (#17)
     "medsat_sr.image": 0,
     "medsat_sr.samples": 0,  # a data package (sample files only)
     # 1: formats, networks, declarative knowledge
@@ -47,6 +48,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.config": 1,
     "medsat_sr.normalise": 1,  # fits a profile's normalisation spec (imports domains)
     "medsat_sr.zoo": 1,  # the shipped models' catalogue (JSON only) and their files
+    "medsat_sr.pansharpen": 1,  # pan-sharpening: sensors, grids, classical methods (#17)
     # 2: learning
     "medsat_sr.data": 2,
     "medsat_sr.train": 2,
@@ -54,6 +56,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.fusion": 2,
     "medsat_sr.distributed": 2,
     "medsat_sr.trust": 2,
+    "medsat_sr.pansharpen.learned": 2,  # the self-supervised pan-sharpening network (#17)
     # 3: upscaling
     "medsat_sr.inference": 3,
     # 4: jobs built on upscaling
