@@ -45,7 +45,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(volumes) or a band folder (band sets). Rasters are streamed. A JSON trust record OUTPUT.json is written "
         "next to the output.",
     )
-    p.add_argument("input", help="input file or folder")
+    p.add_argument("input", nargs="+", help="input file or folder; several inputs (stacks of one anatomy, revisits of "
+                   "one scene) are fused into one output by a multi-input config or method")
     p.add_argument("-o", "--output", required=True, help="output file or folder")
     g = p.add_argument_group("what to upscale with (exactly one)")
     add_config(g, help="job config (built-in name or .yaml); self-supervised configs fit on INPUT first")
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         )
     models = list(args.model or [])
     result = upscale(
-        args.input,
+        args.input[0] if len(args.input) == 1 else args.input,
         output=args.output,
         model=models[0] if len(models) == 1 else None,
         models=models if len(models) > 1 else None,

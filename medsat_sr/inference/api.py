@@ -134,7 +134,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,15 +158,15 @@ from medsat_sr.inference.members import (
     state_hash,
     validation_of,
 )
+from medsat_sr.inference.multi import MultiRequest, run_multi
 from medsat_sr.inference.options import UpscaleOptions, resolve_options
 from medsat_sr.inference.plan import Decision, check_fit_route, check_input_size, check_scale_bound, decide
 from medsat_sr.inference.raster import upscale_raster
-from medsat_sr.inference.record import TrustRecord
+from medsat_sr.inference.record import TrustRecord, remove_output
 from medsat_sr.inference.shipped import as_checkpoints, fit_on_input, score_on_input, serves, shipped_names
 from medsat_sr.inference.volume import upscale_volume
 from medsat_sr.io import detect_format, output_format
 from medsat_sr.io import read as io_read
-from medsat_sr.train import fit as train_fit
 from medsat_sr.trust import sha256_path, write_record
 
 __all__ = ["upscale", "UpscaleResult"]
@@ -407,23 +406,27 @@ def _method_desc(method: str | None, members: list[Member] | None, tta: bool) ->
     return method or "cubic"
 
 
-def _remove_output(path: Path | None) -> None:
-    if path is None or not path.exists():
-        return
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
 def _validation_summary(validations: list[dict[str, Any]], decision: Decision) -> dict[str, Any] | None:
     if not validations:
         return None
     return {"members": validations, "beats_cubic": decision.use_model and not decision.forced, "min_gain_db": decision.margin_db}
 
 
+def _upscale_multi(inputs: list[Path], *, config: Any, overrides: Sequence[str], options: Mapping[str, Any],
+                   method: str | None, output: Any, run_dir: Any, **request: Any) -> UpscaleResult:
+    """Several inputs into one output: the multi-input route of the config or the inputs' kind."""
+    cfg = load_config(config, list(overrides)) if config is not None else None
+    opts, _ = _options(cfg, overrides, options)
+    out_path, fmt = _output(output, opts)
+    req = MultiRequest(inputs=inputs, cfg=cfg, method=method, opts=opts, out_path=out_path, fmt=fmt,
+                       run_dir=Path(run_dir) if run_dir else None, **request)
+    req.read_options = dict(req.read_options or {})
+    res, record, side = run_multi(req)
+    return UpscaleResult(image=res.image, std=None, record=record, output=out_path, sidecar=side, decision=res.decision)
+
+
 def upscale(
-    image: MetaTensor | BandSet | str | os.PathLike[str],
+    image: MetaTensor | BandSet | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     output: str | os.PathLike[str] | None = None,
     model: Any = None,
@@ -451,7 +454,9 @@ def upscale(
 
     Args:
         image: a path (DICOM series folder, NIfTI, GeoTIFF, band folder) or
-            an image in memory (volume, raster, BandSet).
+            an image in memory (volume, raster, BandSet); several paths are
+            fused into one output by a multi-input route
+            (:mod:`medsat_sr.inference.multi`: stacks of one anatomy, revisits of one scene).
         output: where to write (format from the suffix as in ``convert``;
             no suffix: a DICOM series for volumes, a band folder for band sets).
         model: a checkpoint path, a module, or ``(module, metadata)``.
@@ -483,6 +488,16 @@ def upscale(
         WriteError: the output cannot be written (nothing is left behind).
     """
     t_start = time.perf_counter()
+    if isinstance(image, (list, tuple)) and len(image) != 1:
+        if model is not None or models or fit is not None:
+            raise ConfigError("several inputs are fused by a multi-input config or a classical method, not by --model")
+        return _upscale_multi(
+            [Path(p) for p in image], config=config, overrides=overrides, options=options, method=method,
+            output=output, scale=scale, target_spacing=target_spacing, read_options=read_options, run_dir=run_dir,
+            progress=progress, series_description=series_description,
+        )
+    if isinstance(image, (list, tuple)):
+        image = image[0]
     shipped = shipped_names(([model] if model is not None else []) + list(models or []))
     if shipped and config is None and fit is None:
         config = serves(shipped[0])  # the shipped model's profile, scale rule and options
@@ -546,7 +561,7 @@ def upscale(
             side = write_record(record, out_path)
         except BaseException:
             for done in (out_path, res.get("std_output")):  # an output without its record is incomplete
-                _remove_output(done)
+                remove_output(done)
             raise
     return UpscaleResult(image=res["image"], std=res.get("std"), record=record, output=out_path,
                          std_output=res.get("std_output"), sidecar=side, decision=decision)

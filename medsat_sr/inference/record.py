@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,3 +94,13 @@ def input_info(src: Any, path: Path | None, sha: str | None, kind: str) -> dict[
         info["groups"] = {g.name: {"shape": [len(g.bands), g.height, g.width], "bands": g.bands, "transform": list(g.transform)} for g in src}
         info["format"] = "geotiff"
     return info
+
+
+def remove_output(path: Path | None) -> None:
+    """Remove a written output (file or folder), e.g. when its record could not be written."""
+    if path is None or not path.exists():
+        return
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
