@@ -25,6 +25,7 @@ from medsat_sr.errors import (
     GeometryError,
     MedsatError,
     ModelError,
+    TiltError,
     WriteError,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "MedsatError",
     "FormatError",
     "GeometryError",
+    "TiltError",
     "ConfigError",
     "ModelError",
     "DataError",

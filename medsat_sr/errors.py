@@ -12,6 +12,7 @@ __all__ = [
     "MedsatError",
     "FormatError",
     "GeometryError",
+    "TiltError",
     "ConfigError",
     "ModelError",
     "DataError",
@@ -29,6 +30,10 @@ class FormatError(MedsatError, ValueError):
 
 class GeometryError(MedsatError, ValueError):
     """Geometry is missing, degenerate or irregular (tilt, uneven spacing, gaps)."""
+
+
+class TiltError(GeometryError):
+    """A regular but gantry-tilted DICOM stack: only a resampled read (``--resample``) places it without shear."""
 
 
 class ConfigError(MedsatError, ValueError):

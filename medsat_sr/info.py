@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medsat_sr.errors import FormatError
+from medsat_sr.errors import FormatError, TiltError
 
 if TYPE_CHECKING:  # pragma: no cover
     from monai.data import MetaTensor
@@ -117,7 +117,9 @@ def describe(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
         found under ``"series"``; for band folders, every band group.
 
     Raises:
-        MedsatError: whatever the reader raises for bad input.
+        MedsatError: whatever the reader raises for bad input. A DICOM series
+        that the reader refuses without ``resample`` because of a gantry tilt is described as ``--resample`` reads it, with
+        ``needs_resample`` saying why.
     """
     from medsat_sr.image import BandSet
     from medsat_sr.io import detect_format
@@ -147,10 +149,20 @@ def describe(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
             return out
     from medsat_sr.io import read
 
-    img = read(p, **options)
+    try:
+        img = read(p, **options)
+    except TiltError as exc:
+        if options.get("resample"):
+            raise
+        # a tilted series: describe the grid that --resample gives, and say it is needed
+        img = read(p, **{**options, "resample": True})
+        out["needs_resample"] = str(exc).split(": ", 1)[-1].split(";")[0].split(" (")[0]
     if isinstance(img, BandSet):  # pragma: no cover - handled above
         return out
     out.update(_describe_image(img))
+    tilt = (out.get("resampled") or {}).get("tilt_corrected_deg")
+    if tilt:
+        out["gantry_tilt_deg"] = round(float(tilt), 3)
     return out
 
 

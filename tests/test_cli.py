@@ -83,7 +83,10 @@ def test_info_lists_every_series_of_a_mixed_folder(shared_data: Path, capsys: py
     code, out, _ = run(capsys, "info", str(shared_data / GE), "--series", "2", "--json")
     d = json.loads(out)
     assert code == 0 and d["shape"][-1] == 14
+    # the reader refuses a tilted series without --resample; info describes what --resample reads and says why
     assert d["gantry_tilt_deg"] == pytest.approx(18.5, abs=0.05)
+    assert d["needs_resample"] == "gantry tilt 18.5°"
+    assert d["resampled"]["tilt_corrected_deg"] == pytest.approx(18.5, abs=0.05)
 
 
 @pytest.mark.shared_data

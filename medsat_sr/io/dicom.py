@@ -190,7 +190,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from medsat_sr._atomic import atomic_dir
 from medsat_sr._version import __version__
-from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError, MedsatError
+from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError, MedsatError, TiltError
 from medsat_sr.image import Key, check_affine, is_raster, make_volume
 
 __all__ = [
@@ -217,6 +217,9 @@ WRITE_DTYPES = ("uint8", "int16", "uint16")
 _ORIENTATION_TOL = 1e-4
 _SPACING_TOL = 1e-4
 _ORTHOGONALITY_TOL = 1e-3
+#: Largest |cos| between the in-plane axes that the writer absorbs by orthogonalising the column direction:
+#: cosines rounded to 4 digits give up to ~1.5e-4; the shift is then < 0.05 mm across 256 mm.
+_WRITE_SHEAR_TOL = 2e-4
 _MISSING_RATIO_TOL = 0.1
 _DEFER_SIZE = 4096  # bytes: larger values (pixel data) are read only when used
 
@@ -1027,12 +1030,12 @@ def _deg(angle: float) -> str:
     return f"{angle:.1f}°" if angle >= 0.1 else f"{angle:.2g}°"
 
 
-def _tilt_error(label: str, grid: list[list[_Frame]], tilt: float, step: float, spacing: float) -> GeometryError:
+def _tilt_error(label: str, grid: list[list[_Frame]], tilt: float, step: float, spacing: float) -> TiltError:
     """The refusal of a regular but tilted stack (the policy of the module docstring)."""
     first, last = grid[0][0].path, grid[-1][0].path
     stated = _float(grid[0][0].ds.get("GantryDetectorTilt"))
     header = f", GantryDetectorTilt {stated:g}" if stated is not None else ""
-    return GeometryError(
+    return TiltError(
         f"{label}: gantry tilt {_deg(tilt)} (slices {first.name} to {last.name}{header}): the table step "
         f"({step:.2f} mm) is not perpendicular to the slices ({spacing:.2f} mm apart), so only a sheared affine "
         "would place them; pass resample=True (--resample) to resample onto an orthogonal grid as dcm2niix's "
@@ -1684,12 +1687,17 @@ def write(
     c0, c1, c2 = lin[:, 0], lin[:, 1], lin[:, 2]
     du, dv = float(np.linalg.norm(c0)), float(np.linalg.norm(c1))
     cos01 = abs(float(c0 @ c1)) / (du * dv)
-    if cos01 > 1e-6:
+    if cos01 > _WRITE_SHEAR_TOL:
         raise GeometryError(
             f"{folder}: the affine's first two axes meet at {math.degrees(math.acos(min(1.0, cos01))):.4f}°, "
             "not 90°: they are not orthogonal, and DICOM cannot express in-plane shear (resample the volume first)"
         )
     row, col = c0 / du, c1 / dv
+    if cos01 > 1e-9:  # direction cosines rounded in a header (dcm2niix writes 5-6 digits): orthonormalise
+        col = col - (col @ row) * row
+        col = col / np.linalg.norm(col)
+        logger.debug("%s: in-plane axes %.5f° from orthogonal (rounded cosines); column direction orthogonalised",
+                     folder, 90.0 - math.degrees(math.acos(min(1.0, cos01))))
     normal = np.cross(row, col)
     h = float(c2 @ normal)  # step along the normal
     step_len = abs(h)
