@@ -1389,13 +1389,13 @@ def _no_validation(sources: Sequence[PairSource], cfg: Any) -> DataError:
     sampler = getattr(src, "sampler", None)
     whole = ""
     if sampler is not None:
-        whole = f"{float(sampler._sat_valid.flat[-1]) / float(np.prod(sampler.shape)):.0%} of the image is valid; "
+        whole = f"{float(sampler._sat_valid.flat[-1]) / float(np.prod(sampler.shape)):.0%} of the image, "
     best = max((s.val_best_fraction for s in sources), default=0.0)
     hint = max(0.05, math.floor(best * 20) / 20) if best > 0 else None
     fix = f"--set data.min_valid_fraction={hint:g}" if hint is not None and hint < need else "a larger data.val_fraction"
     return DataError(
-        f"{name}: too little valid data to hold out a validation split: {whole}the best held-out tile is "
-        f"{best:.0%} valid, {need:.0%} needed (data.min_valid_fraction); try {fix}"
+        f"{name}: too little valid data for a validation split: valid pixels {whole}{best:.0%} of the best "
+        f"held-out tile, {need:.0%} needed (data.min_valid_fraction); try {fix}"
     )
 
 
