@@ -88,6 +88,7 @@ from medsat_sr.domains import DegradationSpec, DomainProfile, MetricSpec, Normal
 from medsat_sr.errors import ConfigError
 from medsat_sr.geometry import snap_scale
 from medsat_sr.inference.options import InferenceOptions, OutputOptions
+from medsat_sr.revisit.options import RevisitOptions
 
 __all__ = [
     "JobConfig",
@@ -450,6 +451,8 @@ class JobConfig(StrictModel):
         metrics: partial override of the profile's metric settings.
         inference: tiling, precision, TTA, uncertainty, device.
         output: dtype, format, COG, batch name template.
+        revisit: the revisit route's options (several frames of one scene
+            fused into one raster); its presence selects that route.
     """
 
     name: str = ""
@@ -466,6 +469,7 @@ class JobConfig(StrictModel):
     metrics: Annotated[dict[str, Any], OverrideOf(MetricSpec)] = Field(default_factory=dict)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    revisit: RevisitOptions | None = None
 
     _profile: DomainProfile | None = PrivateAttr(default=None)
     _source: str = PrivateAttr(default="<config>")

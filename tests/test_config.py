@@ -64,14 +64,15 @@ def test_every_builtin_config_loads_and_keeps_the_fixed_keys(name):
     assert cfg.train.max_iterations >= 1
     assert 0 < cfg.train.max_minutes <= 10  # modest budgets
     assert cfg.train.mode in ("supervised", "self_supervised", "finetune")
-    assert cfg.model.name in medsat_sr.config._known_models()
+    multi = any(getattr(cfg, k, None) is not None for k in ("revisit", "multistack"))  # multi-input routes: no single-image model
+    assert cfg.model.name in medsat_sr.config._known_models() or (multi and cfg.model.name is None)
     assert cfg.scale == "auto" or isinstance(cfg.scale, (float, list))
     assert cfg.profile.name == cfg.domain
     # resolved() is JSON and carries the merged profile
     resolved = cfg.resolved()
     again = json.loads(json.dumps(resolved))
     assert again["domain"]["name"] == cfg.domain
-    assert again["model"]["name"] == cfg.model.name
+    assert again["model"]["name"] == cfg.model.name or multi
     assert again["data"]["inputs"] == []
     for key in ("max_iterations", "max_minutes", "mode"):
         assert key in again["train"]
@@ -83,6 +84,8 @@ def test_builtin_configs_build_their_models():
     models = pytest.importorskip("medsat_sr.models")
     for name in list_configs():
         cfg = load_config(name)
+        if cfg.model.name is None and any(getattr(cfg, k, None) is not None for k in ("revisit", "multistack")):
+            continue  # a multi-input route's config: its networks are the route's own
         kwargs = dict(cfg.model.kwargs)
         ndim = 2 if cfg.profile.kind == "raster" else 3
         scale = cfg.scale_for([1.0, 1.0, 4.0]) if cfg.scale == "auto" else cfg.scale
