@@ -104,7 +104,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medsat_sr.errors import ConfigError, DataError, MedsatError, WriteError
+from medsat_sr import checkpoint
+from medsat_sr._atomic import check_writable
+from medsat_sr._schema import check_path
+from medsat_sr._version import __version__
+from medsat_sr.baselines import METHODS
+from medsat_sr.checkpoint import checkpoint_paths, model_hash, read_metadata
+from medsat_sr.config import JobConfig, OutputConfig, load_config, parse_override
+from medsat_sr.errors import ConfigError, DataError, MedsatError, ModelError, WriteError
+from medsat_sr.fusion import Member
+from medsat_sr.inference import upscale
+from medsat_sr.inference.members import load_member
+from medsat_sr.io import detect_format
+from medsat_sr.trust import RECORD_FORMAT, jsonable, now_iso, sha256_path, sidecar_path, write_record
 
 __all__ = [
     "run_batch",
@@ -369,9 +381,6 @@ def read_manifest(path: str | os.PathLike[str]) -> list[InputSpec]:
         DataError: the manifest cannot be read.
         ConfigError: no ``input`` column, or a column that is not a config key.
     """
-    from medsat_sr._schema import check_path
-    from medsat_sr.config import JobConfig
-
     p = Path(path).expanduser()
     try:
         with open(p, newline="", encoding="utf-8-sig") as fh:
@@ -449,8 +458,6 @@ def _output_section(cfg: Any, overrides: Sequence[str]) -> Any:
         return cfg.output
     from pydantic import ValidationError
 
-    from medsat_sr.config import OutputConfig, parse_override
-
     data: dict[str, Any] = {}
     for item in overrides:
         parts, value = parse_override(item)
@@ -516,9 +523,6 @@ def _plan(
     run: str,
     torch_threads: int | None,
 ) -> list[_Planned]:
-    from medsat_sr.config import load_config
-    from medsat_sr.io import detect_format
-
     planned: list[_Planned] = []
     for index, spec in enumerate(specs):
         item = _Planned(index=index, spec=spec)
@@ -601,15 +605,11 @@ def _one_line(message: str) -> str:
 
 # =============================================================== resume
 def _sha(path: Path) -> str:
-    from medsat_sr.trust import sha256_path
-
     return sha256_path(path)
 
 
 def _done_reason(task: Task) -> str | None:
     """``None`` when ``task``'s output is complete and current; otherwise why it must run."""
-    from medsat_sr.trust import sidecar_path
-
     out = Path(task.output)
     side = sidecar_path(out)
     if not out.exists():
@@ -636,8 +636,6 @@ def _done_reason(task: Task) -> str | None:
 
 def _stale_parts(outputs: Iterable[Path]) -> list[Path]:
     """Temporary files/folders left by a killed atomic write of these outputs."""
-    from medsat_sr.trust import sidecar_path
-
     found: list[Path] = []
     for out in outputs:
         for p in (out, sidecar_path(out)):
@@ -676,12 +674,6 @@ def _checkpoint_id(path: str) -> str:
         DataError: a file of the checkpoint is missing or unreadable.
         ModelError: a pickle-based or malformed checkpoint.
     """
-    from medsat_sr.checkpoint import checkpoint_paths, model_hash, read_metadata
-
-    from medsat_sr.errors import ModelError
-
-    from medsat_sr import checkpoint
-
     meta = read_metadata(path)  # refuses pickles and malformed checkpoints before anything runs
     weights_path, meta_path = checkpoint_paths(path)
     if weights_path.is_file():
@@ -711,14 +703,10 @@ def _device_of(task: Task) -> str:
 
 def _member(path: str, sha: str, device: str) -> Any:
     """A fresh :class:`~medsat_sr.fusion.Member` around a model loaded once per process."""
-    from medsat_sr.fusion import Member
-
     key = (sha, device)
     cached = _MODEL_CACHE.get(key)
     if cached is None:
-        from medsat_sr.inference import members as inference
-
-        cached, _ = inference.load_member(path, device)
+        cached, _ = load_member(path, device)
         _CACHE_STATS["loads"] += 1
         while len(_MODEL_CACHE) >= MODEL_CACHE_SIZE:
             _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
@@ -738,8 +726,6 @@ def upscale_job(task: Task) -> dict[str, Any]:
         "fallback_reason": str|None, "extra_outputs": [paths]}``; the batch
         writes the sidecar (the record plus its ``batch`` section).
     """
-    from medsat_sr.inference import upscale
-
     members = None
     if task.models:
         device = _device_of(task)
@@ -791,9 +777,6 @@ def _set_threads(n: int | None) -> None:
 
 def _execute(job: Callable[[Task], Mapping[str, Any]], task: Task) -> dict[str, Any]:
     """Run one task with failure isolation; write its sidecar. Runs in a worker (or inline)."""
-    from medsat_sr._version import __version__
-    from medsat_sr.trust import RECORD_FORMAT, now_iso, sidecar_path, write_record
-
     t0 = time.perf_counter()
     out = Path(task.output)
     side = sidecar_path(out)
@@ -966,8 +949,6 @@ class _Journal:
             raise WriteError(f"{path}: cannot open the run manifest: {exc.strerror or exc}") from exc
 
     def write(self, line: Mapping[str, Any]) -> None:
-        from medsat_sr.trust import jsonable
-
         text = json.dumps(jsonable(line), allow_nan=False, separators=(",", ":"))
         try:
             self._fh.write(text + "\n")
@@ -1079,8 +1060,6 @@ def run_batch(
         WriteError: the output folder or ``batch.jsonl`` cannot be written,
             or another batch holds the folder.
     """
-    from medsat_sr.config import load_config
-
     t_start = time.perf_counter()
     job = job or upscale_job
     if workers is None or int(workers) < 0:
@@ -1094,8 +1073,6 @@ def run_batch(
     if config is None and not models and method is None:
         raise ConfigError("nothing to run: give a config (--config), a checkpoint (--model) or a method (--method)")
     if method is not None:
-        from medsat_sr.baselines import METHODS
-
         if method not in METHODS:
             raise ConfigError(f"unknown method {method!r}; expected one of {list(METHODS)}")
     base_config = load_config(config, list(overrides)) if config is not None else None
@@ -1106,8 +1083,6 @@ def run_batch(
                 "run the batch with --model CKPT, or use a self-supervised config"
             )
     if base_config is None:
-        from medsat_sr.config import parse_override
-
         for item in overrides:  # the same rule as upscale without a config, checked once here
             parts, _ = parse_override(item)
             if parts[0] not in ("inference", "output", "bands") or len(parts) != 2:
@@ -1158,7 +1133,6 @@ def run_batch(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WriteError(f"{out_dir}: cannot create the output folder: {exc.strerror or exc}") from exc
-    from medsat_sr._atomic import check_writable
 
     check_writable(out_dir / MANIFEST_NAME)
     lines: dict[int, dict[str, Any]] = {}
@@ -1168,8 +1142,6 @@ def run_batch(
     counts = {"done": 0, "skipped": 0, "failed": 0}
 
     def record(line: dict[str, Any]) -> None:
-        from medsat_sr.trust import now_iso
-
         full = {
             "run": run,
             "time": now_iso(),
@@ -1275,8 +1247,6 @@ def _with_input(input: str | None, error: str | None) -> str:
 
 
 def _sidecar(output: str) -> Path:
-    from medsat_sr.trust import sidecar_path
-
     return sidecar_path(output)
 
 
