@@ -52,6 +52,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_config(g, help="job config (built-in name or .yaml); self-supervised configs fit on INPUT first")
     add_model(g)
     add_method(g)
+    g.add_argument("--pan", metavar="PAN.tif", help="pan-sharpening: the panchromatic file; INPUT is then the "
+                   "MS file or MS band folder (--method brovey|gihs|gsa|mtf-glp-hpm or --config landsat_pansharpen)")
     g = p.add_argument_group("what to produce")
     add_scale(g)
     g.add_argument("--target-spacing", metavar="MM", help="volumes: output spacing in mm (one value or per axis)")
@@ -92,6 +94,18 @@ def run(args: argparse.Namespace) -> int:
             "give exactly one of --config CFG, --model CKPT (repeatable) or --method cubic|linear|nearest|lanczos"
             + (f"; got {' and '.join(given)}" if given else "")
         )
+    from medsat_sr.inference.route_pansharpen import is_pansharpen, pansharpen_upscale
+
+    if is_pansharpen(args.method, args.config, args.pan):  # pan + MS onto the pan grid (#17)
+        if len(args.input) != 1:
+            raise ConfigError("pan-sharpening takes one INPUT: a band folder with a pan band, or the MS file with --pan")
+        ps = pansharpen_upscale(args.input[0], args.output, method=args.method, config=args.config, pan=args.pan,
+                                cog=bool(getattr(args, "cog", False)), force=bool(getattr(args, "force", False)),
+                                overrides=list(args.set or []))
+        if not args.quiet:
+            print(ps.output)
+            print(ps.sidecar)
+        return EXIT_OK
     models = list(args.model or [])
     result = upscale(
         args.input[0] if len(args.input) == 1 else args.input,

