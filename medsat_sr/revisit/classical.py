@@ -12,10 +12,10 @@ saw the ground). They are the baselines the learned fusion has to beat:
 * :func:`masked_median`: every frame warped onto the refined grid
   (:func:`~medsat_sr.revisit.register.warp_to_grid`, Keys cubic), then the
   per-pixel median of the clear ones;
-* :func:`shift_and_add`: every clear low-resolution sample placed at its
-  registered position on the refined grid (nearest output pixel) and
-  averaged there (Elad & Hel-Or 2001; Farsiu et al. 2004); output pixels that
-  no sample hit are filled by normalised Gaussian convolution of the samples.
+* :func:`shift_and_add`: every clear low-resolution sample splatted at its
+  registered position on the refined grid (bilinear weights) and averaged
+  by a normalised Gaussian convolution, which also fills the output pixels
+  no sample reached (Elad & Hel-Or 2001; Takeda et al. 2007). No deblurring.
 
 :func:`aligned_stack` is the warped stack that the median and the learned
 fusion share.
@@ -29,6 +29,9 @@ from scipy import ndimage as ndi
 
 from medsat_sr.baselines import gdal_resize, upsample_mask
 from medsat_sr.revisit.register import fill_masked, warp_mask_to_grid, warp_to_grid
+
+#: Width (output pixels) of the Gaussian of shift-and-add's normalised convolution.
+SAA_SIGMA = 0.5
 
 __all__ = ["CLASSICAL", "best_frame", "aligned_stack", "masked_median", "masked_mean", "shift_and_add"]
 
@@ -69,17 +72,9 @@ def masked_mean(stack: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor,
     return mean, (n[0] > 0).numpy()
 
 
-def shift_and_add(
-    frames: np.ndarray, valid: np.ndarray, shifts: np.ndarray, scale: float, out_shape: tuple[int, int]
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Shift-and-add: clear samples placed at their registered positions, averaged, holes filled.
-
-    Sample ``(i, j)`` of frame ``k`` lies at reference coordinate
-    ``(i + dy_k, j + dx_k)``, i.e. at refined-grid coordinate
-    ``(i + dy_k + 0.5) * scale - 0.5``; it is added to the nearest output
-    pixel. Holes are filled by a normalised Gaussian convolution
-    (``sigma = scale / 2`` output pixels) of the sums and counts.
-    """
+def _splat(frames: np.ndarray, valid: np.ndarray, shifts: np.ndarray, scale: float,
+           out_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear splatting of every clear sample onto the refined grid: ``(C, H', W')`` sums and ``(H', W')`` weights."""
     c = frames.shape[1]
     ho, wo = out_shape
     acc = np.zeros((c, ho * wo))
@@ -87,24 +82,38 @@ def shift_and_add(
     h, w = frames.shape[2:]
     ii, jj = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     for k in range(len(frames)):
-        r = np.rint((ii + shifts[k][0] + 0.5) * scale - 0.5).astype(np.int64)
-        q = np.rint((jj + shifts[k][1] + 0.5) * scale - 0.5).astype(np.int64)
-        ok = valid[k] & (r >= 0) & (r < ho) & (q >= 0) & (q < wo)
-        idx = (r * wo + q)[ok]
-        cnt += np.bincount(idx, minlength=ho * wo)
-        for b in range(c):
-            acc[b] += np.bincount(idx, weights=frames[k, b][ok].astype(np.float64), minlength=ho * wo)
-    cnt2 = cnt.reshape(ho, wo)
-    acc2 = acc.reshape(c, ho, wo)
-    out = acc2 / np.maximum(cnt2, 1)
-    holes = cnt2 == 0
-    sigma = scale / 2.0
-    wsm = ndi.gaussian_filter(cnt2, sigma, mode="nearest")
-    clear = wsm > 1e-3
-    for b in range(c):
-        ssm = ndi.gaussian_filter(acc2[b], sigma, mode="nearest")
-        out[b] = np.where(holes, ssm / np.maximum(wsm, 1e-12), out[b])
-    clear_any = upsample_mask(np.asarray(valid).any(axis=0), out_shape).astype(bool) & clear
+        r = (ii + shifts[k][0] + 0.5) * scale - 0.5
+        q = (jj + shifts[k][1] + 0.5) * scale - 0.5
+        r0, q0 = np.floor(r).astype(np.int64), np.floor(q).astype(np.int64)
+        for dr, wr in ((0, 1 - (r - r0)), (1, r - r0)):
+            for dq, wq in ((0, 1 - (q - q0)), (1, q - q0)):
+                rr, qq, ww = r0 + dr, q0 + dq, wr * wq
+                ok = valid[k] & (rr >= 0) & (rr < ho) & (qq >= 0) & (qq < wo)
+                idx = (rr * wo + qq)[ok]
+                cnt += np.bincount(idx, weights=ww[ok], minlength=ho * wo)
+                for b in range(c):
+                    acc[b] += np.bincount(idx, weights=(ww * frames[k, b])[ok], minlength=ho * wo)
+    return acc.reshape(c, ho, wo), cnt.reshape(ho, wo)
+
+
+def shift_and_add(
+    frames: np.ndarray, valid: np.ndarray, shifts: np.ndarray, scale: float, out_shape: tuple[int, int],
+    sigma: float = SAA_SIGMA,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Shift-and-add: clear samples placed at their registered positions and averaged (kernel regression).
+
+    Sample ``(i, j)`` of frame ``k`` lies at reference coordinate
+    ``(i + dy_k, j + dx_k)``, i.e. at refined-grid coordinate
+    ``(i + dy_k + 0.5) * scale - 0.5``; it is splatted onto the four output
+    pixels around that position with bilinear weights. The output is the
+    normalised convolution of the sums by the weights (Gaussian, ``sigma``
+    output pixels), which fills the pixels no sample reached (Elad & Hel-Or
+    2001; Takeda, Farsiu & Milanfar 2007). No deblurring step.
+    """
+    acc, cnt = _splat(frames, valid, shifts, scale, out_shape)
+    wsm = ndi.gaussian_filter(cnt, sigma, mode="nearest")
+    out = np.stack([ndi.gaussian_filter(a, sigma, mode="nearest") for a in acc]) / np.maximum(wsm, 1e-9)[None]
+    clear_any = upsample_mask(np.asarray(valid).any(axis=0), out_shape).astype(bool) & (wsm > 1e-3)
     return torch.from_numpy(out.astype(np.float32)), clear_any
 
 

@@ -3,7 +3,7 @@
 :func:`train_fusion` draws batches of simulated revisit stacks
 (:func:`medsat_sr.revisit.simulate.simulate_revisit`) from the training
 parts of real high-resolution bands, with real cloud masks, random factors
-(2 or 3), 3 to 9 usable frames, random PSF widths (MTF 0.2-0.4 at Nyquist),
+(2 or 3), 3 to 9 frames (one count per batch), random PSF widths (MTF 0.2-0.4 at Nyquist),
 noise (0.3-2 %) and brightness offsets. The network sees the stack exactly as
 :func:`medsat_sr.revisit.fuse.fuse` prepares it (registered, warped,
 harmonised, normalised by the median image), with the true shifts plus a
@@ -45,8 +45,8 @@ class TrainSettings:
 
     iterations: int = 400
     max_minutes: float = 4.0
-    batch_size: int = 6
-    patch_lr: int = 24
+    batch_size: int = 4
+    patch_lr: int = 16
     n_frames: int = 9
     min_frames: int = 3
     scales: tuple[int, ...] = (2, 3)
@@ -55,18 +55,16 @@ class TrainSettings:
     bf16: bool = False
 
 
-def _sample(scenes: Sequence[np.ndarray], rng: np.random.Generator, scale: int, s: TrainSettings, pool: np.ndarray | None) -> Revisit:
+def _sample(scenes: Sequence[np.ndarray], rng: np.random.Generator, scale: int, s: TrainSettings, pool: np.ndarray | None,
+            n_frames: int) -> Revisit:
     areas = np.array([x.size for x in scenes], dtype=np.float64)
     x = scenes[rng.choice(len(scenes), p=areas / areas.sum())]
     n = s.patch_lr * scale
     r0 = rng.integers(x.shape[0] - n + 1)
     c0 = rng.integers(x.shape[1] - n + 1)
     hr = x[r0 : r0 + n, c0 : c0 + n]
-    rv = simulate_revisit(hr, scale, s.n_frames, rng, pool=pool, mtf=rng.uniform(0.2, 0.4),
-                          noise=rng.uniform(0.003, 0.02), offset=0.01)
-    n_use = rng.integers(s.min_frames, s.n_frames + 1)
-    rv.valid[n_use:] = False  # fewer usable frames: the network must handle any number
-    return rv
+    return simulate_revisit(hr, scale, n_frames, rng, pool=pool, mtf=rng.uniform(0.2, 0.4),
+                            noise=rng.uniform(0.003, 0.02), offset=0.01)
 
 
 def make_batch(
@@ -74,8 +72,9 @@ def make_batch(
 ) -> tuple[torch.Tensor, ...]:
     """``(stack, masks, base, target, weight)`` tensors of one batch, normalised as :func:`fuse` does."""
     items = []
+    n_frames = int(rng.integers(s.min_frames, s.n_frames + 1))  # any number of frames, one per batch
     for _ in range(s.batch_size):
-        rv = _sample(scenes, rng, scale, s, pool)
+        rv = _sample(scenes, rng, scale, s, pool, n_frames)
         if not rv.valid.any():
             rv.valid[0] = True
         frames, _ = harmonise(np.where(rv.valid[:, None], rv.frames, 0).astype(np.float32), rv.valid)
@@ -106,8 +105,12 @@ def train_fusion(
     net = model or RevisitNet()
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=s.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / s.iterations, 1.0))))
     t0 = time.perf_counter()
+
+    def progress(i: int) -> float:  # whichever budget runs out first: iterations or minutes
+        return min(max(i / s.iterations, (time.perf_counter() - t0) / 60 / s.max_minutes), 1.0)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress(i))))
     it, running = 0, float("nan")
     for it in range(1, s.iterations + 1):
         scale = int(rng.choice(s.scales))
