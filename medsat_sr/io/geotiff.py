@@ -370,7 +370,7 @@ def _read_open(src: Any, path: Path, win: Window | None, bands: Sequence[int | s
     names = [src.descriptions[i - 1] or f"band{i}" for i in indexes]
     return make_raster(
         data,
-        tuple(src.window_transform(win))[:6],
+        tuple(src.transform @ Affine.translation(win.col_off, win.row_off))[:6],  # window_transform without `*`
         crs=src.crs.to_wkt() if src.crs is not None else None,
         nodata=None if nodata is None else float(nodata),
         band_names=names,

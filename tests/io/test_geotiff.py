@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -286,21 +289,26 @@ def test_missing_crs_reads_and_writes_without(tmp_path: Path, caplog: pytest.Log
         assert src.transform == Affine(10, 0, 500000, 0, -10, 5000000)
 
 
-def test_pixel_is_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pixel_is_point(tmp_path: Path) -> None:
     tifffile = pytest.importorskip("tifffile")
     path = make_tif(tmp_path / "point.tif", np.arange(48, dtype=np.uint16).reshape(1, 6, 8),
                     tags={"AREA_OR_POINT": "Point"})
     stored = tifffile.TiffFile(path).pages[0].tags["ModelTiepointTag"].value
     # GDAL stores the tie point at the first pixel *centre* (PixelIsPoint) ...
     assert stored[3:5] == (500005.0, 4999995.0)
-    monkeypatch.setenv("GTIFF_POINT_GEO_IGNORE", "TRUE")  # our reader must not be fooled by this
+    # ... and the transform we expose maps pixel corners (DESIGN.md §3), even when the user's environment sets
+    # GTIFF_POINT_GEO_IGNORE=TRUE. Checked in a child process: rasterio keeps a GDAL option it found set when an
+    # Env started, so setting it here would change how every later test reads PixelIsPoint files.
+    code = f"from medsat_sr.io import geotiff; print(list(geotiff.read({str(path)!r}).meta['transform']))"
+    env = {**os.environ, "GTIFF_POINT_GEO_IGNORE": "TRUE"}
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "[10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0]"
     img = geotiff.read(path)
-    # ... and the transform we expose maps pixel corners (DESIGN.md §3)
     assert img.meta[Key.TRANSFORM] == (10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0)
     assert img.meta[Key.HEADER]["area_or_point"] == "Point"
     out = geotiff.write(img, tmp_path / "point_out.tif")
     assert tifffile.TiffFile(out).pages[0].tags["ModelTiepointTag"].value == stored
-    monkeypatch.delenv("GTIFF_POINT_GEO_IGNORE")
     assert_same_raster(path, out)
 
 
