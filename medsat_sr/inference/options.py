@@ -276,7 +276,9 @@ def add_flags(parser: argparse.ArgumentParser | Any, model: type[StrictModel] = 
             continue
         info = model.model_fields[name]
         default = info.default
-        help_text = f"{info.description} (default: {default if default is not None else 'see text'})"
+        help_text = str(info.description)
+        if default is not None:  # a field without a fixed default says its rule in its description
+            help_text += f" (default: {default})"
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": help_text}
         if info.annotation is bool:
             parser.add_argument(extra["flag"], action="store_true", **kwargs)
