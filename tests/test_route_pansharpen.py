@@ -117,3 +117,33 @@ def test_errors_name_the_file(crop: Path, tmp_path: Path, shared_data: Path) -> 
         resolve(crop)
     code, err = cli(str(crop / "l8_B2.tif"), "-o", str(tmp_path / "y.tif"), "--method", "brovey")
     assert code == 2 and "has no pan band" in err
+
+
+def test_learned_config_records_its_decision(crop: Path, tmp_path: Path) -> None:
+    """A 3-step fit: whatever wins, the record holds every candidate's held-out scores and the decision."""
+    out = tmp_path / "net.tif"
+    code, err = cli(str(crop), "-o", str(out), "--config", "landsat_pansharpen", "--set", "train.max_iterations=3",
+                    "--set", "train.patch_size=16", "--set", "train.batch_size=2")
+    assert code == 0, err
+    rec = json.loads(Path(str(out) + ".json").read_text())
+    scores = rec["held_out_reduced_resolution"]
+    assert set(scores) == {"network", *classical.METHODS}
+    d = rec["decision"]
+    best = min(classical.METHODS, key=lambda m: scores[m]["ergas"])
+    assert d["classical_method"] == best and d["model_score"] == scores["network"]["ergas"]
+    assert d["use_model"] == (scores["network"]["ergas"] < scores[best]["ergas"])
+    assert rec["method"] == ("network" if d["use_model"] else best)
+    assert rec["training"]["iterations"] == 3
+    with rasterio.open(out) as o, rasterio.open(crop / "l8_B8.tif") as p:
+        assert (o.transform, o.shape, o.crs) == (p.transform, p.shape, p.crs)
+
+
+def test_decision_falls_back_to_the_best_classical_method() -> None:
+    from medsat_sr.inference.route_pansharpen_learned import decide
+
+    scores = {"network": {"ergas": 2.0}, "gsa": {"ergas": 1.9}, "brovey": {"ergas": 3.0}}
+    d = decide(scores, force=False)
+    assert (d.use_model, d.fell_back, d.classical_method) == (False, True, "gsa")
+    assert decide(scores, force=True).use_model and decide(scores, force=True).forced
+    scores["network"]["ergas"] = 1.5
+    assert decide(scores, force=False).use_model

@@ -206,7 +206,8 @@ def record(scene: Scene, output: Path, method: str, params: dict[str, Any], seco
         "grid": {"ratio": scene.ratio, "phase_pan_pixels": list(scene.phase), "crs": str(scene.crs),
                  "transform": list(scene.transform)[:6], "shape": list(scene.pan.shape)},
         "mtf_nyquist": {"ms": list(scene.inputs.gains(scene.ms.shape[0])), "pan": scene.inputs.pan_gain},
-        "method": method, "reference": classical.METHODS[method][2] if method in classical.METHODS else None,
+        "method": method, "reference": classical.METHODS[method][2] if method in classical.METHODS else
+        "self-supervised residual CNN (PNN/PanNet-like), Wald protocol (medsat_sr.pansharpen.learned)",
         "parameters": params, "valid_fraction": float(scene.out_valid().mean()),
         "decision": decision.to_dict(), "seconds": round(seconds, 3), **(extra or {}),
     }

@@ -57,3 +57,20 @@ def full_scores(fused: np.ndarray, pair: Pair, *, block: int = pm.DEFAULT_BLOCK,
     dk = pm.d_lambda_khan(fused, pair.ms, lp, block=max(2, block // pair.ratio), mask_lr=mask_lr)
     ds = pm.d_s(fused, pair.ms, pair.pan, pair.pan_lr(), block=block, mask=mask, mask_lr=mask_lr)
     return {"d_lambda_k": dk, "d_s": ds, "hqnr": pm.hqnr(dk, ds)}
+
+
+def split(pair: Pair, valid: np.ndarray | None = None) -> tuple[tuple[Pair, Any], tuple[Pair, Any]]:
+    """The top and bottom halves of a scene (MS rows ``[0, h/2)`` and ``[h/2, h)`` with their pan rows).
+
+    Each half is an independent pair with the same phase: one is for tuning,
+    the other held out. Returns ``((top, top_valid), (bottom, bottom_valid))``.
+    """
+    h2 = pair.ms.shape[1] // 2
+    cut = pair.ratio * h2
+
+    def part(ms: slice, pan: slice) -> tuple[Pair, Any]:
+        p = Pair(ms=pair.ms[:, ms], pan=pair.pan[pan], ratio=pair.ratio, phase=pair.phase,
+                 ms_gains=pair.ms_gains, pan_gain=pair.pan_gain)
+        return p, None if valid is None else valid[ms]
+
+    return part(slice(0, h2), slice(0, cut)), part(slice(h2, None), slice(cut, None))
