@@ -314,7 +314,7 @@ def test_route(inputs: Inputs, tmp_path: Path, kind: str, way: str, out_kind: st
     elif way == "wins":
         argv += ["--config", CONFIG[kind], *sets([*tiny, *FINETUNE, f"train.init={inputs.checkpoint(kind)}"])]
     else:
-        argv += ["--config", CONFIG[kind], *sets([*tiny, *NO_BUDGET])]
+        argv += ["--config", CONFIG[kind], "--from-scratch", *sets([*tiny, *NO_BUDGET])]  # not the shipped model
         if way == "force":
             argv += ["--force"]
     code, err = cli(*argv)
