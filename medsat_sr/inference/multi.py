@@ -112,7 +112,8 @@ def route_for(cfg: JobConfig | None, method: str | None, inputs: Sequence[Path])
         ConfigError: fewer than two inputs, a config without a multi-input
             section, or a route this installation does not have.
     """
-    if len(inputs) < 2:
+    sections = cfg is not None and any(getattr(cfg, n, None) is not None for n in ("multistack", "revisit"))
+    if len(inputs) < 2 and not sections:  # one input to a route's config: a folder of dates or of stacks
         raise ConfigError(f"a multi-input route needs at least two inputs, got {len(inputs)}")
     if cfg is not None:
         names = [name for name in ("multistack", "revisit") if getattr(cfg, name, None) is not None]
@@ -163,3 +164,7 @@ def run_multi(req: MultiRequest) -> tuple[MultiResult, dict[str, Any], Path | No
             remove_output(req.out_path)  # an output without its record is incomplete
             raise
     return res, record, side
+
+
+# The routes register themselves in MULTI_ROUTES (imported last: each imports this module's types).
+from medsat_sr.inference import route_revisit  # noqa: E402,F401  ("revisit")
