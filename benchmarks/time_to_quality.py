@@ -1,0 +1,286 @@
+"""Time to quality: held-out PSNR against wall seconds, from scratch and fine-tuning the shipped model (#15).
+
+For each domain, a reference the shipped weights never saw (``zoo/datasets.py``
+names what they saw) is degraded with the domain profile
+(:func:`medsat_sr.evaluate.prepare_case`, the protocol of ``medsat-sr
+evaluate``); the degraded image is the input of ``upscale --config``:
+
+* **scratch** (``--from-scratch``): the config's network from random weights,
+  the config's budget (10 min);
+* **fine-tune** (the default): the shipped model that serves the config,
+  fine-tuned on the input for :data:`DEFAULT_FINETUNE_SECONDS` with the
+  settings of :func:`medsat_sr.inference.shipped.finetune_overrides`.
+
+One fit per arm and run. At each time mark the fit validates (as a fit of
+that budget does when it stops) and its best weights so far are kept; after
+the fit, each kept state is applied to the input through
+:func:`medsat_sr.inference.upscale` (``force``: the network's output; the
+record's decision says whether the guard would keep it) and scored against
+the reference with the evaluation protocol's metric (MRI: PSNR in the head
+mask). The x axis is the fit's own wall clock (validations included,
+inference excluded). The two arms of a domain run side by side, one thread
+each, so they share whatever load the machine has. The scratch run's
+intermediate points are the progress of a 10-minute run (its cosine schedule
+spans the 10 minutes), not runs with that budget; the fine-tune points are
+those of the default one-minute fit.
+
+Usage::
+
+    nice -n 10 python benchmarks/time_to_quality.py              # every domain, both arms
+    nice -n 10 python benchmarks/time_to_quality.py --domains multiband_x2 --ft-runs 3 --scratch-runs 1
+
+Writes ``benchmarks/results/time_to_quality.txt`` (table), ``.json`` and one
+``time_to_quality_<domain>.png`` per domain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "zoo"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import _machine  # noqa: E402
+import datasets as ds  # noqa: E402
+
+RESULTS = HERE / "results"
+
+#: domain -> config, shipped model, reference (held out of the shipped weights) and crop, time marks.
+DOMAINS: dict[str, dict[str, Any]] = {
+    "mri_thick_slice": {
+        "config": "mri_thick_slice", "held_out": "UIH uMR770 T1 at 1 mm, central 96^3 block, made 4 mm thick",
+        "reference": ("uih", [32, 120, 60], [128, 216, 156]), "scale": None,
+    },
+    "mri_isotropic_x2": {
+        "config": "mri_isotropic_x2", "held_out": "UIH uMR770 T1 at 1 mm, central 96^3 block, PSF x2",
+        "reference": ("uih", [32, 120, 60], [128, 216, 156]), "scale": None,
+    },
+    "multiband_x2": {
+        "config": "multiband_x2", "held_out": "NAIP right half (columns 466-), 256 x 256 block, PSF x2",
+        "reference": ("naip_right", [200, 100], [456, 356]), "scale": None,
+    },
+}
+#: Marks (seconds of fit wall clock) at which the fit's best weights are kept.
+MARKS = {"scratch": [30.0, 60.0, 150.0, 300.0, 600.0], "finetune": [0.0, 15.0, 30.0, 60.0]}
+
+
+def reference(domain: str) -> Any:
+    """The held-out reference image of ``domain``."""
+    src, start, stop = DOMAINS[domain]["reference"]
+    img = ds.uih_1mm() if src == "uih" else ds.naip_halves()[1]
+    return ds.crop(img, start, stop)
+
+
+def case_of(domain: str) -> tuple[Any, Any]:
+    """``(config, case)``: the reference degraded with the domain profile (``holdout=0``: fit on the input)."""
+    from medsat_sr.config import load_config
+    from medsat_sr.evaluate import prepare_case
+
+    cfg = load_config(DOMAINS[domain]["config"])
+    holdout = None if cfg.profile.name in ("mri", "ct") else 0.0
+    return cfg, prepare_case(reference(domain), cfg, name=domain, scale=DOMAINS[domain]["scale"], holdout=holdout)
+
+
+def _fit_with_marks(case: Any, cfg: Any, init: Any, marks: list[float]) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """Fit on ``case.lr``; at each mark validate and keep the best weights so far."""
+    from ignite.engine import Events
+
+    from medsat_sr.train import build_trainer
+
+    trainer, _, state = build_trainer(cfg, None, images=[case.lr], init=init, progress=False)
+    kept: list[dict[str, Any]] = []
+    pending = list(marks)
+
+    def keep(engine: Any, mark: float) -> None:
+        if engine.state.iteration != state.last_validated:
+            state.validate(engine.state.iteration)  # type: ignore[attr-defined]
+        best = state.best_state or {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+        kept.append({"mark": mark, "seconds": state.elapsed(), "cpu_seconds": time.process_time(),
+                     "iteration": int(engine.state.iteration), "best_iteration": state.best_iteration,
+                     "val_psnr": state.best_psnr, "best_ssim": state.best_ssim,
+                     "state": {k: v.clone() for k, v in best.items()}})
+
+    @trainer.on(Events.STARTED)
+    def _start(engine: Any) -> None:  # registered after the trainer's first validation
+        while pending and pending[0] <= 0.0:
+            keep(engine, pending.pop(0))
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _tick(engine: Any) -> None:
+        while pending and state.elapsed() >= pending[0]:
+            keep(engine, pending.pop(0))
+
+    @trainer.on(Events.COMPLETED)
+    def _end(engine: Any) -> None:  # stopped early (early stopping, iterations): the rest keep the final best
+        while pending:
+            keep(engine, pending.pop(0))
+
+    trainer.run()
+    return trainer, state, kept
+
+
+def _apply(case: Any, cfg: Any, trainer: Any, state: Any, snap: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The input upscaled with one kept state, as ``upscale`` does after a fit of that budget."""
+    from medsat_sr.inference import upscale
+    from medsat_sr.train import _finish
+
+    state.best_state, state.best_psnr, state.best_ssim = snap["state"], snap["val_psnr"], snap["best_ssim"]
+    state.best_iteration = snap["best_iteration"]
+    fr = _finish(state, trainer)
+    res = upscale(case.lr, fit=fr, config=cfg, scale=list(case.factors) if case.kind == "volume" else None,
+                  force=True, sidecar=False, progress=False)
+    return res.image.as_tensor().detach().float().cpu().numpy(), res.record.get("decision") or {}
+
+
+def _score(cfg: Any, case: Any, images: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    from medsat_sr.evaluate import MethodRun, _score_case
+
+    runs = {m: MethodRun(name=m, kind="x", image=a, seconds=0.0, peak_rss_mb=0.0, peak_rss_increase_mb=0.0)
+            for m, a in images.items()}
+    res = _score_case(cfg, case, runs)
+    key = "psnr_masked" if case.kind == "volume" else "psnr"
+    return {m: {"psnr": float(r[key]), "ssim": r.get("ssim_masked" if case.kind == "volume" else "ssim")}
+            for m, r in res.methods.items()}
+
+
+def worker(domain: str, arm: str, runs: int, out: Path) -> None:
+    """One arm of one domain: ``runs`` fits, each scored at every mark; JSON to ``out``."""
+    from medsat_sr import zoo
+    from medsat_sr.config import load_config
+    from medsat_sr.inference import upscale
+    from medsat_sr.inference.options import DEFAULT_FINETUNE_SECONDS
+    from medsat_sr.inference.shipped import finetune_overrides
+
+    torch.set_num_threads(1)
+    base, case = case_of(domain)
+    cubic = upscale(case.lr, method="cubic", scale=list(case.factors), sidecar=False, progress=False)
+    rows: list[dict[str, Any]] = []
+    for run in range(runs):
+        if arm == "finetune":
+            name = zoo.for_config(base.name)
+            cfg = load_config(base, [*finetune_overrides(base, DEFAULT_FINETUNE_SECONDS), f"train.seed={run}"])
+            init = str(zoo.checkpoint(name))
+        else:
+            cfg, init = load_config(base, [f"train.seed={run}"]), None
+        cpu0 = time.process_time()
+        trainer, state, kept = _fit_with_marks(case, cfg, init, MARKS[arm])
+        for snap in kept:
+            img, decision = _apply(case, cfg, trainer, state, snap)
+            s = _score(cfg, case, {"model": img, "cubic": cubic.image.as_tensor().float().cpu().numpy()})
+            rows.append({"run": run, "mark": snap["mark"], "seconds": round(snap["seconds"], 1),
+                         "cpu_seconds": round(snap["cpu_seconds"] - cpu0, 1), "iteration": snap["iteration"],
+                         "val_psnr": snap["val_psnr"], "psnr": s["model"]["psnr"], "ssim": s["model"]["ssim"],
+                         "psnr_cubic": s["cubic"]["psnr"], "ssim_cubic": s["cubic"]["ssim"],
+                         "guard_keeps_model": not decision.get("forced", False)})
+            print(json.dumps({k: v for k, v in rows[-1].items()}), flush=True)
+    out.write_text(json.dumps({"domain": domain, "arm": arm, "held_out": DOMAINS[domain]["held_out"],
+                               "input_shape": [int(v) for v in case.lr.shape], "rows": rows}, indent=1))
+
+
+def _median_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for mark in sorted({r["mark"] for r in rows}):
+        rs = [r for r in rows if r["mark"] == mark]
+        out.append({"mark": mark, "n": len(rs), "seconds": statistics.median(r["seconds"] for r in rs),
+                    "iteration": int(statistics.median(r["iteration"] for r in rs)),
+                    "psnr": statistics.median(r["psnr"] for r in rs),
+                    "ssim": statistics.median(r["ssim"] for r in rs if r["ssim"] is not None),
+                    "psnr_cubic": rs[0]["psnr_cubic"], "ssim_cubic": rs[0]["ssim_cubic"],
+                    "guard": sum(bool(r["guard_keeps_model"]) for r in rs)})
+    return out
+
+
+def report(results: dict[str, dict[str, Any]], load: list[Any]) -> str:
+    """The table (and one PNG per domain)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [f"time to quality on held-out data (#15); machine: {_machine.describe()}",
+             "each arm: one thread, the two arms of a domain side by side; load average during the runs: "
+             f"{load}", "PSNR: evaluation protocol (MRI: in the head mask), dB; median of the runs at each mark",
+             ""]
+    for domain, arms in results.items():
+        lines.append(f"{domain}: {arms['finetune']['held_out']}; input {arms['finetune']['input_shape']}")
+        lines.append(f"  {'arm':9s} {'mark s':>7s} {'fit s':>7s} {'iter':>6s} {'runs':>4s} {'PSNR':>7s} "
+                     f"{'vs cubic':>8s} {'SSIM':>7s} guard keeps")
+        fig, ax = plt.subplots(figsize=(11, 6.5), dpi=110)
+        for arm, style in (("finetune", "o-"), ("scratch", "s-")):
+            med = _median_rows(arms[arm]["rows"])
+            for r in med:
+                lines.append(f"  {arm:9s} {r['mark']:7.0f} {r['seconds']:7.1f} {r['iteration']:6d} {r['n']:4d} "
+                             f"{r['psnr']:7.2f} {r['psnr'] - r['psnr_cubic']:+8.2f} {r['ssim']:7.4f} "
+                             f"{r['guard']}/{r['n']}")
+            label = "fine-tune from the shipped model" if arm == "finetune" else "from scratch (today's default)"
+            ax.plot([r["seconds"] for r in med], [r["psnr"] for r in med], style, label=label)
+        cubic = arms["finetune"]["rows"][0]
+        lines.append(f"  {'cubic':9s} {'-':>7s} {'-':>7s} {'-':>6s} {'':>4s} {cubic['psnr_cubic']:7.2f} {0:+8.2f} "
+                     f"{cubic['ssim_cubic']:7.4f}")
+        lines.append("")
+        ax.axhline(cubic["psnr_cubic"], color="gray", ls="--", label="cubic")
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlabel("fit wall-clock seconds (one thread, shared 2-core CPU)")
+        ax.set_ylabel("PSNR on the held-out reference (dB)")
+        ax.set_title(f"{domain}: {arms['finetune']['held_out']}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / f"time_to_quality_{domain}.png")
+        plt.close(fig)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--domains", nargs="+", default=list(DOMAINS), choices=list(DOMAINS))
+    p.add_argument("--ft-runs", type=int, default=3)
+    p.add_argument("--scratch-runs", type=int, default=1)
+    p.add_argument("--work", type=Path, default=Path("/tmp/time_to_quality"))
+    p.add_argument("--report-only", action="store_true", help="rebuild the table and figures from --work")
+    p.add_argument("--worker", nargs=2, metavar=("DOMAIN", "ARM"), help=argparse.SUPPRESS)
+    p.add_argument("--runs", type=int, default=1, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    a.work.mkdir(parents=True, exist_ok=True)
+    if a.worker:
+        worker(a.worker[0], a.worker[1], a.runs, a.work / f"{a.worker[0]}_{a.worker[1]}.json")
+        return 0
+    loads = []
+    for domain in a.domains if not a.report_only else []:
+        procs = [subprocess.Popen([sys.executable, __file__, "--worker", domain, arm, "--runs", str(n),
+                                   "--work", str(a.work)], stdout=open(a.work / f"{domain}_{arm}.log", "w"),
+                                  stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                 for arm, n in (("scratch", a.scratch_runs), ("finetune", a.ft_runs))]
+        for pr in procs:
+            if pr.wait() != 0:
+                print(f"{domain}: a worker failed, see {a.work}", file=sys.stderr)
+                return 1
+        loads.append(_machine.load_average())
+    results: dict[str, dict[str, Any]] = {}
+    for domain in a.domains:
+        files = {arm: a.work / f"{domain}_{arm}.json" for arm in ("finetune", "scratch")}
+        if all(f.is_file() for f in files.values()):
+            results[domain] = {arm: json.loads(f.read_text()) for arm, f in files.items()}
+    RESULTS.mkdir(exist_ok=True)
+    text = report(results, loads or ["see the runs' logs"])
+    (RESULTS / "time_to_quality.txt").write_text(text + "\n")
+    (RESULTS / "time_to_quality.json").write_text(json.dumps(results, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
