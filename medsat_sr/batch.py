@@ -96,7 +96,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -116,6 +115,8 @@ from medsat_sr.fusion import Member
 from medsat_sr.inference import upscale
 from medsat_sr.inference.members import load_member
 from medsat_sr.io import detect_format
+from medsat_sr.logs import naming
+from medsat_sr.progress import Progress
 from medsat_sr.trust import RECORD_FORMAT, jsonable, now_iso, sha256_path, sidecar_path, write_record
 
 __all__ = [
@@ -791,7 +792,8 @@ def _execute(job: Callable[[Task], Mapping[str, Any]], task: Task) -> dict[str, 
                 out.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise WriteError(f"{out}: cannot create its folder: {exc.strerror or exc}") from exc
-        res = dict(job(task) or {})
+        with naming(task.input):  # warnings name the input
+            res = dict(job(task) or {})
         if not out.exists():
             raise WriteError(f"{out}: the job finished but wrote no output")
         record = dict(res.get("record") or {})
@@ -998,9 +1000,8 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 # =============================================================== driver
 def _progress_bar(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="input", desc="batch", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    """A bar on a terminal, one line per 10 % elsewhere (:class:`medsat_sr.progress.Progress`)."""
+    return Progress(total, "batch", unit="input", enabled=enabled and total > 0)
 
 
 def run_batch(

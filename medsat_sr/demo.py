@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +44,10 @@ from typing import Any
 
 import numpy as np
 
+from medsat_sr._atomic import current_umask
 from medsat_sr.errors import ConfigError, WriteError
+from medsat_sr.inference.verdict import record_verdict, verdict_line
+from medsat_sr.logs import naming
 
 __all__ = [
     "run_demo",
@@ -119,6 +123,7 @@ class DemoResult:
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)
 
 
 def _brain_box(vol: np.ndarray, margin: int) -> tuple[list[int], list[int]]:
@@ -142,6 +147,26 @@ def _fallback(fit: Any) -> str | None:
         return (f"the fit's validation PSNR ({float(vp):.2f} dB) does not beat cubic ({float(vc):.2f} dB) on its "
                 "held-out split")
     return None
+
+
+def _mri_record(output: Path, source: Path, fit: Any, chosen: str, why: str | None) -> Path:
+    """The MR result's trust record (``<output>.json``): the model-or-cubic decision on the fit's held-out slices."""
+    from medsat_sr.trust import RECORD_FORMAT, write_record
+
+    vp, vc = getattr(fit, "val_psnr", None), getattr(fit, "val_psnr_cubic", None)
+    decision = {
+        "use_model": chosen == "model", "fell_back": why is not None and fit is not None, "forced": False,
+        "reason": why or "the model beats cubic B-spline on its held-out slices",
+        "model_score": None if vp is None else float(vp), "classical_score": None if vc is None else float(vc),
+        "classical_method": "cubic B-spline", "source": "self-supervised fit (demo)",
+    }
+    record = {
+        "format": RECORD_FORMAT, "method": "model", "input": {"path": str(source), "kind": "volume"},
+        "output": {"path": str(output), "format": "nifti"}, "decision": decision,
+        "fallback": {"applied": decision["fell_back"], "reason": why, "forced": False},
+        "settings": {"demo": "MR thick slices, self-supervised x4 through-plane"},
+    }
+    return write_record(record, output)
 
 
 def _mri(out: Path, minutes: float, progress: bool, dicom: bool, res: DemoResult) -> Any:
@@ -175,23 +200,34 @@ def _mri(out: Path, minutes: float, progress: bool, dicom: bool, res: DemoResult
     mri_dir = out / "mri"
     mri_dir.mkdir(parents=True, exist_ok=True)
     t1 = time.perf_counter()
-    res.paths["mri_input"] = write(case.lr, mri_dir / "mni_t1_4mm_slices.nii.gz", dtype="float32")
+    ref_meta = case.reference.meta
+    src_dtype = str(ref_meta.get(Key.SOURCE_DTYPE) or "float32")
+    ref_arr = np.asarray(case.reference.as_tensor().numpy())
+    lo_hi = (float(ref_arr.min()), float(ref_arr.max()))  # the template's range: outputs stay inside it
+
+    def volume(arr_in: Any) -> Any:
+        arr = torch.from_numpy(np.ascontiguousarray(np.clip(np.asarray(arr_in, dtype=np.float32), *lo_hi)))
+        return make_volume(
+            arr, np.asarray(case.reference.affine), source_dtype=src_dtype, intensity=ref_meta.get(Key.INTENSITY),
+            band_names=ref_meta.get(Key.BAND_NAMES), source_format="nifti", modality="MR",
+        )
+
+    lr = case.lr
+    res.paths["mri_input"] = write(
+        make_volume(torch.from_numpy(np.ascontiguousarray(np.clip(lr.as_tensor().numpy(), *lo_hi))), np.asarray(lr.affine),
+                    source_dtype=src_dtype, intensity=ref_meta.get(Key.INTENSITY), source_format="nifti", modality="MR"),
+        mri_dir / "mni_t1_4mm_slices.nii.gz",
+    )
     fit = fr.fits.get("model")
     why = _fallback(fit) if fit is not None else "no model was fitted"
     chosen = "cubic" if why else "model"
     if why:
         res.notes.append(f"MR: {why}; the written result is the cubic one, as medsat-sr upscale would write it")
 
-    def volume(name: str) -> Any:
-        arr = torch.from_numpy(np.ascontiguousarray(fr.outputs[name]))
-        return make_volume(
-            arr, np.asarray(case.reference.affine), source_dtype="float32", band_names=case.reference.meta.get(Key.BAND_NAMES),
-            source_format="nifti", modality="MR",
-        )
-
-    sr = volume(chosen)
-    res.paths["mri_sr_nifti"] = write(sr, mri_dir / "mni_t1_sr_1mm.nii.gz", dtype="float32")
-    res.paths["mri_cubic_nifti"] = write(volume("cubic"), mri_dir / "mni_t1_cubic_1mm.nii.gz", dtype="float32")
+    sr = volume(fr.outputs[chosen])
+    res.paths["mri_sr_nifti"] = write(sr, mri_dir / "mni_t1_sr_1mm.nii.gz")
+    res.paths["mri_cubic_nifti"] = write(volume(fr.outputs["cubic"]), mri_dir / "mni_t1_cubic_1mm.nii.gz")
+    res.paths["mri_sr_record"] = _mri_record(res.paths["mri_sr_nifti"], res.paths["mri_input"], fit, chosen, why)
     if dicom:
         desc = "MNI T1 4mm->1mm " + ("self-supervised SR" if chosen == "model" else "cubic (SR fallback)")
         res.paths["mri_sr_dicom"] = write(
@@ -199,6 +235,11 @@ def _mri(out: Path, minutes: float, progress: bool, dicom: bool, res: DemoResult
             derivation=f"medsat_sr demo: {desc}; thick slices simulated from the MNI ICBM152 2009a template",
         )
     res.timings["mri_write"] = time.perf_counter() - t1
+    res.verdicts.append(verdict_line(
+        res.paths["mri_sr_nifti"], method="model", model_score=getattr(fit, "val_psnr", None),
+        classical_score=getattr(fit, "val_psnr_cubic", None), classical_method="cubic B-spline",
+        fell_back=why is not None and fit is not None, record=res.paths["mri_sr_record"],
+    ))
     return ev
 
 
@@ -229,12 +270,13 @@ def _aerial(out: Path, minutes: float, progress: bool, res: DemoResult) -> Any:
     res.paths["aerial_sr_cog"] = Path(up.output) if up.output is not None else target
     if up.sidecar is not None:
         res.paths["aerial_sr_record"] = Path(up.sidecar)
+    res.verdicts.append(record_verdict(up.record, res.paths["aerial_sr_cog"], up.sidecar))
     res.timings["aerial_write"] = time.perf_counter() - t1
     return ev
 
 
 def run_demo(
-    out_dir: str | os.PathLike[str] = "medsat_sr_demo",
+    out_dir: str | os.PathLike[str] | None = None,
     *,
     minutes: float = DEFAULT_MINUTES,
     progress: bool = True,
@@ -244,7 +286,8 @@ def run_demo(
     """Run the demo (module docstring) into ``out_dir``.
 
     Args:
-        out_dir: the demo folder (created; existing files are replaced).
+        out_dir: the demo folder (created; existing files are replaced); ``None``: a new folder
+            ``medsat_sr_demo_*`` in the system's temporary folder (nothing is left in the current folder).
         minutes: training minutes per sample (> 0).
         progress: progress bars.
         dicom: also write the MR result as a DICOM series.
@@ -260,18 +303,24 @@ def run_demo(
     if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not math.isfinite(minutes) or minutes <= 0:
         raise ConfigError(f"minutes must be a number > 0, got {minutes!r}")
     t0 = time.perf_counter()
-    out = Path(out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if out_dir is None:
+            out = Path(tempfile.mkdtemp(prefix="medsat_sr_demo_"))
+            out.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; outputs follow the umask
+        else:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise WriteError(f"{out}: cannot create the demo folder: {exc.strerror or exc}") from exc
+        raise WriteError(f"{out_dir or tempfile.gettempdir()}: cannot create the demo folder: {exc.strerror or exc}") from exc
     res = DemoResult(out_dir=out)
     say = echo or (lambda s: None)
     say(f"medsat-sr demo: two real samples, {minutes:g} min of self-supervised training each, into {out}")
     say("  1/3 MR: thick slices (4 mm) from the MNI T1 template, self-supervised x4 through-plane ...")
-    ev_mri = _mri(out, float(minutes), progress, dicom, res)
+    with naming(sample_path(MRI_SAMPLE)):
+        ev_mri = _mri(out, float(minutes), progress, dicom, res)
     say("  2/3 aerial: 4-band 5 m scene, self-supervised x2 (fit on the left half, scored on the right half) ...")
-    ev_aer = _aerial(out, float(minutes), progress, res)
+    with naming(sample_path(AERIAL_SAMPLE)):
+        ev_aer = _aerial(out, float(minutes), progress, res)
     say("  3/3 report ...")
     t1 = time.perf_counter()
     from medsat_sr.report import write_report
@@ -330,6 +379,7 @@ def summary_lines(res: DemoResult, minutes: float) -> list[str]:
         "mri_input": "MR thick-slice input (NIfTI)",
         "mri_sr_nifti": "MR result, 1 mm (NIfTI)",
         "mri_sr_dicom": "MR result, 1 mm (DICOM series)",
+        "mri_sr_record": "its trust record (JSON)",
         "mri_cubic_nifti": "MR cubic B-spline, for comparison",
         "aerial_sr_cog": "aerial x2 result, 2.5 m (COG)",
         "aerial_sr_record": "its trust record (JSON)",
@@ -339,4 +389,5 @@ def summary_lines(res: DemoResult, minutes: float) -> list[str]:
     for key, label in labels_p.items():
         if key in res.paths:
             lines.append(f"    {label:<38} {res.paths[key]}")
+    lines.extend(res.verdicts)
     return lines

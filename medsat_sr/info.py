@@ -166,18 +166,27 @@ def describe(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
     return out
 
 
+def _text(v: Any) -> str:
+    """A value for people: floats to 6 significant digits (``--json`` keeps them all)."""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_text(x) for x in v) + "]"
+    return str(v)
+
+
 def format_description(d: dict[str, Any]) -> str:
-    """Human-readable lines for :func:`describe`'s result."""
+    """Human-readable lines for :func:`describe`'s result (numbers to 6 significant digits)."""
     lines = [f"{d['path']}  ({d['format']})"]
     if "series" in d:
         lines.append(f"series found: {len(d['series'])}")
         for i, s in enumerate(d["series"], 1):
-            lines.append("  " + f"[{i}] " + ", ".join(f"{k}={v}" for k, v in s.items() if v not in (None, "")))
+            lines.append("  " + f"[{i}] " + ", ".join(f"{k}={_text(v)}" for k, v in s.items() if v not in (None, "")))
     if "groups" in d:
         for g in d["groups"]:
             lines.append(f"  group {g['grid']}: {' '.join(g['bands'])}")
     skip = {"path", "format", "series", "groups", "affine", "transform"}
     for k, v in d.items():
         if k not in skip:
-            lines.append(f"{k:>14}: {v}")
+            lines.append(f"{k:>14}: {_text(v)}")
     return "\n".join(lines)

@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import inspect
 import json
 import logging
 import math
@@ -91,6 +92,7 @@ from torch import nn
 from medsat_sr.models.upsample import interpolate
 from medsat_sr.errors import ConfigError, DataError, ModelError
 from medsat_sr.normalise import Normaliser
+from medsat_sr.progress import Progress
 
 __all__ = [
     "FitResult",
@@ -883,7 +885,7 @@ def build_trainer(
         es = EarlyStopping(
             patience=t.early_stopping.patience,
             score_function=lambda e: float(e.state.metrics["val_psnr"]),
-            trainer=trainer, min_delta=t.early_stopping.min_delta,
+            trainer=trainer, **_es_threshold(EarlyStopping, t.early_stopping.min_delta),
         )
         evaluator.add_event_handler(Events.COMPLETED, es)
         state.early_stopping = es
@@ -977,16 +979,48 @@ def build_trainer(
             state.stopped_by = "early_stopping"
 
     if progress:
-        from ignite.handlers import ProgressBar
-
-        ProgressBar(persist=False).attach(
-            trainer, output_transform=lambda out: {"loss": float(out["loss"])} if isinstance(out, Mapping) else {}
-        )
+        _attach_progress(trainer, state, Events)
     if resume:
         if rd is None:
             raise ConfigError("resume needs a run folder")
         _restore(state, trainer)
     return trainer, evaluator, state
+
+
+def _es_threshold(early_stopping: Any, min_delta: float) -> dict[str, float]:
+    """EarlyStopping's least improvement: ``threshold`` (ignite >= 0.5.3), ``min_delta`` before (deprecated since)."""
+    params = inspect.signature(early_stopping.__init__).parameters
+    return {"threshold" if "threshold" in params else "min_delta": float(min_delta)}
+
+
+def _attach_progress(trainer: Any, state: TrainState, events: Any) -> None:
+    """One progress over the whole fit: iterations and the wall-clock budget, whichever ends first.
+
+    A bar on a terminal (closed, full, when the budget ends the fit); off a
+    terminal one line per 10 % (:class:`medsat_sr.progress.Progress`).
+    """
+    t = state.cfg.train
+    bar: list[Progress] = []
+
+    @trainer.on(events.STARTED)
+    def _open(engine: Any) -> None:
+        left = max(1, int(t.max_iterations) - int(engine.state.iteration))
+        budget = 60.0 * float(t.max_minutes) - state.elapsed() if t.max_minutes else None
+        bar.append(Progress(left, "training", unit="iteration", budget_s=budget))
+
+    @trainer.on(events.ITERATION_COMPLETED)
+    def _step(engine: Any) -> None:
+        out = engine.state.output
+        loss = f"loss {float(out['loss']):.4f}" if isinstance(out, Mapping) and "loss" in out else ""
+        best = f", best val PSNR {state.best_psnr:.2f} dB" if math.isfinite(state.best_psnr) else ""
+        bar[-1].set_postfix_str(loss + best)
+        bar[-1].update()
+
+    @trainer.on(events.COMPLETED)
+    def _close(engine: Any) -> None:
+        if bar:
+            by = {"time": "stopped by the time budget", "early_stopping": "stopped early (no improvement)"}
+            bar[-1].close(by.get(state.stopped_by or "", ""))
 
 
 def _metric_row(state: TrainState, iteration: int) -> dict[str, Any]:

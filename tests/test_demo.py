@@ -8,6 +8,8 @@ and that the summary names the numbers and the paths.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +24,35 @@ from medsat_sr.io import read
 pytestmark = pytest.mark.slow
 
 
+def _modes(root: Path) -> tuple[set[str], set[str]]:
+    """The modes of every folder and every file under ``root`` (itself included)."""
+    dirs = {oct(stat.S_IMODE(root.stat().st_mode))}
+    files = set()
+    for p in root.rglob("*"):
+        (dirs if p.is_dir() else files).add(oct(stat.S_IMODE(p.stat().st_mode)))
+    return dirs, files
+
+
 def test_demo_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    code = main(["demo", "-o", str(out), "--minutes", "0.05"])
-    text = capsys.readouterr().out
+    old = os.umask(0o022)
+    try:
+        code = main(["demo", "-o", str(out), "--minutes", "0.05"])
+    finally:
+        os.umask(old)
+    captured = capsys.readouterr()
+    text = captured.out
     assert code == 0, text
+    # every writer (NIfTI, DICOM, COG, records, checkpoints, metrics, report, figures) follows the umask
+    assert _modes(out) == ({"0o755"}, {"0o644"})
+    # off a terminal: no bar redraws, a line per stage and per 10 %
+    assert "\r" not in captured.err and len(captured.err) < 20_000, captured.err[-2000:]
+    # a verdict per case, last: what was written, vs cubic, fallback, trust record
+    verdicts = [line for line in text.splitlines() if line.startswith("verdict: ")]
+    assert len(verdicts) == 2 and text.strip().splitlines()[-2:] == verdicts
+    assert "mni_t1_sr_1mm.nii.gz: " in verdicts[0] and "mni_t1_sr_1mm.nii.gz.json" in verdicts[0]
+    assert "rgbn_aerial_2.5m_sr.tif: " in verdicts[1] and "rgbn_aerial_2.5m_sr.tif.json" in verdicts[1]
+    assert all("vs cubic" in v or "vs GDAL cubic" in v or "vs cubic B-spline" in v for v in verdicts), verdicts
     assert "medsat-sr demo: done in" in text
     assert "MR thick slices" in text and "aerial RGBN x2" in text and "vs cubic" in text
     for name in ("mni_t1_4mm_slices.nii.gz", "mni_t1_sr_1mm.nii.gz", "rgbn_aerial_2.5m_sr.tif", "report.html"):
@@ -39,6 +65,10 @@ def test_demo_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sr = read(out / "mri" / "mni_t1_sr_1mm.nii.gz")
     assert thick.meta["spacing"] == pytest.approx((1.0, 1.0, 4.0))
     assert sr.meta["spacing"] == pytest.approx((1.0, 1.0, 1.0))
+    # the MR outputs keep the template's dtype and range (as upscale does)
+    for img in (thick, sr):
+        assert img.meta["source_dtype"] == src.meta["source_dtype"] == "uint8"
+        assert float(img.min()) >= float(src.min()) and float(img.max()) <= float(src.max())
     assert sr.shape[1:3] == thick.shape[1:3] and sr.shape[3] == 4 * thick.shape[3]
     assert tuple(sr.shape[1:3]) == tuple(b - a for a, b in zip(start[:2], stop[:2]))
     np.testing.assert_allclose(

@@ -41,6 +41,8 @@ LAYERS: dict[str, int] = {
     "medsat_sr.pansharpen_metrics": 0,  # pan-sharpening indices: Q2n, QNR, HQNR (#17)
     "medsat_sr.image": 0,
     "medsat_sr.samples": 0,  # a data package (sample files only)
+    "medsat_sr.logs": 0,  # CLI logging set-up, JSON lines, warnings that name their file
+    "medsat_sr.progress": 0,  # tqdm bars on a terminal, a line per 10 % elsewhere
     # 1: formats, networks, declarative knowledge
     "medsat_sr.io": 1,
     "medsat_sr.models": 1,

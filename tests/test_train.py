@@ -66,8 +66,8 @@ def tif(tmp_path: Path) -> Path:
 # ------------------------------------------------------------------ CLI
 def test_cli_train_20_iterations(tmp_path: Path, tif: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    sets = [*TINY, "train.max_iterations=20", "train.val_every=10", f"data.inputs=[{tif}]"]
-    args = ["train", "--config", "multiband_x2", "-o", str(run), "-q"]
+    sets = [*TINY, "train.max_iterations=20", "train.val_every=10"]
+    args = ["train", str(tif), "--config", "multiband_x2", "-o", str(run), "-q"]  # INPUT, as in the README
     for s in sets:
         args += ["--set", s]
     assert main(args) == 0
@@ -100,11 +100,25 @@ def test_cli_dry_run_prints_resolved_config(tmp_path: Path, capsys: pytest.Captu
     import yaml
 
     run = tmp_path / "dry"
-    assert main(["train", "--config", "mri_thick_slice", "-o", str(run), "--dry-run", "--set", "train.max_iterations=7"]) == 0
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes(b"")  # a dry run checks that INPUT exists, reads nothing
+    assert main(["train", str(scan), "--config", "mri_thick_slice", "-o", str(run), "--dry-run",
+                 "--set", "train.max_iterations=7"]) == 0
     doc = yaml.safe_load(capsys.readouterr().out)
     assert doc["train"]["max_iterations"] == 7 and doc["domain"]["name"] == "mri"
+    assert doc["data"]["inputs"] == [str(scan)]
     assert doc["model"]["name"] == "edsr"
     assert not run.exists()
+
+
+def test_cli_dry_run_with_nothing_to_train_on_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--config", "mri_thick_slice", "-o", str(tmp_path / "dry"), "--dry-run"]) == 2
+    assert "nothing to train on" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.nii.gz"), "--config", "mri_thick_slice", "-o", str(tmp_path / "d"),
+                 "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.nii.gz: no such file or folder" in err and len(err.strip()) <= 200 + len(str(tmp_path))
+    assert not (tmp_path / "dry").exists()
 
 
 def test_cli_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

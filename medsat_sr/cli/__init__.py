@@ -62,7 +62,7 @@ COMMANDS: dict[str, str] = {
     "models": "medsat_sr.cli.models",
 }
 
-_GLOBAL_FLAGS = frozenset({"-q", "--quiet", "-v", "--verbose", "--debug"})
+_GLOBAL_FLAGS = frozenset({"-q", "--quiet", "-v", "--verbose", "--debug", "--log-json"})
 
 
 def _module(command: str) -> ModuleType:
@@ -137,19 +137,56 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace | int:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    level = logging.WARNING
-    if getattr(args, "verbose", False):
-        level = logging.DEBUG
-    elif getattr(args, "quiet", False):
-        level = logging.ERROR
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("medsat_sr").setLevel(level)
+    from medsat_sr.logs import setup
+
+    setup(verbose=bool(getattr(args, "verbose", False)), quiet=bool(getattr(args, "quiet", False)),
+          json_lines=bool(getattr(args, "log_json", False)))
 
 
 def _one_line(message: str) -> str:
     """Fold a multi-line message (a list of candidates, say) into one line."""
     parts = [p.strip() for p in message.splitlines() if p.strip()]
     return parts[0] + (" " + "; ".join(parts[1:]) if len(parts) > 1 else "") if parts else message
+
+
+#: Longest error text printed without ``--debug`` (the rest: ``--debug``).
+MAX_ERROR_CHARS = 200
+
+
+def _length(text: str) -> int:
+    """Length of ``text`` with each path counted as its file name (the user's own paths do not count against it)."""
+    return sum(len(w.rsplit("/", 1)[-1]) if "/" in w[1:] else len(w) for w in text.split(" ")) + text.count(" ")
+
+
+def _short(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``message`` in one line of at most about ``limit`` characters besides paths.
+
+    A longer message keeps its first clause (the file and the problem) and its
+    last (usually what to do); the middle goes with ``--debug``.
+    """
+    text = _one_line(message)
+    if _length(text) <= limit + 100:  # an authored message a little over the limit stays whole
+        return text
+    clauses = text.split("; ")
+    if len(clauses) > 2:
+        kept = f"{clauses[0]}; ...; {clauses[-1]}"
+        if _length(kept) <= limit + 40:
+            return kept + " (--debug for the rest)"
+    head_n = int(0.6 * limit) + len(text) - _length(text)  # paths do not count
+    head = text[: text.rfind(" ", 0, head_n) if " " in text[:head_n] else head_n].rstrip(" ,;(")
+    tail_at = text.find(" ", len(text) - int(0.35 * limit))
+    tail = text[tail_at + 1 :] if tail_at > len(head) else ""
+    return f"{head} ... {tail} (--debug for the rest)" if tail else f"{head} ... (--debug for the rest)"
+
+
+def _report(args: argparse.Namespace, text: str, **fields: object) -> None:
+    """Print an error line on stderr (a JSON object with ``--log-json``)."""
+    if getattr(args, "log_json", False):
+        import json
+
+        print(json.dumps({"level": "error", "logger": "medsat_sr", "message": text, **fields}), file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,15 +206,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        print("medsat-sr: interrupted", file=sys.stderr)
+        _report(args, "medsat-sr: interrupted", event="interrupted")
         return EXIT_INTERRUPTED
     except MedsatError as exc:
         if args.debug:
             raise
-        print(f"medsat-sr: error: {_one_line(str(exc))}", file=sys.stderr)
+        _report(args, f"medsat-sr: error: {_short(str(exc))}", event="error", error=type(exc).__name__)
         return EXIT_WRITE if isinstance(exc, WriteError) else EXIT_BAD_INPUT
     except Exception as exc:  # noqa: BLE001 - last-resort handler of the CLI
         if args.debug:
             raise
-        print(f"medsat-sr: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr)
+        _report(args, f"medsat-sr: internal error: {type(exc).__name__}: {_short(str(exc), 150)} (rerun with --debug for "
+                "details)", event="error", error=type(exc).__name__)
         return EXIT_INTERNAL

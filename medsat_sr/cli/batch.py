@@ -78,6 +78,22 @@ def _print_summary(result: Any) -> None:
     )
 
 
+def _print_verdicts(result: Any) -> None:
+    """One verdict line per input, from its trust record (failed inputs: the error goes to stderr)."""
+    from medsat_sr.inference.verdict import PREFIX, record_verdict
+
+    for it in result.items:
+        if it["status"] == "failed":
+            print(f"{PREFIX} {it['input']}: failed, nothing written (error below)")
+            continue
+        try:
+            record = json.loads(open(it["sidecar"], encoding="utf-8").read())
+        except (OSError, TypeError, ValueError):
+            record = {"method": it.get("method"), "decision": {"fell_back": bool(it.get("fallback"))}}
+        line = record_verdict(record, it.get("output"), it.get("sidecar"))
+        print(line + (" (skipped: already complete)" if it["status"] == "skipped" else ""))
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the batch; return 0, or 4 when some inputs failed (listed on stderr)."""
     from medsat_sr.batch import failure_text, run_batch
@@ -109,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{it['status']:6s} {it['input']} -> {what}{extra}")
         return EXIT_OK
     if not args.quiet:
+        _print_verdicts(result)
         _print_summary(result)
     if result.failed:
         print(f"medsat-sr: error: {result.failed} of {len(result.items)} inputs failed:", file=sys.stderr)

@@ -22,7 +22,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "self-supervised SR (NIfTI and DICOM outputs), sharpen the scene x2 (COG output), and write an evaluation "
         "report against cubic. Prints the headline numbers and where everything went. Nothing is downloaded.",
     )
-    p.add_argument("-o", "--output", default="medsat_sr_demo", metavar="DIR", help="output folder (default ./medsat_sr_demo)")
+    p.add_argument("-o", "--output", metavar="DIR",
+                   help="output folder (default: a new medsat_sr_demo_* folder in the system's temporary folder)")
     p.add_argument(
         "--minutes",
         type=float,

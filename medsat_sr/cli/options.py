@@ -25,7 +25,7 @@ __all__ = [
 
 
 def global_flags(default: Any) -> argparse.ArgumentParser:
-    """A parent parser with ``-q``, ``-v`` and ``--debug``.
+    """A parent parser with ``-q``, ``-v``, ``--debug`` and ``--log-json``.
 
     The top-level parser takes them with ``default=False``; every command
     repeats them with ``default=argparse.SUPPRESS``, so that
@@ -42,6 +42,8 @@ def global_flags(default: Any) -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", default=default, help="print only errors")
     p.add_argument("-v", "--verbose", action="store_true", default=default, help="log debug messages")
     p.add_argument("--debug", action="store_true", default=default, help="show tracebacks on errors")
+    p.add_argument("--log-json", action="store_true", default=default,
+                   help="log one JSON object per event on stderr (for batch pipelines); no progress bars")
     return p
 
 

@@ -1,8 +1,10 @@
-"""``medsat-sr train --config CFG -o RUN_DIR``: supervised, self-supervised or fine-tune."""
+"""``medsat-sr train INPUT... -o RUN_DIR --config CFG``: supervised, self-supervised or fine-tune."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 from medsat_sr.cli import EXIT_OK
@@ -16,10 +18,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
         help=HELP,
-        description="Train as the config says (train.mode: supervised, self_supervised or finetune) into RUN_DIR: "
-        "best/last checkpoints (safetensors + JSON), metrics.csv and curves.png. Fixed config keys: "
-        "data.inputs, train.max_iterations, train.max_minutes, train.mode, model.name, scale.",
+        description="Train on INPUT files or folders as the config says (train.mode: supervised, self_supervised or "
+        "finetune) into RUN_DIR: best/last checkpoints (safetensors + JSON), metrics.csv and curves.png. INPUT "
+        "replaces the config's data.inputs. Fixed config keys: data.inputs, train.max_iterations, train.max_minutes, "
+        "train.mode, model.name, scale.",
     )
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="training images (files or folders); default: the config's data.inputs")
     add_config(p, required=True)
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder (created)")
     add_set(p)
@@ -36,6 +41,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     from medsat_sr.config import load_config
 
     overrides = list(args.set or [])
+    if getattr(args, "inputs", None):
+        overrides.append("data.inputs=" + json.dumps([str(Path(p)) for p in args.inputs]))
     if args.init:
         base = load_config(args.config, [o for o in overrides if o.replace(" ", "").startswith("train.mode=")])
         if base.train.mode != "finetune":  # --init means: start from this checkpoint
@@ -49,8 +56,14 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Train into ``args.output`` (or print the resolved config with ``--dry-run``); return the exit code."""
     from medsat_sr.config import load_config
+    from medsat_sr.errors import ConfigError, DataError
 
+    for p in args.inputs or []:
+        if not Path(p).exists():
+            raise DataError(f"{p}: no such file or folder")
     cfg = load_config(args.config, _overrides(args))
+    if not (cfg.data.inputs or cfg.data.pairs):
+        raise ConfigError(f"{args.config}: nothing to train on: give INPUT files or folders (or data.inputs in the config)")
     if args.dry_run:
         print(cfg.to_yaml(), end="")
         return EXIT_OK

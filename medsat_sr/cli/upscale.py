@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from medsat_sr.errors import ConfigError
     from medsat_sr.inference.api import upscale
     from medsat_sr.inference.options import given_flags
+    from medsat_sr.inference.verdict import record_verdict
 
     given = [name for name, v in (("--config", args.config), ("--model", args.model), ("--method", args.method)) if v]
     if len(given) != 1:
@@ -129,4 +130,5 @@ def run(args: argparse.Namespace) -> int:
         for p in (result.output, result.std_output, result.sidecar):
             if p is not None:
                 print(p)
+        print(record_verdict(result.record, result.output, result.sidecar))
     return EXIT_OK

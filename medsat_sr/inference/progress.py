@@ -1,20 +1,19 @@
-"""Progress over the tiles, slices and planes of a run: a bar on a terminal, nothing elsewhere."""
+"""Progress over the tiles, slices and planes of a run: a bar on a terminal, a line per 10 % elsewhere."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tqdm.auto import tqdm
+from medsat_sr.progress import iterate
 
 
 def progress_over(items: Sequence[Any], enabled: bool, desc: str, unit: str = "tile") -> Iterable[Any]:
-    """``items`` wrapped in a tqdm bar when ``enabled``, there is more than one item and stderr is a terminal.
+    """``items`` with progress when ``enabled`` and there is more than one item.
 
-    Off a terminal (a batch log, a redirected run) bar redraws would only fill
-    the log, so the items come back as they are and the caller logs stages.
+    On a terminal a tqdm bar; off a terminal (a batch log, a redirected run)
+    no redraws, one log line per 10 % (:class:`medsat_sr.progress.Progress`).
     """
-    if not enabled or len(items) <= 1 or not sys.stderr.isatty():
+    if not enabled or len(items) <= 1:
         return items
-    return tqdm(items, desc=desc, unit=unit)
+    return iterate(items, desc, unit=unit)

@@ -16,7 +16,9 @@ path with no suffix is a DICOM series folder (volumes) or a band folder
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from monai.data import MetaTensor
 
 from medsat_sr.errors import DataError, FormatError
 from medsat_sr.image import BandSet, is_raster
+from medsat_sr.logs import naming
 
 __all__ = ["read", "write", "detect_format", "output_format", "FORMATS"]
 
@@ -100,6 +103,19 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     )
 
 
+def _names_file(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Warnings raised inside ``fn`` name the file it reads or writes (:func:`medsat_sr.logs.naming`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        path = kwargs.get("path", args[0] if fn.__name__ == "read" else args[1] if len(args) > 1 else None)
+        with naming(path):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_names_file
 def read(path: str | os.PathLike[str], **options: Any) -> MetaTensor | BandSet:
     """Read an image, a DICOM series or a band folder.
 
@@ -152,6 +168,7 @@ def output_format(path: str | os.PathLike[str], format: str | None = None) -> st
     )
 
 
+@_names_file
 def write(image: MetaTensor | BandSet, path: str | os.PathLike[str], *, format: str | None = None, **options: Any) -> Path:
     """Write an image atomically.
 

@@ -1,0 +1,123 @@
+"""The plain verdict line that ends every ``upscale``, ``batch`` item and ``demo`` case (issue #13).
+
+One line says what was written, with which method, how it scored on
+held-out pixels against the classical result, whether the run fell back,
+and where its trust record is::
+
+    verdict: out.tif: model, +2.25 dB vs GDAL cubic on held-out pixels (31.42 vs 29.17 dB); no fallback; record out.tif.json
+
+Standard library only: :func:`verdict_line` takes plain values and
+:func:`record_verdict` reads them from a trust record (the dict of
+:meth:`~medsat_sr.inference.record.TrustRecord.to_dict`, or its JSON sidecar).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["verdict_line", "record_verdict", "PREFIX"]
+
+#: What every verdict line starts with (easy to grep in a batch log).
+PREFIX = "verdict:"
+
+
+def _score(value: Any) -> float | None:
+    """A finite float, or ``None``."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def verdict_line(
+    output: str | os.PathLike[str] | None,
+    *,
+    method: str,
+    model_score: float | None = None,
+    classical_score: float | None = None,
+    classical_method: str | None = None,
+    fell_back: bool = False,
+    forced: bool = False,
+    record: str | os.PathLike[str] | None = None,
+    unit: str = "dB",
+) -> str:
+    """The verdict of one written product, in one line.
+
+    Args:
+        output: what was written (``None``: nothing, e.g. a dry run).
+        method: what produced the network's result (``"model"``, ``"ensemble of 3 models"``)
+            or the classical method asked for (``"cubic"``).
+        model_score: the network's held-out score (PSNR in dB unless ``unit`` says otherwise).
+        classical_score: the classical result's score on the same pixels.
+        classical_method: what a fallback writes (``"GDAL cubic"``, ``"cubic B-spline"``).
+        fell_back: a network was available but the classical result was written.
+        forced: the network was kept although it did not pass.
+        record: the trust record's path (``None``: none written).
+        unit: ``"dB"`` (a difference is printed) or ``"ratio"`` (model / classical).
+
+    Returns:
+        ``"verdict: <output>: <what>; <fallback>; record <path>"``.
+    """
+    base = classical_method or "cubic"
+    m, c = _score(model_score), _score(classical_score)
+    if m is not None and c is not None:
+        if unit == "ratio":
+            versus = f"{m / c:.2f}x {base} on held-out pixels ({m:.3g} vs {c:.3g})" if c else f"{m:.3g} vs {base} {c:.3g}"
+        else:
+            versus = f"{m - c:+.2f} dB vs {base} on held-out pixels ({m:.2f} vs {c:.2f} dB)"
+    else:
+        versus = None
+    learned = method not in {"cubic", "linear", "nearest", "lanczos"} or m is not None
+    if fell_back:
+        what = f"{base} (fell back: the {method} scored {versus})" if versus else f"{base} (fell back from the {method})"
+        fallback = "fell back"
+    elif not learned:
+        what = f"{method} (a classical method was asked for; no held-out comparison)"
+        fallback = "no model"
+    else:
+        what = f"{method}, {versus}" if versus else f"{method} (no held-out score recorded; applied as it is)"
+        fallback = "kept by --force although it did not pass" if forced else "no fallback"
+    where = str(output) if output is not None else "nothing written"
+    rec = f"record {record}" if record is not None else "no trust record"
+    return f"{PREFIX} {where}: {what}; {fallback}; {rec}"
+
+
+def record_verdict(
+    record: Mapping[str, Any],
+    output: str | os.PathLike[str] | None = None,
+    sidecar: str | os.PathLike[str] | None = None,
+) -> str:
+    """The verdict line of a trust record (the sidecar's content).
+
+    Args:
+        record: the record (``method``, ``decision``, ``output.path``).
+        output: the written product (default: the record's ``output.path``).
+        sidecar: the record's own path, when written.
+
+    Returns:
+        The line of :func:`verdict_line`.
+    """
+    d = record.get("decision")
+    d = d if isinstance(d, Mapping) else {}
+    fb = record.get("fallback")
+    fb = fb if isinstance(fb, Mapping) else {}
+    out_info = record.get("output")
+    if output is None and isinstance(out_info, Mapping):
+        output = out_info.get("path")
+    method = str(record.get("method") or "model")
+    return verdict_line(
+        output,
+        method=method,
+        model_score=d.get("model_score"),
+        classical_score=d.get("classical_score"),
+        classical_method=d.get("classical_method"),
+        fell_back=bool(d.get("fell_back", fb.get("applied", False))),
+        forced=bool(d.get("forced", fb.get("forced", False))),
+        record=sidecar,
+    )

@@ -1,0 +1,164 @@
+"""Logging for people and for batch logs, and the verdict line (issue #13)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import Affine
+
+from medsat_sr import logs
+from medsat_sr.cli import _short, main
+from medsat_sr.inference.verdict import PREFIX, record_verdict, verdict_line
+from medsat_sr.progress import Progress
+
+
+@pytest.fixture
+def stream() -> io.StringIO:
+    """The CLI's logging set-up writing to a string (restored to stderr afterwards)."""
+    buf = io.StringIO()
+    logs.setup(stream=buf)
+    yield buf
+    logs.setup()
+
+
+def test_off_a_terminal_progress_is_one_line_per_ten_percent(stream: io.StringIO) -> None:
+    p = Progress(400, "training", unit="iteration")
+    for _ in range(400):
+        p.set_postfix_str("loss 0.0123")
+        p.update()
+    p.close()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue()
+    assert len(lines) == 11  # started, 10 % ... 90 %, 100 %
+    assert lines[0] == "training: started (400 iterations)"
+    assert lines[3].startswith("training: 30% (iteration 120 of 400") and lines[3].endswith("loss 0.0123")
+    assert lines[-1].startswith("training: 100% (iteration 400 of 400")
+
+
+def test_a_budget_drives_the_progress_and_its_end_is_said(stream: io.StringIO) -> None:
+    p = Progress(10**6, "training", unit="iteration", budget_s=0.2)
+    while p.fraction() < 1.0:
+        time.sleep(0.01)
+        p.update()
+    p.close("stopped by the time budget")
+    lines = stream.getvalue().splitlines()
+    assert "budget 0.2 s" in lines[0] and len(lines) <= 12
+    assert lines[-1].startswith("training: 100% (") and lines[-1].endswith("; stopped by the time budget")
+
+
+def test_quiet_shows_no_progress() -> None:
+    buf = io.StringIO()
+    logs.setup(quiet=True, stream=buf)
+    try:
+        with Progress(10, "upscale", unit="tile") as p:
+            p.update(10)
+        logging.getLogger("medsat_sr.io.nifti").warning("hidden")
+    finally:
+        logs.setup()
+    assert buf.getvalue() == ""
+
+
+def test_warnings_name_their_file_once(stream: io.StringIO) -> None:
+    log = logging.getLogger("medsat_sr.io.nifti")
+    with logs.naming("/data/out.nii.gz"):
+        log.warning("%d voxels clipped to the %s range", 12, "uint8")
+        log.warning("/data/out.nii.gz: already named")
+    log.warning("no file in scope")
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        "WARNING medsat_sr.io.nifti: /data/out.nii.gz: 12 voxels clipped to the uint8 range",
+        "WARNING medsat_sr.io.nifti: /data/out.nii.gz: already named",
+        "WARNING medsat_sr.io.nifti: no file in scope",
+    ]
+
+
+def test_reader_and_writer_name_the_file(stream: io.StringIO, tmp_path: Path) -> None:
+    from medsat_sr.image import make_volume
+    from medsat_sr.io import write
+
+    vol = make_volume(np.full((1, 3, 3, 3), 300.0, np.float32), np.eye(4), source_dtype="uint8")
+    out = write(vol, tmp_path / "clipped.nii.gz")
+    assert f"{out}: 27 voxels clipped" in stream.getvalue()
+
+
+def test_log_json_is_one_object_per_event(tmp_path: Path) -> None:
+    buf = io.StringIO()
+    logs.setup(json_lines=True, stream=buf)
+    try:
+        with logs.naming("scene.tif"):
+            with Progress(20, "upscale", unit="tile") as p:
+                p.update(20)
+            logging.getLogger("medsat_sr.io.geotiff").warning("5 pixels clipped")
+    finally:
+        logs.setup()
+    events = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert [e["event"] for e in events[:-1]] == ["progress", "progress"] and events[-2]["percent"] == 100
+    assert events[-1]["level"] == "warning" and events[-1]["file"] == "scene.tif"
+    assert events[-1]["message"] == "scene.tif: 5 pixels clipped"
+
+
+def test_verdict_lines() -> None:
+    won = verdict_line("out.tif", method="model", model_score=31.42, classical_score=29.17,
+                       classical_method="GDAL cubic", record="out.tif.json")
+    assert won == (f"{PREFIX} out.tif: model, +2.25 dB vs GDAL cubic on held-out pixels (31.42 vs 29.17 dB); "
+                   "no fallback; record out.tif.json")
+    lost = verdict_line("o.nii.gz", method="model", model_score=28.1, classical_score=28.5,
+                        classical_method="cubic B-spline", fell_back=True, record="o.nii.gz.json")
+    assert "o.nii.gz: cubic B-spline (fell back: the model scored -0.40 dB vs cubic B-spline" in lost
+    assert "; fell back; record o.nii.gz.json" in lost
+    asked = verdict_line("c.tif", method="cubic", record=None)
+    assert "a classical method was asked for" in asked and asked.endswith("no trust record")
+    ratio = verdict_line("e.tif", method="model", model_score=0.9, classical_score=0.6, unit="ratio")
+    assert "1.50x cubic" in ratio
+
+
+def test_verdict_from_a_trust_record() -> None:
+    record = {"method": "model", "output": {"path": "a.tif"},
+              "decision": {"use_model": False, "fell_back": True, "model_score": 20.0, "classical_score": 21.0,
+                           "classical_method": "GDAL cubic"}}
+    line = record_verdict(record, sidecar="a.tif.json")
+    assert line.startswith(f"{PREFIX} a.tif: GDAL cubic (fell back") and "-1.00 dB" in line
+
+
+def test_error_lines_are_short() -> None:
+    long = "/data/scan.nii.gz: " + "; ".join(f"candidate {i} does not match the grid" for i in range(40))
+    text = _short(long)
+    assert text.startswith("/data/scan.nii.gz: candidate 0") and len(text) <= 230 and text.endswith("(--debug for the rest)")
+    assert _short("short message") == "short message"
+
+
+def _raster(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    with rasterio.open(path, "w", driver="GTiff", width=40, height=30, count=2, dtype="uint8", crs="EPSG:32631",
+                       transform=Affine(10, 0, 300000, 0, -10, 4000000)) as dst:
+        dst.write((rng.random((2, 30, 40)) * 200).astype(np.uint8))
+    return path
+
+
+def test_upscale_ends_with_a_verdict_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x2.tif"
+    assert main(["upscale", str(_raster(tmp_path / "in.tif")), "-o", str(out), "--method", "cubic", "--scale", "2"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"{PREFIX} {out}: cubic") and last.endswith(f"record {out}.json")
+
+
+def test_batch_gives_a_verdict_per_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = _raster(tmp_path / "a.tif"), _raster(tmp_path / "b.tif")
+    assert main(["batch", str(a), str(b), "-o", str(tmp_path / "out"), "--method", "cubic", "--scale", "2"]) == 0
+    verdicts = [line for line in capsys.readouterr().out.splitlines() if line.startswith(PREFIX)]
+    assert len(verdicts) == 2 and all("record " in v and "_sr.tif" in v for v in verdicts)
+
+
+def test_cli_error_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--log-json", "info", str(tmp_path / "missing.nii.gz")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    event = json.loads(err[0])
+    assert event["level"] == "error" and "missing.nii.gz" in event["message"]
