@@ -66,6 +66,7 @@ __all__ = [
     "gdal_resize",
     "BASELINES",
     "upsample",
+    "resample_affine",
 ]
 
 #: The classical methods, by name.
@@ -417,3 +418,42 @@ def resample_raster_window(
             near = work[:, nearest_rows[:, None], nearest_cols[None, :]]
             dst[holes] = near[holes]
     return dst
+
+
+def resample_affine(data: np.ndarray | torch.Tensor, matrix: np.ndarray, out_shape: Sequence[int], *,
+                    order: int = 3, outside: float = float("nan")) -> np.ndarray:
+    """Resample a 3D array onto another grid related by an affine map (cubic B-spline by default).
+
+    Output voxel ``o`` takes the input's value at index ``matrix @ [o, 1]``
+    (``matrix`` is 4x4 or 3x4: output index to input index, e.g.
+    ``inv(A_in) @ M @ A_out`` for voxel-centre affines). Used where grids are
+    rotated relative to each other (multi-stack baselines); axis-aligned
+    upscaling uses :func:`resample_volume`.
+
+    Args:
+        data: ``(X, Y, Z)`` array.
+        matrix: output index -> input index.
+        out_shape: output size.
+        order: spline order (3: cubic B-spline, 1: linear, 0: nearest).
+        outside: value of output voxels whose position is outside the input (NaN marks them).
+
+    Returns:
+        float32 ``(*out_shape)``.
+
+    Raises:
+        GeometryError: not a 3D array, or a matrix of the wrong shape.
+    """
+    from scipy import ndimage
+
+    arr = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+    m = np.asarray(matrix, dtype=np.float64)
+    if arr.ndim != 3 or m.shape not in ((4, 4), (3, 4)) or len(out_shape) != 3:
+        raise GeometryError(f"resample_affine needs a 3D array, a 4x4 or 3x4 matrix and 3 sizes, got {arr.shape}, {m.shape}")
+    # mode "constant": positions inside the input's first-to-last voxel centres are interpolated
+    # (mirror extension for the spline), positions outside get NaN
+    out = ndimage.affine_transform(arr.astype(np.float32, copy=False), m[:3, :3], offset=m[:3, 3],
+                                   output_shape=tuple(int(v) for v in out_shape), order=order,
+                                   mode="constant", cval=np.nan, prefilter=order > 1)
+    if not np.isnan(outside):
+        out = np.where(np.isnan(out), outside, out)
+    return out.astype(np.float32, copy=False)

@@ -1,0 +1,160 @@
+"""The forward model: each stack is its slice profile applied to the resampled volume.
+
+For stack ``k`` with affine ``A_k``, rigid motion ``M_k`` (world to world: the
+stack's voxel at world position ``p`` saw the anatomy that sits at ``M_k p``
+in the output frame) and the output grid's affine ``A_v``, voxel ``i`` of the
+stack is::
+
+    y_k[i] = sum_j w_j  v( A_v^-1 M_k A_k (i + u_j n) )
+
+where ``n`` is the stack's slice axis, ``u_j`` are offsets in slices spanning
+``+-psf_truncate`` sigma of the Gaussian slice profile (FWHM = thickness)
+every ``psf_step`` output voxels, ``w_j`` the normalised Gaussian weights, and
+``v(.)`` trilinear interpolation of the volume (zero outside the grid). Only
+the voxels of the stack's region of interest are simulated. The operator is
+linear in ``v`` and differentiable in ``M_k`` (registration) and ``v``
+(its adjoint is autograd's vector-Jacobian product).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsat_sr.multistack.stacks import Grid, Stack
+
+__all__ = ["rigid_matrix", "psf_offsets", "StackOperator", "make_operator"]
+
+
+def rigid_matrix(params: torch.Tensor, centre: torch.Tensor, radius: float) -> torch.Tensor:
+    """A 4x4 rigid transform from 6 parameters.
+
+    Args:
+        params: ``(6,)``: a rotation vector times ``radius`` (so that all six are
+            millimetres of displacement at ``radius`` from the centre) and a
+            translation in mm.
+        centre: ``(3,)`` world point the rotation is about.
+        radius: scale of the rotation parameters (mm).
+
+    Returns:
+        ``(4, 4)`` float64 matrix ``p -> R (p - c) + c + t``.
+    """
+    r = params[:3].double() / radius
+    t = params[3:].double()
+    theta = torch.sqrt((r * r).sum() + 1e-24)
+    k = r / theta
+    zero = torch.zeros((), dtype=torch.float64)
+    kx = torch.stack([torch.stack([zero, -k[2], k[1]]), torch.stack([k[2], zero, -k[0]]),
+                      torch.stack([-k[1], k[0], zero])])
+    rot = torch.eye(3, dtype=torch.float64) + torch.sin(theta) * kx + (1 - torch.cos(theta)) * (kx @ kx)
+    c = centre.double()
+    m = torch.eye(4, dtype=torch.float64)
+    m = m.index_put((torch.arange(3)[:, None], torch.arange(3)[None, :]), rot)
+    m = m.index_put((torch.arange(3), torch.full((3,), 3)), c + t - rot @ c)
+    return m
+
+
+def psf_offsets(stack: Stack, grid_spacing: float, step: float, truncate: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Through-plane sample offsets (in slices) and weights of the slice profile.
+
+    Args:
+        stack: the stack (its thickness and slice spacing).
+        grid_spacing: the output voxel size (mm).
+        step: sampling step in output voxels.
+        truncate: half-width in profile sigmas.
+
+    Returns:
+        ``(offsets, weights)``, each ``(S,)`` float32, weights summing to 1.
+    """
+    sigma = stack.sigma_mm
+    dmm = step * grid_spacing
+    half = max(0, int(math.floor(truncate * sigma / dmm)))
+    pos_mm = np.arange(-half, half + 1, dtype=np.float64) * dmm
+    w = np.exp(-0.5 * (pos_mm / sigma) ** 2)
+    w /= w.sum()
+    return torch.tensor(pos_mm / stack.slice_spacing, dtype=torch.float32), torch.tensor(w, dtype=torch.float32)
+
+
+@dataclass
+class StackOperator:
+    """The forward model of one stack restricted to its region of interest.
+
+    Attributes:
+        stack: the stack.
+        index: ``(N, 3)`` voxel indices of the region of interest (float64).
+        y: ``(N,)`` the observed values there.
+        slice_id: ``(N,)`` the slice of each voxel.
+        offsets, weights: the slice profile samples (:func:`psf_offsets`).
+        vol_inv: ``A_v^-1`` of the output grid (float64).
+        grid_shape: the output grid's shape.
+        motion: ``(4, 4)`` the stack's rigid motion ``M_k`` (float64).
+    """
+
+    stack: Stack
+    index: torch.Tensor
+    y: torch.Tensor
+    slice_id: torch.Tensor
+    offsets: torch.Tensor
+    weights: torch.Tensor
+    vol_inv: torch.Tensor
+    grid_shape: tuple[int, int, int]
+    motion: torch.Tensor
+    inside: torch.Tensor | None = None
+    _cache: torch.Tensor | None = None
+
+    @property
+    def n_slices(self) -> int:
+        """Slices of the stack."""
+        return self.stack.shape[self.stack.slice_axis]
+
+    def grid(self, motion: torch.Tensor | None = None, subset: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised ``grid_sample`` coordinates ``(1, S, N, 1, 3)`` for a motion (default: the stack's)."""
+        m = self.motion if motion is None else motion
+        idx = self.index if subset is None else self.index[subset]
+        axis = self.stack.slice_axis
+        aff = torch.as_tensor(self.stack.affine, dtype=torch.float64)
+        total = self.vol_inv @ m @ aff  # stack voxel -> output voxel
+        base = idx @ total[:3, :3].T + total[:3, 3]  # (N, 3)
+        step = total[:3, axis]  # one slice along the normal, in output voxels
+        pts = base[None, :, :] + self.offsets.double()[:, None, None] * step[None, None, :]  # (S, N, 3)
+        size = torch.tensor(self.grid_shape, dtype=torch.float64)
+        norm = 2.0 * pts / (size - 1) - 1.0
+        return norm.flip(-1).float()[None, :, :, None, :]
+
+    def cache(self) -> None:
+        """Keep the sampling grid of the current motion (used by every solver iteration).
+
+        Also sets :attr:`inside`: the voxels whose whole slice profile falls inside the output grid
+        (the others would see the zero padding and are left out of the fit).
+        """
+        with torch.no_grad():
+            self._cache = self.grid()
+            self.inside = (self._cache.abs() <= 1.0).all(dim=-1)[0, :, :, 0].all(dim=0)
+
+    def apply(self, volume: torch.Tensor, motion: torch.Tensor | None = None,
+              subset: torch.Tensor | None = None) -> torch.Tensor:
+        """Simulate the stack's region of interest from ``volume`` ``(X, Y, Z)``: ``(N,)`` (or the subset)."""
+        if motion is None and subset is None and self._cache is not None:
+            g = self._cache
+        else:
+            g = self.grid(motion, subset)
+        samples = F.grid_sample(volume[None, None], g, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return (samples[0, 0, :, :, 0] * self.weights[:, None]).sum(dim=0)
+
+
+def make_operator(stack: Stack, grid: Grid, *, motion: np.ndarray | torch.Tensor | None = None,
+                  step: float = 0.5, truncate: float = 2.5) -> StackOperator:
+    """The :class:`StackOperator` of ``stack`` on ``grid`` (identity motion unless given)."""
+    roi = stack.roi()
+    index = torch.nonzero(roi).double()
+    offsets, weights = psf_offsets(stack, grid.spacing, step, truncate)
+    m = torch.eye(4, dtype=torch.float64) if motion is None else torch.as_tensor(motion, dtype=torch.float64).clone()
+    return StackOperator(
+        stack=stack, index=index, y=stack.data[roi].float(), slice_id=index[:, stack.slice_axis].long(),
+        offsets=offsets, weights=weights, vol_inv=torch.as_tensor(np.linalg.inv(grid.affine), dtype=torch.float64),
+        grid_shape=grid.shape, motion=m,
+    )
