@@ -65,6 +65,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.inference": 3,
     # 4: jobs built on upscaling
     "medsat_sr.evaluate": 4,
+    "medsat_sr.evaluate_bands": 4,  # band sets by Wald's protocol: per-band RMSE, SAM, ERGAS (#13)
     "medsat_sr.batch": 4,
     "medsat_sr.report": 4,
     "medsat_sr.report_plain": 4,

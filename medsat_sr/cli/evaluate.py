@@ -21,7 +21,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "training pairs), or take explicit --pair LR HR images; upscale with every method (the profile's classical "
         "baselines always, plus --methods: cubic, linear, nearest, lanczos, model); score on the reference grid: PSNR "
         "(explicit data range, whole and masked), SSIM (3D and per slice for volumes), MAE, MSE, and for rasters "
-        "per-band PSNR/RMSE, SAM and ERGAS; time and peak memory per method. 'model' is each --model checkpoint, or a "
+        "per-band PSNR/RMSE, SAM and ERGAS; time and peak memory per method. Band folders (Sentinel-2): Wald's protocol on "
+        "every group, per-band RMSE, SAM and ERGAS of cubic and each --model, in REPORT_DIR/metrics.json. 'model' is each --model checkpoint, or a "
         "self-supervised fit when the config's train.mode is self_supervised. REPORT_DIR gets metrics.json, "
         "metrics.csv, PNG figures and a self-contained report.html.",
     )
@@ -74,6 +75,37 @@ def _print_results(ev: Any, output: str) -> None:
     print(f"report: {Path(output) / 'report.html'}")
 
 
+def _band_sets(references: list[str]) -> bool:
+    """Whether every reference is a band folder (a mix is refused: evaluate them apart)."""
+    from medsat_sr.errors import ConfigError
+    from medsat_sr.io import detect_format
+
+    kinds = {detect_format(r) == "bandset" for r in references}
+    if kinds == {True, False}:
+        raise ConfigError("give band folders and single images to separate `evaluate` runs")
+    return kinds == {True}
+
+
+def _run_band_sets(args: argparse.Namespace) -> int:
+    """Band sets: Wald's protocol, per-band RMSE, SAM and ERGAS (:mod:`medsat_sr.evaluate_bands`)."""
+    import json
+
+    from medsat_sr._atomic import atomic_path
+    from medsat_sr.evaluate_bands import evaluate_bandset, format_bandset_result
+
+    results = [evaluate_bandset(r, args.config, models=list(args.model or []), overrides=list(args.set or []))
+               for r in args.references]
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps({"band_sets": results}, indent=2) + "\n", encoding="utf-8")
+    if not args.quiet:
+        for r in results:
+            print("\n".join(format_bandset_result(r)))
+        print(f"metrics: {out / 'metrics.json'}")
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write the report into ``args.output``; return the exit code."""
     from medsat_sr.errors import ConfigError
@@ -82,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     pairs = [tuple(p) for p in (args.pair or [])]
     if not args.references and not pairs:
         raise ConfigError("nothing to evaluate: give high-resolution REFERENCE files or --pair LR HR")
+    if not pairs and _band_sets(args.references):
+        return _run_band_sets(args)
     ev = evaluate(
         args.references,
         args.config,
