@@ -73,7 +73,9 @@ class FileNamer(logging.Filter):
         if path is None or record.levelno < logging.WARNING:
             return True
         message = record.getMessage()
-        if path not in message and os.path.basename(path) not in message:
+        head = message.split(": ", 1)[0]
+        names_a_file = "/" in head or "\\" in head  # the message starts with another file's path
+        if not names_a_file and path not in message and os.path.basename(path) not in message:
             record.msg, record.args = f"{path}: {message}", None
         return True
 

@@ -70,11 +70,13 @@ def test_warnings_name_their_file_once(stream: io.StringIO) -> None:
     with logs.naming("/data/out.nii.gz"):
         log.warning("%d voxels clipped to the %s range", 12, "uint8")
         log.warning("/data/out.nii.gz: already named")
+        log.warning("/data/other.tif: 3 values clipped")  # a message about another file keeps its own name
     log.warning("no file in scope")
     lines = stream.getvalue().splitlines()
     assert lines == [
         "WARNING medsat_sr.io.nifti: /data/out.nii.gz: 12 voxels clipped to the uint8 range",
         "WARNING medsat_sr.io.nifti: /data/out.nii.gz: already named",
+        "WARNING medsat_sr.io.nifti: /data/other.tif: 3 values clipped",
         "WARNING medsat_sr.io.nifti: no file in scope",
     ]
 
