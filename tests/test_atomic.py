@@ -127,3 +127,36 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
 def test_unwritable_folder_is_a_write_error(tmp_path: Path) -> None:
     with pytest.raises(WriteError, match="does not exist"), atomic_path(tmp_path / "missing" / "a.nii"):
         pass
+
+
+def _modes_under(root: Path) -> tuple[set[str], set[str]]:
+    """Modes of everything below ``root`` (not ``root`` itself: pytest makes it 0700)."""
+    dirs: set[str] = set()
+    files: set[str] = set()
+    for p in root.rglob("*"):
+        (dirs if p.is_dir() else files).add(oct(_mode(p)))
+    return dirs, files
+
+
+def test_every_other_writer_follows_umask(tmp_path: Path, umask: int) -> None:
+    """COG, band folder, checkpoint, batch outputs and batch.jsonl (NIfTI/GeoTIFF/DICOM/JSON above; the demo
+    test covers the report, figures, metrics.csv and run folders)."""
+    from medsat_sr.checkpoint import save_checkpoint
+    from medsat_sr.cli import main
+    from medsat_sr.image import BandSet
+    from medsat_sr.models import build_model
+
+    r10 = make_raster(np.ones((2, 8, 8), np.float32), (10.0, 0.0, 300000.0, 0.0, -10.0, 4000000.0), crs="EPSG:32631",
+                      band_names=["B02", "B03"], source_dtype="uint16")
+    r20 = make_raster(np.ones((1, 4, 4), np.float32), (20.0, 0.0, 300000.0, 0.0, -20.0, 4000000.0), crs="EPSG:32631",
+                      band_names=["B05"], source_dtype="uint16")
+    io.write(BandSet(groups={"10m": r10, "20m": r20}), tmp_path / "bands")
+    io.write(r10, tmp_path / "cog.tif", format="cog")
+    (tmp_path / "ckpt").mkdir()  # as train does with its run folder
+    save_checkpoint(tmp_path / "ckpt" / "best", build_model("edsr", spatial_dims=2, in_channels=1, scale=2,
+                                                            features=4, n_blocks=1))
+    assert main(["batch", str(tmp_path / "cog.tif"), "-o", str(tmp_path / "batch"), "--method", "cubic",
+                 "--scale", "2", "-q"]) == 0
+    dirs, files = _modes_under(tmp_path)
+    assert dirs == {oct(0o777 & ~umask)} and files == {oct(0o666 & ~umask)}
+    assert {"batch.jsonl", "cog_sr.tif", "cog_sr.tif.json"} <= {p.name for p in (tmp_path / "batch").iterdir()}
