@@ -116,7 +116,7 @@ def read_scene(inputs: Inputs) -> Scene:
     pprof, pan, pvalid = _read(inputs.pan, masked_zero)
     if pprof["count"] != 1:
         raise DataError(f"{inputs.pan}: the pan file has {pprof['count']} bands, expected 1")
-    planes, valids, names = [], [], []
+    planes, valids = [], []
     ref = None
     for f in inputs.ms:
         prof, data, valid = _read(f, masked_zero)
@@ -129,8 +129,8 @@ def read_scene(inputs: Inputs) -> Scene:
             raise GeometryError(f"{f}: MS band grid differs from {inputs.ms[0].name}'s")
         planes.append(data)
         valids.append(valid)
-        names += [f.stem if inputs.bands is None or len(inputs.ms) == 1 else ""] * data.shape[0]
-    assert ref is not None  # resolve() returns at least one MS file
+    if ref is None:
+        raise DataError(f"{inputs.pan}: no MS band file to sharpen")
     ratio, phase = grid_relation(pprof["transform"], ref["transform"], where=str(inputs.pan))
     ms = np.concatenate(planes)
     ms_valid = np.concatenate(valids).all(axis=0)
