@@ -78,7 +78,7 @@ from monai.data import IterableDataset
 from scipy import ndimage
 
 from medsat_sr import baselines, degrade
-from medsat_sr.errors import ConfigError, DataError, GeometryError
+from medsat_sr.errors import ConfigError, DataError, GeometryError, numbers_text
 from medsat_sr.geometry import scale_affine, scale_transform
 from medsat_sr.image import BandSet, Key, is_raster, is_volume
 from medsat_sr.normalise import Normaliser, data_range as _data_range, valid_mask
@@ -978,7 +978,7 @@ def _slicewise_source(prep: _Prepared, cfg: Any, *, supervised: bool, holdout: b
         if len(ups) != 1:
             raise ConfigError(
                 f"{cfg.source}: supervised slice-profile training needs one axis with a factor > 1 "
-                f"(e.g. scale: [1, 1, 4]), got {scale}"
+                f"(e.g. scale: [1, 1, 4]), got {numbers_text(scale)}"
             )
         t = ups[0]
         target = spacing[t]
@@ -993,7 +993,7 @@ def _slicewise_source(prep: _Prepared, cfg: Any, *, supervised: bool, holdout: b
         if f_scale <= 1.0:
             raise ConfigError(
                 f"{cfg.source}: self-supervised thick-slice training needs a through-plane factor > 1 on axis {t}, "
-                f"got scale {scale} for spacing {spacing}"
+                f"got scale {numbers_text(scale)} for spacing {numbers_text(spacing)} mm"
             )
         target = spacing[t] / f_scale
         inplane = [spacing[i] for i in range(3) if i != t]
@@ -1051,10 +1051,10 @@ def _aligned_source(prep: _Prepared, cfg: Any, *, holdout: bool, lr_image: torch
         factors = cfg.scale_for(spacing)
     factors = [float(f) for f in factors]
     if len(factors) != nd:
-        raise ConfigError(f"{cfg.source}: scale {factors} does not fit an image with {nd} spatial axes")
+        raise ConfigError(f"{cfg.source}: scale {numbers_text(factors)} does not fit an image with {nd} spatial axes")
     if not all(_is_int(f) for f in factors):
         raise ConfigError(
-            f"{cfg.source}: {p.degradation.model!r} pairs need integer factors per axis, got {factors}; "
+            f"{cfg.source}: {p.degradation.model!r} pairs need integer factors per axis, got {numbers_text(factors)}; "
             "non-integer factors are supported for slice-profile (thick-slice) pairs"
         )
     ints = [int(round(f)) for f in factors]

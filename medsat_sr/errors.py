@@ -17,7 +17,27 @@ __all__ = [
     "ModelError",
     "DataError",
     "WriteError",
+    "numbers_text",
 ]
+
+
+def numbers_text(values: object, digits: int = 4) -> str:
+    """Numbers for a message: ``[1, 1, 3.99999997]`` -> ``"[1, 1, 4]"``, ``18.50000155`` -> ``"18.5"``.
+
+    Args:
+        values: a number or a sequence (list, tuple, array) of numbers.
+        digits: significant digits.
+    """
+    try:
+        seq = [float(v) for v in values]  # type: ignore[union-attr]
+    except TypeError:
+        try:
+            return f"{float(values):.{digits}g}"  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return str(values)
+    except ValueError:
+        return str(values)
+    return "[" + ", ".join(f"{v:.{digits}g}" for v in seq) + "]"
 
 
 class MedsatError(Exception):

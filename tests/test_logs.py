@@ -164,3 +164,11 @@ def test_cli_error_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert code == 2 and len(err) == 1
     event = json.loads(err[0])
     assert event["level"] == "error" and "missing.nii.gz" in event["message"]
+
+
+def test_numbers_in_messages_have_sensible_precision() -> None:
+    from medsat_sr.errors import numbers_text
+
+    assert numbers_text([1.0, 1.0, 3.9999999700000002]) == "[1, 1, 4]"
+    assert numbers_text(18.50000155) == "18.5" and numbers_text((0.48828125, 0.48828125)) == "[0.4883, 0.4883]"
+    assert numbers_text("auto") == "auto"

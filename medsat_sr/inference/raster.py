@@ -28,7 +28,7 @@ import torch
 from monai.data import MetaTensor
 
 from medsat_sr import baselines
-from medsat_sr.errors import ConfigError, FormatError, GeometryError, MedsatError, ModelError
+from medsat_sr.errors import ConfigError, FormatError, GeometryError, MedsatError, ModelError, numbers_text
 from medsat_sr.fusion import Ensemble, Member
 from medsat_sr.geometry import as_scale, crop_transform, effective_scale, scale_transform, scaled_shape
 from medsat_sr.image import Key
@@ -491,4 +491,4 @@ def _check_model_scale(members: list[Member], scale: Any) -> None:
     if len(s) != 2:
         raise ModelError(f"a raster needs a 2D model; this one has scale {list(s)}")
     if scale is not None and not np.allclose(as_scale(scale, 2), s, atol=1e-6):
-        raise ModelError(f"the model upscales by {list(s)}, but scale {scale} was asked for")
+        raise ModelError(f"the model upscales by {numbers_text(s)}, but scale {numbers_text(scale)} was asked for")
