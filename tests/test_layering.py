@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr._resources": 0,
     "medsat_sr.geometry": 0,
     "medsat_sr.degrade": 0,
+    "medsat_sr.estimate": 0,
     "medsat_sr.baselines": 0,
     "medsat_sr.metrics": 0,
     "medsat_sr.pansharpen_metrics": 0,  # pan-sharpening indices: Q2n, QNR, HQNR (#17)
