@@ -172,3 +172,18 @@ def test_numbers_in_messages_have_sensible_precision() -> None:
     assert numbers_text([1.0, 1.0, 3.9999999700000002]) == "[1, 1, 4]"
     assert numbers_text(18.50000155) == "18.5" and numbers_text((0.48828125, 0.48828125)) == "[0.4883, 0.4883]"
     assert numbers_text("auto") == "auto"
+
+
+def test_early_stopping_is_built_without_a_deprecation_warning() -> None:
+    import warnings
+
+    from ignite.engine import Engine
+    from ignite.handlers import EarlyStopping
+
+    from medsat_sr.train import _es_threshold
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        es = EarlyStopping(patience=2, score_function=lambda e: 0.0, trainer=Engine(lambda e, b: None),
+                           **_es_threshold(EarlyStopping, 0.01))
+    assert getattr(es, "threshold", getattr(es, "min_delta", None)) == 0.01
