@@ -1,4 +1,4 @@
-"""Train the shipped revisit-fusion weights (medsat_sr/zoo/revisit_x3.safetensors + .json model card).
+"""Train the shipped revisit-fusion weights (medsat_sr/revisit/shipped/revisit_x3.safetensors + .json model card).
 
 The scenes are real, the acquisition is simulated (medsat_sr.revisit.simulate):
 random sub-pixel shifts, a Gaussian sensor PSF (degrade.psf_decimate), noise,
@@ -13,7 +13,7 @@ The top 75 % of rows of each band trains, the bottom 25 % validates (model choic
 and the metrics stored in the JSON). The Landsat 8 scene of
 benchmarks/multi_image_revisit.py (its 15 m pan band) is held out of everything.
 
-    nice -n 10 python benchmarks/train_revisit.py [--minutes 7] [--out medsat_sr/zoo/revisit_x3]
+    nice -n 10 python benchmarks/train_revisit.py [--minutes 7] [--out medsat_sr/revisit/shipped/revisit_x3]
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=7.0)
     ap.add_argument("--iterations", type=int, default=900)
-    ap.add_argument("--out", default=str(ROOT / "medsat_sr" / "zoo" / "revisit_x3"))
+    ap.add_argument("--out", default=str(ROOT / "medsat_sr" / "revisit" / "shipped" / "revisit_x3"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)

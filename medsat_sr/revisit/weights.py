@@ -1,6 +1,6 @@
 """The shipped weights of the learned fusion (safetensors + JSON), and loading any such checkpoint.
 
-``medsat_sr/zoo/revisit_x3.{safetensors,json}`` (listed by ``medsat-sr models``) was trained by
+``medsat_sr/revisit/shipped/revisit_x3.{safetensors,json}`` was trained by
 ``benchmarks/train_revisit.py`` (:mod:`medsat_sr.revisit.train`) on simulated
 revisits of real scenes; its JSON records the scenes, the settings and the
 validation cPSNR of the network and of the classical fusions (validation
@@ -15,12 +15,11 @@ from typing import Any
 
 from medsat_sr.checkpoint import load_checkpoint
 from medsat_sr.revisit.network import RevisitNet, build_revisit_net
-from medsat_sr.zoo import ZOO_DIR
 
 __all__ = ["DEFAULT_WEIGHTS", "load_fusion"]
 
 #: The shipped checkpoint's stem.
-DEFAULT_WEIGHTS: Path = ZOO_DIR / "revisit_x3"
+DEFAULT_WEIGHTS: Path = Path(__file__).resolve().parent / "shipped" / "revisit_x3"
 
 
 def load_fusion(path: str | os.PathLike[str] | None = None, device: str = "cpu") -> tuple[RevisitNet, dict[str, Any]]:
