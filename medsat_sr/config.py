@@ -166,6 +166,15 @@ ScaleValue = Annotated[float | list[float] | Literal["auto"], BeforeValidator(_p
 
 
 def _parse_spacing(value: Any) -> Any:
+def _degradation_word(value: Any) -> Any:
+    """``degradation: auto`` / ``profile``: shorthand for ``{estimate: auto}`` / no override (#14)."""
+    if value == "auto":
+        return {"estimate": "auto"}
+    if value == "profile":
+        return {}
+    return value
+
+
     if value is None:
         return None
     if _is_number(value):
@@ -445,7 +454,8 @@ class JobConfig(StrictModel):
         model: the network.
         train: training mode, budget and optimisation.
         bands: raster band roles.
-        degradation: partial override merged over the profile's degradation.
+        degradation: partial override merged over the profile's degradation;
+            ``auto`` estimates the input's degradation first (:mod:`medsat_sr.estimate`).
         normalisation: partial override of the profile's normalisation
             (a different ``method`` replaces it).
         metrics: partial override of the profile's metric settings.
@@ -464,7 +474,8 @@ class JobConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     bands: BandsConfig = Field(default_factory=BandsConfig)
-    degradation: Annotated[dict[str, Any], OverrideOf(DegradationSpec)] = Field(default_factory=dict)
+    degradation: Annotated[dict[str, Any], OverrideOf(DegradationSpec), BeforeValidator(_degradation_word)] = Field(
+        default_factory=dict)
     normalisation: Annotated[dict[str, Any], OverrideOf(Normalisation)] = Field(default_factory=dict)
     metrics: Annotated[dict[str, Any], OverrideOf(MetricSpec)] = Field(default_factory=dict)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
@@ -684,6 +695,24 @@ def _cross_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
     """Rules that need the domain profile."""
     out: list[Problem] = []
     raster = p.kind == "raster"
+def with_degradation(cfg: JobConfig, override: Mapping[str, Any]) -> JobConfig:
+    """A copy of ``cfg`` whose degradation override also holds ``override`` (an estimate, #14).
+
+    The copy's ``estimate`` is ``"profile"``: it degrades with the values given.
+
+    Raises:
+        ConfigError: the merged degradation is not a valid profile.
+    """
+    merged = _merge(dict(cfg.degradation), {**dict(override), "estimate": "profile"})
+    out = cfg.model_copy(update={"degradation": merged})
+    out._source = cfg._source
+    out._profile = None
+    profile, problems = _effective_profile(out, base_dir=None)
+    raise_problems(problems, source=cfg._source, what="config")
+    out._profile = profile
+    return out
+
+
     ndim = 2 if raster else 3
     if isinstance(cfg.scale, list) and len(cfg.scale) != ndim:
         out.append(

@@ -77,7 +77,7 @@ from monai.data import IterableDataset
 
 from scipy import ndimage
 
-from medsat_sr import baselines, degrade
+from medsat_sr import baselines, degradation_auto, degrade
 from medsat_sr.errors import ConfigError, DataError, GeometryError, numbers_text
 from medsat_sr.geometry import scale_affine, scale_transform
 from medsat_sr.image import BandSet, Key, is_raster, is_volume
@@ -1229,9 +1229,12 @@ def make_training_set(
             mode = cfg.train.finetune_pairs or "self_supervised"
     if mode not in ("self_supervised", "supervised"):
         raise ConfigError(f"unknown pair mode {mode!r}")
+    items = list(images) if isinstance(images, (list, tuple)) else ([] if images is None else [images])
+    estimate_rec: dict[str, Any] | None = None
+    if mode == "self_supervised" and not pairs and items and degradation_auto.wants_estimate(cfg):
+        cfg, estimate_rec = degradation_auto.apply_estimate(cfg, items[0])  # pairs and held-out split from it
     p = cfg.profile
     seed = int(cfg.train.seed if seed is None else seed)
-    items = list(images) if isinstance(images, (list, tuple)) else ([] if images is None else [images])
     sources: list[PairSource] = []
     val_sources: list[PairSource] = []
     guide_names: list[str] = []
@@ -1353,6 +1356,8 @@ def make_training_set(
         "min_valid_fraction": float(cfg.data.min_valid_fraction),
         "background_probability": float(cfg.data.background_probability),
     })
+    if estimate_rec is not None:
+        info["degradation_estimate"] = estimate_rec
     return TrainingSet(
         kind=kind,
         train=train,

@@ -410,6 +410,10 @@ class DegradationSpec(StrictModel):
         kspace: parameters of ``kspace``.
         noise: noise added after decimation (:func:`medsat_sr.degrade.add_noise`).
         references: where the model and its parameters come from.
+        estimate: ``"profile"`` (use the parameters above as given) or
+            ``"auto"``: measure the input's slice profile or PSF first
+            (:mod:`medsat_sr.estimate`) and degrade with the estimate
+            (``degradation: auto`` in a job config).
     """
 
     model: Literal["slice_profile", "psf", "kspace"]
@@ -418,6 +422,7 @@ class DegradationSpec(StrictModel):
     kspace: KSpaceSpec = Field(default_factory=KSpaceSpec)
     noise: NoiseSpec = Field(default_factory=NoiseSpec)
     references: list[str] = Field(default_factory=list)
+    estimate: Literal["profile", "auto"] = "profile"
 
 
 # =============================================================== metrics

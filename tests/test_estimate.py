@@ -78,3 +78,36 @@ def test_band_psf_bad_inputs() -> None:
         estimate_band_psf(np.ones((64, 64)), np.ones((32, 32)), 1)
     with pytest.raises(ConfigError, match="one band"):
         estimate_band_psf(np.ones((2, 3, 64, 64)), np.ones((32, 32)), 2)
+
+
+# ------------------------------------------------------------------ degradation: auto (config, pairs, record)
+def test_config_degradation_auto_validates() -> None:
+    from medsat_sr.config import load_config, with_degradation
+
+    cfg = load_config("mri_thick_slice", ["degradation=auto"])
+    assert cfg.profile.degradation.estimate == "auto"
+    assert load_config("mri_thick_slice").profile.degradation.estimate == "profile"
+    est = with_degradation(cfg, {"model": "slice_profile", "slice_profile": {"shape": "rect", "fwhm": 3.0}})
+    assert est.profile.degradation.estimate == "profile"  # the copy degrades with the values given
+    assert est.profile.degradation.slice_profile.shape == "rect" and est.profile.degradation.slice_profile.fwhm == 3.0
+    with pytest.raises(ConfigError, match="degradation"):
+        load_config("mri_thick_slice", ["degradation=sometimes"])
+
+
+def test_auto_builds_pairs_from_the_estimate_and_records_it() -> None:
+    from medsat_sr.config import load_config
+    from medsat_sr.data import make_training_set
+    from medsat_sr.image import make_volume
+
+    hr = torch.from_numpy(_field((64, 64, 96), 1.2).astype(np.float32))[None]
+    lr = degrade.slice_profile(hr, 3, thickness=6.0, spacing=4.0, profile="gaussian")  # thicker than the spacing
+    vol = make_volume(lr * 100, np.diag([1.0, 1.0, 4.0, 1.0]))
+    cfg = load_config("mri_thick_slice", ["degradation=auto", "train.patch_size=24", "train.batch_size=2"])
+    ts = make_training_set(vol, cfg)
+    est = ts.info["degradation_estimate"]
+    assert est["used"] and abs(est["fwhm_mm"] / 6.0 - 1) <= 0.15, est
+    assert est["override"]["slice_profile"]["fwhm"] == pytest.approx(est["fwhm_mm"], abs=1e-3)
+    # the pairs are made with the estimate (the source's recipe), not the profile's FWHM = spacing
+    assert ts.sources[0].recipe.slice_fwhm == pytest.approx(est["fwhm_mm"], rel=1e-3)
+    agree = est["profile_agreement"]
+    assert agree["ratio"] == pytest.approx(est["fwhm_mm"] / 4.0, rel=0.05) and agree["strong"] is True

@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.geometry": 0,
     "medsat_sr.degrade": 0,
     "medsat_sr.estimate": 0,
+    "medsat_sr.degradation_auto": 2,
     "medsat_sr.baselines": 0,
     "medsat_sr.metrics": 0,
     "medsat_sr.pansharpen_metrics": 0,  # pan-sharpening indices: Q2n, QNR, HQNR (#17)

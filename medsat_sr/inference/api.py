@@ -136,7 +136,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -348,6 +348,9 @@ def _fitted(fit: Any, device: str) -> tuple[Member, dict[str, Any], dict[str, An
         "source": (meta.get("start") or {}).get("source", "self-supervised fit on the input"),
         "metrics": meta.get("metrics"),
     }
+    est = (meta.get("task") or {}).get("degradation_estimate")
+    if est is not None:  # degradation: auto (#14): what was measured, how sure, how far from the profile
+        record["degradation_estimate"] = est
     vp, vc = getattr(fit, "val_psnr", None), getattr(fit, "val_psnr_cubic", None)
     validation = None
     if vp is not None and vc is not None:
@@ -537,6 +540,9 @@ def upscale(
     profile = _profile(cfg, mem.members)
     decision = decide(mem.members, mem.validations, classical_method=_classical_name(src, profile),
                       margin_db=opts.min_gain_db, force=opts.force)
+    agree = ((mem.fit_meta.get("task") or {}).get("degradation_estimate") or {}).get("profile_agreement") or {}
+    if agree.get("strong"):  # the self-check says when the input's measured degradation is not the profile's
+        decision = replace(decision, reason=f"{decision.reason or ''} Degradation: {agree['text']}.".strip())
     run = dict(src=src, mem=mem, decision=decision, method=method, scale=scale, opts=opts, profile=profile,
                cfg=cfg, out_path=out_path, fmt=fmt, progress=progress)
     t0 = time.perf_counter()

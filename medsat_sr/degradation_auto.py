@@ -1,0 +1,177 @@
+"""``degradation: auto``: estimate the input's degradation, then degrade with the estimate (#14).
+
+A job config (or profile) whose ``degradation.estimate`` is ``"auto"``
+measures its self-supervised input first (:mod:`medsat_sr.estimate`) and
+gets a copy of itself whose degradation override holds the estimate, so
+the training pairs and the held-out split go through THE recipe
+(:func:`medsat_sr.degrade.recipe`) with the measured parameters. Nothing
+here degrades anything.
+
+* volumes with one thick axis: the slice profile (shape, FWHM, gap);
+* a band set (guided): each target band's Gaussian PSF relative to the
+  finest guide band, as an MTF at the target Nyquist;
+* a single raster: each band's own PSF across scales, turned into the blur
+  that makes the input look, ``scale`` times coarser, as it looks now.
+
+An estimate whose confidence is below :data:`MIN_CONFIDENCE` is not used:
+the profile stays, and the record says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+
+from medsat_sr import degrade, estimate
+from medsat_sr.config import JobConfig, with_degradation
+from medsat_sr.errors import ConfigError
+from medsat_sr.image import BandSet, Key, is_raster, is_volume
+
+__all__ = ["MIN_CONFIDENCE", "MISMATCH", "wants_estimate", "apply_estimate", "estimate_for", "compare_with_profile"]
+
+logger = logging.getLogger(__name__)
+
+#: Estimates below this confidence leave the profile's degradation in place.
+MIN_CONFIDENCE = 0.5
+
+#: An estimate whose equivalent Gaussian width differs from the profile's by more than this ratio disagrees strongly.
+MISMATCH = 1.3
+
+_CROP = 512  # raster estimates read a central crop of this many pixels
+
+
+def wants_estimate(cfg: Any) -> bool:
+    """Whether the config's effective degradation says ``estimate: auto``."""
+    return getattr(cfg.profile.degradation, "estimate", "profile") == "auto"
+
+
+def _centre(a: np.ndarray, n: int) -> np.ndarray:
+    h, w = a.shape[-2:]
+    r0, c0 = max(0, (h - n) // 2), max(0, (w - n) // 2)
+    return a[..., r0:r0 + n, c0:c0 + n]
+
+
+def _plain(img: Any) -> np.ndarray:
+    t = img.as_tensor() if hasattr(img, "as_tensor") else img
+    return np.nan_to_num(np.asarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t, dtype=np.float64))
+
+
+def _volume_estimate(img: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    spacing = [float(s) for s in img.meta[Key.SPACING]]
+    est = estimate.estimate_slice_profile(_plain(img), spacing)
+    return est.override(), est.record()
+
+
+def _raster_estimate(img: Any, cfg: JobConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    s = float(max(cfg.scale_for())) if hasattr(cfg, "scale_for") else 2.0
+    data = _centre(_plain(img), _CROP)
+    names = list(img.meta.get(Key.BAND_NAMES) or [None] * data.shape[0])
+    per: dict[str, float] = {}
+    conf: list[float] = []
+    for k in range(data.shape[0]):
+        e = estimate.estimate_raster_psf(data[k], ratio=2)
+        apply_sigma = math.sqrt(max(s * s - 1.0, 0.0)) * e.sigma  # HR px: the blur that makes x s look like x 1
+        per[str(names[k] if names[k] is not None else k)] = degrade.sigma_to_mtf(max(apply_sigma, 1e-3), s)
+        conf.append(e.confidence)
+    gains = {k: round(v, 4) for k, v in per.items()}
+    named = all(n is not None for n in names)
+    mtf: Any = gains if named else round(float(np.median(list(per.values()))), 4)
+    rec = {"kind": "psf", "method": "spectral matching across scales (medsat_sr.estimate.estimate_raster_psf)",
+           "mtf_nyquist": gains, "confidence": round(float(min(conf)), 3), "scale": s}
+    return {"model": "psf", "psf": {"shape": "gaussian", "mtf_nyquist": mtf}}, rec
+
+
+def _bandset_estimate(bs: BandSet, cfg: JobConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    targets, guides = cfg.target_bands() or [], cfg.guide_bands() or []
+    find = {n: (g, img) for g, img in bs.groups.items() for n in (img.meta.get(Key.BAND_NAMES) or [])}
+    if not guides or any(n not in find for n in targets + guides[:1]):
+        raise ConfigError("degradation: auto needs the target and guide bands in the band set")
+    gname = guides[0]
+    gimg = find[gname][1]
+    fine = _plain(gimg)[list(gimg.meta[Key.BAND_NAMES]).index(gname)]
+    gains: dict[str, float] = {}
+    conf: list[float] = []
+    for t in targets:
+        timg = find[t][1]
+        coarse = _plain(timg)[list(timg.meta[Key.BAND_NAMES]).index(t)]
+        r = int(round(fine.shape[-1] / coarse.shape[-1]))
+        n = _CROP // r
+        e = estimate.estimate_band_psf(_centre(fine, n * r), _centre(coarse, n), r)
+        gains[t] = round(e.mtf_nyquist, 4)
+        conf.append(e.confidence)
+    rec = {"kind": "psf", "method": f"band-pass regression against guide {gname} (medsat_sr.estimate.estimate_band_psf)",
+           "mtf_nyquist": gains, "confidence": round(float(min(conf)), 3)}
+    return {"model": "psf", "psf": {"shape": "gaussian", "mtf_nyquist": gains}}, rec
+
+
+def estimate_for(image: Any, cfg: JobConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(degradation override, estimate record)`` measured on ``image`` (volume, raster or band set).
+
+    Raises:
+        ConfigError: the input cannot be estimated (not anisotropic, too small, ...).
+    """
+    if isinstance(image, BandSet):
+        return _bandset_estimate(image, cfg)
+    if is_volume(image):
+        return _volume_estimate(image)
+    if is_raster(image):
+        return _raster_estimate(image, cfg)
+    raise ConfigError(f"degradation: auto cannot estimate from {type(image).__name__}")
+
+
+def _equivalent_sigma(shape: str, fwhm: float) -> float:
+    """The standard deviation of a Gaussian (FWHM) or rect (width) profile."""
+    return fwhm / math.sqrt(12.0) if shape == "rect" else degrade.fwhm_to_sigma(fwhm)
+
+
+def compare_with_profile(profile: Any, override: dict[str, Any], rec: dict[str, Any], image: Any) -> dict[str, Any]:
+    """How far the estimate is from the profile's assumed degradation (equivalent Gaussian widths).
+
+    Returns:
+        ``{"ratio": estimate / profile, "strong": bool, "text": one sentence}``.
+    """
+    deg = profile.degradation
+    if override.get("model") == "slice_profile":
+        spec = deg.slice_profile
+        axis = int(rec["axis"])
+        prof_fwhm = float(spec.fwhm) if isinstance(spec.fwhm, (int, float)) else degrade.slice_thickness(image, axis)
+        ratio = _equivalent_sigma(rec["shape"], rec["fwhm_mm"]) / _equivalent_sigma(spec.shape, prof_fwhm)
+        what = (f"estimated slice profile {rec['shape']} FWHM {rec['fwhm_mm']:.2f} mm vs the profile's "
+                f"{spec.shape} {prof_fwhm:.2f} mm")
+    else:
+        s = float(rec.get("scale") or 2.0)
+        gains = override["psf"]["mtf_nyquist"]
+        names = list(gains) if isinstance(gains, dict) else [None]
+        est = [degrade.mtf_to_sigma(float(gains[n] if n is not None else gains), s) for n in names]
+        try:
+            prof = degrade.band_sigmas(profile, s, names)
+        except Exception:  # noqa: BLE001 - a box PSF has no sigma: compare with one low-res pixel
+            prof = [degrade.fwhm_to_sigma(s)] * len(names)
+        ratio = float(np.exp(np.mean(np.log(np.asarray(est) / np.asarray(prof)))))
+        what = f"estimated PSF sigma {np.mean(est):.2f} vs the profile's {np.mean(prof):.2f} HR px (mean over bands)"
+    strong = ratio > MISMATCH or ratio < 1 / MISMATCH
+    text = f"{what} (x{ratio:.2f})" + ("; the estimate and the profile disagree strongly" if strong else "")
+    return {"ratio": round(float(ratio), 3), "strong": bool(strong), "text": text}
+
+
+def apply_estimate(cfg: JobConfig, image: Any) -> tuple[JobConfig, dict[str, Any]]:
+    """The config with the input's estimated degradation, and the estimate's record.
+
+    A failed or low-confidence estimate keeps the profile's degradation
+    (``record["used"]`` is ``False`` and ``record["reason"]`` says why).
+    """
+    try:
+        override, rec = estimate_for(image, cfg)
+    except ConfigError as exc:
+        logger.warning("degradation: auto: no estimate (%s); the profile's degradation stays", exc)
+        return cfg, {"used": False, "reason": str(exc)}
+    if float(rec.get("confidence", 0.0)) < MIN_CONFIDENCE:
+        rec.update(used=False, reason=f"confidence {rec.get('confidence')} < {MIN_CONFIDENCE}: the profile's degradation stays")
+        logger.warning("degradation: auto: %s", rec["reason"])
+        return cfg, rec
+    rec.update(used=True, override=override, profile_agreement=compare_with_profile(cfg.profile, override, rec, image))
+    logger.info("degradation: auto: %s", rec["profile_agreement"]["text"])
+    return with_degradation(cfg, override), rec
