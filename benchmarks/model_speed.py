@@ -36,8 +36,8 @@ import datasets as ds  # noqa: E402
 RESULTS = HERE / "results"
 
 
-def inputs(work: Path) -> dict[str, Path]:
-    """Write the three inputs; ``{model name: path}``."""
+def inputs(work: Path) -> dict[str, tuple[Path, list[int]]]:
+    """Write the three inputs; ``{model name: (path, spatial shape)}``."""
     from medsat_sr.config import load_config
     from medsat_sr.evaluate import prepare_case
     from medsat_sr.image import make_raster
@@ -52,9 +52,9 @@ def inputs(work: Path) -> dict[str, Path]:
     tile = np.concatenate([tile, tile[:, ::-1]], axis=1)  # 1000 x 932
     scene = np.pad(tile, ((0, 0), (0, 0), (0, 1000 - tile.shape[2])), mode="reflect")
     ras = make_raster(scene.astype(np.float32), left.meta["transform"], crs=left.meta["crs"], source_dtype="uint8")
-    return {"mri_thick_slice": Path(write(thick, work / "uih_4mm.nii.gz")),
-            "mri_isotropic_x2": Path(write(iso, work / "uih_block_2mm.nii.gz")),
-            "multiband_x2": Path(write(ras, work / "naip_1000.tif"))}
+    return {"mri_thick_slice": (Path(write(thick, work / "uih_4mm.nii.gz")), list(thick.shape[1:])),
+            "mri_isotropic_x2": (Path(write(iso, work / "uih_block_2mm.nii.gz")), list(iso.shape[1:])),
+            "multiband_x2": (Path(write(ras, work / "naip_1000.tif")), list(ras.shape[1:]))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"upscale --model NAME (no fitting), fresh process each run, median of {a.runs}; "
              f"machine: {_machine.describe()}, load average at start {_machine.load_average()}", "",
              f"{'model':18s} {'input':>16s} {'output':>16s} {'wall s':>7s}  verdict"]
-    for name, src in inputs(a.work).items():
+    for name, (src, shape_in) in inputs(a.work).items():
         out = a.work / ("out" + "".join(src.suffixes))
         times = []
         for _ in range(a.runs):
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             rec = json.loads(out.with_name(out.name + ".json").read_text())
             out.with_name(out.name + ".json").unlink()
         d = rec.get("decision") or {}
-        lines.append(f"{name:18s} {str(rec['input']['shape'][1:]):>16s} {str(rec['output']['shape'][1:]):>16s} "
+        lines.append(f"{name:18s} {str(shape_in):>16s} {str(rec['output']['shape'][1:]):>16s} "
                      f"{statistics.median(times):7.1f}  model {d.get('model_score', float('nan')):.2f} dB vs "
                      f"{d.get('classical_method')} {d.get('classical_score', float('nan')):.2f} dB on the input's "
                      f"held-out split -> {'model' if d.get('use_model') else 'cubic'}")

@@ -52,7 +52,7 @@ import datasets as ds  # noqa: E402
 
 RESULTS = HERE / "results"
 #: The head block of the UIH T1 at 1 mm (start, stop) and the slice factor.
-BLOCK = ([16, 40, 20], [144, 200, 196])
+BLOCK = ([32, 120, 60], [128, 216, 156])
 FACTOR = 4
 
 
