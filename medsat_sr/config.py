@@ -165,7 +165,6 @@ def _parse_scale(value: Any) -> Any:
 ScaleValue = Annotated[float | list[float] | Literal["auto"], BeforeValidator(_parse_scale)]
 
 
-def _parse_spacing(value: Any) -> Any:
 def _degradation_word(value: Any) -> Any:
     """``degradation: auto`` / ``profile``: shorthand for ``{estimate: auto}`` / no override (#14)."""
     if value == "auto":
@@ -175,6 +174,7 @@ def _degradation_word(value: Any) -> Any:
     return value
 
 
+def _parse_spacing(value: Any) -> Any:
     if value is None:
         return None
     if _is_number(value):
@@ -691,19 +691,16 @@ def _effective_profile(
     return (None if problems else profile), problems
 
 
-def _cross_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
-    """Rules that need the domain profile."""
-    out: list[Problem] = []
-    raster = p.kind == "raster"
 def with_degradation(cfg: JobConfig, override: Mapping[str, Any]) -> JobConfig:
     """A copy of ``cfg`` whose degradation override also holds ``override`` (an estimate, #14).
 
-    The copy's ``estimate`` is ``"profile"``: it degrades with the values given.
+    The copy's ``estimate`` is ``"profile"`` (it degrades with the values given)
+    unless ``override`` says ``estimate: auto``.
 
     Raises:
         ConfigError: the merged degradation is not a valid profile.
     """
-    merged = _merge(dict(cfg.degradation), {**dict(override), "estimate": "profile"})
+    merged = _merge(dict(cfg.degradation), {"estimate": "profile", **dict(override)})
     out = cfg.model_copy(update={"degradation": merged})
     out._source = cfg._source
     out._profile = None
@@ -713,6 +710,10 @@ def with_degradation(cfg: JobConfig, override: Mapping[str, Any]) -> JobConfig:
     return out
 
 
+def _cross_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
+    """Rules that need the domain profile."""
+    out: list[Problem] = []
+    raster = p.kind == "raster"
     ndim = 2 if raster else 3
     if isinstance(cfg.scale, list) and len(cfg.scale) != ndim:
         out.append(

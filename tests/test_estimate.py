@@ -111,3 +111,33 @@ def test_auto_builds_pairs_from_the_estimate_and_records_it() -> None:
     assert ts.sources[0].recipe.slice_fwhm == pytest.approx(est["fwhm_mm"], rel=1e-3)
     agree = est["profile_agreement"]
     assert agree["ratio"] == pytest.approx(est["fwhm_mm"] / 4.0, rel=0.05) and agree["strong"] is True
+
+
+def test_degradation_option_values_and_bad_file(tmp_path: Path) -> None:
+    from medsat_sr.inference.options import UpscaleOptions, degradation_override
+
+    assert UpscaleOptions(degradation="auto").degradation == "auto"
+    assert degradation_override(None) is None and degradation_override("profile") is None
+    assert degradation_override("auto") == {"estimate": "auto"}
+    good = tmp_path / "deg.yaml"
+    good.write_text("degradation:\n  model: psf\n  psf: {shape: gaussian, mtf_nyquist: 0.2}\n")
+    assert degradation_override(str(good))["psf"]["mtf_nyquist"] == 0.2
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        degradation_override(str(missing))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just a list\n")
+    with pytest.raises(ConfigError, match="bad.yaml: --degradation file must hold a degradation mapping"):
+        degradation_override(str(bad))
+
+
+def test_upscale_bad_degradation_file_fails_before_fitting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medsat_sr.cli import main
+
+    vol = tmp_path / "in.nii.gz"
+    nib = pytest.importorskip("nibabel")
+    nib.save(nib.Nifti1Image(_field((16, 16, 8), 1.0).astype(np.float32), np.diag([1.0, 1.0, 4.0, 1.0])), vol)
+    rc = main(["upscale", str(vol), "-o", str(tmp_path / "out.nii.gz"), "--config", "mri_thick_slice",
+               "--degradation", str(tmp_path / "missing.yaml")])
+    assert rc == 2 and not (tmp_path / "out.nii.gz").exists()
+    assert "missing.yaml" in capsys.readouterr().err

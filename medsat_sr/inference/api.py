@@ -145,7 +145,7 @@ from monai.data import MetaTensor
 from medsat_sr._atomic import check_writable
 from medsat_sr._schema import check_path
 from medsat_sr.baselines import METHODS
-from medsat_sr.config import JobConfig, load_config, parse_override
+from medsat_sr.config import JobConfig, load_config, parse_override, with_degradation
 from medsat_sr.errors import ConfigError, DataError, FormatError
 from medsat_sr.fusion import Member
 from medsat_sr.image import BandSet, Key, is_raster, is_volume
@@ -159,7 +159,7 @@ from medsat_sr.inference.members import (
     validation_of,
 )
 from medsat_sr.inference.multi import MultiRequest, run_multi
-from medsat_sr.inference.options import UpscaleOptions, resolve_options
+from medsat_sr.inference.options import UpscaleOptions, degradation_override, resolve_options
 from medsat_sr.inference.plan import Decision, check_fit_route, check_input_size, check_scale_bound, decide
 from medsat_sr.inference.raster import upscale_raster
 from medsat_sr.inference.record import TrustRecord, remove_output
@@ -521,6 +521,9 @@ def upscale(
     if not items and method is None and fit is None and cfg is None:
         raise ConfigError("nothing to upscale with: give a model (--model), a method (--method) or a config (--config)")
     opts, others = _options(cfg, overrides, options)
+    deg_over = degradation_override(opts.degradation)  # --degradation auto|profile|FILE (#14), checked before any fit
+    if deg_over is not None and cfg is not None:
+        cfg = with_degradation(cfg, deg_over)
     out_path, fmt = _output(output, opts)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

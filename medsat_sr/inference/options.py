@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 import string
 from typing import Annotated, Any, Literal, get_args, get_origin
 
+import yaml
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from medsat_sr._resources import did_you_mean, suggest
@@ -34,6 +35,7 @@ from medsat_sr.errors import ConfigError
 
 __all__ = [
     "TEMPLATE_FIELDS",
+    "degradation_override",
     "InferenceOptions",
     "OutputOptions",
     "UpscaleOptions",
@@ -121,6 +123,12 @@ class InferenceOptions(StrictModel):
         False,
         description="keep the model's output even when it does not beat the classical result on its held-out split",
         json_schema_extra=_flag("--force"),
+    )
+    degradation: str | None = Field(
+        None,
+        description="the degradation a self-supervised fit assumes: profile (the config's), auto (estimate the "
+        "input's slice profile or PSF first) or FILE (a YAML degradation override)",
+        json_schema_extra=_flag("--degradation", "auto|profile|FILE"),
     )
     from_scratch: bool = Field(
         False,
@@ -298,3 +306,34 @@ def given_flags(args: argparse.Namespace, model: type[StrictModel] = UpscaleOpti
         if value is not None and value is not False:
             out[name] = value
     return out
+
+
+def degradation_override(value: str | None) -> dict[str, Any] | None:
+    """The job-config ``degradation`` override that ``--degradation`` asks for (``None``: the config's own).
+
+    Args:
+        value: ``None``/``"profile"``, ``"auto"``, or a YAML/JSON file holding a
+            ``degradation`` mapping (or the mapping itself at the top level).
+
+    Returns:
+        The override mapping, or ``None``.
+
+    Raises:
+        ConfigError: a file that cannot be read or does not hold a mapping (named in the message).
+    """
+    if value is None or value == "profile":
+        return None
+    if value == "auto":
+        return {"estimate": "auto"}
+    try:
+        with open(value, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{value}: cannot read the --degradation file: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{value}: --degradation file is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if isinstance(data, Mapping) and isinstance(data.get("degradation"), Mapping):
+        data = data["degradation"]
+    if not isinstance(data, Mapping) or not data:
+        raise ConfigError(f"{value}: --degradation file must hold a degradation mapping (e.g. model: psf, psf: {{...}})")
+    return dict(data)
