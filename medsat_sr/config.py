@@ -88,6 +88,7 @@ from medsat_sr.domains import DegradationSpec, DomainProfile, MetricSpec, Normal
 from medsat_sr.errors import ConfigError
 from medsat_sr.geometry import snap_scale
 from medsat_sr.inference.options import InferenceOptions, OutputOptions
+from medsat_sr.multistack.options import MultiStackOptions
 from medsat_sr.revisit.options import RevisitOptions
 
 __all__ = [
@@ -463,6 +464,8 @@ class JobConfig(StrictModel):
         output: dtype, format, COG, batch name template.
         revisit: the revisit route's options (several frames of one scene
             fused into one raster); its presence selects that route.
+        multistack: the multi-stack route's options (several thick-slice stacks
+            of one anatomy into one isotropic volume; configs/mri_multistack.yaml).
     """
 
     name: str = ""
@@ -481,6 +484,7 @@ class JobConfig(StrictModel):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     revisit: RevisitOptions | None = None
+    multistack: MultiStackOptions | None = None
 
     _profile: DomainProfile | None = PrivateAttr(default=None)
     _source: str = PrivateAttr(default="<config>")

@@ -168,3 +168,4 @@ def run_multi(req: MultiRequest) -> tuple[MultiResult, dict[str, Any], Path | No
 
 # The routes register themselves in MULTI_ROUTES (imported last: each imports this module's types).
 from medsat_sr.inference import route_revisit  # noqa: E402,F401  ("revisit")
+from medsat_sr.inference import route_multistack  # noqa: E402,F401  ("multistack")

@@ -105,6 +105,8 @@ class StackOperator:
     motion: torch.Tensor
     inside: torch.Tensor | None = None
     _cache: torch.Tensor | None = None
+    _matrix: torch.Tensor | None = None
+    _matrix_t: torch.Tensor | None = None
 
     @property
     def n_slices(self) -> int:
@@ -134,6 +136,19 @@ class StackOperator:
         with torch.no_grad():
             self._cache = self.grid()
             self.inside = (self._cache.abs() <= 1.0).all(dim=-1)[0, :, :, 0].all(dim=0)
+            self._matrix, self._matrix_t = _sparse_operator(self._cache, self.weights, self.grid_shape)
+
+    def matvec(self, volume: torch.Tensor) -> torch.Tensor:
+        """``A v`` with the cached motion as a sparse matrix product (no autograd; :meth:`cache` first)."""
+        if self._matrix is None:
+            self.cache()
+        return (self._matrix @ volume.reshape(-1, 1).float())[:, 0]
+
+    def rmatvec(self, values: torch.Tensor) -> torch.Tensor:
+        """``A^T r``: the adjoint of :meth:`matvec`, a volume of the grid's shape."""
+        if self._matrix_t is None:
+            self.cache()
+        return (self._matrix_t @ values.reshape(-1, 1).float())[:, 0].reshape(self.grid_shape)
 
     def apply(self, volume: torch.Tensor, motion: torch.Tensor | None = None,
               subset: torch.Tensor | None = None) -> torch.Tensor:
@@ -144,6 +159,37 @@ class StackOperator:
             g = self.grid(motion, subset)
         samples = F.grid_sample(volume[None, None], g, mode="bilinear", padding_mode="zeros", align_corners=True)
         return (samples[0, 0, :, :, 0] * self.weights[:, None]).sum(dim=0)
+
+
+def _sparse_operator(grid: torch.Tensor, weights: torch.Tensor,
+                     shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The operator of normalised sample coordinates ``(1, S, N, 1, 3)`` as CSR matrices ``A`` and ``A^T``.
+
+    The same trilinear interpolation with zero padding as ``grid_sample(align_corners=True)``, weighted by the
+    slice profile and summed over the samples of each stack voxel. A sparse product is an order of magnitude
+    faster than ``grid_sample``'s backward pass on CPU, and the solver needs one per iteration.
+    """
+    size = torch.tensor(shape, dtype=torch.float32)
+    pts = ((grid[0, :, :, 0, :].flip(-1) + 1) * 0.5 * (size - 1))  # (S, N, 3) voxel coordinates
+    n_s, n = pts.shape[:2]
+    base = torch.floor(pts)
+    frac = pts - base
+    base = base.long()
+    rows, cols, vals = [], [], []
+    row_id = torch.arange(n).expand(n_s, n)
+    stride = torch.tensor([shape[1] * shape[2], shape[2], 1])
+    for corner in range(8):
+        off = torch.tensor([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1])
+        idx = base + off
+        w = torch.where(off.bool(), frac, 1 - frac).prod(dim=-1) * weights[:, None]
+        ok = ((idx >= 0) & (idx < torch.tensor(shape))).all(dim=-1) & (w > 0)
+        rows.append(row_id[ok])
+        cols.append((idx[ok] * stride).sum(dim=-1))
+        vals.append(w[ok])
+    vox = int(np.prod(shape))
+    coo = torch.sparse_coo_tensor(  # indices built here, in range by construction
+        torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(vals), (n, vox), check_invariants=False).coalesce()
+    return coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
 
 
 def make_operator(stack: Stack, grid: Grid, *, motion: np.ndarray | torch.Tensor | None = None,

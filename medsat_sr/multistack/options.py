@@ -77,6 +77,10 @@ class MultiStackOptions(StrictModel):
         psf_truncate: the slice profile is sampled to ``psf_truncate`` sigma.
         mask_output: set voxels outside the (dilated) masked region to 0.
         max_points: registration uses at most this many voxels per stack.
+        masks: one mask file per stack, in the order of the stacks (NIfTI or
+            DICOM; any grid, resampled nearest onto the stack).
+        check: score the reconstruction leave-one-stack-out against the
+            mean of cubic stacks and write the mean instead when it does not win.
         refine: the optional learned refinement.
     """
 
@@ -86,9 +90,9 @@ class MultiStackOptions(StrictModel):
     reference: int | Literal["auto"] = "auto"
     registration: Literal["rigid", "none"] = "rigid"
     register_cycles: int = Field(2, ge=0, le=10)
-    registration_iterations: int = Field(40, ge=1, le=1000)
+    registration_iterations: int = Field(20, ge=1, le=1000)
     regulariser: Literal["tikhonov", "tv"] = "tikhonov"
-    lam: float = Field(0.03, ge=0, le=100)
+    lam: float = Field(0.01, ge=0, le=100)
     cg_iterations: int = Field(12, ge=1, le=500)
     outer_iterations: int = Field(3, ge=1, le=50)
     robust: bool = True
@@ -96,7 +100,9 @@ class MultiStackOptions(StrictModel):
     psf_step: float = Field(0.5, gt=0.05, le=2)
     psf_truncate: float = Field(2.5, gt=0.5, le=5)
     mask_output: bool = False
-    max_points: int = Field(200_000, ge=1000)
+    max_points: int = Field(50_000, ge=1000)
+    masks: list[str] | None = None
+    check: bool = True
     refine: RefineOptions = Field(default_factory=RefineOptions)
 
     @model_validator(mode="after")

@@ -184,7 +184,7 @@ def srr(ops: list[StackOperator], x0: torch.Tensor, reference: int, opts: MultiS
 
 def reconstruct(stacks: Sequence[Stack], options: MultiStackOptions | dict[str, Any] | None = None, *,
                 grid: Grid | None = None, motions: Sequence[np.ndarray] | None = None,
-                progress: Callable[[], None] | None = None) -> Reconstruction:
+                progress: Callable[[], None] | None = None, solve_volume: bool = True) -> Reconstruction:
     """Register and reconstruct ``stacks`` into one isotropic volume.
 
     Args:
@@ -193,6 +193,8 @@ def reconstruct(stacks: Sequence[Stack], options: MultiStackOptions | dict[str, 
         grid: the output grid (default: from the options).
         motions: starting motions, one per stack (default: mask centroids, else identity).
         progress: called after each registration and each outer iteration.
+        solve_volume: ``False``: register to the reference stack only and return the
+            mean of the cubic-resampled registered stacks (the baseline).
 
     Returns:
         The :class:`Reconstruction`.
@@ -224,6 +226,10 @@ def reconstruct(stacks: Sequence[Stack], options: MultiStackOptions | dict[str, 
         _register_all(ops, v0, ref, centre, radius, opts, ncc, tick)
     timings["initial_alignment"] = time.perf_counter() - t0
     v = mean_of_cubic(ops, grid)
+    if not solve_volume:
+        timings["total"] = time.perf_counter() - t0
+        return Reconstruction(volume=v, grid=grid, ops=ops, reference=ref, scales=[1.0] * len(ops),
+                              weights=[torch.ones(op.n_slices) for op in ops], ncc=ncc, timings=timings)
     state = None
     for cycle in range(opts.register_cycles if opts.registration == "rigid" else 0):
         t1 = time.perf_counter()

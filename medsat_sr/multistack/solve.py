@@ -20,7 +20,7 @@ The volume ``v`` on the output grid minimises::
   size of the stacks.
 
 Each outer iteration solves the normal equations with conjugate gradients,
-warm-started; the operator's adjoint is autograd's vector-Jacobian product.
+warm-started; the operators are cached as sparse matrices (``A`` and ``A^T``).
 """
 
 from __future__ import annotations
@@ -73,26 +73,23 @@ def _voxel_weights(op: StackOperator, w: torch.Tensor) -> torch.Tensor:
 
 
 def _density(ops: Sequence[StackOperator], n_vox: int) -> float:
-    return float(sum(int(op.index.shape[0]) * int(op.weights.numel()) for op in ops)) / max(1, n_vox)
+    return float(sum(int(op.index.shape[0]) for op in ops)) / max(1, n_vox)
 
 
 def solve(ops: Sequence[StackOperator], x0: torch.Tensor, state: SolveState, *, lam: float,
           iterations: int) -> torch.Tensor:
-    """Conjugate gradients on the normal equations, from ``x0``; returns the new volume."""
+    """Conjugate gradients on the normal equations, from ``x0``; returns the new volume (operators cached)."""
     rho = _density(ops, x0.numel())
     vws = [_voxel_weights(op, w) for op, w in zip(ops, state.weights)]
     reg = state.tv if state.tv is not None else torch.ones_like(x0)
 
     def hess(p: torch.Tensor) -> torch.Tensor:
-        p = p.detach().requires_grad_(True)
-        loss = sum(0.5 * (vw * (c * op.apply(p)) ** 2).sum() for op, c, vw in zip(ops, state.scales, vws))
-        loss = loss + 0.5 * lam * rho * (reg * (gradient(p) ** 2).sum(dim=0)).sum()
-        (g,) = torch.autograd.grad(loss, p)
-        return g.detach()
+        data = sum(c * c * op.rmatvec(vw * op.matvec(p)) for op, c, vw in zip(ops, state.scales, vws))
+        q = p.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(0.5 * lam * rho * (reg * (gradient(q) ** 2).sum(dim=0)).sum(), q)
+        return data + g.detach()
 
-    p0 = torch.zeros_like(x0, requires_grad=True)
-    rhs_loss = sum((vw * c * op.y * op.apply(p0)).sum() for op, c, vw in zip(ops, state.scales, vws))
-    (b,) = torch.autograd.grad(rhs_loss, p0)
+    b = sum(c * op.rmatvec(vw * op.y) for op, c, vw in zip(ops, state.scales, vws))
     x = x0.detach().clone()
     r = b - hess(x)
     p = r.clone()
@@ -120,7 +117,7 @@ def stack_scales(ops: Sequence[StackOperator], v: torch.Tensor, state: SolveStat
         if k == reference:
             out.append(1.0)
             continue
-        sim = op.apply(v)
+        sim = op.matvec(v)
         vw = _voxel_weights(op, w)
         den = float((vw * sim * sim).sum())
         out.append(float((vw * sim * op.y).sum()) / den if den > 0 else 1.0)
@@ -132,7 +129,7 @@ def slice_weights(ops: Sequence[StackOperator], v: torch.Tensor, state: SolveSta
     """Huber weights of every slice from its RMS residual against the median over all slices."""
     rms_all = []
     for op, scale in zip(ops, state.scales):
-        res = (scale * op.apply(v) - op.y) ** 2
+        res = (scale * op.matvec(v) - op.y) ** 2
         inside = op.inside.to(res.dtype) if op.inside is not None else torch.ones_like(res)
         n = torch.zeros(op.n_slices).index_add_(0, op.slice_id, inside)
         ss = torch.zeros(op.n_slices).index_add_(0, op.slice_id, res * inside)

@@ -32,7 +32,7 @@ __all__ = ["predict_scores", "leave_one_out"]
 def predict_scores(op: StackOperator, volume: torch.Tensor) -> dict[str, float]:
     """NCC and scale-fitted PSNR of stack ``op`` simulated from ``volume`` against its voxels."""
     op.cache()
-    sim = op.apply(volume)
+    sim = op.matvec(volume)
     keep = op.inside if op.inside is not None else torch.ones_like(sim, dtype=torch.bool)
     s, y = sim[keep].double(), op.y[keep].double()
     if s.numel() < 2:
