@@ -74,6 +74,7 @@ class SliceEstimate:
         confidence: 0-1; below 0.5 do not trust the estimate.
         per_axis: the FWHM (mm) each in-plane axis gave.
         cost: the spectral mismatch per shape at its best FWHM.
+        fwhm_by_shape: the best FWHM (mm) of every shape tried.
         notes: how the confidence was reached.
     """
 
@@ -86,6 +87,7 @@ class SliceEstimate:
     confidence: float
     per_axis: dict[str, float] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)
+    fwhm_by_shape: dict[str, float] = field(default_factory=dict)
     notes: str = ""
 
     def override(self) -> dict[str, Any]:
@@ -279,7 +281,8 @@ def estimate_slice_profile(
     return SliceEstimate(axis=t, shape=shape, fwhm_mm=fwhm, fwhm_slices=fwhm / sp[t], spacing_mm=sp[t],
                          gap_mm=sp[t] - fwhm, confidence=round(confidence, 3),
                          per_axis={k: round(v, 3) for k, v in ests.items()},
-                         cost={s: round(best[s][1], 5) for s in best}, notes=notes)
+                         cost={s: round(best[s][1], 5) for s in best},
+                         fwhm_by_shape={s: round(best[s][0], 3) for s in best}, notes=notes)
 
 
 # --------------------------------------------------------------------------
