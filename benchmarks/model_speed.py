@@ -1,9 +1,11 @@
 """``upscale --model NAME`` (no fitting): wall time on a 256^3-class volume and a 2000^2 4-band scene (#15).
 
+The "verdict line" column is the last line the CLI printed (progress bars included).
+
 * ``mri_thick_slice`` on the held-out UIH T1 at 1 mm (160 x 230 x 256) made
   4 mm thick across its superior axis (``mri`` slice model): 160 x 230 x 64 in,
   160 x 230 x 256 out (9.4 M voxels);
-* ``mri_isotropic_x2`` on a 128^3 block of the same T1 (PSF x2): 256^3 out;
+* ``mri_isotropic_x2`` on a 128^3 block of the same T1 degraded by PSF x2: 64^3 in, 128^3 out;
 * ``multiband_x2`` on a 1000 x 1000 4-band scene (NAIP, mirror-tiled: real
   content, timing only): 2000 x 2000 out.
 
