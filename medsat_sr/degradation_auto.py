@@ -84,26 +84,41 @@ def _raster_estimate(img: Any, cfg: JobConfig) -> tuple[dict[str, Any], dict[str
     return {"model": "psf", "psf": {"shape": "gaussian", "mtf_nyquist": mtf}}, rec
 
 
+def _band(bs: BandSet, name: str) -> np.ndarray:
+    img = next(i for i in bs.groups.values() if name in list(i.meta.get(Key.BAND_NAMES) or []))
+    return _plain(img)[list(img.meta[Key.BAND_NAMES]).index(name)]
+
+
 def _bandset_estimate(bs: BandSet, cfg: JobConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each target band against the guide band it is most alike (highest band-pass R^2); confident bands only."""
     targets, guides = cfg.target_bands() or [], cfg.guide_bands() or []
-    find = {n: (g, img) for g, img in bs.groups.items() for n in (img.meta.get(Key.BAND_NAMES) or [])}
-    if not guides or any(n not in find for n in targets + guides[:1]):
+    have = {n for img in bs.groups.values() for n in (img.meta.get(Key.BAND_NAMES) or [])}
+    if not guides or any(n not in have for n in targets + guides):
         raise ConfigError("degradation: auto needs the target and guide bands in the band set")
-    gname = guides[0]
-    gimg = find[gname][1]
-    fine = _plain(gimg)[list(gimg.meta[Key.BAND_NAMES]).index(gname)]
     gains: dict[str, float] = {}
-    conf: list[float] = []
+    per: dict[str, dict[str, Any]] = {}
     for t in targets:
-        timg = find[t][1]
-        coarse = _plain(timg)[list(timg.meta[Key.BAND_NAMES]).index(t)]
-        r = int(round(fine.shape[-1] / coarse.shape[-1]))
-        n = _CROP // r
-        e = estimate.estimate_band_psf(_centre(fine, n * r), _centre(coarse, n), r)
-        gains[t] = round(e.mtf_nyquist, 4)
-        conf.append(e.confidence)
-    rec = {"kind": "psf", "method": f"band-pass regression against guide {gname} (medsat_sr.estimate.estimate_band_psf)",
-           "mtf_nyquist": gains, "confidence": round(float(min(conf)), 3)}
+        coarse = _band(bs, t)
+        best: Any = None
+        for g in guides:
+            fine = _band(bs, g)
+            r = int(round(fine.shape[-1] / coarse.shape[-1]))
+            n = max(16, _CROP // max(r, 1))
+            r0, c0 = max(0, (coarse.shape[0] - n) // 2), max(0, (coarse.shape[1] - n) // 2)  # aligned crops
+            e = estimate.estimate_band_psf(fine[r * r0:r * (r0 + n), r * c0:r * (c0 + n)],
+                                           coarse[r0:r0 + n, c0:c0 + n], r)
+            if best is None or e.confidence > best[1].confidence:
+                best = (g, e)
+        g, e = best
+        per[t] = {"guide": g, "sigma_fine_px": round(e.sigma, 3), "mtf_nyquist": round(e.mtf_nyquist, 4),
+                  "confidence": e.confidence}
+        if e.confidence >= MIN_CONFIDENCE:
+            gains[t] = round(e.mtf_nyquist, 4)
+    conf = [p["confidence"] for p in per.values()]
+    rec = {"kind": "psf", "method": "band-pass regression against the most alike guide band "
+           "(medsat_sr.estimate.estimate_band_psf); bands below the confidence floor keep the profile's MTF",
+           "per_band": per, "mtf_nyquist": gains, "confidence": round(float(max(conf)) if gains else 0.0, 3),
+           "scale": float(max(cfg.scale_for()))}
     return {"model": "psf", "psf": {"shape": "gaussian", "mtf_nyquist": gains}}, rec
 
 
