@@ -352,7 +352,7 @@ def test_self_supervised_config_that_does_not_beat_cubic_falls_back(tmp_path: Pa
         "train.schedule.warmup_iterations=0", "inference.device=cpu", "data.min_valid_fraction=0.0",
     ]
     sets = [a for item in tiny for a in ("--set", item)]
-    code, _, err = run_cli(capsys, "batch", str(vol), "-o", str(out), "--config", "mri_isotropic_x2", *sets, "-q")
+    code, _, err = run_cli(capsys, "batch", str(vol), "-o", str(out), "--config", "mri_isotropic_x2", "--from-scratch", *sets, "-q")
     assert code == 0, err
     (ln,) = lines_of(out)
     side = json.loads(Path(ln["sidecar"]).read_text())

