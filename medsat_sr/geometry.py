@@ -40,6 +40,8 @@ __all__ = [
     "fov_corners",
     "Tile",
     "iter_tiles",
+    "check_affine",
+    "spacing_and_orientation",
 ]
 
 
@@ -210,3 +212,32 @@ def iter_tiles(shape: Sequence[int], tile: int | Sequence[int], halo: int | Sequ
         core = tuple((starts[a][i], min(starts[a][i] + t[a], int(shape[a]))) for a, i in enumerate(idx))
         read = tuple((max(0, c0 - h[a]), min(int(shape[a]), c1 + h[a])) for a, (c0, c1) in enumerate(core))
         yield Tile(read=read, core=core)
+
+
+def check_affine(affine: np.ndarray, *, what: str) -> None:
+    """Refuse a non-finite or singular affine.
+
+    Args:
+        affine: a 4x4 (volume) or 3x3 (raster) affine.
+        what: the file or object it belongs to, for the message.
+
+    Raises:
+        GeometryError: naming ``what`` and the problem.
+    """
+    aff = np.asarray(affine, dtype=np.float64)
+    if not np.all(np.isfinite(aff)):
+        raise GeometryError(f"{what}: affine has NaN or infinite entries")
+    lin = aff[:-1, :-1]
+    # |det(lin)| < 1e-12 * s**n, computed as det(lin / s) so that huge entries cannot overflow s**n
+    s = max(1.0, float(np.abs(lin).max()))
+    if abs(np.linalg.det(lin / s)) < 1e-12:
+        raise GeometryError(f"{what}: affine is singular (zero voxel size or collinear axes)")
+
+
+def spacing_and_orientation(affine: np.ndarray) -> tuple[tuple[float, float, float], str]:
+    """The voxel spacing (column norms, mm) and the RAS axis codes (``"RAS"``, ``"LPI"``, ...) of a volume affine."""
+    from nibabel.orientations import aff2axcodes
+
+    aff = np.asarray(affine, dtype=np.float64)
+    spacing = tuple(float(v) for v in np.sqrt((aff[:3, :3] ** 2).sum(axis=0)))
+    return spacing, "".join(aff2axcodes(aff))  # type: ignore[return-value]

@@ -48,6 +48,7 @@ import torch
 from monai.data import MetaTensor
 
 from medsat_sr.errors import GeometryError
+from medsat_sr.geometry import check_affine, spacing_and_orientation
 
 __all__ = [
     "Key",
@@ -129,13 +130,12 @@ def make_volume(
         raise GeometryError(f"a volume must be shaped (C, X, Y, Z), got shape {tuple(data.shape)}")
     aff = np.asarray(affine, dtype=np.float64)
     check_affine(aff, what=source_path or "volume")
-    from nibabel.orientations import aff2axcodes
-
+    spacing, orientation = spacing_and_orientation(aff)
     dtype_name = source_dtype or str(np.dtype(str(data.dtype).replace("torch.", "")))
     meta: dict[str, Any] = {
         Key.KIND: VOLUME,
-        Key.SPACING: tuple(float(v) for v in np.sqrt((aff[:3, :3] ** 2).sum(axis=0))),
-        Key.ORIENTATION: "".join(aff2axcodes(aff)),
+        Key.SPACING: spacing,
+        Key.ORIENTATION: orientation,
         Key.SOURCE_DTYPE: dtype_name,
         Key.INTENSITY: dict(intensity) if intensity else {"slope": 1.0, "intercept": 0.0},
         Key.BAND_NAMES: list(band_names) if band_names else [f"ch{i}" for i in range(data.shape[0])],
@@ -217,22 +217,6 @@ def make_raster(
     }
     meta.update(extra)
     return MetaTensor(_as_tensor(data), affine=torch.as_tensor(centre, dtype=torch.float64), meta=meta)
-
-
-def check_affine(affine: np.ndarray, *, what: str) -> None:
-    """Refuse a non-finite or singular affine.
-
-    Raises:
-        GeometryError: naming ``what`` and the problem.
-    """
-    aff = np.asarray(affine, dtype=np.float64)
-    if not np.all(np.isfinite(aff)):
-        raise GeometryError(f"{what}: affine has NaN or infinite entries")
-    lin = aff[:-1, :-1]
-    # |det(lin)| < 1e-12 * s**n, computed as det(lin / s) so that huge entries cannot overflow s**n
-    s = max(1.0, float(np.abs(lin).max()))
-    if abs(np.linalg.det(lin / s)) < 1e-12:
-        raise GeometryError(f"{what}: affine is singular (zero voxel size or collinear axes)")
 
 
 def is_volume(image: MetaTensor) -> bool:

@@ -68,6 +68,26 @@ def _describe_image(img: MetaTensor) -> dict[str, Any]:
     return out
 
 
+def _describe_nifti(path: Path) -> dict[str, Any]:
+    """What :func:`medsat_sr.io.nifti.read` gives, from the validated header alone (no torch, no voxel data)."""
+    from medsat_sr.geometry import spacing_and_orientation
+    from medsat_sr.io.nifti_header import inspect
+
+    lay = inspect(path)
+    spacing, orientation = spacing_and_orientation(lay.affine)
+    x, y, z, c = lay.xyzc
+    return {
+        "kind": "volume",
+        "shape": [c, x, y, z],
+        "channels": [f"ch{i}" for i in range(c)],
+        "dtype": lay.dtype.name,
+        "spacing_mm": [round(v, 6) for v in spacing],
+        "orientation": orientation,
+        "affine": lay.affine.round(6).tolist(),
+        "intensity": {"slope": lay.slope, "intercept": lay.intercept},
+    }
+
+
 def _describe_raster_file(path: Path) -> dict[str, Any]:
     import rasterio
     from rasterio.errors import RasterioIOError
@@ -121,7 +141,6 @@ def describe(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
         that the reader refuses without ``resample`` because of a gantry tilt is described as ``--resample`` reads it, with
         ``needs_resample`` saying why.
     """
-    from medsat_sr.image import BandSet
     from medsat_sr.io import detect_format
 
     p = Path(path)
@@ -129,6 +148,9 @@ def describe(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"path": str(p), "format": fmt}
     if fmt == "geotiff":
         out.update(_describe_raster_file(p))
+        return out
+    if fmt == "nifti" and not options:
+        out.update(_describe_nifti(p))
         return out
     if fmt == "bandset":
         from medsat_sr.io import geotiff
@@ -147,6 +169,7 @@ def describe(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
         out["series"] = [_series_dict(s) for s in dicom.scan(p)]
         if len(out["series"]) > 1 and "series" not in options:
             return out
+    from medsat_sr.image import BandSet
     from medsat_sr.io import read
 
     try:

@@ -310,6 +310,60 @@ def test_command_help_imports_no_torch(command: str) -> None:
     assert not loaded & {"torch", "monai", "rasterio"}, loaded
 
 
+def _odd_niftis(folder: Path) -> list[Path]:
+    """NIfTI files whose reading takes each branch: scaled int16, 4D, qform only, 5D vector, float64."""
+    import nibabel as nib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    aff = np.array([[0, 0, 2.5, -40], [-0.9, 0, 0, 60], [0, 1.1, 0, -7], [0, 0, 0, 1]], dtype=float)
+    out = []
+    img = nib.Nifti1Image(rng.integers(-300, 900, (6, 5, 4)).astype(np.int16), aff)
+    img.header.set_slope_inter(0.5, -12.0)
+    out.append(folder / "scaled.nii.gz")
+    nib.save(img, str(out[-1]))
+    out.append(folder / "four_d.nii")
+    nib.save(nib.Nifti1Image(rng.random((4, 5, 3, 2)).astype(np.float32), aff), str(out[-1]))
+    img = nib.Nifti1Image(rng.random((4, 4, 4)).astype(np.float64), aff)
+    img.set_sform(None, code=0)
+    img.set_qform(aff, code=1)
+    out.append(folder / "qform_only.nii.gz")
+    nib.save(img, str(out[-1]))
+    out.append(folder / "vector.nii.gz")
+    nib.save(nib.Nifti1Image(rng.random((4, 3, 2, 1, 3)).astype(np.float32), aff), str(out[-1]))
+    return out
+
+
+def test_info_on_nifti_describes_what_the_reader_gives_without_torch(tmp_path: Path) -> None:
+    """``info`` on a NIfTI file reads the validated header only (fast start), and says what ``read`` gives."""
+    from medsat_sr.info import _describe_image, describe
+    from medsat_sr.io import read
+
+    files = _odd_niftis(tmp_path)
+    for f in files:
+        want = {"path": str(f), "format": "nifti", **_describe_image(read(f))}
+        assert json.dumps(describe(f), default=str) == json.dumps(want, default=str), f.name
+    code, loaded = _loaded_by("info", "--json", str(files[0]))
+    assert code == 0
+    assert not loaded & {"torch", "monai", "rasterio", "pydantic"}, loaded
+
+
+def test_info_on_a_bad_nifti_names_the_file_and_the_problem(tmp_path: Path) -> None:
+    """The fast path validates as the reader does: a truncated file is the reader's FormatError."""
+    from medsat_sr.errors import FormatError
+    from medsat_sr.info import describe
+    from medsat_sr.io import read
+
+    (f,) = _odd_niftis(tmp_path)[1:2]
+    bad = tmp_path / "cut.nii"
+    bad.write_bytes(f.read_bytes()[:400])
+    with pytest.raises(FormatError) as by_info:
+        describe(bad)
+    with pytest.raises(FormatError) as by_read:
+        read(bad)
+    assert str(by_info.value) == str(by_read.value) and "cut.nii" in str(by_info.value)
+
+
 def test_package_root_and_command_modules_are_cheap_to_import() -> None:
     code = (
         "import sys, importlib, medsat_sr, medsat_sr.cli\n"

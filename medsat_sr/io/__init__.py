@@ -20,13 +20,15 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from monai.data import MetaTensor
+from typing import TYPE_CHECKING, Any
 
 from medsat_sr.errors import DataError, FormatError
-from medsat_sr.image import BandSet, is_raster
 from medsat_sr.logs import naming
+
+if TYPE_CHECKING:  # the package itself imports no torch: `medsat-sr info` on a NIfTI file stays fast
+    from monai.data import MetaTensor
+
+    from medsat_sr.image import BandSet
 
 __all__ = ["read", "write", "detect_format", "output_format", "FORMATS"]
 
@@ -185,6 +187,8 @@ def write(image: MetaTensor | BandSet, path: str | os.PathLike[str], *, format: 
         FormatError: the format cannot hold this image.
         WriteError: the output cannot be written.
     """
+    from medsat_sr.image import BandSet, is_raster  # loaded already: the caller holds an image
+
     fmt = output_format(path, format)
     if isinstance(image, BandSet):
         if fmt not in ("dicom", "geotiff", "cog") or (fmt == "dicom" and Path(path).suffix):

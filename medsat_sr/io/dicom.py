@@ -191,7 +191,8 @@ from pydicom.valuerep import format_number_as_ds
 from medsat_sr._atomic import atomic_dir
 from medsat_sr._version import __version__
 from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError, MedsatError, TiltError
-from medsat_sr.image import Key, check_affine, is_raster, make_volume
+from medsat_sr.geometry import check_affine
+from medsat_sr.image import Key, is_raster, make_volume
 
 __all__ = [
     "SeriesInfo",
