@@ -55,3 +55,11 @@ def load_average() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
+
+
+def publish(text: str, path: Path) -> int:
+    """Print a benchmark's table and save it as ``path`` (``benchmarks/results/...``); the exit code 0."""
+    print(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n", encoding="utf-8")
+    return 0

@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _machine import describe, load_average  # noqa: E402
+from _machine import describe, load_average, publish  # noqa: E402
 
 from medsat_sr.config import load_config  # noqa: E402
 from medsat_sr.inference.multi import MultiRequest  # noqa: E402
@@ -164,11 +164,7 @@ def table(items: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
-    text = table(rows())
-    print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text + "\n", encoding="utf-8")
-    return 0
+    return publish(table(rows()), RESULTS)
 
 
 if __name__ == "__main__":

@@ -268,12 +268,20 @@ def decide(
         d.reason = f"the model beats {_what(d)} by {gain:.2f} dB on its held-out split"
         return d
     d.reason = f"the model ({d.model_score:.2f} dB) does not beat {_what(d)} by {margin_db:g} dB on its held-out split ({gain:+.2f} dB)"
+    return settle_loss(d, force=force, log=logger)
+
+
+def settle_loss(d: Decision, *, force: bool, log: logging.Logger, what: str = "model") -> Decision:
+    """A decision whose model missed its bar (``d.reason`` says how): kept with ``force``, else the classical result.
+
+    Both ways are logged as a warning naming the reason.
+    """
     if force:
         d.forced = True
-        logger.warning("%s; keeping the model's output because force was given", d.reason)
+        log.warning("%s; keeping the %s's output because force was given", d.reason, what)
         return d
     d.use_model, d.fell_back = False, True
-    logger.warning("%s; writing the %s result instead (use --force to keep the model's output)", d.reason, classical_method)
+    log.warning("%s; writing the %s result instead (use --force to keep the %s's output)", d.reason, d.classical_method, what)
     return d
 
 

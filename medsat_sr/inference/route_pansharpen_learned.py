@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from medsat_sr.config import load_config
-from medsat_sr.inference.plan import Decision
+from medsat_sr.inference.plan import Decision, settle_loss
 from medsat_sr.pansharpen import classical, learned
 from medsat_sr.pansharpen.classical import Pair
 from medsat_sr.pansharpen.protocol import reduced, reduced_scores, split
@@ -50,13 +50,7 @@ def decide(scores: dict[str, dict[str, float]], force: bool) -> Decision:
         d.reason = f"the network's held-out ERGAS {net:.3f} beats the best classical method, {best} ({cls:.3f})"
         return d
     d.reason = f"the network's held-out ERGAS {net:.3f} does not beat the best classical method, {best} ({cls:.3f})"
-    if force:
-        d.forced = True
-        log.warning("%s; keeping the network's output because force was given", d.reason)
-        return d
-    d.use_model, d.fell_back = False, True
-    log.warning("%s; writing the %s result instead (use --force to keep the network's output)", d.reason, best)
-    return d
+    return settle_loss(d, force=force, log=log, what="network")
 
 
 def learned_product(scene: Any, config: str, overrides: list[str], *, force: bool = False
