@@ -1,6 +1,6 @@
 """``upscale --model NAME`` (no fitting): wall time on a 256^3-class volume and a 2000^2 4-band scene (#15).
 
-The "verdict line" column is the last line the CLI printed (progress bars included).
+The "verdict line" is the ``verdict:`` line the CLI printed on stdout.
 
 * ``mri_thick_slice`` on the held-out UIH T1 at 1 mm (160 x 230 x 256) made
   4 mm thick across its superior axis (``mri`` slice model): 160 x 230 x 64 in,
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             if r.returncode != 0:
                 print(r.stderr, file=sys.stderr)
                 return 1
-            verdict = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()][-1:]
+            verdict = [ln for ln in r.stdout.splitlines() if ln.startswith("verdict:")][-1:]
             out.unlink(missing_ok=True)
             rec = json.loads(out.with_name(out.name + ".json").read_text())
             out.with_name(out.name + ".json").unlink()

@@ -505,7 +505,7 @@ def upscale(
     if shipped and config is None and fit is None:
         config = serves(shipped[0])  # the shipped model's profile, scale rule and options
     cfg = load_config(config, list(overrides)) if config is not None else None
-    if cfg is not None and isinstance(image, (str, os.PathLike)) and (cfg.revisit is not None or getattr(cfg, "multistack", None) is not None):
+    if cfg is not None and isinstance(image, (str, os.PathLike)) and (cfg.revisit is not None or cfg.multistack is not None):
         return _upscale_multi(  # one folder of dates (or of stacks) with a multi-input config
             [Path(image)], config=cfg, overrides=(), options=options, method=method, output=output, scale=scale,
             target_spacing=target_spacing, read_options=read_options, run_dir=run_dir, progress=progress,
@@ -535,17 +535,13 @@ def upscale(
         fit = _fit_member(src, cfg, run_dir, progress, scale, target_spacing, opts)
         timings["fit"] = time.perf_counter() - t0
     mem = _members(items, fit, weights, opts.device)
-    if shipped and cfg is not None and len(items) == 1 and fit is None:
+    if shipped and cfg is not None and len(items) == 1 and fit is None:  # a shipped model, no fit: scored on the input
         t0 = time.perf_counter()
         mem.validations = [{"model": 0, **score_on_input(items[0], cfg, _fit_input(src, cfg, scale, target_spacing),
                                                           shipped[0])}]
         timings["score_on_input"] = time.perf_counter() - t0
     profile = _profile(cfg, mem.members)
-    decision = decide(mem.members, mem.validations, classical_method=_classical_name(src, profile),
-                      margin_db=opts.min_gain_db, force=opts.force)
-    agree = ((mem.fit_meta.get("task") or {}).get("degradation_estimate") or {}).get("profile_agreement") or {}
-    if agree.get("strong"):  # the self-check says when the input's measured degradation is not the profile's
-        decision = replace(decision, reason=f"{decision.reason or ''} Degradation: {agree['text']}.".strip())
+    decision = _decide(src, mem, profile, opts)
     run = dict(src=src, mem=mem, decision=decision, method=method, scale=scale, opts=opts, profile=profile,
                cfg=cfg, out_path=out_path, fmt=fmt, progress=progress)
     t0 = time.perf_counter()
@@ -556,6 +552,25 @@ def upscale(
     timings.update(res.pop("timings", {}))
     timings.setdefault("inference", time.perf_counter() - t0)
     timings["total"] = time.perf_counter() - t_start
+    record, side = _record_run(res, mem, decision, cfg, method, weights, opts, out_path, fmt, timings)
+    return UpscaleResult(image=res["image"], std=res.get("std"), record=record, output=out_path,
+                         std_output=res.get("std_output"), sidecar=side, decision=decision)
+
+
+def _decide(src: Any, mem: Any, profile: Any, opts: UpscaleOptions) -> Decision:
+    """The model-or-classical decision of a single-input run, with the degradation self-check in its reason."""
+    decision = decide(mem.members, mem.validations, classical_method=_classical_name(src, profile),
+                      margin_db=opts.min_gain_db, force=opts.force)
+    agree = ((mem.fit_meta.get("task") or {}).get("degradation_estimate") or {}).get("profile_agreement") or {}
+    if agree.get("strong"):  # the self-check says when the input's measured degradation is not the profile's
+        decision = replace(decision, reason=f"{decision.reason or ''} Degradation: {agree['text']}.".strip())
+    return decision
+
+
+def _record_run(res: dict[str, Any], mem: Any, decision: Decision, cfg: Any, method: str | None, weights: Any,
+                opts: UpscaleOptions, out_path: Path | None, fmt: str | None,
+                timings: dict[str, float]) -> tuple[dict[str, Any], Path | None]:
+    """The trust record of a single-input run, written next to the output (an output without it is removed)."""
     use = mem.members if decision.use_model else None
     for m, rec in zip(mem.members, mem.records):
         rec["weight"] = m.weight
@@ -578,5 +593,4 @@ def upscale(
             for done in (out_path, res.get("std_output")):  # an output without its record is incomplete
                 remove_output(done)
             raise
-    return UpscaleResult(image=res["image"], std=res.get("std"), record=record, output=out_path,
-                         std_output=res.get("std_output"), sidecar=side, decision=decision)
+    return record, side
