@@ -135,6 +135,11 @@ def _known_models() -> list[str]:
     return sorted(MODELS)
 
 
+def _nums(values: Sequence[float]) -> str:
+    """Numbers for a message: ``[0.5, 0.5, 5]`` (4 significant digits, no float noise)."""
+    return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
@@ -570,11 +575,12 @@ class JobConfig(StrictModel):
         factors = snap_scale([max(1.0, s / t) for s, t in zip(sp, target, strict=True)])
         if max(factors) <= 1.0:
             raise ConfigError(
-                f"{self._source}: scale: auto found nothing to upsample: spacing {sp} mm is already at "
-                f"or below the target {target} mm"
+                f"{self._source}: scale: auto found nothing to upsample: spacing {_nums(sp)} mm is already at "
+                f"or below the target {_nums(target)} mm"
             )
         if max(factors) > MAX_SCALE:
-            raise ConfigError(f"{self._source}: scale: auto gives {factors}, above the maximum {MAX_SCALE:g}")
+            raise ConfigError(f"{self._source}: scale: auto gives {_nums(factors)}, above the maximum {MAX_SCALE:g}; "
+                              "set scale or a coarser target spacing")
         return factors
 
     def check_runnable(self, task: Literal["train", "upscale", "evaluate"] = "train") -> None:

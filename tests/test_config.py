@@ -498,8 +498,11 @@ def test_scale_for_auto_volumes():
         cfg.scale_for([1.0, 1.0, 1.0])
     with pytest.raises(ConfigError, match="needs the image spacing"):
         cfg.scale_for(None)
-    with pytest.raises(ConfigError, match="above the maximum"):
-        cfg.scale_for([0.1, 0.1, 5.0])
+    with pytest.raises(ConfigError, match="above the maximum") as err:
+        cfg.scale_for([0.1, 0.1, 5.0000001])
+    assert "gives [1, 1, 50]" in str(err.value), err.value  # numbers people read, not float noise
+    with pytest.raises(ConfigError, match=r"spacing \[1, 1, 1\] mm is already at or below the target \[1, 1, 1\]"):
+        cfg.scale_for([1.0, 1.0, 1.0])
     cfg = load_config("mri_thick_slice", ["target_spacing=1.0"])
     assert cfg.scale_for([0.5, 0.5, 3.0]) == (1.0, 1.0, 3.0)  # never downsampled
     cfg = load_config("mri_thick_slice", ["target_spacing=[1, 1, 2]"])
