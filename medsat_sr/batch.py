@@ -114,6 +114,8 @@ from medsat_sr.errors import ConfigError, DataError, MedsatError, ModelError, Wr
 from medsat_sr.fusion import Member
 from medsat_sr.inference import upscale
 from medsat_sr.inference.members import load_member
+from medsat_sr.inference.route_pansharpen import is_pansharpen
+from medsat_sr.pansharpen.classical import METHODS as PAN_METHODS
 from medsat_sr.io import detect_format
 from medsat_sr.logs import naming
 from medsat_sr.progress import Progress
@@ -525,6 +527,8 @@ def _plan(
     torch_threads: int | None,
 ) -> list[_Planned]:
     planned: list[_Planned] = []
+    # pan-sharpening writes one GeoTIFF on the pan grid, also for a band-folder input
+    pan = is_pansharpen(method, config_arg if isinstance(config_arg, (str, os.PathLike)) else None, None)
     for index, spec in enumerate(specs):
         item = _Planned(index=index, spec=spec)
         planned.append(item)
@@ -547,7 +551,8 @@ def _plan(
             else:
                 name = (cfg.name if cfg is not None else "") or (method or "sr")
                 out = out_dir / output_name(
-                    out_sec.name_template, spec.path, kind=kind, index=index, name=name, fmt=out_sec.format
+                    out_sec.name_template, spec.path, kind="geotiff" if pan else kind, index=index, name=name,
+                    fmt=out_sec.format,
                 )
             config_hash = cfg.config_hash(exclude=["data.inputs"]) if cfg is not None else None
             job_hash = _hash_json(
@@ -1073,9 +1078,9 @@ def run_batch(
         raise ConfigError("give either a classical method or models, not both")
     if config is None and not models and method is None:
         raise ConfigError("nothing to run: give a config (--config), a checkpoint (--model) or a method (--method)")
-    if method is not None:
-        if method not in METHODS:
-            raise ConfigError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+    pan_route = is_pansharpen(method, config if isinstance(config, (str, os.PathLike)) else None, None)
+    if method is not None and not pan_route and method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; expected one of {[*METHODS, *PAN_METHODS]}")
     base_config = load_config(config, list(overrides)) if config is not None else None
     if base_config is not None and method is None and not models:
         if base_config.train.mode == "supervised":
@@ -1102,7 +1107,8 @@ def run_batch(
         specs += read_manifest(manifest)
     if not specs:
         raise ConfigError("no inputs: give files, folders or glob patterns, or --manifest CSV")
-    if method is not None and base_config is None and scale_v is None and any(s.scale is None for s in specs if s.error is None):
+    if (method is not None and not pan_route and base_config is None and scale_v is None
+            and any(s.scale is None for s in specs if s.error is None)):
         raise ConfigError("a classical method needs a scale: give --scale (e.g. 2 or 1,1,4), a config, or a manifest scale column")
 
     out_dir = Path(os.path.abspath(Path(output_dir).expanduser()))

@@ -129,6 +129,19 @@ def test_verdict_from_a_trust_record() -> None:
     assert line.startswith(f"{PREFIX} a.tif: GDAL cubic (fell back") and "-1.00 dB" in line
 
 
+def test_verdict_of_a_pansharpening_fallback_speaks_ergas() -> None:
+    """The pan-sharpening decision scores ERGAS (lower is better): the verdict says so, and names what lost."""
+    record = {"method": "mtf-glp-hpm", "output": "p.tif",
+              "decision": {"use_model": False, "fell_back": True, "model_score": 1.938, "classical_score": 1.737,
+                           "classical_method": "mtf-glp-hpm", "metric": "ERGAS"}}
+    line = record_verdict(record, sidecar="p.tif.json")
+    assert line == (f"{PREFIX} p.tif: mtf-glp-hpm (fell back: the network scored ERGAS 1.938 vs 1.737 for "
+                    "mtf-glp-hpm on held-out pixels (lower is better)); fell back; record p.tif.json")
+    asked = record_verdict({"method": "gsa", "output": "g.tif", "decision": {"use_model": False, "fell_back": False,
+                                                                             "model_score": None}})
+    assert "g.tif: gsa (a classical method was asked for; no held-out comparison); no model" in asked
+
+
 def test_error_lines_are_short() -> None:
     long = "/data/scan.nii.gz: " + "; ".join(f"candidate {i} does not match the grid" for i in range(40))
     text = _short(long)

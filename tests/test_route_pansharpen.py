@@ -147,3 +147,25 @@ def test_decision_falls_back_to_the_best_classical_method() -> None:
     assert decide(scores, force=True).use_model and decide(scores, force=True).forced
     scores["network"]["ergas"] = 1.5
     assert decide(scores, force=False).use_model
+
+
+def test_python_api_and_batch_take_the_pansharpening_route(crop: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``medsat_sr.upscale(folder, method="gsa")`` and ``batch --method gsa`` write what the CLI writes."""
+    import medsat_sr
+
+    ref = tmp_path / "cli.tif"
+    assert cli(str(crop), "-o", str(ref), "--method", "gsa")[0] == 0
+    res = medsat_sr.upscale(str(crop), output=str(tmp_path / "api.tif"), method="gsa")
+    assert res.decision is not None and res.decision.classical_method == "gsa" and res.sidecar is not None
+    with pytest.raises(medsat_sr.ConfigError, match="pan-sharpening does not take tta"):
+        medsat_sr.upscale(str(crop), output=str(tmp_path / "x.tif"), method="gsa", tta=True)
+    code = main(["batch", str(crop), "-o", str(tmp_path / "b"), "--method", "gsa", "-q"])
+    assert code == 0, capsys.readouterr().err
+    outs = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert outs == ["batch.jsonl", "l8_sr.tif", "l8_sr.tif.json"], outs  # one GeoTIFF per band folder
+    with rasterio.open(ref) as a, rasterio.open(res.output) as b, rasterio.open(tmp_path / "b" / "l8_sr.tif") as c:
+        assert a.transform == b.transform == c.transform and a.crs == b.crs == c.crs
+        assert np.array_equal(a.read(), b.read()) and np.array_equal(a.read(), c.read())
+    rec = json.loads((tmp_path / "b" / "l8_sr.tif.json").read_text())
+    assert rec["route"] == "pansharpen" and rec["batch"]["index"] == 0

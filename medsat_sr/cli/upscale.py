@@ -95,18 +95,6 @@ def run(args: argparse.Namespace) -> int:
             "give exactly one of --config CFG, --model CKPT (repeatable) or --method cubic|linear|nearest|lanczos"
             + (f"; got {' and '.join(given)}" if given else "")
         )
-    from medsat_sr.inference.route_pansharpen import is_pansharpen, pansharpen_upscale
-
-    if is_pansharpen(args.method, args.config, args.pan):  # pan + MS onto the pan grid (#17)
-        if len(args.input) != 1:
-            raise ConfigError("pan-sharpening takes one INPUT: a band folder with a pan band, or the MS file with --pan")
-        ps = pansharpen_upscale(args.input[0], args.output, method=args.method, config=args.config, pan=args.pan,
-                                cog=bool(getattr(args, "cog", False)), force=bool(getattr(args, "force", False)),
-                                overrides=list(args.set or []))
-        if not args.quiet:
-            print(ps.output)
-            print(ps.sidecar)
-        return EXIT_OK
     models = list(args.model or [])
     result = upscale(
         args.input[0] if len(args.input) == 1 else args.input,
@@ -123,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         read_options=reader_options(args),
         run_dir=args.run_dir,
         progress=not args.quiet,
+        pan=args.pan,
         **given_flags(args),
     )
     log.info("wrote %s", result.output)

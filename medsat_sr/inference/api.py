@@ -163,6 +163,8 @@ from medsat_sr.inference.options import UpscaleOptions, degradation_override, re
 from medsat_sr.inference.plan import Decision, check_fit_route, check_input_size, check_scale_bound, decide
 from medsat_sr.inference.raster import upscale_raster
 from medsat_sr.inference.record import TrustRecord, remove_output
+from medsat_sr.inference.result import UpscaleResult
+from medsat_sr.inference.route_pansharpen import is_pansharpen, pansharpen_upscale
 from medsat_sr.inference.shipped import as_checkpoints, fit_on_input, score_on_input, serves, shipped_names
 from medsat_sr.inference.volume import upscale_volume
 from medsat_sr.io import detect_format, output_format
@@ -172,32 +174,6 @@ from medsat_sr.trust import sha256_path, write_record
 __all__ = ["upscale", "UpscaleResult"]
 
 logger = logging.getLogger("medsat_sr.inference")
-
-
-@dataclass
-class UpscaleResult:
-    """What :func:`upscale` returns.
-
-    Attributes:
-        image: the super-resolved image (volume MetaTensor, raster MetaTensor,
-            or for band sets a raster holding every band on the finest
-            grid); ``None`` when a raster was streamed to ``output``.
-        std: the per-voxel standard deviation across ensemble members
-            (same grid and band order as ``image``), when asked and not streamed.
-        record: the trust record (also written as the sidecar), as a dict.
-        output: the written output, if any.
-        std_output: the written standard-deviation map, if any.
-        sidecar: the written JSON record, if any.
-        decision: the model-or-classical decision.
-    """
-
-    image: MetaTensor | None
-    std: MetaTensor | None
-    record: dict[str, Any]
-    output: Path | None = None
-    std_output: Path | None = None
-    sidecar: Path | None = None
-    decision: Decision | None = None
 
 
 @dataclass
@@ -445,6 +421,7 @@ def upscale(
     read_options: Mapping[str, Any] | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    pan: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> UpscaleResult:
     """Super-resolve a volume or a raster with a model, an ensemble, a self-supervised fit or a classical method.
@@ -476,6 +453,11 @@ def upscale(
         read_options: reader options (DICOM ``series``, ``volume``, ``resample``).
         run_dir: where a self-supervised fit keeps its run (checkpoints, logs).
         progress: show progress bars.
+        pan: pan-sharpening: the panchromatic file (``image`` is then the MS
+            file or folder). A pan-sharpening method (``brovey``, ``gihs``,
+            ``gsa``, ``mtf-glp-hpm``) or config (``landsat_pansharpen``) on a
+            band folder with a pan band takes the same route
+            (:mod:`medsat_sr.inference.route_pansharpen`).
         **options: any field of :class:`~medsat_sr.inference.options.UpscaleOptions`
             (``tile_size``, ``precision``, ``tta``, ``uncertainty``, ``device``,
             ``force``, ``min_gain_db``, ``dtype``, ``format``, ``cog``, ...);
@@ -491,6 +473,9 @@ def upscale(
         WriteError: the output cannot be written (nothing is left behind).
     """
     t_start = time.perf_counter()
+    if is_pansharpen(method, _config_name(config), pan):
+        return _upscale_pansharpen(image, output, method=method, config=config, pan=pan, overrides=overrides,
+                                   options=options)
     if isinstance(image, (list, tuple)) and len(image) != 1:
         if model is not None or models or fit is not None:
             raise ConfigError("several inputs are fused by a multi-input config or a classical method, not by --model")
@@ -555,6 +540,32 @@ def upscale(
     record, side = _record_run(res, mem, decision, cfg, method, weights, opts, out_path, fmt, timings)
     return UpscaleResult(image=res["image"], std=res.get("std"), record=record, output=out_path,
                          std_output=res.get("std_output"), sidecar=side, decision=decision)
+
+
+def _config_name(config: Any) -> str | None:
+    """A config's name or path (``None``: no config), whether given by name, path or as a JobConfig."""
+    if config is None or isinstance(config, (str, os.PathLike)):
+        return None if config is None else os.fspath(config)
+    return getattr(config, "name", None)
+
+
+def _upscale_pansharpen(image: Any, output: Any, *, method: str | None, config: Any, pan: Any,
+                        overrides: Sequence[str], options: Mapping[str, Any]) -> UpscaleResult:
+    """The pan-sharpening route: one MS input (a band folder with its pan band, or ``pan``) onto the pan grid."""
+    if isinstance(image, (list, tuple)):
+        if len(image) != 1:
+            raise ConfigError("pan-sharpening takes one input: a band folder with a pan band, or the MS file with --pan")
+        image = image[0]
+    if not isinstance(image, (str, os.PathLike)) or output is None:
+        raise ConfigError("pan-sharpening reads files and writes a GeoTIFF: give a path and an output")
+    unused = sorted(k for k, v in options.items()
+                    if v is not None and v is not False and k not in ("cog", "force", "sidecar", "format"))
+    if unused:
+        raise ConfigError(f"pan-sharpening does not take {', '.join(unused)}")
+    cog = bool(options.get("cog")) or options.get("format") == "cog"
+    return pansharpen_upscale(image, output, method=method, config=config, pan=pan,
+                              cog=cog, force=bool(options.get("force")),
+                              overrides=list(overrides), sidecar=options.get("sidecar") is not False)
 
 
 def _decide(src: Any, mem: Any, profile: Any, opts: UpscaleOptions) -> Decision:

@@ -203,6 +203,8 @@ class Decision:
         forced: whether ``force`` kept a network that did not pass.
         reason: why, in one sentence.
         source: where the scores come from (self-supervised fit, checkpoint metrics).
+        metric: what the scores are: ``"PSNR"`` in dB (higher is better), or
+            ``"ERGAS"`` (lower is better; the pan-sharpening route).
     """
 
     use_model: bool
@@ -215,6 +217,7 @@ class Decision:
     classical_method: str | None = None
     margin_db: float | None = None
     source: str | None = None
+    metric: str = "PSNR"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (non-finite scores as ``None``)."""

@@ -35,8 +35,8 @@ import rasterio
 
 from medsat_sr._version import __version__
 from medsat_sr.errors import DataError, GeometryError
-from medsat_sr.inference.api import UpscaleResult
 from medsat_sr.inference.plan import Decision
+from medsat_sr.inference.result import UpscaleResult
 from medsat_sr.io.geotiff import open_writer
 from medsat_sr.pansharpen import classical
 from medsat_sr.pansharpen.grid import footprint_valid, grid_relation
@@ -214,22 +214,23 @@ def record(scene: Scene, output: Path, method: str, params: dict[str, Any], seco
 
 
 def pansharpen_upscale(source: str | os.PathLike[str], output: str | os.PathLike[str], *, method: str | None = None,
-                       config: str | None = None, pan: str | os.PathLike[str] | None = None, cog: bool = False,
+                       config: Any = None, pan: str | os.PathLike[str] | None = None, cog: bool = False,
                        force: bool = False, overrides: list[str] | None = None, mtf_ms: float | None = None,
-                       mtf_pan: float | None = None, rows: int = STRIP_ROWS) -> UpscaleResult:
+                       mtf_pan: float | None = None, rows: int = STRIP_ROWS, sidecar: bool = True) -> UpscaleResult:
     """Pan-sharpen ``source`` into ``output`` (GeoTIFF on the pan grid) and write ``output.json``.
 
     Args:
         source: a band folder with a pan band, or the MS file/folder with ``pan``.
         output: the output GeoTIFF.
         method: a classical method (:data:`medsat_sr.pansharpen.classical.METHODS`).
-        config: a pan-sharpening config (``landsat_pansharpen``): the learned route.
+        config: a pan-sharpening config (``landsat_pansharpen``; a name, path or JobConfig): the learned route.
         pan: an explicit pan file.
         cog: write a Cloud Optimized GeoTIFF.
         force: keep the network's output even if it does not beat the best classical method.
         overrides: ``KEY=VALUE`` config overrides.
         mtf_ms, mtf_pan: MTF gains at Nyquist for the generic profile.
         rows: pan rows per strip.
+        sidecar: write ``output.json`` (a batch writes its own, with its section).
 
     Raises:
         ConfigError: neither or both of method and config, an unknown method.
@@ -260,7 +261,7 @@ def pansharpen_upscale(source: str | os.PathLike[str], output: str | os.PathLike
 
     write(scene, out, fn, cog=cog, rows=rows)
     rec = record(scene, out, method, params, time.perf_counter() - t0, decision, extra)
-    side = write_record(rec, out)
+    side = write_record(rec, out) if sidecar else None
     return UpscaleResult(image=None, std=None, record=rec, output=out, sidecar=side, decision=decision)
 
 

@@ -44,7 +44,7 @@ def decide(scores: dict[str, dict[str, float]], force: bool) -> Decision:
     """Network or the best classical method, by held-out reduced-resolution ERGAS."""
     best = min((m for m in scores if m != "network"), key=lambda m: scores[m][SCORE])
     net, cls = scores["network"][SCORE], scores[best][SCORE]
-    d = Decision(use_model=True, classical_method=best, model_score=net, classical_score=cls,
+    d = Decision(use_model=True, classical_method=best, model_score=net, classical_score=cls, metric="ERGAS",
                  source="reduced-resolution ERGAS (lower is better) on the held-out bottom half (Wald's protocol)")
     if net < cls:
         d.reason = f"the network's held-out ERGAS {net:.3f} beats the best classical method, {best} ({cls:.3f})"
@@ -53,7 +53,7 @@ def decide(scores: dict[str, dict[str, float]], force: bool) -> Decision:
     return settle_loss(d, force=force, log=log, what="network")
 
 
-def learned_product(scene: Any, config: str, overrides: list[str], *, force: bool = False
+def learned_product(scene: Any, config: Any, overrides: list[str], *, force: bool = False
                     ) -> tuple[Callable[[Pair], np.ndarray], str, dict[str, Any], Decision, dict[str, Any]]:
     """Fit, score and decide; return ``(product function, method, parameters, decision, record extras)``."""
     cfg = load_config(config, overrides)

@@ -45,6 +45,7 @@ def verdict_line(
     fell_back: bool = False,
     forced: bool = False,
     record: str | os.PathLike[str] | None = None,
+    classical: bool | None = None,
     unit: str = "dB",
 ) -> str:
     """The verdict of one written product, in one line.
@@ -59,7 +60,9 @@ def verdict_line(
         fell_back: a network was available but the classical result was written.
         forced: the network was kept although it did not pass.
         record: the trust record's path (``None``: none written).
-        unit: ``"dB"`` (a difference is printed) or ``"ratio"`` (model / classical).
+        classical: a classical method was asked for (default: ``method`` is a resampling method).
+        unit: ``"dB"`` (a difference is printed), ``"ratio"`` (model / classical) or
+            ``"ERGAS"`` (both printed; lower is better).
 
     Returns:
         ``"verdict: <output>: <what>; <fallback>; record <path>"``.
@@ -67,13 +70,17 @@ def verdict_line(
     base = classical_method or "cubic"
     m, c = _score(model_score), _score(classical_score)
     if m is not None and c is not None:
-        if unit == "ratio":
+        if unit == "ERGAS":
+            versus = f"ERGAS {m:.3f} vs {c:.3f} for {base} on held-out pixels (lower is better)"
+        elif unit == "ratio":
             versus = f"{m / c:.2f}x {base} on held-out pixels ({m:.3g} vs {c:.3g})" if c else f"{m:.3g} vs {base} {c:.3g}"
         else:
             versus = f"{m - c:+.2f} dB vs {base} on held-out pixels ({m:.2f} vs {c:.2f} dB)"
     else:
         versus = None
-    learned = method not in {"cubic", "linear", "nearest", "lanczos"} or m is not None
+    if classical is None:
+        classical = method in {"cubic", "linear", "nearest", "lanczos"}
+    learned = not classical or m is not None
     if fell_back:
         what = f"{base} (fell back: the {method} scored {versus})" if versus else f"{base} (fell back from the {method})"
         fallback = "fell back"
@@ -108,16 +115,22 @@ def record_verdict(
     fb = record.get("fallback")
     fb = fb if isinstance(fb, Mapping) else {}
     out_info = record.get("output")
-    if output is None and isinstance(out_info, Mapping):
-        output = out_info.get("path")
-    method = str(record.get("method") or "model")
+    if output is None:  # a record's output: {"path": ...}, or the path itself (pan-sharpening)
+        output = out_info.get("path") if isinstance(out_info, Mapping) else out_info if isinstance(out_info, str) else None
+    ergas = d.get("metric") == "ERGAS"
+    fell_back = bool(d.get("fell_back", fb.get("applied", False)))
+    # the record's method is what was written; a fallback's verdict names what lost (the model)
+    method = ("network" if ergas else "model") if fell_back else str(record.get("method") or "model")
     return verdict_line(
         output,
         method=method,
         model_score=d.get("model_score"),
         classical_score=d.get("classical_score"),
         classical_method=d.get("classical_method"),
-        fell_back=bool(d.get("fell_back", fb.get("applied", False))),
+        fell_back=fell_back,
+        unit="ERGAS" if ergas else "dB",
         forced=bool(d.get("forced", fb.get("forced", False))),
         record=sidecar,
+        # a classical method asked for on any route (resampling, pan-sharpening, revisit fusion): no model in play
+        classical=(d.get("use_model") is False and not d.get("fell_back") and d.get("model_score") is None) or None,
     )
