@@ -38,8 +38,8 @@ import torch
 from _machine import describe, load_average
 from medsat_sr.config import load_config
 from medsat_sr.inference.route_pansharpen import pansharpen_upscale, read_scene, write
-from medsat_sr.pansharpen import classical, learned
-from medsat_sr.pansharpen.protocol import full_scores, reduced, reduced_scores, split
+from medsat_sr.pansharpen import classical
+from medsat_sr.evaluate_pansharpen import products, score_methods, train_network
 from medsat_sr.pansharpen.sensors import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,37 +68,25 @@ def main() -> int:
     torch.set_num_threads(2)
     scene = read_scene(resolve(SAMPLE))
     pair = scene.pair()
-    (top, _), (bottom, _) = split(pair, scene.ms_valid)
-    lr_top, lr_bottom = reduced(top), reduced(bottom)
     cfg = load_config("landsat_pansharpen")
     t = cfg.train
-    net = learned.make_net(pair.ms.shape[0], **dict(cfg.model.kwargs))
     t0 = time.perf_counter()
-    info = learned.fit(net, top, None, iterations=t.max_iterations, minutes=t.max_minutes, batch=t.batch_size,
-                       patch=t.patch_size, lr=t.lr, seed=t.seed)
+    net, norm, info = train_network(pair, cfg)  # on the top half, at reduced resolution
     fit_s = time.perf_counter() - t0
-    norm = learned.Norm(np.asarray(info["norm_mean"]), np.asarray(info["norm_std"]))
-    stats = (float(pair.pan.mean()), float(pair.pan.std()))
 
-    products = {"cubic (MS only)": (lambda p, params: p.ms_up(), lambda p: {})}
-    for name in classical.METHODS:
-        products[name] = (lambda p, params, n=name: classical.apply(n, p, params), lambda p, n=name: classical.fit(n, p))
-    products["network"] = (lambda p, params: learned.predict(net, p, norm, pan_stats=params.get("stats")),
-                           lambda p: {"stats": (float(p.pan.mean()), float(p.pan.std()))})
+    prods = products(pair, list(classical.METHODS), net, norm)
+    scores = score_methods(pair, prods)  # the evaluate protocol: fit/train on the top half, score the bottom
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (apply_fn, fit_fn) in products.items():
-            rr = reduced_scores(apply_fn(lr_bottom, fit_fn(lr_top) if name != "network" else {}), bottom.ms, 2)
-            full_params = fit_fn(top) if name != "network" else {"stats": stats}
-            fr = full_scores(apply_fn(bottom, full_params), bottom)
+        for name, (apply_fn, fit_fn) in prods.items():
             out = Path(tmp) / "p.tif"
 
-            def run(apply_fn=apply_fn, fit_fn=fit_fn, name=name) -> None:  # fit on the whole scene, then strips
-                params = fit_fn(pair) if name != "network" else {"stats": stats}
+            def run(apply_fn=apply_fn, fit_fn=fit_fn) -> None:  # fit on the whole scene, then strips
+                params = fit_fn(pair)
                 write(scene, out, lambda p: apply_fn(p, params), cog=False)
 
-            secs = median_time(run)
-            rows.append((name, rr["q2n"], rr["sam"], rr["ergas"], fr["d_lambda_k"], fr["d_s"], fr["hqnr"], secs))
+            r = scores[name]
+            rows.append((name, r["q2n"], r["sam"], r["ergas"], r["d_lambda_k"], r["d_s"], r["hqnr"], median_time(run)))
             print(f"  {name}: done", file=sys.stderr)
         cog = Path(tmp) / "hpm_cog.tif"
         res = pansharpen_upscale(SAMPLE, cog, method="mtf-glp-hpm", cog=True)

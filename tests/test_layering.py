@@ -68,6 +68,7 @@ LAYERS: dict[str, int] = {
     # 4: jobs built on upscaling
     "medsat_sr.evaluate": 4,
     "medsat_sr.evaluate_bands": 4,  # band sets by Wald's protocol: per-band RMSE, SAM, ERGAS (#13)
+    "medsat_sr.evaluate_pansharpen": 4,  # pan-sharpening: every method on the held-out half (#17)
     "medsat_sr.batch": 4,
     "medsat_sr.report": 4,
     "medsat_sr.report_plain": 4,

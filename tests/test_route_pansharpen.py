@@ -169,3 +169,30 @@ def test_python_api_and_batch_take_the_pansharpening_route(crop: Path, tmp_path:
         assert np.array_equal(a.read(), b.read()) and np.array_equal(a.read(), c.read())
     rec = json.loads((tmp_path / "b" / "l8_sr.tif.json").read_text())
     assert rec["route"] == "pansharpen" and rec["batch"]["index"] == 0
+
+
+def test_evaluate_puts_every_method_side_by_side_on_the_held_out_half(crop: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``evaluate SCENE --config landsat_pansharpen``: the protocol's table, the panels and the page."""
+    from medsat_sr.evaluate_pansharpen import BASELINE, products, score_methods
+
+    rep = tmp_path / "rep"
+    code = main(["evaluate", str(crop), "--config", "landsat_pansharpen", "--set", "train.max_iterations=2",
+                 "--set", "train.patch_size=32", "-o", str(rep), "-q"])
+    assert code == 0, capsys.readouterr().err
+    res = json.loads((rep / "metrics.json").read_text())
+    assert list(res["methods"]) == [BASELINE, *classical.METHODS, "network"]
+    assert res["ratio"] == 2 and res["bands"] == ["B2", "B3", "B4", "B5", "B6", "B7"]
+    # the classical rows are the protocol's own numbers (fit on the top half, scored on the bottom)
+    pair = read_scene(resolve(crop)).pair()
+    direct = score_methods(pair, products(pair, ["mtf-glp-hpm"]))
+    assert res["methods"]["mtf-glp-hpm"] == pytest.approx(direct["mtf-glp-hpm"], rel=1e-9)
+    # Brovey scales every band of a pixel by one factor: the spectral angle of the upsampled MS is kept exactly
+    assert res["methods"]["brovey"]["sam"] == pytest.approx(res["methods"][BASELINE]["sam"], rel=1e-6)
+    assert res["methods"]["gihs"]["sam"] > res["methods"][BASELINE]["sam"]  # GIHS adds the same detail to every band
+    assert res["best"] == min((m for m in res["methods"] if m != BASELINE), key=lambda m: res["methods"][m]["ergas"])
+    assert (rep / "metrics.csv").read_text().splitlines()[0].startswith("method,q2n,sam,ergas")
+    page = (rep / "report.html").read_text()
+    assert "panels.png" in page and "Best on the held-out half by ERGAS" in page
+    with rasterio.open(rep / "panels.png") as png:  # MS, pan and 6 products side by side in one row
+        assert png.width > 6 * png.height

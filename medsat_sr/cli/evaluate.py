@@ -24,7 +24,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "per-band PSNR/RMSE, SAM and ERGAS; time and peak memory per method. Band folders (Sentinel-2): Wald's protocol on "
         "every group, per-band RMSE, SAM and ERGAS of cubic and each --model, in REPORT_DIR/metrics.json. 'model' is each --model checkpoint, or a "
         "self-supervised fit when the config's train.mode is self_supervised. REPORT_DIR gets metrics.json, "
-        "metrics.csv, PNG figures and a self-contained report.html.",
+        "metrics.csv, PNG figures and a self-contained report.html. Pan-sharpening (--config landsat_pansharpen, "
+        "REFERENCE a band folder with its pan band, or the MS file with --pan): every method side by side on the "
+        "held-out half (Q2n, SAM, ERGAS at reduced resolution; D_lambda, D_s, HQNR at full), --methods "
+        "brovey,gihs,gsa,mtf-glp-hpm,network (default all).",
     )
     p.add_argument("references", nargs="*", metavar="REFERENCE", help="high-resolution reference images")
     add_config(p, required=True)
@@ -47,6 +50,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--run-dir", metavar="DIR", help="where self-supervised fits keep checkpoints and curves (default REPORT_DIR/runs)")
     p.add_argument("--title", metavar="TEXT", help="title of report.html")
     p.add_argument("--no-figures", action="store_true", help="write the tables and the page without PNG figures")
+    p.add_argument("--pan", metavar="PAN.tif", help="pan-sharpening: the panchromatic file (REFERENCE is the MS)")
     p.set_defaults(func=run)
     return p
 
@@ -106,14 +110,36 @@ def _run_band_sets(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_pansharpen(args: argparse.Namespace) -> int:
+    """Pan-sharpening: every method on the held-out half (:mod:`medsat_sr.evaluate_pansharpen`)."""
+    from medsat_sr.errors import ConfigError
+    from medsat_sr.evaluate_pansharpen import evaluate_pansharpen, format_pansharpen_result
+
+    if len(args.references) != 1 or args.pair:
+        raise ConfigError("pan-sharpening evaluates one scene: a band folder with its pan band, or the MS with --pan")
+    names = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
+    classical_methods = [m for m in names if m != "network"] or None
+    res = evaluate_pansharpen(args.references[0], args.output, methods=classical_methods, pan=args.pan,
+                              config=args.config if not names or "network" in names else None,
+                              overrides=list(args.set or []) if not names or "network" in names else [],
+                              figures=not args.no_figures)
+    if not args.quiet:
+        print("\n".join(format_pansharpen_result(res)))
+        print(f"report: {Path(args.output) / 'report.html'}")
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write the report into ``args.output``; return the exit code."""
     from medsat_sr.errors import ConfigError
     from medsat_sr.evaluate import evaluate
+    from medsat_sr.inference.route_pansharpen import is_pansharpen
 
     pairs = [tuple(p) for p in (args.pair or [])]
     if not args.references and not pairs:
         raise ConfigError("nothing to evaluate: give high-resolution REFERENCE files or --pair LR HR")
+    if is_pansharpen(None, args.config, args.pan):
+        return _run_pansharpen(args)
     if not pairs and _band_sets(args.references):
         return _run_band_sets(args)
     ev = evaluate(
