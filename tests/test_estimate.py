@@ -141,3 +141,17 @@ def test_upscale_bad_degradation_file_fails_before_fitting(tmp_path: Path, capsy
                "--degradation", str(tmp_path / "missing.yaml")])
     assert rc == 2 and not (tmp_path / "out.nii.gz").exists()
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_the_run_checks_itself_with_the_measured_degradation() -> None:
+    """With ``degradation: auto``, the consistency self-check degrades with the estimate the pairs used (#14)."""
+    from medsat_sr.config import load_config
+    from medsat_sr.inference.api import _measured
+
+    cfg = load_config("mri_thick_slice", ["degradation=auto"])
+    override = {"model": "slice_profile", "slice_profile": {"shape": "rect", "fwhm": 6.0}}
+    got = _measured(cfg, {"task": {"degradation_estimate": {"used": True, "override": override}}})
+    spec = got.profile.degradation
+    assert (spec.slice_profile.shape, spec.slice_profile.fwhm, spec.estimate) == ("rect", 6.0, "profile")
+    unused = {"task": {"degradation_estimate": {"used": False, "reason": "confidence 0.2 < 0.5"}}}
+    assert _measured(cfg, unused) is cfg and _measured(cfg, {}) is cfg and _measured(None, unused) is None

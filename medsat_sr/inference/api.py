@@ -158,7 +158,7 @@ from medsat_sr.inference.members import (
     state_hash,
     validation_of,
 )
-from medsat_sr.inference.multi import MultiRequest, run_multi
+from medsat_sr.inference.multi import MultiRequest, is_fusion_method, run_multi
 from medsat_sr.inference.options import UpscaleOptions, degradation_override, resolve_options
 from medsat_sr.inference.plan import Decision, check_fit_route, check_input_size, check_scale_bound, decide
 from medsat_sr.inference.raster import upscale_raster
@@ -496,8 +496,15 @@ def upscale(
             target_spacing=target_spacing, read_options=read_options, run_dir=run_dir, progress=progress,
             series_description=series_description,
         )
+    if is_fusion_method(method) and isinstance(image, (str, os.PathLike)) and config is None:
+        return _upscale_multi(  # one folder of dates fused by a classical method (median, shift-and-add, ...)
+            [Path(image)], config=None, overrides=overrides, options=options, method=method, output=output,
+            scale=scale, target_spacing=target_spacing, read_options=read_options, run_dir=run_dir,
+            progress=progress, series_description=series_description,
+        )
     if method is not None and method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+        raise ConfigError(f"unknown method {method!r}; expected one of {list(METHODS)} (several inputs: also "
+                          "median, mean, shift-and-add, best-frame; pan-sharpening: brovey, gihs, gsa, mtf-glp-hpm)")
     if scale is not None:
         check_scale_bound(scale)
     items = as_checkpoints(([model] if model is not None else []) + list(models or []))
@@ -525,6 +532,7 @@ def upscale(
         mem.validations = [{"model": 0, **score_on_input(items[0], cfg, _fit_input(src, cfg, scale, target_spacing),
                                                           shipped[0])}]
         timings["score_on_input"] = time.perf_counter() - t0
+    cfg = _measured(cfg, mem.fit_meta)
     profile = _profile(cfg, mem.members)
     decision = _decide(src, mem, profile, opts)
     run = dict(src=src, mem=mem, decision=decision, method=method, scale=scale, opts=opts, profile=profile,
@@ -568,13 +576,27 @@ def _upscale_pansharpen(image: Any, output: Any, *, method: str | None, config: 
                               overrides=list(overrides), sidecar=options.get("sidecar") is not False)
 
 
+def _measured(cfg: JobConfig | None, fit_meta: Mapping[str, Any]) -> JobConfig | None:
+    """``cfg`` with the degradation the fit measured and used (``degradation: auto``), else ``cfg``.
+
+    The run's self-checks then degrade the output as the training pairs were
+    degraded: the consistency score says whether degrading the output with the
+    *estimated* degradation reproduces the input (#14).
+    """
+    est = ((fit_meta or {}).get("task") or {}).get("degradation_estimate") or {}
+    if cfg is None or not est.get("used") or not est.get("override"):
+        return cfg
+    return with_degradation(cfg, est["override"])
+
+
 def _decide(src: Any, mem: Any, profile: Any, opts: UpscaleOptions) -> Decision:
     """The model-or-classical decision of a single-input run, with the degradation self-check in its reason."""
     decision = decide(mem.members, mem.validations, classical_method=_classical_name(src, profile),
                       margin_db=opts.min_gain_db, force=opts.force)
     agree = ((mem.fit_meta.get("task") or {}).get("degradation_estimate") or {}).get("profile_agreement") or {}
     if agree.get("strong"):  # the self-check says when the input's measured degradation is not the profile's
-        decision = replace(decision, reason=f"{decision.reason or ''} Degradation: {agree['text']}.".strip())
+        head = f"{decision.reason.rstrip('. ')}. " if decision.reason else ""
+        decision = replace(decision, reason=f"{head}Degradation: {agree['text']}.")
     return decision
 
 
