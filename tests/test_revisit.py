@@ -135,6 +135,19 @@ def test_cli_fuses_frames_on_the_refined_grid(tmp_path: Path) -> None:
     assert [i["date"] for i in rec["input"]["inputs"]] == [f"2021-06-0{k}" for k in range(1, 5)]
 
 
+def test_a_folder_of_dates_with_a_fusion_method_is_the_frames_themselves(tmp_path: Path) -> None:
+    """``upscale FOLDER --method median --scale 2`` (no config) fuses the folder's frames, as listing them does."""
+    (tmp_path / "dates").mkdir()
+    paths = _write_frames(tmp_path / "dates")
+    a, b = tmp_path / "folder.tif", tmp_path / "listed.tif"
+    assert main(["upscale", str(tmp_path / "dates"), "-o", str(a), "--method", "median", "--scale", "2", "-q"]) == 0
+    assert main(["upscale", *map(str, paths), "-o", str(b), "--method", "median", "--scale", "2", "-q"]) == 0
+    with rasterio.open(a) as fa, rasterio.open(b) as fb:
+        assert fa.transform == fb.transform and np.array_equal(fa.read(), fb.read())
+    rec = json.loads(a.with_name(a.name + ".json").read_text())
+    assert rec["method"] == "median" and rec["settings"]["frames_used"] == 4
+
+
 def _request(inputs: list[Path], **kw) -> MultiRequest:
     return MultiRequest(inputs=inputs, cfg=None, method=kw.pop("method", "median"), opts=resolve_options(None, {}),
                         scale=2.0, **kw)

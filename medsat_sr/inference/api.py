@@ -158,7 +158,7 @@ from medsat_sr.inference.members import (
     state_hash,
     validation_of,
 )
-from medsat_sr.inference.multi import MultiRequest, run_multi
+from medsat_sr.inference.multi import MultiRequest, is_fusion_method, run_multi
 from medsat_sr.inference.options import UpscaleOptions, degradation_override, resolve_options
 from medsat_sr.inference.plan import Decision, check_fit_route, check_input_size, check_scale_bound, decide
 from medsat_sr.inference.raster import upscale_raster
@@ -496,8 +496,15 @@ def upscale(
             target_spacing=target_spacing, read_options=read_options, run_dir=run_dir, progress=progress,
             series_description=series_description,
         )
+    if is_fusion_method(method) and isinstance(image, (str, os.PathLike)) and config is None:
+        return _upscale_multi(  # one folder of dates fused by a classical method (median, shift-and-add, ...)
+            [Path(image)], config=None, overrides=overrides, options=options, method=method, output=output,
+            scale=scale, target_spacing=target_spacing, read_options=read_options, run_dir=run_dir,
+            progress=progress, series_description=series_description,
+        )
     if method is not None and method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+        raise ConfigError(f"unknown method {method!r}; expected one of {list(METHODS)} (several inputs: also "
+                          "median, mean, shift-and-add, best-frame; pan-sharpening: brovey, gihs, gsa, mtf-glp-hpm)")
     if scale is not None:
         check_scale_bound(scale)
     items = as_checkpoints(([model] if model is not None else []) + list(models or []))

@@ -30,6 +30,7 @@ from medsat_sr.inference.options import UpscaleOptions
 from medsat_sr.inference.plan import Decision
 from medsat_sr.inference.record import TrustRecord, remove_output
 from medsat_sr.io import detect_format
+from medsat_sr.revisit.fuse import METHODS as _FUSIONS
 from medsat_sr.trust import write_record
 
 __all__ = ["MultiRequest", "MultiResult", "RouteFn", "MULTI_ROUTES", "route_for", "run_multi"]
@@ -105,6 +106,15 @@ MULTI_ROUTES: dict[str, RouteFn] = {}
 _VOLUME_FORMATS = ("nifti", "dicom")
 
 
+def is_fusion_method(method: str | None) -> bool:
+    """A classical method that only the revisit route has (``median``, ``mean``, ``shift-and-add``, ``best-frame``).
+
+    With such a method one input is a folder of dates, as with a revisit config.
+    """
+    m = (method or "").lower().replace("-", "_")
+    return m == "saa" or (m in _FUSIONS and m != "learned")
+
+
 def route_for(cfg: JobConfig | None, method: str | None, inputs: Sequence[Path]) -> str:
     """The route of a multi-input run: the config's route section, else the input kind's route.
 
@@ -113,7 +123,7 @@ def route_for(cfg: JobConfig | None, method: str | None, inputs: Sequence[Path])
             section, or a route this installation does not have.
     """
     sections = cfg is not None and any(getattr(cfg, n, None) is not None for n in ("multistack", "revisit"))
-    if len(inputs) < 2 and not sections:  # one input to a route's config: a folder of dates or of stacks
+    if len(inputs) < 2 and not sections and not is_fusion_method(method):  # one input: a folder of dates or of stacks
         raise ConfigError(f"a multi-input route needs at least two inputs, got {len(inputs)}")
     if cfg is not None:
         names = [name for name in ("multistack", "revisit") if getattr(cfg, name, None) is not None]
@@ -123,6 +133,8 @@ def route_for(cfg: JobConfig | None, method: str | None, inputs: Sequence[Path])
                 "section, e.g. mri_multistack or revisit_x3); give one input for a single-image config"
             )
         name = names[0]
+    elif is_fusion_method(method):
+        name = "revisit"
     elif method is not None:
         name = "multistack" if detect_format(Path(inputs[0])) in _VOLUME_FORMATS else "revisit"
     else:
