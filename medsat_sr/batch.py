@@ -114,6 +114,7 @@ from medsat_sr.errors import ConfigError, DataError, MedsatError, ModelError, Wr
 from medsat_sr.fusion import Member
 from medsat_sr.inference import upscale
 from medsat_sr.inference.members import load_member
+from medsat_sr.inference.multi import is_fusion_method
 from medsat_sr.inference.route_pansharpen import is_pansharpen
 from medsat_sr.pansharpen.classical import METHODS as PAN_METHODS
 from medsat_sr.io import detect_format
@@ -506,6 +507,20 @@ def output_name(template: str, path: Path, *, kind: str, index: int, name: str, 
     return template.format(stem=stem, ext=ext, name=name, index=index)
 
 
+def _output_kind(path: Path, cfg: Any, method: str | None, pan: bool) -> str:
+    """The kind of one input's output: the input's format, or what a pan-sharpening or multi-input route writes.
+
+    A band folder with a pan band gives one GeoTIFF; a folder of dates (revisit
+    config or fusion method) one GeoTIFF; a folder of stacks (multi-stack
+    config) one NIfTI volume.
+    """
+    if pan or is_fusion_method(method) or (cfg is not None and cfg.revisit is not None):
+        return "geotiff"
+    if cfg is not None and cfg.multistack is not None:
+        return "nifti"
+    return detect_format(path)
+
+
 def _hash_json(data: Any) -> str:
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -543,7 +558,7 @@ def _plan(
             row_overrides = tuple(spec.overrides) if base_config is None else ()
             all_overrides = (*overrides, *row_overrides) if base_config is None else ()
             out_sec = _output_section(cfg, all_overrides)
-            kind = detect_format(spec.path)
+            kind = _output_kind(spec.path, cfg, method, pan)
             opts = {**dict(read_options), **spec.read_options}
             row_scale = spec.scale if spec.scale is not None else scale
             if spec.output is not None:
@@ -551,7 +566,7 @@ def _plan(
             else:
                 name = (cfg.name if cfg is not None else "") or (method or "sr")
                 out = out_dir / output_name(
-                    out_sec.name_template, spec.path, kind="geotiff" if pan else kind, index=index, name=name,
+                    out_sec.name_template, spec.path, kind=kind, index=index, name=name,
                     fmt=out_sec.format,
                 )
             config_hash = cfg.config_hash(exclude=["data.inputs"]) if cfg is not None else None
@@ -1079,7 +1094,7 @@ def run_batch(
     if config is None and not models and method is None:
         raise ConfigError("nothing to run: give a config (--config), a checkpoint (--model) or a method (--method)")
     pan_route = is_pansharpen(method, config if isinstance(config, (str, os.PathLike)) else None, None)
-    if method is not None and not pan_route and method not in METHODS:
+    if method is not None and not pan_route and not is_fusion_method(method) and method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; expected one of {[*METHODS, *PAN_METHODS]}")
     base_config = load_config(config, list(overrides)) if config is not None else None
     if base_config is not None and method is None and not models:

@@ -148,6 +148,25 @@ def test_a_folder_of_dates_with_a_fusion_method_is_the_frames_themselves(tmp_pat
     assert rec["method"] == "median" and rec["settings"]["frames_used"] == 4
 
 
+def test_batch_fuses_each_folder_of_dates_into_one_raster(tmp_path: Path) -> None:
+    """``batch SITE1 SITE2 --method median --scale 2``: one fused GeoTIFF (and record) per folder of dates."""
+    for site in ("site1", "site2"):
+        (tmp_path / "in" / site).mkdir(parents=True)
+        _write_frames(tmp_path / "in" / site, 3)
+    out = tmp_path / "out"
+    assert main(["batch", str(tmp_path / "in" / "site1"), str(tmp_path / "in" / "site2"), "-o", str(out),
+                 "--method", "median", "--scale", "2", "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["batch.jsonl", "site1_sr.tif", "site1_sr.tif.json",
+                                                     "site2_sr.tif", "site2_sr.tif.json"]
+    one = tmp_path / "one.tif"
+    assert main(["upscale", str(tmp_path / "in" / "site2"), "-o", str(one), "--method", "median", "--scale", "2",
+                 "-q"]) == 0
+    with rasterio.open(one) as a, rasterio.open(out / "site2_sr.tif") as b:
+        assert a.transform == b.transform and np.array_equal(a.read(), b.read())
+    rec = json.loads((out / "site2_sr.tif.json").read_text())
+    assert rec["input"]["route"] == "revisit" and rec["batch"]["index"] == 1
+
+
 def _request(inputs: list[Path], **kw) -> MultiRequest:
     return MultiRequest(inputs=inputs, cfg=None, method=kw.pop("method", "median"), opts=resolve_options(None, {}),
                         scale=2.0, **kw)
