@@ -136,233 +136,41 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from monai.data import MetaTensor
 
-from medsat_sr._atomic import check_writable
-from medsat_sr._schema import check_path
 from medsat_sr.baselines import METHODS
-from medsat_sr.config import JobConfig, load_config, parse_override, with_degradation
-from medsat_sr.errors import ConfigError, DataError, FormatError
+from medsat_sr.config import JobConfig, load_config, with_degradation
+from medsat_sr.errors import ConfigError
 from medsat_sr.fusion import Member
-from medsat_sr.image import BandSet, Key, is_raster, is_volume
-from medsat_sr.inference.members import (
-    domain_of,
-    load_member,
-    member_weights,
-    native_bf16,
-    resolve_device,
-    state_hash,
-    validation_of,
-)
+from medsat_sr.image import BandSet
+from medsat_sr.inference.members import collect_members, domain_of
 from medsat_sr.inference.multi import MultiRequest, is_fusion_method, run_multi
-from medsat_sr.inference.options import UpscaleOptions, degradation_override, resolve_options
-from medsat_sr.inference.plan import Decision, check_fit_route, check_input_size, check_scale_bound, decide
+from medsat_sr.inference.options import UpscaleOptions, degradation_override
+from medsat_sr.inference.plan import Decision, check_scale_bound, decide
 from medsat_sr.inference.raster import upscale_raster
 from medsat_sr.inference.record import TrustRecord, remove_output
+from medsat_sr.inference.request import (
+    Source,
+    check_request,
+    fit_input,
+    fit_member,
+    output_target,
+    read_source,
+    request_options,
+)
 from medsat_sr.inference.result import UpscaleResult
 from medsat_sr.inference.route_pansharpen import is_pansharpen, pansharpen_upscale
-from medsat_sr.inference.shipped import as_checkpoints, fit_on_input, score_on_input, serves, shipped_names
+from medsat_sr.inference.shipped import as_checkpoints, score_on_input, serves, shipped_names
 from medsat_sr.inference.volume import upscale_volume
-from medsat_sr.io import detect_format, output_format
-from medsat_sr.io import read as io_read
-from medsat_sr.trust import sha256_path, write_record
+from medsat_sr.trust import write_record
 
 __all__ = ["upscale", "UpscaleResult"]
 
 logger = logging.getLogger("medsat_sr.inference")
-
-
-@dataclass
-class Source:
-    """The input of a run: a volume in memory, or a raster (in memory or named by path, streamed)."""
-
-    kind: str
-    path: Path | None = None
-    sha: str | None = None
-    volume: MetaTensor | None = None
-    raster: MetaTensor | BandSet | None = None
-
-    @property
-    def is_volume(self) -> bool:
-        """Whether the input is a volume."""
-        return self.volume is not None
-
-
-@dataclass
-class Members:
-    """The networks of a run and what the record and the decision need to know about them."""
-
-    members: list[Member] = field(default_factory=list)
-    records: list[dict[str, Any]] = field(default_factory=list)
-    validations: list[dict[str, Any]] = field(default_factory=list)
-    fit_norm: Any = None
-    fit_meta: dict[str, Any] = field(default_factory=dict)
-    weights_method: str | None = None
-
-
-def _read_source(image: Any, read_options: Mapping[str, Any] | None) -> Source:
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        kind = detect_format(path)
-        src = Source(kind=kind, path=path)
-        if kind in ("dicom", "nifti"):
-            src.volume = io_read(path, **dict(read_options or {}))
-            if not is_volume(src.volume):
-                raise FormatError(f"{path}: expected a volume, got a {src.volume.meta.get(Key.KIND)}")
-        src.sha = sha256_path(path)
-        check_input_size(src.volume, None, path, kind)
-        return src
-    if isinstance(image, BandSet):
-        src = Source(kind="bandset", raster=image)
-    elif isinstance(image, MetaTensor) and is_volume(image):
-        src = Source(kind="volume", volume=image)
-    elif isinstance(image, MetaTensor) and is_raster(image):
-        src = Source(kind="geotiff", raster=image)
-    else:
-        raise DataError(f"image must be a path, a volume, a raster or a BandSet, got {type(image).__name__}")
-    check_input_size(src.volume, src.raster, None, src.kind)
-    return src
-
-
-def _override_sections(overrides: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``--set`` items without a job config: only ``inference.*``, ``output.*`` and ``bands.others``."""
-    data: dict[str, dict[str, Any]] = {"inference": {}, "output": {}, "bands": {}}
-    for item in overrides:
-        parts, value = parse_override(item)
-        try:
-            check_path(JobConfig, parts)  # unknown keys get a did-you-mean hint
-        except ConfigError as exc:
-            raise ConfigError(f"--set {item!r}: {exc}") from None
-        if parts[0] not in data or len(parts) != 2 or parts == ["bands", "targets"] or parts == ["bands", "guides"]:
-            raise ConfigError(f"--set {item!r}: without --config only inference.*, output.* and bands.others can be set")
-        data[parts[0]][parts[1]] = value
-    others = data["bands"].get("others", "cubic")
-    if others not in ("cubic", "drop"):
-        raise ConfigError(f"--set bands.others: expected 'cubic' or 'drop', got {others!r}")
-    return data
-
-
-def _options(cfg: JobConfig | None, overrides: Sequence[str], given: Mapping[str, Any]) -> tuple[UpscaleOptions, str]:
-    """The validated options (device and precision resolved for this machine) and ``bands.others``."""
-    if cfg is not None:
-        sections: Mapping[str, Any] = {"inference": cfg.inference, "output": cfg.output}
-        others = cfg.bands.others
-    else:
-        data = _override_sections(overrides)
-        sections, others = data, data["bands"].get("others", "cubic")
-    opts = resolve_options(sections, given)
-    device = resolve_device(opts.device)
-    precision = opts.precision if opts.precision != "auto" else ("bf16" if native_bf16(device) else "fp32")
-    return opts.model_copy(update={"device": device, "precision": precision}), others
-
-
-def _output(output: Any, opts: UpscaleOptions) -> tuple[Path | None, str | None]:
-    if output is None:
-        return None, None
-    out_path = Path(output)
-    fmt = output_format(out_path, None if opts.format == "auto" else opts.format)
-    if opts.cog and fmt == "geotiff":
-        fmt = "cog"
-    check_writable(out_path)
-    return out_path, fmt
-
-
-def _check_request(src: Source, cfg: JobConfig | None, fmt: str | None, opts: UpscaleOptions, *, target_spacing: Any,
-                   out_path: Path | None) -> None:
-    """Everything about input, config and writer that can be refused before any model work."""
-    if not src.is_volume and target_spacing is not None:
-        raise ConfigError("target_spacing (--target-spacing) is for volumes; rasters take a scale (--scale)")
-    if cfg is not None and (cfg.profile.kind == "volume") != src.is_volume:
-        raise ConfigError(f"{cfg.source}: the config is for {cfg.profile.kind}s, the input is a {'volume' if src.is_volume else 'raster'}")
-    if fmt is None:
-        return
-    if src.is_volume and fmt in ("geotiff", "cog"):
-        raise FormatError(f"{out_path}: a volume is written as .nii/.nii.gz or a DICOM folder (no suffix)")
-    if src.is_volume and fmt == "dicom" and opts.dtype == "float32":
-        raise ConfigError("DICOM stores integers; use --dtype source for a DICOM output (or write .nii.gz for float32)")
-    if not src.is_volume and fmt == "nifti":
-        raise FormatError(f"{out_path}: a raster is written to a .tif file (or a band folder for band sets)")
-
-
-def _fit_input(src: Source, cfg: JobConfig, scale: Any, target_spacing: Any) -> Any:
-    """What a self-supervised fit of ``cfg`` trains (and validates) on: the volume, raster or band set."""
-    if src.is_volume:
-        check_fit_route(src.volume, cfg, scale, target_spacing)
-        return src.volume
-    return src.raster if src.raster is not None else io_read(src.path)
-
-
-def _fit_member(src: Source, cfg: JobConfig, run_dir: Any, progress: bool, scale: Any, target_spacing: Any,
-                opts: UpscaleOptions) -> Any:
-    """Fit on the input itself (fine-tuning the shipped model by default), once the request has been checked."""
-    if cfg.train.mode == "supervised":
-        raise ConfigError(
-            f"{cfg.source}: a supervised config trains on references first (medsat-sr train); "
-            "upscale with --model CKPT, or use a self-supervised config"
-        )
-    if src.is_volume:
-        check_fit_route(src.volume, cfg, scale, target_spacing)
-        fit_input: Any = src.volume
-    else:
-        if src.raster is None and src.path is not None:
-            src.raster = io_read(src.path)
-        fit_input = src.raster
-    return fit_on_input(fit_input, cfg, opts, run_dir=run_dir, progress=progress)
-
-
-def _fitted(fit: Any, device: str) -> tuple[Member, dict[str, Any], dict[str, Any] | None]:
-    meta = dict(getattr(fit, "metadata", {}) or {})
-    member = Member(model=fit.model.to(device).eval(), name="self-supervised fit", info={"_meta": meta})
-    record = {
-        "path": meta.get("checkpoint"),
-        "sha256": state_hash(fit.model),
-        "architecture": getattr(fit.model, "config", None),
-        "source": (meta.get("start") or {}).get("source", "self-supervised fit on the input"),
-        "metrics": meta.get("metrics"),
-    }
-    est = (meta.get("task") or {}).get("degradation_estimate")
-    if est is not None:  # degradation: auto (#14): what was measured, how sure, how far from the profile
-        record["degradation_estimate"] = est
-    vp, vc = getattr(fit, "val_psnr", None), getattr(fit, "val_psnr_cubic", None)
-    validation = None
-    if vp is not None and vc is not None:
-        validation = {"model": 0, "val_psnr": float(vp), "val_psnr_cubic": float(vc), "source": "self-supervised fit, held-out split"}
-        vi = (meta.get("metrics") or {}).get("val_psnr_interp")
-        if vi is not None:
-            validation["val_psnr_interp"] = float(vi)
-    return member, record, validation
-
-
-def _members(items: list[Any], fit: Any, weights: Any, device: str) -> Members:
-    out = Members()
-    if fit is not None:
-        member, rec, validation = _fitted(fit, device)
-        out.members.append(member)
-        out.records.append(rec)
-        out.fit_meta = dict(member.info["_meta"])
-        out.fit_norm = getattr(fit, "normaliser", None)
-        if validation is not None:
-            out.validations.append(validation)
-    for item in items:
-        m, info = load_member(item, device)
-        out.members.append(m)
-        out.records.append({k: v for k, v in info.items() if not k.startswith("_")})
-        v = validation_of(info.get("metrics"))
-        if v is not None:
-            out.validations.append({"model": len(out.members) - 1, **v, "source": "checkpoint metrics"})
-    if out.members:
-        ws, out.weights_method = member_weights(weights, out.members)
-        if len(out.members) == 1:
-            out.weights_method = None
-        for m, w in zip(out.members, ws):
-            m.weight = w
-    elif weights is not None:
-        raise ConfigError("weights are for ensembles of models")
-    return out
 
 
 def _profile(cfg: JobConfig | None, members: list[Member]) -> Any:
@@ -395,8 +203,8 @@ def _upscale_multi(inputs: list[Path], *, config: Any, overrides: Sequence[str],
                    method: str | None, output: Any, run_dir: Any, **request: Any) -> UpscaleResult:
     """Several inputs into one output: the multi-input route of the config or the inputs' kind."""
     cfg = load_config(config, list(overrides)) if config is not None else None
-    opts, _ = _options(cfg, overrides, options)
-    out_path, fmt = _output(output, opts)
+    opts, _ = request_options(cfg, overrides, options)
+    out_path, fmt = output_target(output, opts)
     req = MultiRequest(inputs=inputs, cfg=cfg, method=method, opts=opts, out_path=out_path, fmt=fmt,
                        run_dir=Path(run_dir) if run_dir else None, **request)
     req.read_options = dict(req.read_options or {})
@@ -512,24 +320,24 @@ def upscale(
         raise ConfigError("give either a classical method or models, not both")
     if not items and method is None and fit is None and cfg is None:
         raise ConfigError("nothing to upscale with: give a model (--model), a method (--method) or a config (--config)")
-    opts, others = _options(cfg, overrides, options)
+    opts, others = request_options(cfg, overrides, options)
     deg_over = degradation_override(opts.degradation)  # --degradation auto|profile|FILE (#14), checked before any fit
     if deg_over is not None and cfg is not None:
         cfg = with_degradation(cfg, deg_over)
-    out_path, fmt = _output(output, opts)
+    out_path, fmt = output_target(output, opts)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    src = _read_source(image, read_options)
-    _check_request(src, cfg, fmt, opts, target_spacing=target_spacing, out_path=out_path)
+    src = read_source(image, read_options)
+    check_request(src, cfg, fmt, opts, target_spacing=target_spacing, out_path=out_path)
     timings["read"] = time.perf_counter() - t0
     if not items and method is None and fit is None and cfg is not None:
         t0 = time.perf_counter()
-        fit = _fit_member(src, cfg, run_dir, progress, scale, target_spacing, opts)
+        fit = fit_member(src, cfg, run_dir, progress, scale, target_spacing, opts)
         timings["fit"] = time.perf_counter() - t0
-    mem = _members(items, fit, weights, opts.device)
+    mem = collect_members(items, fit, weights, opts.device)
     if shipped and cfg is not None and len(items) == 1 and fit is None:  # a shipped model, no fit: scored on the input
         t0 = time.perf_counter()
-        mem.validations = [{"model": 0, **score_on_input(items[0], cfg, _fit_input(src, cfg, scale, target_spacing),
+        mem.validations = [{"model": 0, **score_on_input(items[0], cfg, fit_input(src, cfg, scale, target_spacing),
                                                           shipped[0])}]
         timings["score_on_input"] = time.perf_counter() - t0
     cfg = _measured(cfg, mem.fit_meta)

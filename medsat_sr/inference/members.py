@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,68 @@ def centre(n: int, size: int, multiple: int) -> tuple[int, int]:
     size = min(size, n // multiple * multiple) or n
     start = (n - size) // 2
     return start, start + size
+
+
+@dataclass
+class Members:
+    """The networks of a run and what the record and the decision need to know about them."""
+
+    members: list[Member] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    validations: list[dict[str, Any]] = field(default_factory=list)
+    fit_norm: Any = None
+    fit_meta: dict[str, Any] = field(default_factory=dict)
+    weights_method: str | None = None
+
+
+def _fitted(fit: Any, device: str) -> tuple[Member, dict[str, Any], dict[str, Any] | None]:
+    """A self-supervised fit as a member, with its record entry and its held-out validation."""
+    meta = dict(getattr(fit, "metadata", {}) or {})
+    member = Member(model=fit.model.to(device).eval(), name="self-supervised fit", info={"_meta": meta})
+    record = {
+        "path": meta.get("checkpoint"),
+        "sha256": state_hash(fit.model),
+        "architecture": getattr(fit.model, "config", None),
+        "source": (meta.get("start") or {}).get("source", "self-supervised fit on the input"),
+        "metrics": meta.get("metrics"),
+    }
+    est = (meta.get("task") or {}).get("degradation_estimate")
+    if est is not None:  # degradation: auto (#14): what was measured, how sure, how far from the profile
+        record["degradation_estimate"] = est
+    vp, vc = getattr(fit, "val_psnr", None), getattr(fit, "val_psnr_cubic", None)
+    validation = None
+    if vp is not None and vc is not None:
+        validation = {"model": 0, "val_psnr": float(vp), "val_psnr_cubic": float(vc), "source": "self-supervised fit, held-out split"}
+        vi = (meta.get("metrics") or {}).get("val_psnr_interp")
+        if vi is not None:
+            validation["val_psnr_interp"] = float(vi)
+    return member, record, validation
+
+
+def collect_members(items: list[Any], fit: Any, weights: Any, device: str) -> Members:
+    """The members of a run (a fit first, then the checkpoints), their records, validations and weights."""
+    out = Members()
+    if fit is not None:
+        member, rec, validation = _fitted(fit, device)
+        out.members.append(member)
+        out.records.append(rec)
+        out.fit_meta = dict(member.info["_meta"])
+        out.fit_norm = getattr(fit, "normaliser", None)
+        if validation is not None:
+            out.validations.append(validation)
+    for item in items:
+        m, info = load_member(item, device)
+        out.members.append(m)
+        out.records.append({k: v for k, v in info.items() if not k.startswith("_")})
+        v = validation_of(info.get("metrics"))
+        if v is not None:
+            out.validations.append({"model": len(out.members) - 1, **v, "source": "checkpoint metrics"})
+    if out.members:
+        ws, out.weights_method = member_weights(weights, out.members)
+        if len(out.members) == 1:
+            out.weights_method = None
+        for m, w in zip(out.members, ws):
+            m.weight = w
+    elif weights is not None:
+        raise ConfigError("weights are for ensembles of models")
+    return out

@@ -1,0 +1,157 @@
+"""The request of one upscale run, checked before any model work: its input, options and output.
+
+:func:`read_source` reads the input (a volume whole; a raster or band set is
+streamed later, by path); :func:`request_options` validates the options
+against the config's ``inference:``/``output:`` sections (or ``--set`` items
+without a config) and resolves device and precision; :func:`output_target`
+names the writer; :func:`check_request` refuses what cannot work (a volume
+to a GeoTIFF, a config for the other kind) before a fit costs minutes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from monai.data import MetaTensor
+
+from medsat_sr._atomic import check_writable
+from medsat_sr._schema import check_path
+from medsat_sr.config import JobConfig, parse_override
+from medsat_sr.errors import ConfigError, DataError, FormatError
+from medsat_sr.image import BandSet, Key, is_raster, is_volume
+from medsat_sr.inference.members import native_bf16, resolve_device
+from medsat_sr.inference.options import UpscaleOptions, resolve_options
+from medsat_sr.inference.plan import check_fit_route, check_input_size
+from medsat_sr.inference.shipped import fit_on_input
+from medsat_sr.io import detect_format, output_format
+from medsat_sr.io import read as io_read
+from medsat_sr.trust import sha256_path
+
+__all__ = ["Source", "read_source", "request_options", "output_target", "check_request", "fit_input", "fit_member"]
+
+
+@dataclass
+class Source:
+    """The input of a run: a volume in memory, or a raster (in memory or named by path, streamed)."""
+
+    kind: str
+    path: Path | None = None
+    sha: str | None = None
+    volume: MetaTensor | None = None
+    raster: MetaTensor | BandSet | None = None
+
+    @property
+    def is_volume(self) -> bool:
+        """Whether the input is a volume."""
+        return self.volume is not None
+
+
+def read_source(image: Any, read_options: Mapping[str, Any] | None) -> Source:
+    """The run's input: a volume read whole, a raster or band set named by path (streamed later) or in memory."""
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        kind = detect_format(path)
+        src = Source(kind=kind, path=path)
+        if kind in ("dicom", "nifti"):
+            src.volume = io_read(path, **dict(read_options or {}))
+            if not is_volume(src.volume):
+                raise FormatError(f"{path}: expected a volume, got a {src.volume.meta.get(Key.KIND)}")
+        src.sha = sha256_path(path)
+        check_input_size(src.volume, None, path, kind)
+        return src
+    if isinstance(image, BandSet):
+        src = Source(kind="bandset", raster=image)
+    elif isinstance(image, MetaTensor) and is_volume(image):
+        src = Source(kind="volume", volume=image)
+    elif isinstance(image, MetaTensor) and is_raster(image):
+        src = Source(kind="geotiff", raster=image)
+    else:
+        raise DataError(f"image must be a path, a volume, a raster or a BandSet, got {type(image).__name__}")
+    check_input_size(src.volume, src.raster, None, src.kind)
+    return src
+
+
+def _override_sections(overrides: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--set`` items without a job config: only ``inference.*``, ``output.*`` and ``bands.others``."""
+    data: dict[str, dict[str, Any]] = {"inference": {}, "output": {}, "bands": {}}
+    for item in overrides:
+        parts, value = parse_override(item)
+        try:
+            check_path(JobConfig, parts)  # unknown keys get a did-you-mean hint
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item!r}: {exc}") from None
+        if parts[0] not in data or len(parts) != 2 or parts == ["bands", "targets"] or parts == ["bands", "guides"]:
+            raise ConfigError(f"--set {item!r}: without --config only inference.*, output.* and bands.others can be set")
+        data[parts[0]][parts[1]] = value
+    others = data["bands"].get("others", "cubic")
+    if others not in ("cubic", "drop"):
+        raise ConfigError(f"--set bands.others: expected 'cubic' or 'drop', got {others!r}")
+    return data
+
+
+def request_options(cfg: JobConfig | None, overrides: Sequence[str], given: Mapping[str, Any]) -> tuple[UpscaleOptions, str]:
+    """The validated options (device and precision resolved for this machine) and ``bands.others``."""
+    if cfg is not None:
+        sections: Mapping[str, Any] = {"inference": cfg.inference, "output": cfg.output}
+        others = cfg.bands.others
+    else:
+        data = _override_sections(overrides)
+        sections, others = data, data["bands"].get("others", "cubic")
+    opts = resolve_options(sections, given)
+    device = resolve_device(opts.device)
+    precision = opts.precision if opts.precision != "auto" else ("bf16" if native_bf16(device) else "fp32")
+    return opts.model_copy(update={"device": device, "precision": precision}), others
+
+
+def output_target(output: Any, opts: UpscaleOptions) -> tuple[Path | None, str | None]:
+    """The output path and its format (``cog`` when asked for a GeoTIFF), checked writable; ``(None, None)``: none."""
+    if output is None:
+        return None, None
+    out_path = Path(output)
+    fmt = output_format(out_path, None if opts.format == "auto" else opts.format)
+    if opts.cog and fmt == "geotiff":
+        fmt = "cog"
+    check_writable(out_path)
+    return out_path, fmt
+
+
+def check_request(src: Source, cfg: JobConfig | None, fmt: str | None, opts: UpscaleOptions, *, target_spacing: Any,
+                   out_path: Path | None) -> None:
+    """Everything about input, config and writer that can be refused before any model work."""
+    if not src.is_volume and target_spacing is not None:
+        raise ConfigError("target_spacing (--target-spacing) is for volumes; rasters take a scale (--scale)")
+    if cfg is not None and (cfg.profile.kind == "volume") != src.is_volume:
+        raise ConfigError(f"{cfg.source}: the config is for {cfg.profile.kind}s, the input is a {'volume' if src.is_volume else 'raster'}")
+    if fmt is None:
+        return
+    if src.is_volume and fmt in ("geotiff", "cog"):
+        raise FormatError(f"{out_path}: a volume is written as .nii/.nii.gz or a DICOM folder (no suffix)")
+    if src.is_volume and fmt == "dicom" and opts.dtype == "float32":
+        raise ConfigError("DICOM stores integers; use --dtype source for a DICOM output (or write .nii.gz for float32)")
+    if not src.is_volume and fmt == "nifti":
+        raise FormatError(f"{out_path}: a raster is written to a .tif file (or a band folder for band sets)")
+
+
+def fit_input(src: Source, cfg: JobConfig, scale: Any, target_spacing: Any) -> Any:
+    """What a self-supervised fit of ``cfg`` trains (and validates) on: the volume, raster or band set."""
+    if src.is_volume:
+        check_fit_route(src.volume, cfg, scale, target_spacing)
+        return src.volume
+    return src.raster if src.raster is not None else io_read(src.path)
+
+
+def fit_member(src: Source, cfg: JobConfig, run_dir: Any, progress: bool, scale: Any, target_spacing: Any,
+                opts: UpscaleOptions) -> Any:
+    """Fit on the input itself (fine-tuning the shipped model by default), once the request has been checked."""
+    if cfg.train.mode == "supervised":
+        raise ConfigError(
+            f"{cfg.source}: a supervised config trains on references first (medsat-sr train); "
+            "upscale with --model CKPT, or use a self-supervised config"
+        )
+    if not src.is_volume and src.raster is None and src.path is not None:
+        src.raster = io_read(src.path)  # read once: the fit and the run share it
+    return fit_on_input(fit_input(src, cfg, scale, target_spacing), cfg, opts, run_dir=run_dir, progress=progress)
