@@ -92,7 +92,7 @@ class MultiStackOptions(StrictModel):
     register_cycles: int = Field(2, ge=0, le=10)
     registration_iterations: int = Field(20, ge=1, le=1000)
     regulariser: Literal["tikhonov", "tv"] = "tikhonov"
-    lam: float = Field(0.01, ge=0, le=100)
+    lam: float = Field(0.1, ge=0, le=100)
     cg_iterations: int = Field(12, ge=1, le=500)
     outer_iterations: int = Field(3, ge=1, le=50)
     robust: bool = True
