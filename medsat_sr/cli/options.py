@@ -93,7 +93,9 @@ def add_model(p: Any, *, help: str = "checkpoint (repeat for a weighted ensemble
 
 def add_method(p: Any) -> None:
     """Add ``--method NAME`` (a classical method) to a parser or an argument group."""
-    p.add_argument("--method", metavar="NAME", help="classical method: cubic, linear, nearest or lanczos")
+    p.add_argument("--method", metavar="NAME", help="classical method: cubic, linear, nearest or lanczos; revisits "
+                   "(several frames or a folder of dates): median, mean, shift-and-add or best-frame; pan-sharpening: "
+                   "brovey, gihs, gsa or mtf-glp-hpm")
 
 
 def add_scale(p: Any, *, help: str = "one factor or one per axis, e.g. 2 or 1,1,4 (default: the model's)") -> None:
