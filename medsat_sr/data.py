@@ -1233,6 +1233,8 @@ def make_training_set(
     estimate_rec: dict[str, Any] | None = None
     if mode == "self_supervised" and not pairs and items and degradation_auto.wants_estimate(cfg):
         cfg, estimate_rec = degradation_auto.apply_estimate(cfg, items[0])  # pairs and held-out split from it
+    elif mode == "self_supervised" and not pairs and items:
+        estimate_rec = degradation_auto.check_profile(cfg, items[0])  # the profile checked against the input
     p = cfg.profile
     seed = int(cfg.train.seed if seed is None else seed)
     sources: list[PairSource] = []

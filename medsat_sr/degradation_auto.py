@@ -30,7 +30,8 @@ from medsat_sr.config import JobConfig, with_degradation
 from medsat_sr.errors import ConfigError
 from medsat_sr.image import BandSet, Key, is_raster, is_volume
 
-__all__ = ["MIN_CONFIDENCE", "MISMATCH", "wants_estimate", "apply_estimate", "estimate_for", "compare_with_profile"]
+__all__ = ["MIN_CONFIDENCE", "MISMATCH", "wants_estimate", "apply_estimate", "check_profile", "estimate_for",
+           "compare_with_profile"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,3 +191,40 @@ def apply_estimate(cfg: JobConfig, image: Any) -> tuple[JobConfig, dict[str, Any
     rec.update(used=True, override=override, profile_agreement=compare_with_profile(cfg.profile, override, rec, image))
     logger.info("degradation: auto: %s", rec["profile_agreement"]["text"])
     return with_degradation(cfg, override), rec
+
+
+def check_profile(cfg: JobConfig, image: Any) -> dict[str, Any] | None:
+    """``degradation: profile``: measure the input anyway and say how far the profile is from it (check only).
+
+    The pairs and the held-out split keep the profile's degradation; the
+    record (``used: false``) carries the estimate and ``profile_agreement``,
+    so a strong disagreement reaches the verdict: the held-out split cannot
+    notice a wrong profile, since it is degraded the same wrong way (#14).
+    Volumes whose profile models a slice profile and band sets whose profile
+    models a Gaussian PSF are checked; a single raster's estimate across
+    scales is rarely confident and is not worth its time here.
+
+    Returns:
+        The record, or ``None`` (no check applies, or the estimate failed or
+        is not confident).
+    """
+    deg = cfg.profile.degradation
+    volume = is_volume(image) and not isinstance(image, BandSet)
+    if not ((volume and deg.model == "slice_profile")
+            or (isinstance(image, BandSet) and deg.model == "psf" and deg.psf.shape == "gaussian")):
+        return None
+    try:
+        override, rec = estimate_for(image, cfg)
+        if float(rec.get("confidence", 0.0)) < MIN_CONFIDENCE or (override.get("psf") or {}).get("mtf_nyquist") == {}:
+            return None  # not confident (no band confident, for a band set)
+        agree = compare_with_profile(cfg.profile, override, rec, image)
+    except Exception as exc:  # noqa: BLE001 - a check never stops the fit
+        logger.info("degradation check: no estimate (%s)", exc)
+        return None
+    if agree["strong"]:
+        agree["text"] += " (measured as a check; the fit used the profile: --degradation auto trains with the estimate)"
+        logger.warning("degradation: %s", agree["text"])
+    rec.update(used=False, reason="check only (degradation: profile): the pairs use the profile's degradation",
+               estimate=override, profile_agreement=agree)
+    return rec
+

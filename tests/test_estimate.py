@@ -155,3 +155,19 @@ def test_the_run_checks_itself_with_the_measured_degradation() -> None:
     assert (spec.slice_profile.shape, spec.slice_profile.fwhm, spec.estimate) == ("rect", 6.0, "profile")
     unused = {"task": {"degradation_estimate": {"used": False, "reason": "confidence 0.2 < 0.5"}}}
     assert _measured(cfg, unused) is cfg and _measured(cfg, {}) is cfg and _measured(None, unused) is None
+
+
+def test_profile_fits_check_the_profile_against_the_input() -> None:
+    """degradation: profile keeps the profile's pairs, but a strong mismatch with the input is measured and said (#14)."""
+    from medsat_sr.config import load_config
+    from medsat_sr.data import make_training_set
+    from medsat_sr.image import make_volume
+
+    hr = torch.from_numpy(_field((64, 64, 96), 1.2).astype(np.float32))[None]
+    lr = degrade.slice_profile(hr, 3, thickness=6.0, spacing=4.0, profile="gaussian")
+    cfg = load_config("mri_thick_slice", ["train.patch_size=24", "train.batch_size=2"])
+    ts = make_training_set(make_volume(lr * 100, np.diag([1.0, 1.0, 4.0, 1.0])), cfg)
+    est = ts.info["degradation_estimate"]
+    assert est["used"] is False and ts.sources[0].recipe.slice_fwhm == pytest.approx(4.0)  # the profile's pairs
+    assert est["profile_agreement"]["strong"] is True and "--degradation auto" in est["profile_agreement"]["text"]
+    assert abs(est["fwhm_mm"] / 6.0 - 1) <= 0.15, est
