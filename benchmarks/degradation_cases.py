@@ -235,7 +235,8 @@ def mri_cases(work: Path, quick: bool) -> list[Case]:
     truth = _forrest(n)
     rng = float(truth.max() - truth.min())
     out = []
-    profiles = [("gaussian", 6.0)] if quick else [("gaussian", 6.0), ("gaussian", 2.5), ("rect", 3.0), ("rect", 5.0)]
+    profiles = [("gaussian", 6.0)] if quick else [("gaussian", 6.0), ("gaussian", 2.5), ("rect", 3.0), ("rect", 5.0),
+                                                  ("gaussian", 4.0)]  # the last: the profile is right (control)
     for shape, w in profiles:
         lr = degrade.slice_profile(torch.from_numpy(truth)[None], 3, thickness=w, spacing=float(s), profile=shape)[0]
         key = f"mri_{shape}{w:g}"

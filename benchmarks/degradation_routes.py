@@ -90,7 +90,7 @@ def real_part(work: Path, iters: int, quick: bool) -> tuple[list[str], list[dict
              "decision scores: PSNR (dB) on the fit's held-out split (model / GDAL cubic / the net's own interpolation);",
              "est: confidence, used, ratio of the estimated to the profile's equivalent Gaussian width;",
              "ref PSNR: the written output vs the real high-resolution reference (dB); '-' = no reference",
-             f"{'case':<34}{'deg':<8}| {'model':>6}{'cubic':>7}{'interp':>7} {'ships':<6}| {'conf':>5}{'used':>6}"
+             f"{'case':<38}{'deg':<8}| {'model':>6}{'cubic':>7}{'interp':>7} {'ships':<6}| {'conf':>5}{'used':>6}"
              f"{'ratio':>6} | {'ref PSNR':>8}{'vs cubic':>9} | reason"]
     rows: list[dict[str, Any]] = []
     for case in cases.real_cases(work, quick):
@@ -108,13 +108,13 @@ def real_part(work: Path, iters: int, quick: bool) -> tuple[list[str], list[dict
             rows.append(s)
             ships = "model" if s["use_model"] else "cubic"
             gain = None if s["ref"] is None or cub is None else s["ref"] - cub
-            lines.append(f"{case.name:<34}{deg:<8}| {_f(s['model'])}{_f(s['cubic'], '7.2f')}{_f(s['interp'], '7.2f')} "
+            lines.append(f"{case.name:<38}{deg:<8}| {_f(s['model'])}{_f(s['cubic'], '7.2f')}{_f(s['interp'], '7.2f')} "
                          f"{ships:<6}| {_f(s['conf'], '5.2f')}{str(s['used'] if s['used'] is not None else '-'):>6}"
                          f"{_f(s['ratio'], '6.2f')} | {_f(s['ref'], '8.2f')}{_f(gain, '+9.2f')} | "
                          f"{(s['reason'] + ' ' + s['est_reason']).strip()[:160]}")
             print(lines[-1], flush=True)
         if cub is not None:
-            lines.append(f"{case.name:<34}{'cubic':<8}| {'':>20} {'cubic':<6}| {'':>17} | {_f(cub, '8.2f')}{'':>9} |")
+            lines.append(f"{case.name:<38}{'cubic':<8}| {'':>20} {'cubic':<6}| {'':>17} | {_f(cub, '8.2f')}{'':>9} |")
     lines += ["", *silent_losses(rows)]
     return lines, rows
 
@@ -138,7 +138,7 @@ def sim_part(work: Path, iters: int, seeds: int, quick: bool, only: list[str] | 
     lines = [f"## 5. Simulated known degradations: PSNR vs truth (dB), median of {seeds} seed(s), {iters} iterations",
              "correct = --degradation FILE with the true degradation; auto; profile = the config's default; cubic;",
              "auto-correct is the must-show (floor -0.2 dB); est = the auto estimate (confidence, used)",
-             f"{'case':<40}| {'correct':>8}{'auto':>8}{'profile':>8}{'cubic':>8} | {'auto-corr':>9}{'prof-corr':>10}"
+             f"{'case':<42}| {'correct':>8}{'auto':>8}{'profile':>8}{'cubic':>8} | {'auto-corr':>9}{'prof-corr':>10}"
              f" | {'est':<28}| ships (correct/auto/profile)"]
     rows: list[dict[str, Any]] = []
     for case in cases.sim_cases(work, quick):
@@ -160,7 +160,7 @@ def sim_part(work: Path, iters: int, seeds: int, quick: bool, only: list[str] | 
                     est = f"{case.describe_estimate(rec)} c{_f(s['conf'], '.2f')} {'used' if s['used'] else 'NOT used'}"
         med = {k: float(np.median(v)) for k, v in res.items()}
         rows.append({"case": case.name, **med, "cubic": cub, "runs": res, "ships": ships})
-        lines.append(f"{case.name:<40}| {med['correct']:>8.2f}{med['auto']:>8.2f}{med['profile']:>8.2f}{cub:>8.2f} | "
+        lines.append(f"{case.name:<42}| {med['correct']:>8.2f}{med['auto']:>8.2f}{med['profile']:>8.2f}{cub:>8.2f} | "
                      f"{med['auto'] - med['correct']:>+9.2f}{med['profile'] - med['correct']:>+10.2f} | {est:<28}| "
                      + " / ".join("".join(ships[k]) for k in ("correct", "auto", "profile")))
         print(lines[-1], flush=True)

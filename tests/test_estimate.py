@@ -171,3 +171,17 @@ def test_profile_fits_check_the_profile_against_the_input() -> None:
     assert est["used"] is False and ts.sources[0].recipe.slice_fwhm == pytest.approx(4.0)  # the profile's pairs
     assert est["profile_agreement"]["strong"] is True and "--degradation auto" in est["profile_agreement"]["text"]
     assert abs(est["fwhm_mm"] / 6.0 - 1) <= 0.15, est
+
+
+def test_the_verdict_says_when_the_degradation_is_wrong_or_unmeasured() -> None:
+    """A strong mismatch, or an auto run that could not measure its input, is said in the verdict (#14)."""
+    from medsat_sr.inference.api import degradation_note
+
+    strong = {"used": True, "profile_agreement": {"strong": True, "text": "estimated PSF sigma 2.0 vs 1.0 (x2.00)"}}
+    assert degradation_note(strong) == "Degradation: estimated PSF sigma 2.0 vs 1.0 (x2.00)."
+    unmeasured = {"used": False, "reason": "confidence 0.0 < 0.5: the profile's degradation stays"}
+    note = degradation_note(unmeasured)
+    assert note is not None and "not measured on this input (confidence 0.0 < 0.5)" in note
+    checked = {"used": False, "profile_agreement": {"strong": False, "text": "x0.95"}}  # profile, checked, agrees
+    agreed = {"used": True, "profile_agreement": {"strong": False, "text": "x1.05"}}
+    assert degradation_note(checked) is None and degradation_note(agreed) is None and degradation_note(None) is None
