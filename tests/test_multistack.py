@@ -86,7 +86,6 @@ def test_registration_recovers_known_motion(simulated: dict, recon) -> None:
         assert after < 0.5 * before and after < 0.8, (k, before, after)
 
 
-@pytest.mark.slow  # one reconstruction and three registrations (46 s of CPU time, measured under load 12)
 def test_registration_is_not_pulled_by_the_grid_border() -> None:
     """Started at the true motion, every stack stays there against a reconstruction made with the true motions.
 
