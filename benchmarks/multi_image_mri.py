@@ -218,7 +218,7 @@ def table(items: list[dict[str, Any]]) -> str:
                      f"({wins}/{len(fetal)})")
     if rt:
         lines.append(f"floor: fetal reconstruction < 600 s: {'met' if rt[0]['seconds'] < 600 else 'NOT met'} "
-                     f"({rt[0]['seconds']} s, machine shared, load above)")
+                     f"({rt[0]['seconds']} s; load average above)")
     return "\n".join(lines)
 
 
