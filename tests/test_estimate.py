@@ -185,3 +185,16 @@ def test_the_verdict_says_when_the_degradation_is_wrong_or_unmeasured() -> None:
     checked = {"used": False, "profile_agreement": {"strong": False, "text": "x0.95"}}  # profile, checked, agrees
     agreed = {"used": True, "profile_agreement": {"strong": False, "text": "x1.05"}}
     assert degradation_note(checked) is None and degradation_note(agreed) is None and degradation_note(None) is None
+
+
+def test_a_single_raster_verdict_says_its_psf_is_unchecked() -> None:
+    """A single raster's PSF is not measured by degradation: profile, and its verdict says so (#14)."""
+    from medsat_sr.config import load_config
+    from medsat_sr.degradation_auto import check_profile
+    from medsat_sr.image import make_raster
+    from medsat_sr.inference.api import degradation_note
+
+    img = make_raster(_field((4, 64, 64), 1.0).astype(np.float32), (1.0, 0.0, 0.0, 0.0, -1.0, 0.0), crs=None)
+    rec = check_profile(load_config("multiband_x2"), img)
+    assert rec is not None and rec["used"] is False
+    assert "a single raster's own PSF is not checked" in (degradation_note(rec) or "")
