@@ -213,8 +213,8 @@ def check_profile(cfg: JobConfig, image: Any) -> dict[str, Any] | None:
     """
     deg = cfg.profile.degradation
     if is_raster(image) and not isinstance(image, BandSet) and deg.model == "psf":
-        return {"kind": "psf", "used": False, "reason": "a single raster's own PSF is not checked (slow and rarely "
-                "confident; --degradation auto measures it)"}
+        return {"kind": "psf", "used": False, "reason": "a single raster's own PSF is not checked: slow and rarely "
+                "confident (--degradation auto measures it)"}
     volume = is_volume(image) and not isinstance(image, BandSet)
     if not ((volume and deg.model == "slice_profile")
             or (isinstance(image, BandSet) and deg.model == "psf" and deg.psf.shape == "gaussian")):
