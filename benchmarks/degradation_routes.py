@@ -133,7 +133,8 @@ def silent_losses(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def sim_part(work: Path, iters: int, seeds: int, quick: bool, only: list[str] | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+def sim_part(work: Path, iters: int, seeds: int, quick: bool, only: list[str] | None = None,
+             seed0: int = 0) -> tuple[list[str], list[dict[str, Any]]]:
     """Section 5: simulated cases with a known degradation: correct vs auto vs profile vs cubic."""
     lines = [f"## 5. Simulated known degradations: PSNR vs truth (dB), median of {seeds} seed(s), {iters} iterations",
              "correct = --degradation FILE with the true degradation; auto; profile = the config's default; cubic;",
@@ -150,13 +151,13 @@ def sim_part(work: Path, iters: int, seeds: int, quick: bool, only: list[str] | 
         ships: dict[str, list[str]] = {}
         est = ""
         for deg, value in (("correct", str(case.correct_file)), ("auto", "auto"), ("profile", "profile")):
-            for seed in range(seeds):
+            for seed in range(seed0, seed0 + seeds):
                 rec = run_route(case.input, work / f"{case.key}_{deg}_{seed}{case.suffix}", case.config, value,
                                 iters=iters, seed=seed, sets=case.sets)
                 s = summary(rec)
                 res.setdefault(deg, []).append(case.score(_written(rec)))
                 ships.setdefault(deg, []).append("M" if s["use_model"] else "c")
-                if deg == "auto" and seed == 0:
+                if deg == "auto" and seed == seed0:
                     est = f"{case.describe_estimate(rec)} c{_f(s['conf'], '.2f')} {'used' if s['used'] else 'NOT used'}"
         med = {k: float(np.median(v)) for k, v in res.items()}
         rows.append({"case": case.name, **med, "cubic": cub, "runs": res, "ships": ships})
@@ -170,6 +171,33 @@ def sim_part(work: Path, iters: int, seeds: int, quick: bool, only: list[str] | 
     return lines, rows
 
 
+def merge_sim(paths: list[Path]) -> list[str]:
+    """Section 5 from the rows of several runs (seeds or cases run apart): medians over every seed per case."""
+    runs: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        for row in json.loads(path.read_text()).get("sim", []):
+            r = runs.setdefault(row["case"], {"cubic": row["cubic"], "runs": {}, "ships": {}})
+            for deg, vals in row["runs"].items():
+                r["runs"].setdefault(deg, []).extend(vals)
+                r["ships"].setdefault(deg, []).extend((row.get("ships") or {}).get(deg, []))
+    lines = ["## 5. Simulated known degradations: PSNR vs truth (dB), median over seeds, 100 iterations",
+             "correct = --degradation FILE with the true degradation; auto; profile = the config's default; cubic;",
+             "auto-corr is the must-show (floor -0.2 dB); n = seeds; ships: M model, c cubic, per seed",
+             f"{'case':<42}| {'correct':>8}{'auto':>8}{'profile':>8}{'cubic':>8} | {'auto-corr':>9}{'prof-corr':>10}"
+             f"{'n':>3} | auto-corr per seed   | ships (correct/auto/profile)"]
+    worst = 0.0
+    for name, r in runs.items():
+        med = {k: float(np.median(v)) for k, v in r["runs"].items()}
+        per = [a - c for a, c in zip(r["runs"]["auto"], r["runs"]["correct"])]
+        worst = min(worst, med["auto"] - med["correct"])
+        lines.append(f"{name:<42}| {med['correct']:>8.2f}{med['auto']:>8.2f}{med['profile']:>8.2f}{r['cubic']:>8.2f} | "
+                     f"{med['auto'] - med['correct']:>+9.2f}{med['profile'] - med['correct']:>+10.2f}"
+                     f"{len(r['runs']['auto']):>3} | {' '.join(f'{d:+.2f}' for d in per):<21}| "
+                     + " / ".join("".join(r["ships"].get(k, [])) for k in ("correct", "auto", "profile")))
+    lines += ["", f"worst median auto - correct: {worst:+.2f} dB (floor -0.20): {'met' if worst >= -0.2 else 'NOT met'}"]
+    return lines
+
+
 def _written(rec: dict[str, Any]) -> Path:
     return Path(rec["output"]["path"])
 
@@ -179,10 +207,16 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=150, help="fine-tune iterations per fit (default 150)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per simulated case (median; default 3)")
     ap.add_argument("--part", choices=("real", "sim", "all"), default="all")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed ... first-seed + seeds - 1")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None,
+                    help="print section 5 from these results JSON files (runs of other seeds or cases) and exit")
     ap.add_argument("--quick", action="store_true", help="one small case per part (smoke run, nothing saved)")
     ap.add_argument("--cases", default="", help="comma-separated simulated case keys to run (default: all), e.g. "
                     "mri_rect3,s2sim,naip0.12; the results file gets the keys in its name")
     args = ap.parse_args()
+    if args.merge:
+        print("\n".join(merge_sim(args.merge)))
+        return 0
     import torch
 
     torch.set_num_threads(2)
@@ -197,7 +231,7 @@ def main() -> int:
             out += block + [""]
         if args.part in ("sim", "all"):
             block, data["sim"] = sim_part(work, args.iters, 1 if args.quick else args.seeds, args.quick,
-                                          [k for k in args.cases.split(",") if k])
+                                          [k for k in args.cases.split(",") if k], args.first_seed)
             out += block + [""]
     out.append(f"total {time.perf_counter() - t0:.0f} s")
     text = "\n".join(out) + "\n"
@@ -207,6 +241,7 @@ def main() -> int:
         res.mkdir(parents=True, exist_ok=True)
         name = "degradation_routes" if args.part == "all" else f"degradation_routes_{args.part}"
         name += f"_{args.cases.replace(',', '_')}" if args.cases else ""
+        name += f"_seed{args.first_seed}" if args.first_seed else ""
         with atomic_path(res / f"{name}.txt") as tmp_path:
             tmp_path.write_text(text)
         with atomic_path(res / f"{name}.json") as tmp_path:
