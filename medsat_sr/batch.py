@@ -1024,6 +1024,416 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     return Progress(total, "batch", unit="input", enabled=enabled and total > 0)
 
 
+def _check_workers(workers: int, torch_threads: int | None) -> int:
+    """Check the worker count and the torch threads per worker.
+
+    Args:
+        workers: 0 (inline) or the number of LocalCluster processes.
+        torch_threads: torch threads per worker, or None for the default.
+
+    Returns:
+        ``workers`` as an int.
+
+    Raises:
+        ConfigError: ``workers`` is None or below 0, or ``torch_threads`` is below 1.
+    """
+    if workers is None or int(workers) < 0:
+        raise ConfigError(f"workers must be >= 0, got {workers}")
+    if torch_threads is not None and int(torch_threads) < 1:
+        raise ConfigError(f"torch threads must be >= 1, got {torch_threads}")
+    return int(workers)
+
+
+def _check_method(method: str | None, models: Sequence[str], config: Any) -> bool:
+    """Check that there is exactly one thing to run and that a method is known.
+
+    Args:
+        method: a classical, fusion or pan-sharpening method, or None.
+        models: the checkpoint paths.
+        config: the ``config`` argument of :func:`run_batch`.
+
+    Returns:
+        True when the job is a pan-sharpening route.
+
+    Raises:
+        ConfigError: both a method and models, nothing to run, or an unknown method.
+    """
+    if method is not None and models:
+        raise ConfigError("give either a classical method or models, not both")
+    if config is None and not models and method is None:
+        raise ConfigError("nothing to run: give a config (--config), a checkpoint (--model) or a method (--method)")
+    pan_route = is_pansharpen(method, config if isinstance(config, (str, os.PathLike)) else None, None)
+    if method is not None and not pan_route and not is_fusion_method(method) and method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; expected one of {[*METHODS, *PAN_METHODS]}")
+    return pan_route
+
+
+def _load_base_config(
+    config: Any, overrides: Sequence[str], method: str | None, models: Sequence[str]
+) -> JobConfig | None:
+    """Load the batch's config with its overrides, or check the overrides allowed without one.
+
+    Args:
+        config: the ``config`` argument of :func:`run_batch`, or None.
+        overrides: ``--set`` items applied to every input.
+        method: the classical method, or None.
+        models: the checkpoint paths.
+
+    Returns:
+        The loaded config, or None without ``config``.
+
+    Raises:
+        ConfigError: a supervised config with neither method nor models, or,
+            without a config, an override outside ``inference.*``, ``output.*``
+            and ``bands.others``.
+    """
+    base_config = load_config(config, list(overrides)) if config is not None else None
+    if base_config is not None and method is None and not models:
+        if base_config.train.mode == "supervised":
+            raise ConfigError(
+                f"{base_config.source}: a supervised config trains on references first (medsat-sr train); "
+                "run the batch with --model CKPT, or use a self-supervised config"
+            )
+    if base_config is None:
+        for item in overrides:  # the same rule as upscale without a config, checked once here
+            parts, _ = parse_override(item)
+            if parts[0] not in ("inference", "output", "bands") or len(parts) != 2:
+                raise ConfigError(
+                    f"--set {item!r}: without --config only inference.*, output.* and bands.others can be set"
+                )
+    return base_config
+
+
+def _scale_value(scale: float | Sequence[float] | None) -> float | list[float] | None:
+    """The scale argument as a float, a list of floats, or None.
+
+    Args:
+        scale: one factor, one factor per axis, or None.
+
+    Returns:
+        The factor(s) as floats, or None.
+    """
+    if scale is None or isinstance(scale, (int, float)):
+        return None if scale is None else float(scale)
+    return [float(v) for v in scale]
+
+
+def _collect_specs(
+    inputs: Sequence[str | os.PathLike[str]], manifest: str | os.PathLike[str] | None
+) -> list[InputSpec]:
+    """The input specs from the paths and patterns, then from the CSV manifest.
+
+    Args:
+        inputs: files, folders and glob patterns.
+        manifest: a CSV manifest of more inputs, or None.
+
+    Returns:
+        The specs, in order.
+
+    Raises:
+        ConfigError: no inputs at all.
+    """
+    specs = expand_inputs(inputs)
+    if manifest is not None:
+        specs += read_manifest(manifest)
+    if not specs:
+        raise ConfigError("no inputs: give files, folders or glob patterns, or --manifest CSV")
+    return specs
+
+
+def _check_classical_scale(
+    specs: Sequence[InputSpec],
+    *,
+    method: str | None,
+    pan_route: bool,
+    base_config: JobConfig | None,
+    scale: float | list[float] | None,
+) -> None:
+    """Check that a classical method without a config has a scale for every readable input.
+
+    Args:
+        specs: the input specs.
+        method: the classical method, or None.
+        pan_route: whether the job is a pan-sharpening route (its scale comes from the pan band).
+        base_config: the loaded config, or None.
+        scale: the batch-wide scale, or None.
+
+    Raises:
+        ConfigError: a classical method with no scale from the options, a config or the manifest.
+    """
+    if (method is not None and not pan_route and base_config is None and scale is None
+            and any(s.scale is None for s in specs if s.error is None)):
+        raise ConfigError("a classical method needs a scale: give --scale (e.g. 2 or 1,1,4), a config, or a manifest scale column")
+
+
+def _output_folder(output_dir: str | os.PathLike[str]) -> Path:
+    """The absolute output folder, checked not to be a file.
+
+    Args:
+        output_dir: the output folder as given.
+
+    Returns:
+        The absolute, user-expanded path.
+
+    Raises:
+        WriteError: the path exists and is not a folder.
+    """
+    out_dir = Path(os.path.abspath(Path(output_dir).expanduser()))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise WriteError(f"{out_dir}: exists and is not a folder")
+    return out_dir
+
+
+def _worker_torch_threads(workers: int, scheduler: str | None, torch_threads: int | None) -> int | None:
+    """Torch threads per worker: as given, or ``cores // workers`` on a LocalCluster.
+
+    Args:
+        workers: the number of LocalCluster processes (0: inline).
+        scheduler: the address of an external Dask scheduler, or None.
+        torch_threads: the threads asked for, or None.
+
+    Returns:
+        The threads per worker, or None to leave torch untouched.
+    """
+    if scheduler is None and workers > 0 and torch_threads is None:
+        return max(1, _cores() // workers)
+    return torch_threads
+
+
+def _run_id() -> str:
+    """A new run id: the UTC time and six random hex digits."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def _input_text(item: _Planned) -> str:
+    """The input of a planned item as written in ``batch.jsonl``: its path, else its source text."""
+    return str(item.spec.path) if item.spec.path else item.spec.source
+
+
+def _dry_run_items(planned: Sequence[_Planned], force: bool) -> list[dict[str, Any]]:
+    """The plan as lines of status ``run``, ``skip`` or ``failed``; nothing is written.
+
+    Args:
+        planned: the planned inputs.
+        force: whether complete outputs are redone.
+
+    Returns:
+        One line per planned input, in order.
+    """
+    items = []
+    for it in planned:
+        line = {"index": it.index, "input": _input_text(it)}
+        if it.task is None:
+            line.update(status="failed", error=it.error)
+        else:
+            reason = "force" if force else _done_reason(it.task)
+            line.update(status="skip" if reason is None else "run", output=it.task.output, reason=reason)
+        items.append(line)
+    return items
+
+
+def _open_journal(out_dir: Path) -> _Journal:
+    """Create the output folder and open ``batch.jsonl`` in it, locked for this run.
+
+    Args:
+        out_dir: the absolute output folder.
+
+    Returns:
+        The open, locked journal.
+
+    Raises:
+        WriteError: the folder or the manifest cannot be written, or another batch holds it.
+    """
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"{out_dir}: cannot create the output folder: {exc.strerror or exc}") from exc
+    check_writable(out_dir / MANIFEST_NAME)
+    journal = _Journal(out_dir / MANIFEST_NAME)
+    _lock(journal, out_dir)
+    return journal
+
+
+def _full_line(run: str, line: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``batch.jsonl`` line with every key of the run manifest, the missing ones null.
+
+    Args:
+        run: the run id.
+        line: the partial line (at least ``index`` and ``status``).
+
+    Returns:
+        The full line, stamped with the run id and the time now.
+    """
+    return {
+        "run": run,
+        "time": now_iso(),
+        "index": line["index"],
+        "input": line.get("input"),
+        "status": line["status"],
+        "output": line.get("output"),
+        "sidecar": line.get("sidecar"),
+        "seconds": line.get("seconds", 0.0),
+        "error": line.get("error"),
+        "error_type": line.get("error_type"),
+        "method": line.get("method"),
+        "fallback": bool(line.get("fallback")),
+        "fallback_reason": line.get("fallback_reason"),
+        "input_sha256": line.get("input_sha256"),
+        "job_hash": line.get("job_hash"),
+        "worker": line.get("worker"),
+        "torch_threads": line.get("torch_threads"),
+        "model_loads": line.get("model_loads"),
+    }
+
+
+class _Recorder:
+    """Writes the ``batch.jsonl`` lines of one run, keeps them and shows the tally.
+
+    Args:
+        run: the run id.
+        journal: the open, locked run manifest.
+        total: the number of planned inputs.
+        progress: whether to show a progress bar.
+        on_item: called with each line as it is written, or None.
+    """
+
+    def __init__(
+        self,
+        run: str,
+        journal: _Journal,
+        total: int,
+        progress: bool,
+        on_item: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.run = run
+        self.journal = journal
+        self.total = total
+        self.on_item = on_item
+        self.lines: dict[int, dict[str, Any]] = {}
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        self.bar = _progress_bar(total, progress)
+
+    def record(self, line: dict[str, Any]) -> None:
+        """Complete ``line``, append it to the journal, count and log it, and advance the bar.
+
+        Args:
+            line: the partial line (at least ``index`` and ``status``).
+        """
+        full = _full_line(self.run, line)
+        self.journal.write(full)
+        self.lines[full["index"]] = full
+        self.counts[full["status"]] += 1
+        if full["status"] == "failed":
+            logger.info("failed: %s", _with_input(full["input"], full["error"]))
+        elif full["fallback"]:
+            logger.info("%s: fell back to cubic: %s", full["input"], full["fallback_reason"])
+        counts = self.counts
+        self.bar.set_postfix_str(
+            f"done={counts['done'] + counts['skipped']} (skipped {counts['skipped']}) failed={counts['failed']} "
+            f"left={self.total - len(self.lines)}",
+            refresh=False,
+        )
+        self.bar.update(1)
+        if self.on_item is not None:
+            self.on_item(full)
+
+    def items(self) -> list[dict[str, Any]]:
+        """The lines written so far, in input order."""
+        return [self.lines[i] for i in sorted(self.lines)]
+
+    def close(self) -> None:
+        """Close the progress bar, then the journal."""
+        self.bar.close()
+        self.journal.close()
+
+
+def _triage(planned: Sequence[_Planned], force: bool, record: Callable[[dict[str, Any]], None]) -> list[Task]:
+    """Record the failed and already-done inputs; return the tasks left to run.
+
+    Args:
+        planned: the planned inputs.
+        force: whether complete outputs are redone.
+        record: writes one ``batch.jsonl`` line.
+
+    Returns:
+        The tasks to run, in input order.
+    """
+    tasks: list[Task] = []
+    for it in planned:
+        if it.task is None:
+            record(
+                {
+                    "index": it.index,
+                    "input": _input_text(it),
+                    "status": "failed",
+                    "error": it.error,
+                    "error_type": it.error_type,
+                }
+            )
+            continue
+        reason = "force" if force else _done_reason(it.task)
+        if reason is None:
+            record(
+                {
+                    "index": it.index,
+                    "input": it.task.input,
+                    "status": "skipped",
+                    "output": it.task.output,
+                    "sidecar": str(_sidecar(it.task.output)),
+                    "job_hash": it.task.job_hash,
+                    **_previous(it.task.output),
+                }
+            )
+            continue
+        logger.info("%s: will run (%s)", it.task.input, reason)
+        tasks.append(it.task)
+    return tasks
+
+
+def _remove_stale_parts(tasks: Sequence[Task]) -> None:
+    """Remove the temporary files that interrupted writes of these tasks' outputs left behind.
+
+    Args:
+        tasks: the tasks about to run.
+    """
+    for p in _stale_parts(Path(t.output) for t in tasks):
+        logger.info("removing %s, left by an interrupted write", p)
+        _remove(p)
+
+
+def _run_tasks(
+    job: Callable[[Task], Mapping[str, Any]],
+    tasks: list[Task],
+    record: Callable[[dict[str, Any]], None],
+    *,
+    workers: int,
+    scheduler: str | None,
+) -> None:
+    """Run the tasks inline or on Dask and record each outcome as it arrives.
+
+    Args:
+        job: the per-input job.
+        tasks: the tasks to run (not empty).
+        record: writes one ``batch.jsonl`` line.
+        workers: 0 runs inline; N > 0 starts a LocalCluster of up to N processes.
+        scheduler: address of an existing Dask scheduler, or None.
+    """
+    if scheduler is None and workers == 0:
+        stream = _run_inline(job, tasks)
+    else:
+        stream = _run_dask(job, tasks, min(workers, len(tasks)) if scheduler is None else 0, scheduler)
+    with contextlib.closing(stream):  # an error here still shuts a cluster down
+        for task, outcome in stream:
+            record(
+                {
+                    "input": task.input,
+                    "output": task.output if outcome.get("status") == "done" else None,
+                    "job_hash": task.job_hash,
+                    **outcome,
+                }
+            )
+
+
 def run_batch(
     inputs: Sequence[str | os.PathLike[str]],
     output_dir: str | os.PathLike[str],
@@ -1083,175 +1493,36 @@ def run_batch(
     """
     t_start = time.perf_counter()
     job = job or upscale_job
-    if workers is None or int(workers) < 0:
-        raise ConfigError(f"workers must be >= 0, got {workers}")
-    workers = int(workers)
-    if torch_threads is not None and int(torch_threads) < 1:
-        raise ConfigError(f"torch threads must be >= 1, got {torch_threads}")
+    workers = _check_workers(workers, torch_threads)
     models = [str(Path(os.path.abspath(Path(m).expanduser()))) for m in models]
-    if method is not None and models:
-        raise ConfigError("give either a classical method or models, not both")
-    if config is None and not models and method is None:
-        raise ConfigError("nothing to run: give a config (--config), a checkpoint (--model) or a method (--method)")
-    pan_route = is_pansharpen(method, config if isinstance(config, (str, os.PathLike)) else None, None)
-    if method is not None and not pan_route and not is_fusion_method(method) and method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; expected one of {[*METHODS, *PAN_METHODS]}")
-    base_config = load_config(config, list(overrides)) if config is not None else None
-    if base_config is not None and method is None and not models:
-        if base_config.train.mode == "supervised":
-            raise ConfigError(
-                f"{base_config.source}: a supervised config trains on references first (medsat-sr train); "
-                "run the batch with --model CKPT, or use a self-supervised config"
-            )
-    if base_config is None:
-        for item in overrides:  # the same rule as upscale without a config, checked once here
-            parts, _ = parse_override(item)
-            if parts[0] not in ("inference", "output", "bands") or len(parts) != 2:
-                raise ConfigError(
-                    f"--set {item!r}: without --config only inference.*, output.* and bands.others can be set"
-                )
-    scale_v: float | list[float] | None
-    if scale is None or isinstance(scale, (int, float)):
-        scale_v = None if scale is None else float(scale)
-    else:
-        scale_v = [float(v) for v in scale]
+    pan_route = _check_method(method, models, config)
+    base_config = _load_base_config(config, overrides, method, models)
+    scale_v = _scale_value(scale)
     model_hashes = [_checkpoint_id(m) for m in models]
 
-    specs = expand_inputs(inputs)
-    if manifest is not None:
-        specs += read_manifest(manifest)
-    if not specs:
-        raise ConfigError("no inputs: give files, folders or glob patterns, or --manifest CSV")
-    if (method is not None and not pan_route and base_config is None and scale_v is None
-            and any(s.scale is None for s in specs if s.error is None)):
-        raise ConfigError("a classical method needs a scale: give --scale (e.g. 2 or 1,1,4), a config, or a manifest scale column")
-
-    out_dir = Path(os.path.abspath(Path(output_dir).expanduser()))
-    if out_dir.exists() and not out_dir.is_dir():
-        raise WriteError(f"{out_dir}: exists and is not a folder")
-    n_workers = workers
-    threads = torch_threads
-    if scheduler is None and workers > 0 and threads is None:
-        threads = max(1, _cores() // workers)
-    run = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    specs = _collect_specs(inputs, manifest)
+    _check_classical_scale(specs, method=method, pan_route=pan_route, base_config=base_config, scale=scale_v)
+    out_dir = _output_folder(output_dir)
+    threads = _worker_torch_threads(workers, scheduler, torch_threads)
+    run = _run_id()
     planned = _plan(
         specs, out_dir, base_config=base_config, config_arg=config, overrides=overrides, method=method, models=models,
         model_hashes=model_hashes, scale=scale_v, read_options=dict(read_options or {}), run=run, torch_threads=threads,
     )
 
     if dry_run:
-        items = []
-        for it in planned:
-            line = {"index": it.index, "input": str(it.spec.path) if it.spec.path else it.spec.source}
-            if it.task is None:
-                line.update(status="failed", error=it.error)
-            else:
-                reason = "force" if force else _done_reason(it.task)
-                line.update(status="skip" if reason is None else "run", output=it.task.output, reason=reason)
-            items.append(line)
+        items = _dry_run_items(planned, force)
         return BatchResult(run=run, manifest=out_dir / MANIFEST_NAME, items=items, seconds=time.perf_counter() - t_start)
 
+    recorder = _Recorder(run, _open_journal(out_dir), len(planned), progress, on_item)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WriteError(f"{out_dir}: cannot create the output folder: {exc.strerror or exc}") from exc
-
-    check_writable(out_dir / MANIFEST_NAME)
-    lines: dict[int, dict[str, Any]] = {}
-    journal = _Journal(out_dir / MANIFEST_NAME)
-    _lock(journal, out_dir)
-    bar = _progress_bar(len(planned), progress)
-    counts = {"done": 0, "skipped": 0, "failed": 0}
-
-    def record(line: dict[str, Any]) -> None:
-        full = {
-            "run": run,
-            "time": now_iso(),
-            "index": line["index"],
-            "input": line.get("input"),
-            "status": line["status"],
-            "output": line.get("output"),
-            "sidecar": line.get("sidecar"),
-            "seconds": line.get("seconds", 0.0),
-            "error": line.get("error"),
-            "error_type": line.get("error_type"),
-            "method": line.get("method"),
-            "fallback": bool(line.get("fallback")),
-            "fallback_reason": line.get("fallback_reason"),
-            "input_sha256": line.get("input_sha256"),
-            "job_hash": line.get("job_hash"),
-            "worker": line.get("worker"),
-            "torch_threads": line.get("torch_threads"),
-            "model_loads": line.get("model_loads"),
-        }
-        journal.write(full)
-        lines[full["index"]] = full
-        counts[full["status"]] += 1
-        if full["status"] == "failed":
-            logger.info("failed: %s", _with_input(full["input"], full["error"]))
-        elif full["fallback"]:
-            logger.info("%s: fell back to cubic: %s", full["input"], full["fallback_reason"])
-        bar.set_postfix_str(
-            f"done={counts['done'] + counts['skipped']} (skipped {counts['skipped']}) failed={counts['failed']} "
-            f"left={len(planned) - len(lines)}",
-            refresh=False,
-        )
-        bar.update(1)
-        if on_item is not None:
-            on_item(full)
-
-    try:
-        tasks: list[Task] = []
-        for it in planned:
-            if it.task is None:
-                record(
-                    {
-                        "index": it.index,
-                        "input": str(it.spec.path) if it.spec.path else it.spec.source,
-                        "status": "failed",
-                        "error": it.error,
-                        "error_type": it.error_type,
-                    }
-                )
-                continue
-            reason = "force" if force else _done_reason(it.task)
-            if reason is None:
-                record(
-                    {
-                        "index": it.index,
-                        "input": it.task.input,
-                        "status": "skipped",
-                        "output": it.task.output,
-                        "sidecar": str(_sidecar(it.task.output)),
-                        "job_hash": it.task.job_hash,
-                        **_previous(it.task.output),
-                    }
-                )
-                continue
-            logger.info("%s: will run (%s)", it.task.input, reason)
-            tasks.append(it.task)
-        for p in _stale_parts(Path(t.output) for t in tasks):
-            logger.info("removing %s, left by an interrupted write", p)
-            _remove(p)
+        tasks = _triage(planned, force, recorder.record)
+        _remove_stale_parts(tasks)
         if tasks:
-            if scheduler is None and n_workers == 0:
-                stream = _run_inline(job, tasks)
-            else:
-                stream = _run_dask(job, tasks, min(n_workers, len(tasks)) if scheduler is None else 0, scheduler)
-            with contextlib.closing(stream):  # an error here still shuts a cluster down
-                for task, outcome in stream:
-                    record(
-                        {
-                            "input": task.input,
-                            "output": task.output if outcome.get("status") == "done" else None,
-                            "job_hash": task.job_hash,
-                            **outcome,
-                        }
-                    )
+            _run_tasks(job, tasks, recorder.record, workers=workers, scheduler=scheduler)
     finally:
-        bar.close()
-        journal.close()
-    items = [lines[i] for i in sorted(lines)]
+        recorder.close()
+    items = recorder.items()
     return BatchResult(run=run, manifest=out_dir / MANIFEST_NAME, items=items, seconds=time.perf_counter() - t_start)
 
 
