@@ -1193,6 +1193,312 @@ def _check_pair_grids(lr: Any, hr: Any, where: str) -> list[float]:
     return factors
 
 
+@dataclass
+class _Sources:
+    """The pair sources of a training set and what its first input fixes.
+
+    Attributes:
+        kind: ``"slicewise"``, ``"aligned"`` or ``"guided"``.
+        train: the sources the training stream samples.
+        val: the sources the validation items come from.
+        first_prep: the first training image, prepared (its normaliser is the set's).
+        names: names of the predicted channels (empty: from the first image).
+        guide_names: names of the guide bands (guided only).
+        guide_norm: the normaliser of the guide bands (guided only).
+    """
+
+    kind: str = "aligned"
+    train: list[PairSource] = field(default_factory=list)
+    val: list[PairSource] = field(default_factory=list)
+    first_prep: _Prepared | None = None
+    names: list[str] = field(default_factory=list)
+    guide_names: list[str] = field(default_factory=list)
+    guide_norm: Normaliser | None = None
+
+
+def _pair_mode(mode: str | None, cfg: Any) -> str:
+    """The pair mode: as given, else ``cfg.train.mode`` (``finetune``: its ``finetune_pairs``).
+
+    Args:
+        mode: ``"self_supervised"``, ``"supervised"`` or None.
+        cfg: the job config.
+
+    Returns:
+        ``"self_supervised"`` or ``"supervised"``.
+
+    Raises:
+        ConfigError: any other mode.
+    """
+    if mode is None:
+        mode = cfg.train.mode
+        if mode == "finetune":
+            mode = cfg.train.finetune_pairs or "self_supervised"
+    if mode not in ("self_supervised", "supervised"):
+        raise ConfigError(f"unknown pair mode {mode!r}")
+    return mode
+
+
+def _check_degradation(
+    cfg: Any, items: Sequence[Any], *, mode: str, pairs: Sequence[tuple[Any, Any]] | None
+) -> tuple[Any, dict[str, Any] | None]:
+    """Estimate the degradation from the first input, or check the profile's against it (self-supervised).
+
+    Args:
+        cfg: the job config.
+        items: the input images.
+        mode: the pair mode.
+        pairs: explicit ``(lr, hr)`` pairs, if any (then nothing is estimated or checked).
+
+    Returns:
+        The config (with the estimated degradation when one was asked for)
+        and the estimate's record, or None.
+    """
+    estimate_rec: dict[str, Any] | None = None
+    if mode == "self_supervised" and not pairs and items and degradation_auto.wants_estimate(cfg):
+        cfg, estimate_rec = degradation_auto.apply_estimate(cfg, items[0])  # pairs and held-out split from it
+    elif mode == "self_supervised" and not pairs and items:
+        estimate_rec = degradation_auto.check_profile(cfg, items[0])  # the profile checked against the input
+    return cfg, estimate_rec
+
+
+def _pair_sources(pairs: Sequence[tuple[Any, Any]], cfg: Any) -> _Sources:
+    """Sources from explicit ``(lr, hr)`` pairs: the last validates, or a held-out block of a single pair.
+
+    Args:
+        pairs: the explicit pairs.
+        cfg: the job config.
+
+    Returns:
+        The sources (kind ``"aligned"``).
+
+    Raises:
+        GeometryError: a pair whose grids do not line up.
+    """
+    got = _Sources()
+    nodata = cfg.profile.nodata
+    n_pairs = len(pairs)
+    for k, (lr_img, hr_img) in enumerate(pairs):
+        factors = _check_pair_grids(lr_img, hr_img, f"data.pairs[{k}]")
+        prep = _prepare(hr_img, cfg)
+        lr_plain = _plain(lr_img).to(torch.float32)
+        lr_valid = valid_mask(lr_plain, nodata=nodata).all(dim=0).numpy()
+        lr_t = prep.normaliser.forward(lr_plain)  # the pair shares physical units
+        lr_t = torch.where(torch.from_numpy(lr_valid)[None], lr_t, torch.zeros(()))
+        is_val = n_pairs > 1 and k == n_pairs - 1
+        src = _aligned_source(prep, cfg, holdout=n_pairs == 1, lr_image=lr_t, lr_valid=lr_valid, factors=factors)
+        src.name = _source_name(hr_img)
+        if is_val:
+            _validate_whole(src)
+            got.val.append(src)
+        else:
+            got.train.append(src)
+            if n_pairs == 1:
+                got.val.append(src)
+        got.first_prep = got.first_prep or prep
+    return got
+
+
+def _guided_sources(items: Sequence[Any], cfg: Any) -> _Sources:
+    """The source of guided training on one band set, validating on its held-out block.
+
+    Args:
+        items: the inputs (one :class:`~medsat_sr.image.BandSet`).
+        cfg: the job config.
+
+    Returns:
+        The sources (kind ``"guided"``).
+
+    Raises:
+        ConfigError: more than one band set.
+    """
+    if len(items) != 1:
+        raise ConfigError("guided training takes one band set")
+    src, tp, gp, targets, guides = _guided_source(items[0], cfg, holdout=True)
+    src.name = _source_name(items[0])
+    return _Sources(
+        kind="guided", train=[src], val=[src], first_prep=tp, names=targets, guide_names=guides,
+        guide_norm=gp.normaliser,
+    )
+
+
+def _target_channels(img: Any, bands: Sequence[str]) -> list[int] | None:
+    """The channel indices of the target bands in a raster, or None to use every channel.
+
+    Args:
+        img: a volume or raster.
+        bands: the config's target band names (empty: all).
+
+    Returns:
+        The indices, in the order of ``bands``, or None.
+
+    Raises:
+        DataError: a target band that the raster lacks.
+    """
+    if not (bands and is_raster(img)):
+        return None
+    have = list(img.meta[Key.BAND_NAMES])
+    missing = [b for b in bands if b not in have]
+    if missing:
+        raise DataError(f"{img.meta.get(Key.SOURCE_PATH)}: no band(s) {missing}; bands are {have}")
+    return [have.index(b) for b in bands]
+
+
+def _image_source(prep: _Prepared, cfg: Any, *, slicewise: bool, supervised: bool, holdout: bool) -> PairSource:
+    """One prepared image's source: slice-profile (thick slices) or aligned.
+
+    Args:
+        prep: the prepared image.
+        cfg: the job config.
+        slicewise: whether the degradation is a slice profile.
+        supervised: supervised pairs (slice-profile only).
+        holdout: whether the source holds out a validation block.
+
+    Returns:
+        The source.
+    """
+    if slicewise:
+        return _slicewise_source(prep, cfg, supervised=supervised, holdout=holdout)
+    return _aligned_source(prep, cfg, holdout=holdout)
+
+
+def _image_sources(items: Sequence[Any], cfg: Any, *, mode: str, validation: Sequence[Any] | None) -> _Sources:
+    """Sources from volumes or rasters, with validation from held-out references or held-out blocks.
+
+    Args:
+        items: the training images.
+        cfg: the job config.
+        mode: the pair mode.
+        validation: held-out references, if any.
+
+    Returns:
+        The sources (kind ``"slicewise"`` or ``"aligned"``).
+
+    Raises:
+        ConfigError: no images, or slice-profile training without a 2D network.
+        DataError: an input that is neither a volume nor a raster, or lacks a target band.
+    """
+    if not items:
+        raise ConfigError(f"{cfg.source}: no input images (data.inputs is empty)")
+    slicewise = cfg.profile.degradation.model == "slice_profile"
+    if slicewise and cfg.spatial_dims != 2:
+        raise ConfigError(
+            f"{cfg.source}: slice-profile (thick-slice) training uses a 2D slice network; "
+            "set model.spatial_dims: 2"
+        )
+    got = _Sources(kind="slicewise" if slicewise else "aligned")
+    val_list = list(validation or [])
+    train_imgs = items
+    if mode == "supervised" and not val_list and len(items) > 1:
+        train_imgs, val_list = items[:-1], items[-1:]
+    hold_single = mode == "self_supervised" or not val_list
+    for img in train_imgs:
+        if not (is_volume(img) or is_raster(img)):
+            raise DataError(f"cannot train on {type(img).__name__}; expected a volume or a raster")
+        tb = cfg.target_bands()
+        prep = _prepare(img, cfg, channels=_target_channels(img, tb))
+        src = _image_source(prep, cfg, slicewise=slicewise, supervised=mode == "supervised", holdout=hold_single)
+        src.name = _source_name(img)
+        got.train.append(src)
+        if hold_single:
+            got.val.append(src)
+        if got.first_prep is None:
+            got.first_prep = prep
+            got.names = list(tb) if tb else _names(img, prep.data.shape[0])
+    for img in val_list:
+        prep = _prepare(img, cfg)
+        src = _image_source(prep, cfg, slicewise=slicewise, supervised=True, holdout=False)
+        src.name = _source_name(img)
+        _validate_whole(src)
+        got.val.append(src)
+    return got
+
+
+def _check_layout(sources: Sequence[PairSource], val_sources: Sequence[PairSource]) -> PairSource:
+    """Check that all sources share one network layout and the training ones one scale.
+
+    Args:
+        sources: the training sources.
+        val_sources: the validation sources.
+
+    Returns:
+        The reference source: the first training source, else the first validation one.
+
+    Raises:
+        DataError: differing channel layouts or scale factors.
+    """
+    ref = sources[0] if sources else val_sources[0]
+    for s in [*sources, *val_sources]:
+        if (s.spatial_dims, s.in_channels, s.out_channels, s.guide_channels) != (
+            ref.spatial_dims, ref.in_channels, ref.out_channels, ref.guide_channels
+        ):
+            raise DataError("the inputs do not share one channel layout; train on images of one kind")
+    if len(sources) > 1:
+        scales = {tuple(round(f, 6) for f in s.model_scale) for s in sources}
+        if len(scales) > 1:
+            raise DataError(f"the inputs need different scale factors {sorted(scales)}; train on one kind of scan")
+    return ref
+
+
+def _validation_batches(
+    val_sources: Sequence[PairSource], cfg: Any
+) -> tuple[list[dict[str, Any]], list[torch.Tensor], int]:
+    """The validation batches and their cubic baselines.
+
+    Args:
+        val_sources: the validation sources.
+        cfg: the job config.
+
+    Returns:
+        The batches, the cubic baseline of each, and the number of validation items.
+
+    Raises:
+        DataError: no validation item (too little valid data).
+    """
+    val_items: list[dict[str, Any]] = []
+    cubic: list[torch.Tensor] = []
+    for s in val_sources:
+        for it in s.val_items():
+            val_items.append(it)
+            cubic.append(s.cubic(it))
+    if not val_items:
+        raise _no_validation(val_sources, cfg)
+    val_batches, cubic_batches = _batch_val(val_items, cubic)
+    return val_batches, cubic_batches, len(val_items)
+
+
+def _training_info(
+    ref: PairSource, cfg: Any, *, mode: str, kind: str, n_val: int, data_range: float,
+    estimate_rec: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """How the pairs were made, as recorded in the checkpoint.
+
+    Args:
+        ref: the reference source (its ``info`` comes first).
+        cfg: the job config.
+        mode: the pair mode.
+        kind: the training set's kind.
+        n_val: the number of validation items.
+        data_range: the PSNR/SSIM data range in network units.
+        estimate_rec: the degradation estimate or check, or None.
+
+    Returns:
+        The info mapping.
+    """
+    info = dict(getattr(ref, "info", {}))
+    info.update({
+        "mode": mode,
+        "kind": kind,
+        "val_items": n_val,
+        "val_fraction": float(cfg.data.val_fraction),
+        "data_range": data_range,
+        "min_valid_fraction": float(cfg.data.min_valid_fraction),
+        "background_probability": float(cfg.data.background_probability),
+    })
+    if estimate_rec is not None:
+        info["degradation_estimate"] = estimate_rec
+    return info
+
+
 def make_training_set(
     images: Any,
     cfg: Any,
@@ -1223,145 +1529,28 @@ def make_training_set(
         DataError: no usable patch or no validation tile.
         GeometryError: explicit pairs whose grids do not line up.
     """
-    if mode is None:
-        mode = cfg.train.mode
-        if mode == "finetune":
-            mode = cfg.train.finetune_pairs or "self_supervised"
-    if mode not in ("self_supervised", "supervised"):
-        raise ConfigError(f"unknown pair mode {mode!r}")
+    mode = _pair_mode(mode, cfg)
     items = list(images) if isinstance(images, (list, tuple)) else ([] if images is None else [images])
-    estimate_rec: dict[str, Any] | None = None
-    if mode == "self_supervised" and not pairs and items and degradation_auto.wants_estimate(cfg):
-        cfg, estimate_rec = degradation_auto.apply_estimate(cfg, items[0])  # pairs and held-out split from it
-    elif mode == "self_supervised" and not pairs and items:
-        estimate_rec = degradation_auto.check_profile(cfg, items[0])  # the profile checked against the input
-    p = cfg.profile
+    cfg, estimate_rec = _check_degradation(cfg, items, mode=mode, pairs=pairs)
     seed = int(cfg.train.seed if seed is None else seed)
-    sources: list[PairSource] = []
-    val_sources: list[PairSource] = []
-    guide_names: list[str] = []
-    guide_norm: Normaliser | None = None
-    kind = "aligned"
-    first_prep: _Prepared | None = None
-    names: list[str] = []
-
     if pairs:
-        n_pairs = len(pairs)
-        for k, (lr_img, hr_img) in enumerate(pairs):
-            factors = _check_pair_grids(lr_img, hr_img, f"data.pairs[{k}]")
-            prep = _prepare(hr_img, cfg)
-            lr_plain = _plain(lr_img).to(torch.float32)
-            lr_valid = valid_mask(lr_plain, nodata=p.nodata).all(dim=0).numpy()
-            lr_t = prep.normaliser.forward(lr_plain)  # the pair shares physical units
-            lr_t = torch.where(torch.from_numpy(lr_valid)[None], lr_t, torch.zeros(()))
-            is_val = n_pairs > 1 and k == n_pairs - 1
-            src = _aligned_source(prep, cfg, holdout=n_pairs == 1, lr_image=lr_t, lr_valid=lr_valid, factors=factors)
-            src.name = _source_name(hr_img)
-            if is_val:
-                _validate_whole(src)
-                val_sources.append(src)
-            else:
-                sources.append(src)
-                if n_pairs == 1:
-                    val_sources.append(src)
-            first_prep = first_prep or prep
+        got = _pair_sources(pairs, cfg)
     elif items and isinstance(items[0], BandSet):
-        if len(items) != 1:
-            raise ConfigError("guided training takes one band set")
-        src, tp, gp, targets, guides = _guided_source(items[0], cfg, holdout=True)
-        src.name = _source_name(items[0])
-        sources.append(src)
-        val_sources.append(src)
-        first_prep, names, guide_names, guide_norm = tp, targets, guides, gp.normaliser
-        kind = "guided"
+        got = _guided_sources(items, cfg)
     else:
-        if not items:
-            raise ConfigError(f"{cfg.source}: no input images (data.inputs is empty)")
-        slicewise = p.degradation.model == "slice_profile"
-        if slicewise and cfg.spatial_dims != 2:
-            raise ConfigError(
-                f"{cfg.source}: slice-profile (thick-slice) training uses a 2D slice network; "
-                "set model.spatial_dims: 2"
-            )
-        kind = "slicewise" if slicewise else "aligned"
-        val_list = list(validation or [])
-        train_imgs = items
-        if mode == "supervised" and not val_list and len(items) > 1:
-            train_imgs, val_list = items[:-1], items[-1:]
-        hold_single = mode == "self_supervised" or not val_list
-        for img in train_imgs:
-            if not (is_volume(img) or is_raster(img)):
-                raise DataError(f"cannot train on {type(img).__name__}; expected a volume or a raster")
-            channels = None
-            tb = cfg.target_bands()
-            if tb and is_raster(img):
-                have = list(img.meta[Key.BAND_NAMES])
-                missing = [b for b in tb if b not in have]
-                if missing:
-                    raise DataError(f"{img.meta.get(Key.SOURCE_PATH)}: no band(s) {missing}; bands are {have}")
-                channels = [have.index(b) for b in tb]
-            prep = _prepare(img, cfg, channels=channels)
-            if slicewise:
-                src = _slicewise_source(prep, cfg, supervised=mode == "supervised", holdout=hold_single)
-            else:
-                src = _aligned_source(prep, cfg, holdout=hold_single)
-            src.name = _source_name(img)
-            sources.append(src)
-            if hold_single:
-                val_sources.append(src)
-            if first_prep is None:
-                first_prep = prep
-                names = list(tb) if tb else _names(img, prep.data.shape[0])
-        for img in val_list:
-            prep = _prepare(img, cfg)
-            if slicewise:
-                src = _slicewise_source(prep, cfg, supervised=True, holdout=False)
-            else:
-                src = _aligned_source(prep, cfg, holdout=False)
-            src.name = _source_name(img)
-            _validate_whole(src)
-            val_sources.append(src)
+        got = _image_sources(items, cfg, mode=mode, validation=validation)
+    first_prep = got.first_prep
     if first_prep is None:
         raise ConfigError(f"{cfg.source}: no training data")
-    if not names:
-        names = _names(first_prep.image, first_prep.data.shape[0])
-    ref = sources[0] if sources else val_sources[0]
-    for s in sources + val_sources:
-        if (s.spatial_dims, s.in_channels, s.out_channels, s.guide_channels) != (
-            ref.spatial_dims, ref.in_channels, ref.out_channels, ref.guide_channels
-        ):
-            raise DataError("the inputs do not share one channel layout; train on images of one kind")
-    if len(sources) > 1:
-        scales = {tuple(round(f, 6) for f in s.model_scale) for s in sources}
-        if len(scales) > 1:
-            raise DataError(f"the inputs need different scale factors {sorted(scales)}; train on one kind of scan")
-    # validation batches and their cubic baselines
-    val_items: list[dict[str, Any]] = []
-    cubic: list[torch.Tensor] = []
-    for s in val_sources:
-        for it in s.val_items():
-            val_items.append(it)
-            cubic.append(s.cubic(it))
-    if not val_items:
-        raise _no_validation(val_sources, cfg)
-    val_batches, cubic_batches = _batch_val(val_items, cubic)
+    names = got.names or _names(first_prep.image, first_prep.data.shape[0])
+    ref = _check_layout(got.train, got.val)
+    val_batches, cubic_batches, n_val = _validation_batches(got.val, cfg)
     refs = torch.cat([b["label"].reshape(-1) for b in val_batches])
-    dr = _data_range(p.metrics, refs, first_prep.normaliser)
-    train = PatchPairDataset(sources, cfg.train.batch_size, seed=seed)
-    info = dict(getattr(ref, "info", {}))
-    info.update({
-        "mode": mode,
-        "kind": kind,
-        "val_items": len(val_items),
-        "val_fraction": float(cfg.data.val_fraction),
-        "data_range": dr,
-        "min_valid_fraction": float(cfg.data.min_valid_fraction),
-        "background_probability": float(cfg.data.background_probability),
-    })
-    if estimate_rec is not None:
-        info["degradation_estimate"] = estimate_rec
+    dr = _data_range(cfg.profile.metrics, refs, first_prep.normaliser)
+    train = PatchPairDataset(got.train, cfg.train.batch_size, seed=seed)
+    info = _training_info(ref, cfg, mode=mode, kind=got.kind, n_val=n_val, data_range=dr, estimate_rec=estimate_rec)
     return TrainingSet(
-        kind=kind,
+        kind=got.kind,
         train=train,
         val=val_batches,
         val_cubic=cubic_batches,
@@ -1373,10 +1562,10 @@ def make_training_set(
         band_names=names,
         normaliser=first_prep.normaliser,
         data_range=float(dr),
-        guide_band_names=guide_names,
-        guide_normaliser=guide_norm,
+        guide_band_names=got.guide_names,
+        guide_normaliser=got.guide_norm,
         info=info,
-        sources=sources,
+        sources=got.train,
     )
 
 
