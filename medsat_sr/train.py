@@ -777,15 +777,41 @@ def build_trainer(
         ModelError: a checkpoint that does not fit the data.
     """
     from ignite.engine import Events
-    from ignite.handlers import EarlyStopping
-    from monai.engines import SupervisedEvaluator, SupervisedTrainer
-    from monai.engines.utils import IterationEvents
-    from monai.handlers import IgniteMetricHandler, LrScheduleHandler, PeakSignalToNoiseRatio, from_engine
-    from monai.metrics import SSIMMetric
 
-    from medsat_sr._version import __version__
-    from medsat_sr.config import JobConfig, load_config
     from medsat_sr.data import make_training_set
+
+    cfg, images, init, validation, pairs = _job_inputs(config, images, init, validation, pairs)
+    dev = resolve_device(device)
+    torch.manual_seed(int(cfg.train.seed))
+    ts = make_training_set(images, cfg, validation=validation, pairs=pairs)
+    state = _new_state(cfg, ts, images, init, dev, run_dir)
+    trainer, evaluator = _engines(state)
+    _attach_optimisation(state, trainer, evaluator)
+    validate = _validator(state, evaluator)
+    state.validate = validate  # type: ignore[attr-defined]
+    _attach_validation(state, trainer, validate)
+    if progress:
+        _attach_progress(trainer, state, Events)
+    if resume:
+        if state.run_dir is None:
+            raise ConfigError("resume needs a run folder")
+        _restore(state, trainer)
+    return trainer, evaluator, state
+
+
+def _job_inputs(
+    config: Any, images: Any, init: Any, validation: Sequence[Any] | None, pairs: Sequence[tuple[Any, Any]] | None,
+) -> tuple[Any, Any, Any, Sequence[Any] | None, Sequence[tuple[Any, Any]] | None]:
+    """The job's config and data: a name, path or mapping is loaded; missing images are read from ``data.*``.
+
+    Returns:
+        ``(cfg, images, init, validation, pairs)``; ``init`` defaults to
+        ``train.init`` in ``finetune`` mode.
+
+    Raises:
+        ConfigError: an unrunnable config (e.g. finetune without a checkpoint, no inputs).
+    """
+    from medsat_sr.config import JobConfig, load_config
 
     cfg = config if isinstance(config, JobConfig) else load_config(config)
     if init is None and cfg.train.mode == "finetune":
@@ -798,9 +824,38 @@ def build_trainer(
         images, val_read, pairs_read = read_inputs(cfg)
         validation = validation if validation is not None else (val_read or None)
         pairs = pairs_read or None
-    dev = resolve_device(device)
-    torch.manual_seed(int(cfg.train.seed))
-    ts = make_training_set(images, cfg, validation=validation, pairs=pairs)
+    return cfg, images, init, validation, pairs
+
+
+def _run_folder(run_dir: str | os.PathLike[str] | None) -> Path | None:
+    """The run folder, created (``None``: the run writes nothing).
+
+    Raises:
+        WriteError: the folder cannot be created.
+    """
+    if run_dir is None:
+        return None
+    rd = Path(run_dir)
+    try:
+        rd.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from medsat_sr.errors import WriteError
+
+        raise WriteError(f"{rd}: cannot create the run folder: {exc.strerror or exc}") from exc
+    return rd
+
+
+def _new_state(
+    cfg: Any, ts: Any, images: Any, init: Any, dev: torch.device, run_dir: str | os.PathLike[str] | None,
+) -> TrainState:
+    """The model (initialised from ``init``), optimiser, loss, schedule, baselines and checkpoint metadata.
+
+    Raises:
+        ModelError: a checkpoint that does not fit the data, or every parameter frozen.
+        WriteError: the run folder cannot be created.
+    """
+    from medsat_sr._version import __version__
+
     model, init_info = _init_model(cfg, ts, init, dev)
     # channels_last pays off with bf16 on CPU (oneDNN/AMX) and costs time in fp32 (measured)
     cl = dev.type == "cpu" and cfg.train.precision == "bf16"
@@ -818,17 +873,7 @@ def build_trainer(
     loss = build_loss(t.losses, ts.spatial_dims, ts.data_range)
     state_ref: list[TrainState] = []
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, state_ref))
-
-    rd = None if run_dir is None else Path(run_dir)
-    if rd is not None:
-        try:
-            rd.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            from medsat_sr.errors import WriteError
-
-            raise WriteError(f"{rd}: cannot create the run folder: {exc.strerror or exc}") from exc
-    ssim_spec = cfg.profile.metrics.ssim
-    cubic = _cubic_scores(ts, ssim_spec)
+    rd = _run_folder(run_dir)
     metadata_base: dict[str, Any] = {
         "scale": list(ts.model_scale),
         "data_scale": list(_data_scale(cfg, images)),
@@ -843,20 +888,25 @@ def build_trainer(
     }
     state = TrainState(
         cfg=cfg, data=ts, model=model, net=net, optimizer=opt, scheduler=sched, loss=loss, device=dev,
-        run_dir=rd, metadata_base=metadata_base, cubic=cubic,
+        run_dir=rd, metadata_base=metadata_base, cubic=_cubic_scores(ts, cfg.profile.metrics.ssim),
     )
     state_ref.append(state)
-
-    adv = t.adversarial
-    iteration_update = None
-    if adv.enabled:
+    if t.adversarial.enabled:
         state.discriminator = _discriminator(cfg, ts, dev)
-        state.d_optimizer = torch.optim.Adam(state.discriminator.parameters(), lr=adv.lr or t.lr, betas=(0.5, 0.999))
-        iteration_update = _gan_iteration(state)
+        state.d_optimizer = torch.optim.Adam(
+            state.discriminator.parameters(), lr=t.adversarial.lr or t.lr, betas=(0.5, 0.999))
+    return state
 
-    val_every = int(t.val_every)
-    max_epochs = int(math.ceil(t.max_iterations / val_every))
-    loader = ts.train  # an endless iterable of whole batches (no collation needed)
+
+def _engines(state: TrainState) -> tuple[Any, Any]:
+    """MONAI's ``SupervisedTrainer`` (one epoch = ``val_every`` iterations) and ``SupervisedEvaluator``
+    (PSNR, the key metric, and SSIM with the profile's window, on the validation split)."""
+    from monai.engines import SupervisedEvaluator, SupervisedTrainer
+    from monai.handlers import IgniteMetricHandler, PeakSignalToNoiseRatio, from_engine
+    from monai.metrics import SSIMMetric
+
+    ts, t = state.data, state.cfg.train
+    ssim_spec = state.cfg.profile.metrics.ssim
     psnr_h = PeakSignalToNoiseRatio(max_val=ts.data_range, output_transform=from_engine(["pred", "label"]))
     ssim_h = IgniteMetricHandler(
         metric_fn=SSIMMetric(
@@ -867,14 +917,30 @@ def build_trainer(
         output_transform=from_engine(["pred", "label"]),
     )
     evaluator = SupervisedEvaluator(
-        device=dev, val_data_loader=ts.val, network=net, prepare_batch=_prepare_batch,
+        device=state.device, val_data_loader=ts.val, network=state.net, prepare_batch=_prepare_batch,
         key_val_metric={"val_psnr": psnr_h}, additional_metrics={"val_ssim": ssim_h}, decollate=False,
     )
+    val_every = int(t.val_every)
     trainer = SupervisedTrainer(
-        device=dev, max_epochs=max_epochs, epoch_length=val_every, train_data_loader=loader, network=net,
-        optimizer=opt, loss_function=loss, prepare_batch=_prepare_batch, iteration_update=iteration_update,
+        device=state.device, max_epochs=int(math.ceil(t.max_iterations / val_every)), epoch_length=val_every,
+        train_data_loader=ts.train,  # an endless iterable of whole batches (no collation needed)
+        network=state.net, optimizer=state.optimizer, loss_function=state.loss, prepare_batch=_prepare_batch,
+        iteration_update=_gan_iteration(state) if t.adversarial.enabled else None,
         decollate=False, optim_set_to_none=True,
     )
+    return trainer, evaluator
+
+
+def _attach_optimisation(state: TrainState, trainer: Any, evaluator: Any) -> None:
+    """Scoring on valid pixels only, early stopping, gradient clipping, the LR schedule and the
+    per-iteration bookkeeping (loss curve, iteration and wall-clock budgets)."""
+    from ignite.engine import Events
+    from ignite.handlers import EarlyStopping
+    from monai.engines.utils import IterationEvents
+    from monai.handlers import LrScheduleHandler
+
+    t = state.cfg.train
+
     @evaluator.on(IterationEvents.MODEL_COMPLETED)
     def _score_valid_only(engine: Any) -> None:
         out = engine.state.output
@@ -889,43 +955,48 @@ def build_trainer(
         )
         evaluator.add_event_handler(Events.COMPLETED, es)
         state.early_stopping = es
-    if t.grad_clip and not adv.enabled:
+    if t.grad_clip and not t.adversarial.enabled:
+        params = [p for p in state.model.parameters() if p.requires_grad]
 
         @trainer.on(IterationEvents.BACKWARD_COMPLETED)
         def _clip(engine: Any) -> None:
             torch.nn.utils.clip_grad_norm_(params, float(t.grad_clip))
 
-    LrScheduleHandler(sched, print_lr=False, epoch_level=False).attach(trainer)
+    LrScheduleHandler(state.scheduler, print_lr=False, epoch_level=False).attach(trainer)
+    # registered before the progress bar: it sees the detached loss
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: _after_iteration(state, engine))
 
-    @trainer.on(Events.STARTED)
-    def _started(engine: Any) -> None:
-        state.t_start = time.monotonic()
-        if state.start_iteration == 0 and not state.history:
-            _validate(engine.state.iteration)
 
-    @trainer.on(Events.ITERATION_COMPLETED)  # registered before the progress bar: it sees the detached loss
-    def _after_iteration(engine: Any) -> None:
-        out = engine.state.output
-        if isinstance(out, MutableMapping) and isinstance(out.get("loss"), torch.Tensor):
-            # MONAI's trainer returns the loss with its autograd graph; nothing after the step needs it
-            out["loss"] = out["loss"].detach()
-        value = float(out["loss"]) if isinstance(out, Mapping) else float("nan")
-        state.loss_sum += value
-        state.loss_count += 1
-        state.trace_sum += value
-        state.trace_count += 1
-        if state.trace_count >= max(1, val_every // 10):  # finer loss curve for curves.png
-            state.loss_trace.append((int(engine.state.iteration), state.trace_sum / state.trace_count))
-            state.trace_sum, state.trace_count = 0.0, 0
-        if engine.state.iteration >= t.max_iterations:
-            state.stopped_by = "iterations"
-            engine.terminate()
-        elif state.elapsed() >= 60.0 * t.max_minutes:
-            state.stopped_by = "time"
-            logger.info("time budget of %g min reached at iteration %d", t.max_minutes, engine.state.iteration)
-            engine.terminate()
+def _after_iteration(state: TrainState, engine: Any) -> None:
+    """Detach the loss, add it to the running means and the loss curve, and stop at either budget."""
+    t = state.cfg.train
+    out = engine.state.output
+    if isinstance(out, MutableMapping) and isinstance(out.get("loss"), torch.Tensor):
+        # MONAI's trainer returns the loss with its autograd graph; nothing after the step needs it
+        out["loss"] = out["loss"].detach()
+    value = float(out["loss"]) if isinstance(out, Mapping) else float("nan")
+    state.loss_sum += value
+    state.loss_count += 1
+    state.trace_sum += value
+    state.trace_count += 1
+    if state.trace_count >= max(1, int(t.val_every) // 10):  # finer loss curve for curves.png
+        state.loss_trace.append((int(engine.state.iteration), state.trace_sum / state.trace_count))
+        state.trace_sum, state.trace_count = 0.0, 0
+    if engine.state.iteration >= t.max_iterations:
+        state.stopped_by = "iterations"
+        engine.terminate()
+    elif state.elapsed() >= 60.0 * t.max_minutes:
+        state.stopped_by = "time"
+        logger.info("time budget of %g min reached at iteration %d", t.max_minutes, engine.state.iteration)
+        engine.terminate()
 
-    def _validate(iteration: int) -> None:
+
+def _validator(state: TrainState, evaluator: Any) -> Callable[[int], None]:
+    """``validate(iteration)``: score, log, keep the best weights, step a plateau schedule, save the run."""
+    t = state.cfg.train
+    cubic = state.cubic
+
+    def validate(iteration: int) -> None:
         evaluator.run()
         m = evaluator.state.metrics
         psnr, ssim = float(m["val_psnr"]), float(m["val_ssim"])
@@ -934,7 +1005,7 @@ def build_trainer(
             "loss": state.loss_sum / state.loss_count if state.loss_count else None,
             "val_psnr": psnr,
             "val_ssim": ssim,
-            "lr": float(opt.param_groups[0]["lr"]),
+            "lr": float(state.optimizer.param_groups[0]["lr"]),
             "seconds": round(state.elapsed(), 3),
         }
         state.loss_sum, state.loss_count = 0.0, 0
@@ -947,44 +1018,55 @@ def build_trainer(
         )
         if psnr > state.best_psnr:
             state.best_psnr, state.best_ssim, state.best_iteration = psnr, ssim, int(iteration)
-            state.best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+            state.best_state = {k: v.detach().to("cpu").clone() for k, v in state.model.state_dict().items()}
             _save(state, BEST, _metric_row(state, iteration))
         if t.schedule.name == "plateau" and iteration > 0:
-            if psnr > state.plateau_best + 1e-6:
-                state.plateau_best, state.plateau_bad = psnr, 0
-            else:
-                state.plateau_bad += 1
-                if state.plateau_bad >= t.schedule.patience:
-                    state.plateau_factor *= float(t.schedule.gamma)
-                    state.plateau_bad = 0
-                    logger.info("plateau: learning rate x%g", t.schedule.gamma)
+            _plateau_step(state, psnr)
         if iteration > 0:
             _save(state, LAST, _metric_row(state, iteration))
             _save_resume_state(state, iteration)
         # the plot costs a fraction of a second: at most every 30 s, and at the end
         _write_history(state, plot=time.monotonic() - state.last_plot > 30.0)
 
-    state.validate = _validate  # type: ignore[attr-defined]
+    return validate
+
+
+def _plateau_step(state: TrainState, psnr: float) -> None:
+    """The plateau schedule: after ``patience`` validations without a gain, multiply the LR by ``gamma``."""
+    sch = state.cfg.train.schedule
+    if psnr > state.plateau_best + 1e-6:
+        state.plateau_best, state.plateau_bad = psnr, 0
+        return
+    state.plateau_bad += 1
+    if state.plateau_bad >= sch.patience:
+        state.plateau_factor *= float(sch.gamma)
+        state.plateau_bad = 0
+        logger.info("plateau: learning rate x%g", sch.gamma)
+
+
+def _attach_validation(state: TrainState, trainer: Any, validate: Callable[[int], None]) -> None:
+    """Validate before the first step (a fresh run), after every epoch and at the end; record an early stop."""
+    from ignite.engine import Events
+
+    t = state.cfg.train
+
+    @trainer.on(Events.STARTED)
+    def _started(engine: Any) -> None:
+        state.t_start = time.monotonic()
+        if state.start_iteration == 0 and not state.history:
+            validate(engine.state.iteration)
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _epoch_done(engine: Any) -> None:
         if engine.state.iteration != state.last_validated:
-            _validate(engine.state.iteration)
+            validate(engine.state.iteration)
 
     @trainer.on(Events.COMPLETED)
     def _completed(engine: Any) -> None:
         if engine.state.iteration != state.last_validated:
-            _validate(engine.state.iteration)
+            validate(engine.state.iteration)
         if state.early_stopping is not None and getattr(state.early_stopping, "counter", 0) >= t.early_stopping.patience:
             state.stopped_by = "early_stopping"
-
-    if progress:
-        _attach_progress(trainer, state, Events)
-    if resume:
-        if rd is None:
-            raise ConfigError("resume needs a run folder")
-        _restore(state, trainer)
-    return trainer, evaluator, state
 
 
 def _es_threshold(early_stopping: Any, min_delta: float) -> dict[str, float]:
