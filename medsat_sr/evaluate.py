@@ -468,6 +468,217 @@ def _noise(cfg: Any, ref: MetaTensor, lr: torch.Tensor) -> tuple[torch.Tensor, d
                              "seed": int(cfg.train.seed)}
 
 
+def _case_factors(
+    cfg: Any, ref: MetaTensor, scale: float | Sequence[float] | None
+) -> tuple[list[float], int | None, dict[str, Any]]:
+    """The evaluation factors per spatial axis, and the slice axis of a slice-profile degradation.
+
+    Args:
+        cfg: the job config.
+        ref: the reference image.
+        scale: factor(s) instead of the config's, or None.
+
+    Returns:
+        ``(factors, slice_axis or None, notes for the degradation record)``.
+
+    Raises:
+        ConfigError: a factor below 1, or none above 1.
+    """
+    slice_axis = None
+    notes: dict[str, Any] = {}
+    if cfg.profile.degradation.model == "slice_profile":
+        slice_axis, f, notes = _slice_settings(cfg, ref, scale)
+        factors = [1.0] * (ref.ndim - 1)
+        factors[slice_axis] = f
+    else:
+        factors = list(_factors(cfg, ref, scale))
+    if any(f < 1 for f in factors) or max(factors) <= 1:
+        raise ConfigError(f"evaluation factors must be >= 1 with one > 1, got {factors}")
+    return factors, slice_axis, notes
+
+
+def _centre_crop(
+    ref: MetaTensor, factors: Sequence[float]
+) -> tuple[MetaTensor, dict[str, Any], tuple[int, ...], tuple[int, ...]]:
+    """Centre-crop the reference to a whole number of low-resolution samples per axis.
+
+    Args:
+        ref: the reference image.
+        factors: the factor per spatial axis.
+
+    Returns:
+        ``(cropped reference, crop record, kept shape, low-resolution shape)``;
+        the reference itself when nothing is cropped.
+    """
+    shape = [int(v) for v in ref.shape[1:]]
+    keep, n_lr = zip(*[_whole_multiple(n, f) for n, f in zip(shape, factors)])
+    start = [(n - k) // 2 for n, k in zip(shape, keep)]
+    stop = [s + k for s, k in zip(start, keep)]
+    if list(keep) != shape:
+        ref = crop_image(ref, start, stop)
+    crop = {"original_shape": shape, "start": start, "shape": list(keep), "rule": "centre crop to whole low-resolution samples"}
+    return ref, crop, keep, n_lr
+
+
+def _fill_invalid(x: torch.Tensor, valid: np.ndarray) -> torch.Tensor:
+    """A copy of ``x`` with its invalid pixels set to the median of each band's valid ones (0 without any).
+
+    Args:
+        x: the image ``(C, *spatial)``.
+        valid: the spatial validity mask.
+
+    Returns:
+        The filled copy.
+    """
+    xs = x.clone()
+    for c in range(xs.shape[0]):
+        vals = xs[c][torch.from_numpy(valid)]
+        xs[c][torch.from_numpy(~valid)] = float(vals.median()) if vals.numel() else 0.0
+    return xs
+
+
+def _degrade_case(
+    cfg: Any, ref: MetaTensor, kind: str, factors: Sequence[float], *, notes: Mapping[str, Any],
+    n_lr: Sequence[int],
+) -> tuple[torch.Tensor, np.ndarray | None, dict[str, Any], Any]:
+    """Degrade the cropped reference with the profile's model and noise.
+
+    Args:
+        cfg: the job config.
+        ref: the cropped reference.
+        kind: ``"volume"`` or ``"raster"``.
+        factors: the factor per spatial axis.
+        notes: entries added to the degradation record.
+        n_lr: the expected low-resolution shape.
+
+    Returns:
+        ``(low_res, low_res_valid or None, degradation record, slice FWHM in voxels or None)``.
+
+    Raises:
+        ConfigError: non-integer factors with a k-space degradation, or a model that does not fit.
+        GeometryError: a degraded shape other than ``n_lr``.
+    """
+    x = ref.as_tensor().to(torch.float32)
+    valid = _spatial_valid(ref)
+    fill_needed = not valid.all()
+    if fill_needed:  # nodata never enters the blur as a number: fill with the band medians first
+        x = _fill_invalid(x, valid)
+    if cfg.profile.degradation.model == "kspace" and any(abs(f - round(f)) > 1e-9 for f in factors):
+        raise ConfigError(f"k-space evaluation needs integer factors, got {factors}")
+    lr, lr_valid, rec = degrade_reference(
+        x, cfg.profile, factors, spacing=[float(v) for v in ref.meta[Key.SPACING]] if kind == "volume" else None,
+        band_names=ref.meta.get(Key.BAND_NAMES), valid=valid if fill_needed else None,
+    )
+    slice_fwhm = rec.get("fwhm_voxels")
+    lr, noise = _noise(cfg, ref, lr)
+    rec["noise"] = noise
+    rec.update(notes)
+    if tuple(lr.shape[1:]) != tuple(n_lr):
+        raise GeometryError(f"degraded shape {tuple(lr.shape[1:])} differs from the expected {tuple(n_lr)}")
+    return lr, lr_valid, rec, slice_fwhm
+
+
+def _volume_lr(
+    ref: MetaTensor, lr: torch.Tensor, eff_down: Sequence[float], rec: dict[str, Any], *,
+    factors: Sequence[float], slice_axis: int | None, slice_fwhm: Any,
+) -> MetaTensor:
+    """The degraded volume on its grid; a slice-profile case adds its slice spacing and FWHM to ``rec``.
+
+    Args:
+        ref: the cropped reference volume.
+        lr: the degraded data.
+        eff_down: the effective down-scaling per axis (low-resolution over kept size).
+        rec: the degradation record (updated).
+        factors: the factor per spatial axis.
+        slice_axis: the slice axis of a slice-profile degradation, or None.
+        slice_fwhm: the slice profile's FWHM in voxels (slice-profile only).
+
+    Returns:
+        The low-resolution volume.
+    """
+    sp = [float(s) for s in ref.meta[Key.SPACING]]
+    if slice_axis is not None:
+        rec["slice_spacing_mm"] = sp[slice_axis] * factors[slice_axis]
+        rec["slice_fwhm_mm"] = sp[slice_axis] * float(slice_fwhm)
+    aff = geometry.scale_affine(np.asarray(ref.affine, dtype=np.float64), eff_down)
+    extra = {k: v for k, v in ref.meta.items() if k in ("modality", "series_description")}
+    if slice_axis is not None:  # what slice_thickness() of the degraded volume reads
+        extra["slice_thickness"] = sp[slice_axis] * float(slice_fwhm)
+        extra["slice_axis"] = int(slice_axis)
+    return make_volume(
+        lr, aff, source_dtype=ref.meta.get(Key.SOURCE_DTYPE), intensity=ref.meta.get(Key.INTENSITY),
+        band_names=ref.meta.get(Key.BAND_NAMES), source_format=ref.meta.get(Key.SOURCE_FORMAT),
+        source_path=None, header=None, **extra,
+    )
+
+
+def _raster_lr(ref: MetaTensor, lr: torch.Tensor, lr_valid: np.ndarray | None, eff_down: Sequence[float]) -> MetaTensor:
+    """The degraded raster on its grid, invalid pixels set to the nodata value (NaN without one).
+
+    Args:
+        ref: the cropped reference raster.
+        lr: the degraded data.
+        lr_valid: the degraded validity mask, or None.
+        eff_down: the effective down-scaling per axis (low-resolution over kept size).
+
+    Returns:
+        The low-resolution raster.
+    """
+    t = geometry.scale_transform(ref.meta[Key.TRANSFORM], eff_down)
+    nodata = ref.meta.get(Key.NODATA)
+    if lr_valid is not None and not lr_valid.all():
+        lr = lr.clone()
+        fill = float(nodata) if nodata is not None else float("nan")
+        lr[:, torch.from_numpy(~lr_valid)] = fill
+    return make_raster(
+        lr, t, crs=ref.meta.get(Key.CRS), nodata=nodata, band_names=ref.meta.get(Key.BAND_NAMES),
+        scales=ref.meta.get(Key.SCALES), offsets=ref.meta.get(Key.OFFSETS),
+        source_dtype=ref.meta.get(Key.SOURCE_DTYPE), source_format=ref.meta.get(Key.SOURCE_FORMAT),
+        header=ref.meta.get(Key.HEADER),
+    )
+
+
+def _raster_holdout(
+    ref: MetaTensor, keep: Sequence[int], factors: Sequence[float], holdout: float | None, rec: dict[str, Any]
+) -> tuple[tuple[slice, ...], MetaTensor | None]:
+    """The scored region of a raster case and the image a self-supervised fit sees.
+
+    With a holdout fraction ``h > 0`` the right-hand part of the width is
+    scored and the left part of the reference is the fit image; ``rec`` gets
+    the split.
+
+    Args:
+        ref: the cropped reference raster.
+        keep: the kept shape.
+        factors: the factor per spatial axis.
+        holdout: the holdout fraction (None: :data:`DEFAULT_RASTER_HOLDOUT`).
+        rec: the degradation record (updated with the split).
+
+    Returns:
+        ``(region, fit_image or None)``.
+
+    Raises:
+        ConfigError: a fraction outside ``[0, 1)``, or one that leaves fewer than 16 columns on a side.
+    """
+    h = DEFAULT_RASTER_HOLDOUT if holdout is None else float(holdout)
+    if not 0.0 <= h < 1.0:
+        raise ConfigError(f"holdout must be in [0, 1), got {holdout!r}")
+    region = tuple(slice(0, k) for k in keep)
+    fit_image = None
+    if h > 0:
+        fc = int(round(factors[1]))
+        w = keep[1]
+        split = int(round(w * (1.0 - h) / fc)) * fc
+        if split < 16 or w - split < 16:
+            raise ConfigError(f"holdout {h:g} leaves too few columns on one side of a {w}-pixel-wide image")
+        region = (slice(0, keep[0]), slice(split, w))
+        fit_image = crop_image(ref, [0, 0], [keep[0], split])
+        rec["holdout"] = {"fraction": h, "split_column": split,
+                          "fit": f"reference columns [0, {split}) (high resolution, left part)",
+                          "scored": f"columns [{split}, {w})"}
+    return region, fit_image
+
+
 def prepare_case(
     reference: Any,
     config: Any,
@@ -502,94 +713,19 @@ def prepare_case(
     kind = "volume" if is_volume(ref) else "raster"
     if cfg.profile.kind != kind:
         raise ConfigError(f"{cfg.source}: the config is for {cfg.profile.kind}s; {path or 'the reference'} is a {kind}")
-    nd = ref.ndim - 1
-    slice_axis = None
-    notes: dict[str, Any] = {}
-    if cfg.profile.degradation.model == "slice_profile":
-        slice_axis, f, notes = _slice_settings(cfg, ref, scale)
-        factors = [1.0] * nd
-        factors[slice_axis] = f
-    else:
-        factors = list(_factors(cfg, ref, scale))
-    if any(f < 1 for f in factors) or max(factors) <= 1:
-        raise ConfigError(f"evaluation factors must be >= 1 with one > 1, got {factors}")
-    shape = [int(v) for v in ref.shape[1:]]
-    keep, n_lr = zip(*[_whole_multiple(n, f) for n, f in zip(shape, factors)])
-    start = [(n - k) // 2 for n, k in zip(shape, keep)]
-    stop = [s + k for s, k in zip(start, keep)]
-    if list(keep) != shape:
-        ref = crop_image(ref, start, stop)
-    crop = {"original_shape": shape, "start": start, "shape": list(keep), "rule": "centre crop to whole low-resolution samples"}
-    x = ref.as_tensor().to(torch.float32)
-    valid = _spatial_valid(ref)
-    fill_needed = not valid.all()
-    if fill_needed:  # nodata never enters the blur as a number: fill with the band medians first
-        xs = x.clone()
-        for c in range(xs.shape[0]):
-            vals = xs[c][torch.from_numpy(valid)]
-            xs[c][torch.from_numpy(~valid)] = float(vals.median()) if vals.numel() else 0.0
-        x = xs
-    if cfg.profile.degradation.model == "kspace" and any(abs(f - round(f)) > 1e-9 for f in factors):
-        raise ConfigError(f"k-space evaluation needs integer factors, got {factors}")
-    lr, lr_valid, rec = degrade_reference(
-        x, cfg.profile, factors, spacing=[float(v) for v in ref.meta[Key.SPACING]] if kind == "volume" else None,
-        band_names=ref.meta.get(Key.BAND_NAMES), valid=valid if fill_needed else None,
-    )
-    slice_fwhm = rec.get("fwhm_voxels")
-    lr, noise = _noise(cfg, ref, lr)
-    rec["noise"] = noise
-    rec.update(notes)
-    if tuple(lr.shape[1:]) != tuple(n_lr):
-        raise GeometryError(f"degraded shape {tuple(lr.shape[1:])} differs from the expected {tuple(n_lr)}")
+    factors, slice_axis, notes = _case_factors(cfg, ref, scale)
+    ref, crop, keep, n_lr = _centre_crop(ref, factors)
+    lr, lr_valid, rec, slice_fwhm = _degrade_case(cfg, ref, kind, factors, notes=notes, n_lr=n_lr)
     eff_down = [a / b for a, b in zip(n_lr, keep)]
     if kind == "volume":
-        sp = [float(s) for s in ref.meta[Key.SPACING]]
-        if slice_axis is not None:
-            rec["slice_spacing_mm"] = sp[slice_axis] * factors[slice_axis]
-            rec["slice_fwhm_mm"] = sp[slice_axis] * float(slice_fwhm)
-        aff = geometry.scale_affine(np.asarray(ref.affine, dtype=np.float64), eff_down)
-        extra = {k: v for k, v in ref.meta.items() if k in ("modality", "series_description")}
-        if slice_axis is not None:  # what slice_thickness() of the degraded volume reads
-            extra["slice_thickness"] = sp[slice_axis] * float(slice_fwhm)
-            extra["slice_axis"] = int(slice_axis)
-        lr_img = make_volume(
-            lr, aff, source_dtype=ref.meta.get(Key.SOURCE_DTYPE), intensity=ref.meta.get(Key.INTENSITY),
-            band_names=ref.meta.get(Key.BAND_NAMES), source_format=ref.meta.get(Key.SOURCE_FORMAT),
-            source_path=None, header=None, **extra,
-        )
+        lr_img = _volume_lr(ref, lr, eff_down, rec, factors=factors, slice_axis=slice_axis, slice_fwhm=slice_fwhm)
         if holdout:
             raise ConfigError("holdout applies to rasters; a self-supervised fit on a volume sees only the degraded input")
         region = tuple(slice(0, k) for k in keep)
         fit_image = None
     else:
-        t = geometry.scale_transform(ref.meta[Key.TRANSFORM], eff_down)
-        nodata = ref.meta.get(Key.NODATA)
-        if lr_valid is not None and not lr_valid.all():
-            lr = lr.clone()
-            fill = float(nodata) if nodata is not None else float("nan")
-            lr[:, torch.from_numpy(~lr_valid)] = fill
-        lr_img = make_raster(
-            lr, t, crs=ref.meta.get(Key.CRS), nodata=nodata, band_names=ref.meta.get(Key.BAND_NAMES),
-            scales=ref.meta.get(Key.SCALES), offsets=ref.meta.get(Key.OFFSETS),
-            source_dtype=ref.meta.get(Key.SOURCE_DTYPE), source_format=ref.meta.get(Key.SOURCE_FORMAT),
-            header=ref.meta.get(Key.HEADER),
-        )
-        h = DEFAULT_RASTER_HOLDOUT if holdout is None else float(holdout)
-        if not 0.0 <= h < 1.0:
-            raise ConfigError(f"holdout must be in [0, 1), got {holdout!r}")
-        region = tuple(slice(0, k) for k in keep)
-        fit_image = None
-        if h > 0:
-            fc = int(round(factors[1]))
-            w = keep[1]
-            split = int(round(w * (1.0 - h) / fc)) * fc
-            if split < 16 or w - split < 16:
-                raise ConfigError(f"holdout {h:g} leaves too few columns on one side of a {w}-pixel-wide image")
-            region = (slice(0, keep[0]), slice(split, w))
-            fit_image = crop_image(ref, [0, 0], [keep[0], split])
-            rec["holdout"] = {"fraction": h, "split_column": split,
-                              "fit": f"reference columns [0, {split}) (high resolution, left part)",
-                              "scored": f"columns [{split}, {w})"}
+        lr_img = _raster_lr(ref, lr, lr_valid, eff_down)
+        region, fit_image = _raster_holdout(ref, keep, factors, holdout, rec)
     return Case(
         name=name or _name_of(path, index), path=path, kind=kind, reference=ref, lr=lr_img,
         factors=tuple(float(f) for f in factors), degradation=rec, crop=crop, region=region,
