@@ -265,34 +265,8 @@ class Normaliser:
                 nodata=nod,
                 stats={"window": [float(sp.min), float(sp.max)]},
             )
-
         if sp.method == "percentile":
-            valid = valid_mask(image, nodata=nodata, mask=mask)
-            t = _plain(image)
-            if sp.mask == "nonzero":
-                valid &= t != 0
-            elif sp.mask == "all":
-                valid = torch.isfinite(t) if t.is_floating_point() else torch.ones_like(valid)
-                if mask is not None:
-                    valid &= valid_mask(t, mask=mask)
-            groups = [[c] for c in range(n_ch)] if sp.per_channel else [list(range(n_ch))]
-            lows, highs = [0.0] * n_ch, [1.0] * n_ch
-            for chans in groups:
-                vals = torch.cat([t[c][valid[c]].reshape(-1) for c in chans])
-                if vals.numel() == 0:
-                    raise DataError(
-                        f"channel(s) {chans}: no valid values to fit percentiles on "
-                        f"(mask {sp.mask!r}, nodata {nodata!r}); the image is empty or all nodata"
-                    )
-                lo, hi = _percentiles(vals, float(sp.low), float(sp.high))
-                if not hi > lo:
-                    logger.warning(
-                        "channel(s) %s: percentiles p%g = p%g = %g (constant image); using a unit range",
-                        chans, sp.low, sp.high, lo,
-                    )
-                    hi = lo + 1.0
-                for c in chans:
-                    lows[c], highs[c] = lo, hi
+            lows, highs = _fit_percentiles(image, sp, nodata, mask)
             return cls(
                 method="percentile",
                 spec=spec_dict,
@@ -302,30 +276,7 @@ class Normaliser:
                 nodata=nod,
                 stats={"p_low": lows, "p_high": highs},
             )
-
-        # reflectance / linear: physical = DN * s + o
-        is_float = np.dtype(dtype).kind == "f"
-        if sp.method == "reflectance":
-            s, o = sp.scale_offset(processing_baseline)
-            source = f"profile (baseline {processing_baseline or 'unknown'})"
-            if file_scale_offset is None and is_float and sp.float_is_reflectance:
-                s, o, source = 1.0, 0.0, "float input taken as reflectance"
-        else:
-            s, o = sp.scale_offset(dtype)
-            source = "profile"
-        scales_out, offsets_out = [s] * n_ch, [o] * n_ch
-        if file_scale_offset is not None:
-            fs, fo = (list(v) for v in file_scale_offset)
-            if len(fs) != n_ch or len(fo) != n_ch:
-                raise DataError(
-                    f"file_scale_offset has {len(fs)} scales and {len(fo)} offsets for an image with {n_ch} channels"
-                )
-            if sp.use_file_scale_offset:  # the reader already applied the file's mapping: x is physical
-                scales_out, offsets_out, source = [1.0] * n_ch, [0.0] * n_ch, "file scale/offset (applied by the reader)"
-            else:  # undo the file's mapping, apply the profile's: DN = (x - fo) / fs
-                scales_out = [s / a for a in fs]
-                offsets_out = [o - b * s / a for a, b in zip(fs, fo)]
-                source = "profile (file scale/offset undone)"
+        scales_out, offsets_out, source = _linear_mapping(sp, n_ch, dtype, file_scale_offset, processing_baseline)
         return cls(
             method=sp.method,
             spec=spec_dict,
@@ -535,3 +486,79 @@ def data_range(
         raise DataError("data_range: the reference has no valid value")
     rng = float(vals.max() - vals.min())
     return rng if rng > 0 else 1.0
+
+
+def _fit_percentiles(
+    image: torch.Tensor, sp: Any, nodata: float | None, mask: torch.Tensor | np.ndarray | None,
+) -> tuple[list[float], list[float]]:
+    """Per-channel (or pooled) low and high percentiles of the valid values (``percentile`` specs).
+
+    Raises:
+        DataError: a channel with no valid value.
+    """
+    n_ch = int(image.shape[0])
+    valid = valid_mask(image, nodata=nodata, mask=mask)
+    t = _plain(image)
+    if sp.mask == "nonzero":
+        valid &= t != 0
+    elif sp.mask == "all":
+        valid = torch.isfinite(t) if t.is_floating_point() else torch.ones_like(valid)
+        if mask is not None:
+            valid &= valid_mask(t, mask=mask)
+    groups = [[c] for c in range(n_ch)] if sp.per_channel else [list(range(n_ch))]
+    lows, highs = [0.0] * n_ch, [1.0] * n_ch
+    for chans in groups:
+        vals = torch.cat([t[c][valid[c]].reshape(-1) for c in chans])
+        if vals.numel() == 0:
+            raise DataError(
+                f"channel(s) {chans}: no valid values to fit percentiles on "
+                f"(mask {sp.mask!r}, nodata {nodata!r}); the image is empty or all nodata"
+            )
+        lo, hi = _percentiles(vals, float(sp.low), float(sp.high))
+        if not hi > lo:
+            logger.warning(
+                "channel(s) %s: percentiles p%g = p%g = %g (constant image); using a unit range",
+                chans, sp.low, sp.high, lo,
+            )
+            hi = lo + 1.0
+        for c in chans:
+            lows[c], highs[c] = lo, hi
+    return lows, highs
+
+
+def _linear_mapping(
+    sp: Any, n_ch: int, dtype: str, file_scale_offset: tuple[Sequence[float], Sequence[float]] | None,
+    processing_baseline: str | None,
+) -> tuple[list[float], list[float], str]:
+    """``reflectance`` / ``linear`` specs: per-channel ``(scales, offsets, source)`` with physical = x * s + o.
+
+    The profile's mapping of the stored DN; when the reader already applied the
+    file's scale/offset, that is either kept (``use_file_scale_offset``) or
+    undone before the profile's mapping.
+
+    Raises:
+        DataError: ``file_scale_offset`` does not have one scale and offset per channel.
+    """
+    is_float = np.dtype(dtype).kind == "f"
+    if sp.method == "reflectance":
+        s, o = sp.scale_offset(processing_baseline)
+        source = f"profile (baseline {processing_baseline or 'unknown'})"
+        if file_scale_offset is None and is_float and sp.float_is_reflectance:
+            s, o, source = 1.0, 0.0, "float input taken as reflectance"
+    else:
+        s, o = sp.scale_offset(dtype)
+        source = "profile"
+    scales_out, offsets_out = [s] * n_ch, [o] * n_ch
+    if file_scale_offset is not None:
+        fs, fo = (list(v) for v in file_scale_offset)
+        if len(fs) != n_ch or len(fo) != n_ch:
+            raise DataError(
+                f"file_scale_offset has {len(fs)} scales and {len(fo)} offsets for an image with {n_ch} channels"
+            )
+        if sp.use_file_scale_offset:  # the reader already applied the file's mapping: x is physical
+            scales_out, offsets_out, source = [1.0] * n_ch, [0.0] * n_ch, "file scale/offset (applied by the reader)"
+        else:  # undo the file's mapping, apply the profile's: DN = (x - fo) / fs
+            scales_out = [s / a for a in fs]
+            offsets_out = [o - b * s / a for a, b in zip(fs, fo)]
+            source = "profile (file scale/offset undone)"
+    return scales_out, offsets_out, source
