@@ -721,7 +721,13 @@ def with_degradation(cfg: JobConfig, override: Mapping[str, Any]) -> JobConfig:
 
 
 def _cross_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
-    """Rules that need the domain profile."""
+    """Rules that need the domain profile: axes and sizes, outputs, then the model and bands."""
+    out = _axis_checks(cfg, p) + _output_checks(cfg, p)
+    return out + _model_and_band_checks(cfg, p, blocking=bool(out))
+
+
+def _axis_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
+    """Scale, spacing, model dimensions, patch and tile sizes against the domain's kind and degradation."""
     out: list[Problem] = []
     raster = p.kind == "raster"
     ndim = 2 if raster else 3
@@ -766,7 +772,13 @@ def _cross_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
                     f"the slice_profile degradation acts on one axis; got factors > 1 on several: {cfg.scale}",
                 )
             )
-    # outputs
+    return out
+
+
+def _output_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
+    """The output format against the domain's kind."""
+    out: list[Problem] = []
+    raster = p.kind == "raster"
     fmt = cfg.output.format
     if raster and fmt in ("nifti", "dicom"):
         out.append(Problem("output.format", f"{fmt!r} is for volumes; rasters are written as geotiff"))
@@ -776,7 +788,16 @@ def _cross_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
         )
     if not raster and cfg.output.cog:
         out.append(Problem("output.cog", "a COG is a raster output; the domain is a volume"))
-    # model and bands
+    return out
+
+
+def _model_and_band_checks(cfg: JobConfig, p: DomainProfile, *, blocking: bool) -> list[Problem]:
+    """The model name and the band roles (targets, guides, their resolution ratio against the scale).
+
+    The band-set rules need valid band names and no earlier problem (``blocking``).
+    """
+    out: list[Problem] = []
+    raster = p.kind == "raster"
     name = cfg.model.name or p.default_model
     if name is None:
         out.append(Problem("model.name", f"required: domain {p.name!r} names no default model"))
@@ -795,7 +816,7 @@ def _cross_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
                 p.expand_bands([n])
             except ConfigError as exc:
                 out.append(Problem(f"bands.{key}.{i}", str(exc)))
-    if out:
+    if out or blocking:
         return out
     targets = cfg.target_bands() or []
     guides = cfg.guide_bands()
