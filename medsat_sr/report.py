@@ -40,7 +40,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -246,6 +246,20 @@ def _rgb_bands(names: Sequence[str]) -> list[int]:
     return list(range(min(3, len(names))))
 
 
+class _PanelImages(NamedTuple):
+    """The full-size 2D images of a panel and what the crop and the captions need."""
+
+    reference: np.ndarray  # (H, W) or (H, W, 3)
+    planes: dict[str, np.ndarray]  # input and each method, like reference
+    errors: dict[str, np.ndarray]  # each method's |error|, (H, W)
+    mask: np.ndarray  # (H, W) bool: where the crop may score detail
+    allowed: tuple[slice, slice]  # the region the crop must stay in
+    rgb: bool
+    description: str
+    bar: tuple[float, str] | None  # pixel size and unit of the scale bar
+    corners: Any  # the raster's affine transform, or None
+
+
 def _views(fr: Any) -> dict[str, Any]:
     """The 2D images (reference, input, outputs, errors) of the panel, cropped, in display orientation."""
     case = fr.case
@@ -255,80 +269,11 @@ def _views(fr: Any) -> dict[str, Any]:
 
     lr_up = upsample_mask(case.lr.as_tensor().float().cpu().numpy(), ref.shape[1:])
     outs = dict(fr.outputs)
-    if case.kind == "volume":
-        fixed, idx, plane_name = _plane(case, masked)
-        other = [a for a in range(3) if a != fixed]
-
-        def cut(a: np.ndarray) -> np.ndarray:
-            sl = [slice(None)] * 3
-            sl[fixed] = idx
-            return np.asarray(a[0] if a.ndim == 4 else a)[tuple(sl)]
-
-        aff = np.asarray(case.reference.affine, dtype=np.float64)
-        # vertical: the plane axis along world z (superior up), else along world y (anterior up)
-        vert = min(other, key=lambda a: [2, 1, 0].index(_world_axis(aff, a)))
-        w_vert = _world_axis(aff, vert)
-        hor = other[0] if other[1] == vert else other[1]
-        transpose = other.index(vert) == 1  # cut() gives (other[0], other[1]); want (vert, hor)
-        flip_v = aff[w_vert, vert] > 0  # index grows towards superior/anterior: flip so that it is up
-        flip_h = _world_axis(aff, hor) == 0 and aff[0, hor] < 0  # subject's right on the right (neurological)
-
-        def orient(p: np.ndarray) -> np.ndarray:
-            q = p.T if transpose else p
-            if flip_v:
-                q = q[::-1]
-            if flip_h:
-                q = q[:, ::-1]
-            return q
-
-        ref2 = orient(cut(ref))
-        planes = {"input": orient(cut(lr_up)), **{m: orient(cut(o)) for m, o in outs.items()}}
-        wmask = orient(cut(masked)) if masked is not None else np.ones_like(ref2, bool)
-        allowed_full = [case.region[vert], case.region[hor]]
-        n_v, n_h = ref2.shape
-        rv = allowed_full[0]
-        if flip_v:
-            rv = slice(n_v - int(rv.stop), n_v - int(rv.start or 0))
-        rh = allowed_full[1]
-        if flip_h:
-            rh = slice(n_h - int(rh.stop), n_h - int(rh.start or 0))
-        allowed = (rv, rh)
-        err = {m: np.abs(p - ref2) for m, p in planes.items() if m != "input"}
-        rgb = False
-        ijk = "ijk"
-        band_desc = (f"{plane_name} slice {ijk[fixed]}={idx} of {int(case.reference.shape[1 + fixed])}, "
-                     f"{'superior' if w_vert == 2 else 'anterior' if w_vert == 1 else 'right'} up")
-        if case.slice_axis is not None:
-            sp = case.lr.meta.get("spacing") or ()
-            thick = f", {float(sp[case.slice_axis]):g} mm input slices" if len(sp) == 3 else ""
-            where = "vertical" if case.slice_axis == vert else "horizontal"
-            band_desc += f"; thick-slice axis {ijk[case.slice_axis]} {where}{thick}"
-        spacing = case.reference.meta.get("spacing") or ()
-        bar = (float(spacing[hor]), "mm") if len(spacing) == 3 else None
-        corners = None
-    else:
-        ids = fr.settings.get("band_names") or case.reference.meta.get("band_names") or []
-        names = fr.settings.get("band_labels") or band_labels(ids, None, ref.shape[0])
-        bands = _rgb_bands(ids if len(ids) == ref.shape[0] else names)
-        rgb = len(bands) == 3
-        ref2 = np.moveaxis(ref[bands], 0, -1) if rgb else ref[bands[0]]
-        planes = {"input": np.moveaxis(lr_up[bands], 0, -1) if rgb else lr_up[bands[0]]}
-        for m, o in outs.items():
-            planes[m] = np.moveaxis(o[bands], 0, -1) if rgb else o[bands[0]]
-        err = {m: np.abs(o - ref).mean(axis=0) for m, o in outs.items()}
-        wmask = masked if masked is not None else np.ones(ref.shape[1:], bool)
-        allowed = (case.region[0], case.region[1])
-        band_desc = (
-            f"colour image of bands {', '.join(str(names[b]) for b in bands)} (shown as red, green, blue)" if rgb
-            else f"band {names[bands[0]]}"
-        ) + f"; |error| = mean over all {len(names)} bands"
-        tr = case.reference.meta.get("transform")
-        unit, _ = crs_units(case.reference.meta.get("crs"))
-        bar = (math.hypot(float(tr[0]), float(tr[3])), unit) if tr is not None else None
-        corners = tr
+    view = (_volume_view if case.kind == "volume" else _raster_view)(fr, ref, lr_up, outs, masked)
+    ref2, allowed, corners = view.reference, view.allowed, view.corners
     gray = ref2.mean(axis=-1) if ref2.ndim == 3 else ref2
     finite = np.isfinite(gray)
-    score = _gradient(np.where(finite, gray, 0.0)) * (wmask & finite)
+    score = _gradient(np.where(finite, gray, 0.0)) * (view.mask & finite)
     size = (CROP_SIZE, CROP_SIZE)
     r0, c0 = _best_window(score, np.ones_like(score), size, allowed)
     sh = min(size[0], int(allowed[0].stop) - int(allowed[0].start or 0))
@@ -336,11 +281,98 @@ def _views(fr: Any) -> dict[str, Any]:
     crop = (slice(r0, r0 + sh), slice(c0, c0 + sw))
     box = (r0, r0 + sh, c0, c0 + sw)
     return {
-        "reference": ref2[crop], "planes": {k: v[crop] for k, v in planes.items()},
-        "errors": {k: v[crop] for k, v in err.items()}, "rgb": rgb, "description": band_desc,
-        "crop": box, "bar": bar,
+        "reference": ref2[crop], "planes": {k: v[crop] for k, v in view.planes.items()},
+        "errors": {k: v[crop] for k, v in view.errors.items()}, "rgb": view.rgb, "description": view.description,
+        "crop": box, "bar": view.bar,
         "corners": None if corners is None else corner_text(corners, case.reference.meta.get("crs"), box),
     }
+
+
+def _volume_view(
+    fr: Any, ref: np.ndarray, lr_up: np.ndarray, outs: dict[str, np.ndarray], masked: np.ndarray | None,
+) -> _PanelImages:
+    """A volume's panel images: the most informative slice in display orientation (superior or
+    anterior up, neurological left-right), its allowed crop region, description and scale bar."""
+    case = fr.case
+    fixed, idx, plane_name = _plane(case, masked)
+    other = [a for a in range(3) if a != fixed]
+
+    def cut(a: np.ndarray) -> np.ndarray:
+        sl = [slice(None)] * 3
+        sl[fixed] = idx
+        return np.asarray(a[0] if a.ndim == 4 else a)[tuple(sl)]
+
+    aff = np.asarray(case.reference.affine, dtype=np.float64)
+    # vertical: the plane axis along world z (superior up), else along world y (anterior up)
+    vert = min(other, key=lambda a: [2, 1, 0].index(_world_axis(aff, a)))
+    w_vert = _world_axis(aff, vert)
+    hor = other[0] if other[1] == vert else other[1]
+    transpose = other.index(vert) == 1  # cut() gives (other[0], other[1]); want (vert, hor)
+    flip_v = aff[w_vert, vert] > 0  # index grows towards superior/anterior: flip so that it is up
+    flip_h = _world_axis(aff, hor) == 0 and aff[0, hor] < 0  # subject's right on the right (neurological)
+
+    def orient(p: np.ndarray) -> np.ndarray:
+        q = p.T if transpose else p
+        if flip_v:
+            q = q[::-1]
+        if flip_h:
+            q = q[:, ::-1]
+        return q
+
+    ref2 = orient(cut(ref))
+    planes = {"input": orient(cut(lr_up)), **{m: orient(cut(o)) for m, o in outs.items()}}
+    wmask = orient(cut(masked)) if masked is not None else np.ones_like(ref2, bool)
+    allowed_full = [case.region[vert], case.region[hor]]
+    n_v, n_h = ref2.shape
+    rv = allowed_full[0]
+    if flip_v:
+        rv = slice(n_v - int(rv.stop), n_v - int(rv.start or 0))
+    rh = allowed_full[1]
+    if flip_h:
+        rh = slice(n_h - int(rh.stop), n_h - int(rh.start or 0))
+    allowed = (rv, rh)
+    err = {m: np.abs(p - ref2) for m, p in planes.items() if m != "input"}
+    rgb = False
+    ijk = "ijk"
+    band_desc = (f"{plane_name} slice {ijk[fixed]}={idx} of {int(case.reference.shape[1 + fixed])}, "
+                 f"{'superior' if w_vert == 2 else 'anterior' if w_vert == 1 else 'right'} up")
+    if case.slice_axis is not None:
+        sp = case.lr.meta.get("spacing") or ()
+        thick = f", {float(sp[case.slice_axis]):g} mm input slices" if len(sp) == 3 else ""
+        where = "vertical" if case.slice_axis == vert else "horizontal"
+        band_desc += f"; thick-slice axis {ijk[case.slice_axis]} {where}{thick}"
+    spacing = case.reference.meta.get("spacing") or ()
+    bar = (float(spacing[hor]), "mm") if len(spacing) == 3 else None
+    corners = None
+    return _PanelImages(ref2, planes, err, wmask, allowed, rgb, band_desc, bar, corners)
+
+
+def _raster_view(
+    fr: Any, ref: np.ndarray, lr_up: np.ndarray, outs: dict[str, np.ndarray], masked: np.ndarray | None,
+) -> _PanelImages:
+    """A raster's panel images: a colour composite (or one band), the mean |error| over all bands,
+    the allowed crop region, description, scale bar and georeferenced corners."""
+    case = fr.case
+    ids = fr.settings.get("band_names") or case.reference.meta.get("band_names") or []
+    names = fr.settings.get("band_labels") or band_labels(ids, None, ref.shape[0])
+    bands = _rgb_bands(ids if len(ids) == ref.shape[0] else names)
+    rgb = len(bands) == 3
+    ref2 = np.moveaxis(ref[bands], 0, -1) if rgb else ref[bands[0]]
+    planes = {"input": np.moveaxis(lr_up[bands], 0, -1) if rgb else lr_up[bands[0]]}
+    for m, o in outs.items():
+        planes[m] = np.moveaxis(o[bands], 0, -1) if rgb else o[bands[0]]
+    err = {m: np.abs(o - ref).mean(axis=0) for m, o in outs.items()}
+    wmask = masked if masked is not None else np.ones(ref.shape[1:], bool)
+    allowed = (case.region[0], case.region[1])
+    band_desc = (
+        f"colour image of bands {', '.join(str(names[b]) for b in bands)} (shown as red, green, blue)" if rgb
+        else f"band {names[bands[0]]}"
+    ) + f"; |error| = mean over all {len(names)} bands"
+    tr = case.reference.meta.get("transform")
+    unit, _ = crs_units(case.reference.meta.get("crs"))
+    bar = (math.hypot(float(tr[0]), float(tr[3])), unit) if tr is not None else None
+    corners = tr
+    return _PanelImages(ref2, planes, err, wmask, allowed, rgb, band_desc, bar, corners)
 
 
 def _stretch(a: np.ndarray, lo: Any, hi: Any) -> np.ndarray:
