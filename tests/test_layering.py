@@ -36,6 +36,9 @@ LAYERS: dict[str, int] = {
     "medsat_sr._resources": 0,
     "medsat_sr.geometry": 0,
     "medsat_sr.degrade": 0,
+    "medsat_sr.psf": 0,  # the degradation operators: Gaussian/box PSFs, decimation, slice profiles, noise
+    "medsat_sr.kspace": 0,  # k-space truncation (MR acquisition at a lower matrix)
+    "medsat_sr.peak_memory": 0,  # peak resident memory of a block of work
     "medsat_sr.estimate": 0,
     "medsat_sr.degradation_auto": 2,
     "medsat_sr.baselines": 0,
@@ -55,6 +58,10 @@ LAYERS: dict[str, int] = {
     "medsat_sr.pansharpen": 1,  # pan-sharpening: sensors, grids, classical methods (#17)
     # 2: learning
     "medsat_sr.data": 2,
+    "medsat_sr.sampling": 2,  # patch sampling and held-out splits
+    "medsat_sr.pair_sources": 2,  # (LR, HR) patch sources: slice-profile, aligned; the patch dataset
+    "medsat_sr.losses": 2,  # training losses (pixel, SSIM, combined)
+    "medsat_sr.run_folder": 2,  # a training run's files: checkpoints, resume state, metrics.csv, curves.png
     "medsat_sr.train": 2,
     "medsat_sr.checkpoint": 2,
     "medsat_sr.fusion": 2,
@@ -70,6 +77,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.evaluate_bands": 4,  # band sets by Wald's protocol: per-band RMSE, SAM, ERGAS (#13)
     "medsat_sr.evaluate_pansharpen": 4,  # pan-sharpening: every method on the held-out half (#17)
     "medsat_sr.batch": 4,
+    "medsat_sr.batch_journal": 4,  # the batch's append-only journal and its lock
     "medsat_sr.report": 4,
     "medsat_sr.report_plain": 4,
     "medsat_sr.demo": 4,
