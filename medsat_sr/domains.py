@@ -787,7 +787,7 @@ class DomainProfile(StrictModel):
         Raises:
             ConfigError: a box PSF (no sigma), or ``scale < 1``.
         """
-        from medsat_sr.degrade import fwhm_to_sigma, mtf_to_sigma
+        from medsat_sr.psf import fwhm_to_sigma, mtf_to_sigma
 
         if self.degradation.psf.shape != "gaussian":
             raise ConfigError(

@@ -38,13 +38,13 @@ import torch
 from monai.data import MetaTensor
 
 from medsat_sr.checkpoint import checkpoint_paths, model_hash
-from medsat_sr.degrade import psf_decimate
 from medsat_sr.errors import ConfigError, DataError
 from medsat_sr.geometry import scale_transform
 from medsat_sr.image import Key, make_raster
 from medsat_sr.inference.multi import MULTI_ROUTES, MultiRequest, MultiResult
 from medsat_sr.inference.plan import Decision
 from medsat_sr.io import geotiff
+from medsat_sr.psf import psf_decimate
 from medsat_sr.revisit.check import simulated_check
 from medsat_sr.revisit.frames import Frame, read_frames, select_dates, stack
 from medsat_sr.revisit.fuse import METHODS, Fused, fuse

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from medsat_sr.baselines import resample_affine
-from medsat_sr.degrade import slice_profile
 from medsat_sr.errors import GeometryError
 from medsat_sr.geometry import scale_affine
 from medsat_sr.multistack.forward import rigid_matrix
+from medsat_sr.psf import slice_profile
 
 __all__ = ["SimulatedStack", "random_motion", "simulate_stacks", "motion_error"]
 

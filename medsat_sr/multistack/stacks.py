@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from medsat_sr.degrade import fwhm_to_sigma, slice_thickness
+from medsat_sr.degrade import slice_thickness
 from medsat_sr.errors import DataError, GeometryError
 from medsat_sr.image import Key, make_volume
+from medsat_sr.psf import fwhm_to_sigma
 
 __all__ = ["Stack", "Grid", "make_stack", "output_grid", "orthonormal", "resample_mask"]
 

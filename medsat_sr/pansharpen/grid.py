@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import correlate1d
 
-from medsat_sr.degrade import gaussian_kernel1d, mtf_to_sigma
 from medsat_sr.errors import GeometryError
+from medsat_sr.psf import gaussian_kernel1d, mtf_to_sigma
 
 #: Tolerance (in pan pixels) on the ratio and on grid alignment.
 GRID_TOL = 1e-3

@@ -34,8 +34,8 @@ import torch
 from scipy import ndimage as ndi
 
 from medsat_sr.baselines import upsample_mask
-from medsat_sr.degrade import psf_decimate
 from medsat_sr.errors import DataError
+from medsat_sr.psf import psf_decimate
 from medsat_sr.revisit.masks import decode, kind_for_name
 
 __all__ = ["Revisit", "load_mask_pool", "draw_mask", "simulate_revisit", "robust_range"]
