@@ -99,7 +99,6 @@ from medsat_sr import baselines, degrade, geometry, metrics
 from medsat_sr._resources import suggest
 from medsat_sr._version import __version__
 from medsat_sr.config import JobConfig, load_config
-from medsat_sr.data import foreground_mask
 from medsat_sr.errors import ConfigError, DataError, GeometryError, WriteError
 from medsat_sr.image import BandSet, Key, is_raster, is_volume, make_raster, make_volume
 from medsat_sr.inference import upscale
@@ -107,6 +106,7 @@ from medsat_sr.io import read
 from medsat_sr.normalise import Normaliser, valid_mask
 from medsat_sr.report import write_report
 from medsat_sr.report_plain import band_labels, is_generic_band_name, validation_trend
+from medsat_sr.sampling import foreground_mask
 from medsat_sr.train import fit
 
 __all__ = [
