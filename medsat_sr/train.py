@@ -73,9 +73,7 @@ volume (both through-plane orientations, averaged).
 from __future__ import annotations
 
 import copy
-import csv
 import inspect
-import json
 import logging
 import math
 import os
@@ -90,9 +88,23 @@ import torch
 from torch import nn
 
 from medsat_sr.models.upsample import interpolate
-from medsat_sr.errors import ConfigError, DataError, ModelError
+from medsat_sr.errors import ConfigError, ModelError
+from medsat_sr.losses import CharbonnierLoss, CombinedLoss, build_loss
 from medsat_sr.normalise import Normaliser
 from medsat_sr.progress import Progress
+from medsat_sr.run_folder import (
+    BEST,
+    CURVES_PNG,
+    LAST,
+    METRICS_CSV,
+    OPTIM_FILE,
+    STATE_JSON,
+    _metric_row,
+    _restore,
+    _save,
+    _save_resume_state,
+    _write_history,
+)
 
 __all__ = [
     "FitResult",
@@ -105,17 +117,19 @@ __all__ = [
     "apply_slicewise",
     "resolve_device",
     "read_inputs",
+    # re-exported from medsat_sr.losses and medsat_sr.run_folder
+    "CharbonnierLoss",
+    "CombinedLoss",
+    "BEST",
+    "LAST",
+    "METRICS_CSV",
+    "CURVES_PNG",
+    "STATE_JSON",
+    "OPTIM_FILE",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: File names inside a run folder.
-BEST = "best"
-LAST = "last"
-METRICS_CSV = "metrics.csv"
-CURVES_PNG = "curves.png"
-STATE_JSON = "last.state.json"
-OPTIM_FILE = "last.optim.safetensors"
 
 
 # =============================================================== small pieces
@@ -181,79 +195,6 @@ class PrecisionWrapper(nn.Module):
         else:
             out = self.module(x, *args, **kwargs)
         return out.float().contiguous()
-
-
-class CharbonnierLoss(nn.Module):
-    """``mean(sqrt((x - y)^2 + eps^2))`` (a differentiable L1)."""
-
-    def __init__(self, eps: float = 1e-3) -> None:
-        super().__init__()
-        self.eps = float(eps)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt((x - y) ** 2 + self.eps**2).mean()
-
-
-class CombinedLoss(nn.Module):
-    """Weighted sum of loss terms; :attr:`last` holds each term's latest value."""
-
-    def __init__(self, terms: Sequence[tuple[str, float, nn.Module]]) -> None:
-        super().__init__()
-        self.names = [n for n, _, _ in terms]
-        self.weights = [float(w) for _, w, _ in terms]
-        self.terms = nn.ModuleList([m for _, _, m in terms])
-        self.last: dict[str, float] = {}
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        total = x.new_zeros(())
-        for name, w, term in zip(self.names, self.weights, self.terms):
-            v = term(x.float(), y.float())
-            self.last[name] = float(v.detach())
-            total = total + w * v
-        return total
-
-
-def build_loss(losses: Sequence[Any], spatial_dims: int, data_range: float = 1.0) -> CombinedLoss:
-    """The training loss of ``train.losses`` (``l1``, ``charbonnier``, ``mse``, ``ssim``).
-
-    Args:
-        losses: :class:`~medsat_sr.config.LossTerm` items (or mappings with
-            ``name``, ``weight``, ``eps``).
-        spatial_dims: 2 or 3 (for SSIM).
-        data_range: SSIM data range in network units.
-
-    Raises:
-        ConfigError: an unknown loss name.
-    """
-    from monai.losses import SSIMLoss
-
-    terms = []
-    for term in losses:
-        get = term.get if isinstance(term, Mapping) else lambda k, d=None, t=term: getattr(t, k, d)
-        name, weight, eps = get("name"), float(get("weight", 1.0)), get("eps")
-        if name == "l1":
-            mod: nn.Module = nn.L1Loss()
-        elif name == "mse":
-            mod = nn.MSELoss()
-        elif name == "charbonnier":
-            mod = CharbonnierLoss(1e-3 if eps is None else float(eps))
-        elif name == "ssim":
-            mod = _SSIMLossTerm(SSIMLoss(spatial_dims=spatial_dims, data_range=float(data_range)))
-        else:
-            raise ConfigError(f"unknown loss {name!r}; expected l1, charbonnier, mse or ssim")
-        terms.append((str(name), weight, mod))
-    return CombinedLoss(terms)
-
-
-class _SSIMLossTerm(nn.Module):
-    """MONAI's SSIMLoss with the same argument order as the others."""
-
-    def __init__(self, loss: nn.Module) -> None:
-        super().__init__()
-        self.loss = loss
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.loss(x, y)
 
 
 def _prepare_batch(batchdata: Mapping[str, Any], device: torch.device | None = None,
@@ -471,202 +412,6 @@ def _discriminator(cfg: Any, ts: Any, device: torch.device) -> nn.Module:
             smallest = min(smallest, min(b.shape[2:]))
         kw["n_layers"] = max(1, min(3, int(math.floor(math.log2(max(smallest, 6) / 3.0)))))
     return build_discriminator("patch", **kw).to(device)
-
-
-# =============================================================== checkpoints
-def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimiser state into safetensors tensors and JSON data (no pickle)."""
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, entry in sd["state"].items():
-        for k, v in entry.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"{pid}/{k}"] = v.detach().to("cpu").contiguous().clone()
-            else:
-                scalars.setdefault(str(pid), {})[k] = v
-    groups = json.loads(json.dumps(sd["param_groups"], default=lambda o: None))
-    return tensors, {"param_groups": groups, "scalars": scalars, "ids": [str(k) for k in sd["state"]]}
-
-
-def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], data: Mapping[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, t in tensors.items():
-        pid, name = key.split("/", 1)
-        state.setdefault(int(pid), {})[name] = t
-    for pid, entry in (data.get("scalars") or {}).items():
-        state.setdefault(int(pid), {}).update(entry)
-    groups = data["param_groups"]
-    cur = opt.state_dict()["param_groups"]
-    if len(groups) != len(cur) or any(len(a["params"]) != len(b["params"]) for a, b in zip(groups, cur)):
-        raise ModelError("the saved optimiser state does not fit this model's parameters; cannot resume")
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def _metadata(state: TrainState, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    meta = dict(state.metadata_base)
-    meta["metrics"] = {**state.cubic, **metrics}
-    return meta
-
-
-def _save(state: TrainState, stem: str, metrics: Mapping[str, Any]) -> Path | None:
-    from medsat_sr.checkpoint import save_checkpoint
-
-    if state.run_dir is None:
-        return None
-    path = state.run_dir / stem
-    save_checkpoint(path, state.model, _metadata(state, metrics))
-    return path
-
-
-def _save_resume_state(state: TrainState, iteration: int) -> None:
-    if state.run_dir is None:
-        return
-    from safetensors.torch import save_file
-
-    from medsat_sr._atomic import atomic_path
-
-    tensors, data = _optimizer_to_files(state.optimizer)
-    with atomic_path(state.run_dir / OPTIM_FILE) as tmp:
-        save_file(tensors, str(tmp))
-    doc = {
-        "format": "medsat_sr.train_state/1",
-        "iteration": int(iteration),
-        "elapsed_seconds": state.elapsed(),
-        "best_val_psnr": None if not math.isfinite(state.best_psnr) else state.best_psnr,
-        "best_val_ssim": None if not math.isfinite(state.best_ssim) else state.best_ssim,
-        "best_iteration": state.best_iteration,
-        "plateau": {"factor": state.plateau_factor, "best": None if not math.isfinite(state.plateau_best)
-                    else state.plateau_best, "bad": state.plateau_bad},
-        "early_stopping": _es_state(state.early_stopping),
-        "history": state.history,
-        "loss_trace": [[int(i), float(v)] for i, v in state.loss_trace if math.isfinite(v)],
-        "optimizer": data,
-        "last_validated": state.last_validated,
-    }
-    text = json.dumps(doc, indent=1, allow_nan=False, default=_json_default)
-    with atomic_path(state.run_dir / STATE_JSON) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    return None
-
-
-def _es_state(es: Any) -> dict[str, Any] | None:
-    if es is None:
-        return None
-    best = es.best_score
-    return {"counter": int(es.counter), "best_score": None if best is None else float(best)}
-
-
-def _restore(state: TrainState, trainer: Any) -> None:
-    """Resume from ``run_dir/last`` (weights, optimiser, counters, history)."""
-    from safetensors.torch import load_file
-
-    from medsat_sr.checkpoint import load_checkpoint
-
-    assert state.run_dir is not None
-    last = state.run_dir / LAST
-    sj = state.run_dir / STATE_JSON
-    if not (state.run_dir / f"{LAST}.json").is_file() or not sj.is_file():
-        raise DataError(f"{state.run_dir}: nothing to resume (no {LAST}.json / {STATE_JSON}); start without --resume")
-    model, _ = load_checkpoint(last, device="cpu")
-    try:
-        state.model.load_state_dict(model.state_dict(), strict=True)
-    except RuntimeError as exc:
-        raise ModelError(f"{last}: the saved model does not fit this config ({str(exc).splitlines()[0]})") from exc
-    try:
-        doc = json.loads(sj.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{sj}: cannot read the training state: {exc}") from exc
-    optim_path = state.run_dir / OPTIM_FILE
-    if optim_path.is_file():
-        _optimizer_from_files(state.optimizer, load_file(str(optim_path)), doc["optimizer"])
-    it = int(doc["iteration"])
-    state.start_iteration = it
-    state.elapsed_before = float(doc.get("elapsed_seconds") or 0.0)
-    state.best_psnr = doc.get("best_val_psnr") if doc.get("best_val_psnr") is not None else -math.inf
-    state.best_ssim = doc.get("best_val_ssim") if doc.get("best_val_ssim") is not None else float("nan")
-    state.best_iteration = int(doc.get("best_iteration") or 0)
-    pl = doc.get("plateau") or {}
-    state.plateau_factor = float(pl.get("factor", 1.0))
-    state.plateau_best = pl.get("best") if pl.get("best") is not None else -math.inf
-    state.plateau_bad = int(pl.get("bad", 0))
-    state.history = list(doc.get("history") or [])
-    state.loss_trace = [(int(i), float(v)) for i, v in doc.get("loss_trace") or []]
-    state.last_validated = int(doc.get("last_validated", it))
-    es = doc.get("early_stopping")
-    if es and state.early_stopping is not None:
-        state.early_stopping.counter = int(es["counter"])
-        state.early_stopping.best_score = es["best_score"]
-    best_json = state.run_dir / f"{BEST}.json"
-    if best_json.is_file():
-        bm, _ = load_checkpoint(state.run_dir / BEST, device="cpu")
-        state.best_state = {k: v.detach().clone() for k, v in bm.state_dict().items()}
-    val_every = int(state.cfg.train.val_every)
-    trainer.state.iteration = it
-    trainer.state.epoch = it // val_every
-    state.data.train.reseed(int(state.cfg.train.seed) + it)
-    state.scheduler.last_epoch = it
-    for g, f0 in zip(state.optimizer.param_groups, state.scheduler.base_lrs):
-        g["lr"] = f0 * state.scheduler.lr_lambdas[0](it)
-    logger.info("resuming %s at iteration %d (%.1f s already trained)", state.run_dir, it, state.elapsed_before)
-
-
-# =============================================================== history output
-def _write_history(state: TrainState, *, plot: bool = True) -> None:
-    """Write metrics.csv, and curves.png when ``plot``."""
-    if state.run_dir is None:
-        return
-    cols = ["iteration", "loss", "val_psnr", "val_ssim", "lr", "seconds"]
-    from medsat_sr._atomic import atomic_path
-
-    with atomic_path(state.run_dir / METRICS_CSV) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-            w.writeheader()
-            for row in state.history:
-                w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in cols})
-    if not plot:
-        return
-    state.last_plot = time.monotonic()
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except Exception as exc:  # noqa: BLE001 - the plot is optional
-        logger.warning("no curves.png: matplotlib unavailable (%s)", exc)
-        return
-    it = [r["iteration"] for r in state.history]
-    loss = [r.get("loss") for r in state.history]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    trace = state.loss_trace or list(zip(it, loss))
-    pts = [(i, v) for i, v in trace if v is not None and math.isfinite(v)]
-    if pts:
-        a1.plot(*zip(*pts), marker=".")
-        a1.set_yscale("log")
-    a1.set_xlabel("iteration")
-    a1.set_ylabel("training loss (running mean)")
-    a1.set_title("training loss")
-    pp = [(i, r.get("val_psnr")) for i, r in zip(it, state.history) if r.get("val_psnr") is not None]
-    if pp:
-        a2.plot(*zip(*pp), marker=".", label="model")
-    if math.isfinite(state.cubic.get("val_psnr_cubic", float("nan"))):
-        a2.axhline(state.cubic["val_psnr_cubic"], color="grey", ls="--", label="cubic")
-    a2.set_xlabel("iteration")
-    a2.set_ylabel("PSNR (dB)")
-    a2.set_title("validation PSNR")
-    a2.legend()
-    fig.tight_layout()
-    with atomic_path(state.run_dir / CURVES_PNG) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
 
 
 # =============================================================== metrics
@@ -1103,18 +848,6 @@ def _attach_progress(trainer: Any, state: TrainState, events: Any) -> None:
         if bar:
             by = {"time": "stopped by the time budget", "early_stopping": "stopped early (no improvement)"}
             bar[-1].close(by.get(state.stopped_by or "", ""))
-
-
-def _metric_row(state: TrainState, iteration: int) -> dict[str, Any]:
-    return {
-        "val_psnr": state.best_psnr if math.isfinite(state.best_psnr) else None,
-        "val_ssim": state.best_ssim,
-        "best_iteration": state.best_iteration,
-        "iteration": int(iteration),
-        "seconds": round(state.elapsed(), 3),
-        "data_range": state.data.data_range,
-        "gain_db": (state.best_psnr - state.cubic["val_psnr_cubic"]) if math.isfinite(state.best_psnr) else None,
-    }
 
 
 def _data_scale(cfg: Any, images: Any) -> tuple[float, ...]:
