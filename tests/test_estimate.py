@@ -187,6 +187,21 @@ def test_the_verdict_says_when_the_degradation_is_wrong_or_unmeasured() -> None:
     assert degradation_note(checked) is None and degradation_note(agreed) is None and degradation_note(None) is None
 
 
+def test_the_verdict_line_carries_the_degradation_caution() -> None:
+    """The one-line verdict (stdout) names what the held-out split could not check, not only the record (#14)."""
+    from medsat_sr.inference.api import degradation_caution
+
+    checked_strong = {"used": False, "profile_agreement": {"strong": True, "ratio": 0.45, "text": "x0.45"}}
+    assert degradation_caution(checked_strong) == (
+        "the input's measured degradation disagrees with the profile's (x0.45; the fit used the profile: try "
+        "--degradation auto)")
+    auto_strong = {"used": True, "profile_agreement": {"strong": True, "ratio": 2.0, "text": "x2.00"}}
+    assert "(x2.00; the fit used the estimate)" in (degradation_caution(auto_strong) or "")
+    assert "not measured on this input" in (degradation_caution({"used": False, "reason": "confidence 0.0"}) or "")
+    agreed = {"used": True, "profile_agreement": {"strong": False, "ratio": 1.05, "text": "x1.05"}}
+    assert degradation_caution(agreed) is None and degradation_caution(None) is None
+
+
 def test_a_single_raster_verdict_says_its_psf_is_unchecked() -> None:
     """A single raster's PSF is not measured by degradation: profile, and its verdict says so (#14)."""
     from medsat_sr.config import load_config

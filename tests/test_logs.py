@@ -119,6 +119,9 @@ def test_verdict_lines() -> None:
     assert "a classical method was asked for" in asked and asked.endswith("no trust record")
     ratio = verdict_line("e.tif", method="model", model_score=0.9, classical_score=0.6, unit="ratio")
     assert "1.50x cubic" in ratio
+    careful = verdict_line("l8.tif", method="model", model_score=36.78, classical_score=33.47,
+                           classical_method="GDAL cubic", record="l8.tif.json", caution="degradation not measured")
+    assert careful.endswith("; no fallback; caution: degradation not measured; record l8.tif.json")
 
 
 def test_verdict_from_a_trust_record() -> None:
@@ -126,7 +129,10 @@ def test_verdict_from_a_trust_record() -> None:
               "decision": {"use_model": False, "fell_back": True, "model_score": 20.0, "classical_score": 21.0,
                            "classical_method": "GDAL cubic"}}
     line = record_verdict(record, sidecar="a.tif.json")
-    assert line.startswith(f"{PREFIX} a.tif: GDAL cubic (fell back") and "-1.00 dB" in line
+    assert line.startswith(f"{PREFIX} a.tif: GDAL cubic (fell back") and "-1.00 dB" in line and "caution" not in line
+    record["decision"]["caution"] = "degradation not measured on this input"
+    assert "; fell back; caution: degradation not measured on this input; record a.tif.json" in record_verdict(
+        record, sidecar="a.tif.json")
 
 
 def test_verdict_of_a_pansharpening_fallback_speaks_ergas() -> None:

@@ -316,6 +316,10 @@ def test_route(inputs: Inputs, tmp_path: Path, kind: str, way: str, out_kind: st
     else:
         check_raster(src, out, rec, 2.0, cog=out_kind == "cog")
     check_decision(rec, way, "cubic")
+    if kind == "geotiff" and way in ("wins", "fallback", "force"):  # nothing measures a single raster's PSF (#14)
+        from medsat_sr.inference.verdict import record_verdict
+
+        assert "; caution: degradation not measured on this input" in record_verdict(rec), rec["decision"]
     if way == "fallback":  # the fallback writes exactly what the classical route writes
         ref = tmp_path / ("ref" + out.name)
         fell = rec["settings"]["scale"]["requested"] if is_vol else None  # the fallback's scale: the network's

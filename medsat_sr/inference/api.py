@@ -401,10 +401,11 @@ def _decide(src: Any, mem: Any, profile: Any, opts: UpscaleOptions) -> Decision:
     """The model-or-classical decision of a single-input run, with the degradation self-check in its reason."""
     decision = decide(mem.members, mem.validations, classical_method=_classical_name(src, profile),
                       margin_db=opts.min_gain_db, force=opts.force)
-    note = degradation_note((mem.fit_meta.get("task") or {}).get("degradation_estimate"))
+    est = (mem.fit_meta.get("task") or {}).get("degradation_estimate")
+    note = degradation_note(est)
     if note:
         head = f"{decision.reason.rstrip('. ')}. " if decision.reason else ""
-        decision = replace(decision, reason=f"{head}{note}")
+        decision = replace(decision, reason=f"{head}{note}", caution=degradation_caution(est))
     return decision
 
 
@@ -428,6 +429,19 @@ def degradation_note(est: Mapping[str, Any] | None) -> str | None:
         why = str(est.get("reason") or "no estimate").split(":")[0]
         return (f"Degradation: not measured on this input ({why}); the held-out split assumes the profile's "
                 "degradation and cannot show a mismatch.")
+    return None
+
+
+def degradation_caution(est: Mapping[str, Any] | None) -> str | None:
+    """The verdict line's short form of :func:`degradation_note` (``None`` when there is nothing to say)."""
+    if not est:
+        return None
+    agree = est.get("profile_agreement") or {}
+    if agree.get("strong"):
+        how = "the fit used the profile: try --degradation auto" if est.get("used") is False else "the fit used the estimate"
+        return f"the input's measured degradation disagrees with the profile's (x{float(agree['ratio']):.2f}; {how})"
+    if est.get("used") is False and not agree:
+        return "degradation not measured on this input: the held-out check cannot show a PSF mismatch"
     return None
 
 

@@ -205,6 +205,8 @@ class Decision:
         source: where the scores come from (self-supervised fit, checkpoint metrics).
         metric: what the scores are: ``"PSNR"`` in dB (higher is better), or
             ``"ERGAS"`` (lower is better; the pan-sharpening route).
+        caution: a few words the verdict line must show whatever was written,
+            e.g. that the held-out split could not check the degradation.
     """
 
     use_model: bool
@@ -218,6 +220,7 @@ class Decision:
     margin_db: float | None = None
     source: str | None = None
     metric: str = "PSNR"
+    caution: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (non-finite scores as ``None``)."""

@@ -6,6 +6,9 @@ and where its trust record is::
 
     verdict: out.tif: model, +2.25 dB vs GDAL cubic on held-out pixels (31.42 vs 29.17 dB); no fallback; record out.tif.json
 
+A run whose held-out comparison could not check something (e.g. a single
+raster's PSF, which nothing measures) adds ``caution: ...`` before the record.
+
 Standard library only: :func:`verdict_line` takes plain values and
 :func:`record_verdict` reads them from a trust record (the dict of
 :meth:`~medsat_sr.inference.record.TrustRecord.to_dict`, or its JSON sidecar).
@@ -47,6 +50,7 @@ def verdict_line(
     record: str | os.PathLike[str] | None = None,
     classical: bool | None = None,
     unit: str = "dB",
+    caution: str | None = None,
 ) -> str:
     """The verdict of one written product, in one line.
 
@@ -63,9 +67,11 @@ def verdict_line(
         classical: a classical method was asked for (default: ``method`` is a resampling method).
         unit: ``"dB"`` (a difference is printed), ``"ratio"`` (model / classical) or
             ``"ERGAS"`` (both printed; lower is better).
+        caution: what the held-out comparison could not check (printed as
+            ``caution: ...`` before the record), e.g. an unmeasured degradation.
 
     Returns:
-        ``"verdict: <output>: <what>; <fallback>; record <path>"``.
+        ``"verdict: <output>: <what>; <fallback>[; caution: <caution>]; record <path>"``.
     """
     base = classical_method or "cubic"
     m, c = _score(model_score), _score(classical_score)
@@ -92,7 +98,8 @@ def verdict_line(
         fallback = "kept by --force although it did not pass" if forced else "no fallback"
     where = str(output) if output is not None else "nothing written"
     rec = f"record {record}" if record is not None else "no trust record"
-    return f"{PREFIX} {where}: {what}; {fallback}; {rec}"
+    warn = f"; caution: {caution}" if caution else ""
+    return f"{PREFIX} {where}: {what}; {fallback}{warn}; {rec}"
 
 
 def record_verdict(
@@ -131,6 +138,7 @@ def record_verdict(
         unit="ERGAS" if ergas else "dB",
         forced=bool(d.get("forced", fb.get("forced", False))),
         record=sidecar,
+        caution=d.get("caution") if isinstance(d.get("caution"), str) else None,
         # a classical method asked for on any route (resampling, pan-sharpening, revisit fusion): no model in play
         classical=(d.get("use_model") is False and not d.get("fell_back") and d.get("model_score") is None) or None,
     )
