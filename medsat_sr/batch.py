@@ -108,6 +108,7 @@ from medsat_sr._atomic import check_writable
 from medsat_sr._schema import check_path
 from medsat_sr._version import __version__
 from medsat_sr.baselines import METHODS
+from medsat_sr.batch_journal import _Journal, _lock, read_jsonl
 from medsat_sr.checkpoint import checkpoint_paths, model_hash, read_metadata
 from medsat_sr.config import JobConfig, OutputConfig, load_config, parse_override
 from medsat_sr.errors import ConfigError, DataError, MedsatError, ModelError, WriteError
@@ -120,7 +121,7 @@ from medsat_sr.pansharpen.classical import METHODS as PAN_METHODS
 from medsat_sr.io import detect_format
 from medsat_sr.logs import naming
 from medsat_sr.progress import Progress
-from medsat_sr.trust import RECORD_FORMAT, jsonable, now_iso, sha256_path, sidecar_path, write_record
+from medsat_sr.trust import RECORD_FORMAT, now_iso, sha256_path, sidecar_path, write_record
 
 __all__ = [
     "run_batch",
@@ -957,65 +958,6 @@ def _run_dask(
         finally:
             for fut in futures:
                 fut.cancel()
-
-
-# =============================================================== manifest file
-class _Journal:
-    """Append-only ``batch.jsonl``: one line per input, flushed and fsynced."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self._fh = open(path, "a", encoding="utf-8")
-        except OSError as exc:
-            raise WriteError(f"{path}: cannot open the run manifest: {exc.strerror or exc}") from exc
-
-    def write(self, line: Mapping[str, Any]) -> None:
-        text = json.dumps(jsonable(line), allow_nan=False, separators=(",", ":"))
-        try:
-            self._fh.write(text + "\n")
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-        except OSError as exc:
-            raise WriteError(f"{self.path}: cannot append to the run manifest: {exc.strerror or exc}") from exc
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._fh.close()
-
-
-def _lock(journal: _Journal, out_dir: Path) -> None:
-    """Keep a second batch from writing the same folder at the same time.
-
-    An exclusive ``flock`` on ``batch.jsonl`` itself, held while the file is
-    open; the kernel releases it when the process ends, even on SIGKILL.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        return
-    try:
-        fcntl.flock(journal._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        journal.close()
-        raise WriteError(
-            f"{out_dir}: another batch run is writing to this folder; wait for it to finish or use another folder"
-        ) from None
-
-
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The lines of a ``batch.jsonl`` (a torn last line, from a killed run, is ignored)."""
-    out: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
 
 
 # =============================================================== driver

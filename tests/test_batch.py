@@ -24,6 +24,7 @@ from rasterio.windows import Window
 
 import medsat_sr.samples
 from medsat_sr import batch as batch_mod
+from medsat_sr import batch_journal
 from medsat_sr.batch import output_name, read_jsonl, run_batch
 from medsat_sr.cli import main
 from medsat_sr.errors import ConfigError, FormatError, WriteError
@@ -492,6 +493,6 @@ def test_write_error_from_the_journal_stops_the_run_cleanly(tmp_path: Path, monk
     def full(self: Any, line: Any) -> None:
         raise WriteError(f"{self.path}: cannot append to the run manifest: No space left on device")
 
-    monkeypatch.setattr(batch_mod._Journal, "write", full)
+    monkeypatch.setattr(batch_journal._Journal, "write", full)
     with pytest.raises(WriteError, match="No space left"):
         run_batch(tiles, tmp_path / "out", method="cubic", scale=2)
