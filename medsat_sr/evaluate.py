@@ -84,7 +84,6 @@ import logging
 import math
 import os
 import platform
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +103,7 @@ from medsat_sr.image import BandSet, Key, is_raster, is_volume, make_raster, mak
 from medsat_sr.inference import upscale
 from medsat_sr.io import read
 from medsat_sr.normalise import Normaliser, valid_mask
+from medsat_sr.peak_memory import PeakMemory
 from medsat_sr.report import write_report
 from medsat_sr.report_plain import band_labels, is_generic_band_name, validation_trend
 from medsat_sr.sampling import foreground_mask
@@ -145,90 +145,6 @@ DEFAULT_RASTER_HOLDOUT = 0.5
 
 #: The metric keys that are "higher is better" (used for gains and headlines).
 HIGHER_IS_BETTER = ("psnr", "psnr_masked", "ssim", "ssim_masked", "ssim_slices")
-
-
-# =============================================================== memory and time
-def _rss_bytes() -> int | None:
-    """Resident set size of this process now (Linux ``/proc``), or ``None``."""
-    try:
-        with open("/proc/self/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-
-
-class PeakMemory:
-    """Peak resident memory of the process while a block runs (a sampling thread).
-
-    RSS is read from ``/proc/self/statm`` every ``interval`` seconds, so it
-    sees every allocation (numpy, torch, GDAL) but can miss a spike shorter
-    than the interval. Where ``/proc`` is missing, the process-lifetime peak
-    of ``resource.getrusage`` is reported instead (``source`` says which).
-
-    Attributes:
-        start_mb: RSS when the block started (MiB).
-        peak_mb: highest RSS seen (MiB).
-        increase_mb: ``peak_mb - start_mb``.
-        source: ``"proc_statm_sampled"`` or ``"getrusage_maxrss"``.
-
-    Example:
-        >>> with PeakMemory() as pm:
-        ...     _ = bytearray(10_000_000)
-        >>> pm.peak_mb >= pm.start_mb
-        True
-    """
-
-    def __init__(self, interval: float = 0.01) -> None:
-        self.interval = float(interval)
-        self.start_mb = float("nan")
-        self.peak_mb = float("nan")
-        self.source = "proc_statm_sampled"
-        self._peak = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            v = _rss_bytes()
-            if v is not None and v > self._peak:
-                self._peak = v
-
-    def __enter__(self) -> PeakMemory:
-        v = _rss_bytes()
-        if v is None:
-            self.source = "getrusage_maxrss"
-            self.start_mb = _maxrss_mb()
-            return self
-        self._peak = v
-        self.start_mb = v / 2**20
-        self._thread = threading.Thread(target=self._sample, name="medsat-peak-memory", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._thread is None:
-            self.peak_mb = _maxrss_mb()
-            return
-        self._stop.set()
-        self._thread.join()
-        v = _rss_bytes()
-        if v is not None and v > self._peak:
-            self._peak = v
-        self.peak_mb = self._peak / 2**20
-
-    @property
-    def increase_mb(self) -> float:
-        """Peak minus start, MiB."""
-        return self.peak_mb - self.start_mb
-
-
-def _maxrss_mb() -> float:
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
-    except (ImportError, OSError):  # pragma: no cover - not Linux
-        return float("nan")
 
 
 # =============================================================== cases
