@@ -11,6 +11,8 @@ every marked block; ``--check`` exits 1 (naming the stale tables) when the
 README differs from what the results say, without writing. The tables:
 
 * ``learning_core``: ``quality_mri.json``, ``quality_s2.json``, ``quality_naip.json``;
+* ``learning_core_rerun``: ``quality_rerun_mri.json``, ``quality_rerun_s2.json``, ``quality_rerun_naip.json``
+  (the same benchmark rerun on later code, against the recorded results);
 * ``demo``: ``demo.json`` (the ``metrics.json`` of a ``medsat-sr demo`` run, plus its timing);
 * ``evaluate_cli``: ``evaluate_cli/*_metrics.json``;
 * ``upscale_overhead`` and ``upscale_memory``: the Markdown tables of ``upscale_ad.txt`` and ``upscale_bc.txt``.
@@ -77,6 +79,30 @@ def learning_core() -> list[str]:
     ]
 
 
+def learning_core_rerun() -> list[str]:
+    """The learning-core benchmark rerun on later code: each case's result next to the recorded one."""
+    rows = ["| case | recorded | rerun | fit (recorded → rerun) | floor | rerun passes | machine, load at start |",
+            "|---|---:|---:|---:|---|---|---|"]
+    for key, label in (("mri", "MRI thick-slice ×4"), ("s2", "Sentinel-2 20 → 10 m, guided"), ("naip", "4-band aerial ×2")):
+        old_doc, new_doc = _load(f"quality_{key}.json"), _load(f"quality_rerun_{key}.json")
+        old, new = old_doc["cases"][key], new_doc["cases"][key]
+        if key == "s2":
+            old, new = old["results"], new["results"]
+            text = [f"{d['guided']['ratio_vs_cubic']:.2f} × cubic RMSE" for d in (old, new)]
+            its = [f"{d['guided']['seconds'] / 60:.0f} min" for d in (old, new)]
+            passed = new["guided"]["ratio_vs_cubic"] <= 0.5
+            floor = "≤ 0.5 × cubic"
+        else:
+            text = [f"{d['gain_db']:+.2f} dB" for d in (old, new)]
+            its = [f"{d['iterations']} it" for d in (old, new)]
+            passed, floor = bool(new["passed"]), new["floor"].replace("gain >= ", "≥ ")
+        m = new_doc["machine"]
+        load = new_doc["load_average_start"][0]
+        rows.append(f"| {label} | {text[0]} | **{text[1]}** | {its[0]} → {its[1]} | {floor} | {'yes' if passed else 'no'} | "
+                    f"{m['cpu']} ({m['cores']} cores), {load:.1f} |")
+    return rows
+
+
 def demo() -> list[str]:
     """Demo table: per sample, cubic and self-supervised SR (PSNR as the demo's headline reports it)."""
     d = _load("demo.json")
@@ -122,6 +148,7 @@ def upscale_memory() -> list[str]:
 
 TABLES: dict[str, Callable[[], list[str]]] = {
     "learning_core": learning_core,
+    "learning_core_rerun": learning_core_rerun,
     "demo": demo,
     "evaluate_cli": evaluate_cli,
     "upscale_overhead": upscale_overhead,
