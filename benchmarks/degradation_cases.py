@@ -164,7 +164,7 @@ def s2_cases(work: Path, quick: bool) -> list[Case]:
     return out
 
 
-# --------------------------------------------------------------------------- Landsat-8
+# --------------------------------------------------------------------------- Landsat-8 (cases: landsat_cases.py)
 
 
 def _half_pixel(a: np.ndarray) -> np.ndarray:
@@ -177,38 +177,13 @@ def _half_pixel(a: np.ndarray) -> np.ndarray:
     return y[p:-p, p:-p]
 
 
-def landsat_case(work: Path, quick: bool) -> Case:
-    """Landsat-8 30 m B2-B5 (real) to 15 m; reference: the real pan against the blend of the outputs' B2-B4."""
-    import rasterio
+def real_cases(work: Path, quick: bool, only: list[str] | None = None) -> list[Case]:
+    """Section 4's cases (``only``: these keys, e.g. ``["l8", "l8_wald"]``; the S2 ones are not built then)."""
+    from landsat_cases import landsat_cases
 
-    n = 200 if quick else 600
-    rd = {}
-    for b in ("B2", "B3", "B4", "B5", "B8"):
-        with rasterio.open(L8_DIR / f"l8_{b}.tif") as d:
-            rd[b] = d.read(1).astype(np.float64)
-            if b == "B2":
-                crs, (x0, y0) = d.crs.to_string(), (d.transform.c, d.transform.f)
-    ms = {b: rd[b][:n, :n] for b in ("B2", "B3", "B4", "B5")}
-    ref = _half_pixel(rd["B8"][: 2 * n + 1, : 2 * n + 1])[: 2 * n, : 2 * n]
-    box = ref.reshape(n, 2, n, 2).mean((1, 3))
-    a = np.vstack([ms[b].ravel() for b in ("B2", "B3", "B4")] + [np.ones(n * n)]).T
-    coef = np.linalg.lstsq(a, box.ravel(), rcond=None)[0]
-    path = work / "l8_ms30.tif"
-    _write_tif(path, list(ms.values()), 30.0, (x0, y0), crs)
-
-    def score(out: Path) -> float:
-        got = _read_bands(out)
-        keys = sorted(got)[:3]  # bands 0-2 = B2, B3, B4
-        blend = sum(c * got[k] for c, k in zip(coef[:3], keys)) + coef[3]
-        return _psnr2d(blend, ref)
-    return Case("l8", "Landsat-8 B2-5 30->15 m (ref pan)", path, "multiband_x2", score, suffix=".tif", reference=True,
-                cubic={"scale": 2},
-                extra={"blend": [round(float(c), 4) for c in coef]})
-
-
-def real_cases(work: Path, quick: bool) -> list[Case]:
-    """Section 4's cases."""
-    return s2_cases(work, quick) + [landsat_case(work, quick)]
+    out = [] if only and not any(k.startswith("s2") for k in only) else s2_cases(work, quick)
+    out += [] if only and not any(k.startswith("l8") for k in only) else landsat_cases(work, quick)
+    return [c for c in out if not only or c.key in only]
 
 
 # --------------------------------------------------------------------------- simulated

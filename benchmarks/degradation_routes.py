@@ -16,10 +16,13 @@ comparison does not depend on the machine's load.
    * S2 L1C T33UUB (DSen2 crop), Wald x2: the 10/20 m bands reduced to 20/40 m
      with the profile's MTFs; reference = the real 20 m bands;
    * S2 L2A 29RKH overview (provider-resampled, 100/200 m), Wald x2 likewise;
-   * Landsat-8 30 m B2-B5 (real, not degraded by us) to 15 m by multiband_x2;
-     reference = the real 15 m pan against the blend of the outputs' B2-B4
-     (least-squares weights fitted at 30 m; the pan half-pixel offset removed
-     by a Fourier shift);
+   * Landsat-8 30 m B2-B5 (real, not degraded by us) to 15 m by multiband_x2
+     on the scene's cloud-free right half; reference = the real 15 m pan
+     against the blend of the outputs' B2-B4 (least-squares weights fitted at
+     30 m; the pan half-pixel offset removed by a Fourier shift), raw and
+     PSF-matched (the pan's PSF measured on the left half; landsat_cases.py);
+   * Landsat-8 Wald x2 on the same crop: B2-B5 reduced to 60 m with the
+     landsat8_9_l1 MTF; reference = the real 30 m bands;
    * S2 L1C T33UUB and S2 L2A overview at full resolution (no reference): the
      decision and the estimate only.
 5. Simulated cases with a known degradation different from the profile: the
@@ -31,6 +34,7 @@ comparison does not depend on the machine's load.
 
 Machine: shared 2-core CPU, no GPU (run with nice -n 10).
 Usage: nice -n 10 python benchmarks/degradation_routes.py [--iters N] [--seeds K] [--quick] [--part real|sim]
+       [--real-cases l8,l8_wald] [--cases KEYS]
 """
 
 from __future__ import annotations
@@ -83,40 +87,55 @@ def _f(v: Any, fmt: str = "6.2f") -> str:
     return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "-".rjust(int(fmt.split(".")[0]))
 
 
-def real_part(work: Path, iters: int, quick: bool) -> tuple[list[str], list[dict[str, Any]]]:
-    """Section 4: the real-pair cases, auto vs profile vs GDAL cubic."""
+def real_part(work: Path, iters: int, quick: bool, only: list[str] | None = None
+              ) -> tuple[list[str], list[dict[str, Any]]]:
+    """Section 4: the real-pair cases (``only``: these keys), auto vs profile vs GDAL cubic."""
     lines = ["## 4. Real pairs through the learned routes (fine-tune of the shipped model, "
              f"{iters} iterations), auto vs profile vs GDAL cubic",
              "decision scores: PSNR (dB) on the fit's held-out split (model / GDAL cubic / the net's own interpolation);",
              "est: confidence, used, ratio of the estimated to the profile's equivalent Gaussian width;",
              "ref PSNR: the written output vs the real high-resolution reference (dB); '-' = no reference",
              f"{'case':<38}{'deg':<8}| {'model':>6}{'cubic':>7}{'interp':>7} {'ships':<6}| {'conf':>5}{'used':>6}"
-             f"{'ratio':>6} | {'ref PSNR':>8}{'vs cubic':>9} | reason"]
+             f"{'ratio':>6} | {'ref PSNR':>8}{'vs cubic':>9} | reason",
+             "(other refs: a case's further scores of the same output, each 'name PSNR (vs cubic)')"]
     rows: list[dict[str, Any]] = []
-    for case in cases.real_cases(work, quick):
-        cub = None
+    for case in cases.real_cases(work, quick, only):
+        cub, cub_more = None, {}
+        more = case.extra.get("scores", {})
         if case.reference is not None:
             run_route(case.input, work / f"{case.key}_cubic{case.suffix}", "cubic", None, iters=iters, seed=0,
                       **case.cubic)
             cub = case.score(work / f"{case.key}_cubic{case.suffix}")
+            cub_more = {k: f(work / f"{case.key}_cubic{case.suffix}") for k, f in more.items()}
         for deg in DEGS:
             out = work / f"{case.key}_{deg}{case.suffix}"
             t0 = time.perf_counter()
             s = summary(run_route(case.input, out, case.config, deg, iters=iters, seed=0, sets=case.sets))
             s.update(case=case.name, deg=deg, seconds=time.perf_counter() - t0,
-                     ref=case.score(out) if case.reference is not None else None, ref_cubic=cub)
+                     ref=case.score(out) if case.reference is not None else None, ref_cubic=cub,
+                     more={k: (f(out), cub_more[k]) for k, f in more.items()})
             rows.append(s)
             ships = "model" if s["use_model"] else "cubic"
             gain = None if s["ref"] is None or cub is None else s["ref"] - cub
             lines.append(f"{case.name:<38}{deg:<8}| {_f(s['model'])}{_f(s['cubic'], '7.2f')}{_f(s['interp'], '7.2f')} "
                          f"{ships:<6}| {_f(s['conf'], '5.2f')}{str(s['used'] if s['used'] is not None else '-'):>6}"
                          f"{_f(s['ratio'], '6.2f')} | {_f(s['ref'], '8.2f')}{_f(gain, '+9.2f')} | "
-                         f"{(s['reason'] + ' ' + s['est_reason']).strip()[:160]}")
+                         f"{_other(s['more'])}{(s['reason'] + ' ' + s['est_reason']).strip()[:160]}")
             print(lines[-1], flush=True)
         if cub is not None:
-            lines.append(f"{case.name:<38}{'cubic':<8}| {'':>20} {'cubic':<6}| {'':>17} | {_f(cub, '8.2f')}{'':>9} |")
+            lines.append(f"{case.name:<38}{'cubic':<8}| {'':>20} {'cubic':<6}| {'':>17} | {_f(cub, '8.2f')}{'':>9} | "
+                         + _other({k: (v, None) for k, v in cub_more.items()}))
+        if case.extra.get("truth") is not None:  # the reference itself through the other scores (their ceiling)
+            lines.append(f"{case.name:<38}{'truth':<8}| {'':>20} {'':<6}| {'':>17} | {'':>8}{'':>9} | "
+                         + _other({k: (f(case.extra["truth"]), cub_more[k]) for k, f in more.items()}))
+        lines += [f"  {case.key}: {k} = {v}" for k, v in case.extra.items() if k not in ("scores", "truth")]
     lines += ["", *silent_losses(rows)]
     return lines, rows
+
+
+def _other(more: dict[str, tuple[float, float | None]]) -> str:
+    """The further scores of a row: ``name PSNR (+gain vs cubic) | ``."""
+    return "".join(f"{k} {v:.2f}" + (f" ({v - c:+.2f})" if c is not None else "") + " | " for k, (v, c) in more.items())
 
 
 def silent_losses(rows: list[dict[str, Any]]) -> list[str]:
@@ -213,6 +232,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="one small case per part (smoke run, nothing saved)")
     ap.add_argument("--cases", default="", help="comma-separated simulated case keys to run (default: all), e.g. "
                     "mri_rect3,s2sim,naip0.12; the results file gets the keys in its name")
+    ap.add_argument("--real-cases", default="", help="comma-separated real case keys to run (default: all), e.g. "
+                    "l8,l8_wald (s2l1c_wald, s2l1c_full, s2l2a_wald, s2l2a_full); the results file gets them in its name")
     args = ap.parse_args()
     if args.merge:
         print("\n".join(merge_sim(args.merge)))
@@ -227,7 +248,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="degr_routes_") as tmp:
         work = Path(tmp)
         if args.part in ("real", "all"):
-            block, data["real"] = real_part(work, args.iters, args.quick)
+            block, data["real"] = real_part(work, args.iters, args.quick, [k for k in args.real_cases.split(",") if k])
             out += block + [""]
         if args.part in ("sim", "all"):
             block, data["sim"] = sim_part(work, args.iters, 1 if args.quick else args.seeds, args.quick,
@@ -241,6 +262,7 @@ def main() -> int:
         res.mkdir(parents=True, exist_ok=True)
         name = "degradation_routes" if args.part == "all" else f"degradation_routes_{args.part}"
         name += f"_{args.cases.replace(',', '_')}" if args.cases else ""
+        name += f"_{args.real_cases.replace(',', '_')}" if args.real_cases and args.part == "real" else ""
         name += f"_seed{args.first_seed}" if args.first_seed else ""
         with atomic_path(res / f"{name}.txt") as tmp_path:
             tmp_path.write_text(text)
