@@ -78,6 +78,10 @@ LAYERS: dict[str, int] = {
     "medsat_sr.evaluate_pansharpen": 4,  # pan-sharpening: every method on the held-out half (#17)
     "medsat_sr.batch": 4,
     "medsat_sr.batch_journal": 4,  # the batch's append-only journal and its lock
+    "medsat_sr.batch_inputs": 4,  # the batch's inputs: folders, globs and manifests into InputSpecs
+    "medsat_sr.batch_execute": 4,  # one batch item's job and the executors (inline, Dask)
+    "medsat_sr.evaluate_cases": 4,  # evaluation cases: reference -> degraded input, crops, hold-outs
+    "medsat_sr.evaluate_scoring": 4,  # evaluation scoring: metric settings, data ranges, masks, scores
     "medsat_sr.report": 4,
     "medsat_sr.report_plain": 4,
     "medsat_sr.demo": 4,
