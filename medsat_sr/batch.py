@@ -124,12 +124,13 @@ from medsat_sr.batch_inputs import (
     read_manifest,
 )
 from medsat_sr.batch_journal import MANIFEST_NAME, _full_line, _Journal, _open_journal, read_jsonl
-from medsat_sr.config import JobConfig, OutputConfig, load_config, parse_override
+from medsat_sr.config import JobConfig, OutputConfig, load_config
 from medsat_sr.errors import ConfigError, MedsatError, WriteError
 from medsat_sr.inference.multi import is_fusion_method
 from medsat_sr.inference.route_pansharpen import is_pansharpen
 from medsat_sr.pansharpen.classical import METHODS as PAN_METHODS
 from medsat_sr.io import detect_format
+from medsat_sr.overrides import parse_override
 from medsat_sr.progress import Progress
 from medsat_sr.trust import sidecar_path
 
