@@ -88,40 +88,51 @@ unwritable output folder).
 from __future__ import annotations
 
 import contextlib
-import csv
 import glob
 import hashlib
 import json
 import logging
 import os
-import shutil
-import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medsat_sr import checkpoint
-from medsat_sr._atomic import check_writable
-from medsat_sr._schema import check_path
-from medsat_sr._version import __version__
 from medsat_sr.baselines import METHODS
-from medsat_sr.batch_journal import _Journal, _lock, read_jsonl
-from medsat_sr.checkpoint import checkpoint_paths, model_hash, read_metadata
-from medsat_sr.config import JobConfig, OutputConfig, load_config, parse_override
-from medsat_sr.errors import ConfigError, DataError, MedsatError, ModelError, WriteError
-from medsat_sr.fusion import Member
-from medsat_sr.inference import upscale
-from medsat_sr.inference.members import load_member
+from medsat_sr.batch_execute import (
+    Task,
+    _check_workers,
+    _checkpoint_id,
+    _one_line,
+    _remove,
+    _run_dask,
+    _run_inline,
+    _sha,
+    _worker_torch_threads,
+    model_cache_info,
+    upscale_job,
+)
+from medsat_sr.batch_inputs import (
+    _RASTER_SUFFIXES,
+    MANIFEST_COLUMNS,
+    InputSpec,
+    _collect_specs,
+    _strip_ext,
+    expand_inputs,
+    read_manifest,
+)
+from medsat_sr.batch_journal import MANIFEST_NAME, _full_line, _Journal, _open_journal, read_jsonl
+from medsat_sr.config import JobConfig, OutputConfig, load_config
+from medsat_sr.errors import ConfigError, MedsatError, WriteError
 from medsat_sr.inference.multi import is_fusion_method
 from medsat_sr.inference.route_pansharpen import is_pansharpen
 from medsat_sr.pansharpen.classical import METHODS as PAN_METHODS
 from medsat_sr.io import detect_format
-from medsat_sr.logs import naming
+from medsat_sr.overrides import parse_override
 from medsat_sr.progress import Progress
-from medsat_sr.trust import RECORD_FORMAT, now_iso, sha256_path, sidecar_path, write_record
+from medsat_sr.trust import sidecar_path
 
 __all__ = [
     "run_batch",
@@ -141,91 +152,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The run manifest written into the output folder.
-MANIFEST_NAME = "batch.jsonl"
-#: How long to try to reach an existing Dask scheduler (``--scheduler``).
-SCHEDULER_TIMEOUT = "20s"
-
-#: Columns of a CSV manifest with a fixed meaning (any other column is a config key, see :func:`read_manifest`).
-MANIFEST_COLUMNS = {
-    "input": "file, folder or glob (relative paths are relative to the manifest's folder); required",
-    "output": "output name or path (relative: inside OUT_DIR); default: output.name_template",
-    "scale": "scale factor(s) for this input: 2 or 1,1,4",
-    "series": "DICOM series (UID or number) to read from a folder holding several",
-    "volume": "volume K (0-based) of a 4D DICOM series",
-    "resample": "true: resample tilted/gapped DICOM series instead of refusing",
-    "set": "config overrides for this input, KEY=VALUE items separated by ';'",
-}
-
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".dcm")
-_RASTER_SUFFIXES = (".tif", ".tiff")
-
-
 # =============================================================== data types
-@dataclass
-class InputSpec:
-    """One input of a batch, before planning.
-
-    Attributes:
-        source: what the user wrote (a path, a glob, or ``manifest:ROW``).
-        path: the input file or folder (absolute), ``None`` when ``error`` is set.
-        overrides: per-input config overrides (``KEY=VALUE``).
-        read_options: per-input reader options (DICOM ``series``, ``volume``, ``resample``).
-        scale: per-input scale factor(s).
-        output: an explicit output path for this input.
-        error: why this input cannot be run (a glob that matched nothing, a
-            bad manifest row).
-        error_type: the error's class name.
-    """
-
-    source: str
-    path: Path | None
-    overrides: tuple[str, ...] = ()
-    read_options: dict[str, Any] = field(default_factory=dict)
-    scale: float | list[float] | None = None
-    output: Path | None = None
-    error: str | None = None
-    error_type: str = "ConfigError"
-
-
-@dataclass
-class Task:
-    """One planned input, as shipped to a worker (picklable).
-
-    Attributes:
-        index: position in the batch.
-        input: the input path (absolute).
-        output: the output path (absolute).
-        config: the job config with global and per-input overrides applied
-            (a :class:`~medsat_sr.config.JobConfig`), or ``None``.
-        overrides: ``--set`` items for :func:`upscale` when there is no config.
-        method: a classical method, or ``None``.
-        models: checkpoint paths (absolute).
-        model_hashes: their identities (sha256 over weights and metadata), in the same order.
-        scale: scale factor(s), or ``None`` (the config's or the model's).
-        read_options: reader options.
-        job_hash: the recipe's hash (see the module docstring).
-        config_hash: the config's hash without ``data.inputs``, or ``None``.
-        run: the run id.
-        torch_threads: torch threads to use in the worker (``None``: leave as is).
-    """
-
-    index: int
-    input: str
-    output: str
-    config: Any = None
-    overrides: tuple[str, ...] = ()
-    method: str | None = None
-    models: tuple[str, ...] = ()
-    model_hashes: tuple[str, ...] = ()
-    scale: float | list[float] | None = None
-    read_options: dict[str, Any] = field(default_factory=dict)
-    job_hash: str = ""
-    config_hash: str | None = None
-    run: str = ""
-    torch_threads: int | None = None
-
-
 @dataclass
 class _Planned:
     index: int
@@ -278,182 +205,6 @@ class BatchResult:
     def failures(self) -> list[dict[str, Any]]:
         """The failed lines."""
         return [it for it in self.items if it["status"] == "failed"]
-
-
-# =============================================================== inputs
-def _strip_ext(name: str) -> tuple[str, str]:
-    low = name.lower()
-    for suf in _VOLUME_SUFFIXES + _RASTER_SUFFIXES:
-        if low.endswith(suf) and len(name) > len(suf):
-            return name[: -len(suf)], name[-len(suf):]
-    return name, ""
-
-
-def expand_inputs(
-    items: Iterable[str | os.PathLike[str]],
-    *,
-    base: Path | None = None,
-    overrides: Sequence[str] = (),
-    read_options: Mapping[str, Any] | None = None,
-    scale: float | list[float] | None = None,
-    output: Path | None = None,
-    source_prefix: str = "",
-) -> list[InputSpec]:
-    """Turn paths and glob patterns into :class:`InputSpec` items.
-
-    A path that exists is one input (a folder is one DICOM series or one
-    band folder). Otherwise, text with glob characters (``*?[``) is
-    expanded (``**`` recurses), sorted; a pattern that matches nothing gives
-    one spec with ``error`` set. A path that does not exist is kept: it
-    fails when run, with the reader's message.
-
-    Args:
-        items: paths or patterns.
-        base: folder that relative items are relative to (default: the current folder).
-        overrides, read_options, scale, output: attached to every spec.
-        source_prefix: prefixed to ``source`` (for manifest rows).
-    """
-    out: list[InputSpec] = []
-    for item in items:
-        text = os.fspath(item)
-        p = Path(text).expanduser()
-        if not p.is_absolute():
-            p = (base or Path.cwd()) / p
-        common = {
-            "overrides": tuple(overrides),
-            "read_options": dict(read_options or {}),
-            "scale": scale,
-        }
-        if not p.exists() and glob.has_magic(text):
-            matches = sorted(glob.glob(str(p), recursive=True))
-            if not matches:
-                out.append(
-                    InputSpec(
-                        source=source_prefix + text, path=None, error=f"{text}: no files match this pattern",
-                        error_type="DataError", **common,
-                    )
-                )
-                continue
-            if output is not None and len(matches) > 1:
-                out.append(
-                    InputSpec(
-                        source=source_prefix + text,
-                        path=None,
-                        error=f"{text}: an explicit output name needs one input, the pattern matches {len(matches)}",
-                        **common,
-                    )
-                )
-                continue
-            out.extend(
-                InputSpec(source=source_prefix + text, path=Path(os.path.abspath(m)), output=output, **common)
-                for m in matches
-            )
-            continue
-        out.append(InputSpec(source=source_prefix + text, path=Path(os.path.abspath(p)), output=output, **common))
-    return out
-
-
-def _parse_scale(text: str, where: str) -> float | list[float]:
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"{where}: scale must be a number or a comma list such as 1,1,4, got {text!r}") from None
-    return vals[0] if len(vals) == 1 else vals
-
-
-def _truthy(text: str, where: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "y", "on"):
-        return True
-    if low in ("0", "false", "no", "n", "off", ""):
-        return False
-    raise ConfigError(f"{where}: expected true or false, got {text!r}")
-
-
-def read_manifest(path: str | os.PathLike[str]) -> list[InputSpec]:
-    """Read a CSV manifest of inputs with per-row settings.
-
-    The header names the columns. ``input`` is required; the others are
-    optional (:data:`MANIFEST_COLUMNS`): ``output``, ``scale``, ``series``,
-    ``volume``, ``resample``, ``set`` (``KEY=VALUE`` items separated by
-    ``;``). Any other column is a dotted config key (``inference.tile_size``,
-    ``output.dtype``, ``train.max_iterations``) whose non-empty cells
-    override the config for that row. Empty cells mean "the batch's
-    setting". Rows whose ``input`` is empty or starts with ``#`` are skipped.
-    A bad value in a row fails that row alone.
-
-    Raises:
-        DataError: the manifest cannot be read.
-        ConfigError: no ``input`` column, or a column that is not a config key.
-    """
-    p = Path(path).expanduser()
-    try:
-        with open(p, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
-    except FileNotFoundError:
-        raise DataError(f"{p}: manifest not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{p}: cannot read the manifest: {getattr(exc, 'strerror', None) or exc}") from exc
-    except csv.Error as exc:
-        raise ConfigError(f"{p}: not a valid CSV file: {exc}") from exc
-    rows = [r for r in rows if any(c.strip() for c in r)]
-    if not rows:
-        raise ConfigError(f"{p}: the manifest is empty; expected a header line with an 'input' column")
-    header = [h.strip() for h in rows[0]]
-    if "input" not in header:
-        raise ConfigError(f"{p}: the manifest has no 'input' column (header: {', '.join(header) or 'empty'})")
-    if len(set(header)) != len(header):
-        dup = sorted({h for h in header if header.count(h) > 1})
-        raise ConfigError(f"{p}: duplicate manifest columns: {', '.join(dup)}")
-    for col in header:
-        if col in MANIFEST_COLUMNS:
-            continue
-        if not col:
-            raise ConfigError(f"{p}: a manifest column has no name")
-        try:
-            check_path(JobConfig, col.split("."))
-        except ConfigError as exc:
-            raise ConfigError(
-                f"{p}: column {col!r} is neither a manifest column ({', '.join(MANIFEST_COLUMNS)}) nor a config key: {exc}"
-            ) from None
-    base = p.resolve().parent
-    specs: list[InputSpec] = []
-    for lineno, row in enumerate(rows[1:], start=2):
-        where = f"{p.name}:{lineno}"
-        if len(row) > len(header):
-            specs.append(InputSpec(source=f"{where}", path=None, error=f"{where}: {len(row)} cells for {len(header)} columns"))
-            continue
-        cells = {h: (row[i].strip() if i < len(row) else "") for i, h in enumerate(header)}
-        text = cells["input"]
-        if not text or text.startswith("#"):
-            continue
-        try:
-            overrides: list[str] = []
-            if cells.get("set"):
-                overrides += [s.strip() for s in cells["set"].split(";") if s.strip()]
-            overrides += [f"{h}={v}" for h, v in cells.items() if h not in MANIFEST_COLUMNS and v]
-            read_opts: dict[str, Any] = {}
-            if cells.get("series"):
-                read_opts["series"] = cells["series"]
-            if cells.get("volume"):
-                try:
-                    read_opts["volume"] = int(cells["volume"])
-                except ValueError:
-                    raise ConfigError(f"{where}: volume must be an integer, got {cells['volume']!r}") from None
-            if cells.get("resample"):
-                read_opts["resample"] = _truthy(cells["resample"], f"{where}: resample")
-            scale = _parse_scale(cells["scale"], where) if cells.get("scale") else None
-            output = Path(cells["output"]).expanduser() if cells.get("output") else None
-        except ConfigError as exc:
-            specs.append(InputSpec(source=f"{where}: {text}", path=None, error=str(exc)))
-            continue
-        specs.extend(
-            expand_inputs(
-                [text], base=base, overrides=overrides, read_options=read_opts, scale=scale, output=output,
-                source_prefix=f"{where}: ",
-            )
-        )
-    return specs
 
 
 # =============================================================== planning
@@ -620,16 +371,7 @@ def _plan(
     return planned
 
 
-def _one_line(message: str) -> str:
-    parts = [p.strip() for p in str(message).splitlines() if p.strip()]
-    return (parts[0] + (" " + "; ".join(parts[1:]) if len(parts) > 1 else "")) if parts else str(message)
-
-
 # =============================================================== resume
-def _sha(path: Path) -> str:
-    return sha256_path(path)
-
-
 def _done_reason(task: Task) -> str | None:
     """``None`` when ``task``'s output is complete and current; otherwise why it must run."""
     out = Path(task.output)
@@ -669,321 +411,10 @@ def _stale_parts(outputs: Iterable[Path]) -> list[Path]:
     return sorted(set(found))
 
 
-def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-
-# =============================================================== the job
-_MODEL_CACHE: dict[tuple[str, str], Any] = {}
-_CACHE_STATS = {"loads": 0, "hits": 0}
-#: Checkpoints kept per worker process.
-MODEL_CACHE_SIZE = 4
-
-
-def model_cache_info() -> dict[str, int]:
-    """This process's checkpoint cache: ``loads``, ``hits``, ``size`` and ``pid``."""
-    return {**_CACHE_STATS, "size": len(_MODEL_CACHE), "pid": os.getpid()}
-
-
-def _checkpoint_id(path: str) -> str:
-    """sha256 over a checkpoint's weights and its metadata (metrics decide the fallback, so both count).
-
-    Raises:
-        DataError: a file of the checkpoint is missing or unreadable.
-        ModelError: a pickle-based or malformed checkpoint.
-    """
-    meta = read_metadata(path)  # refuses pickles and malformed checkpoints before anything runs
-    weights_path, meta_path = checkpoint_paths(path)
-    if weights_path.is_file():
-        checkpoint._check_safetensors(weights_path)  # the framing only: a pickle under this name is named as such
-    weights = model_hash(path)
-    if weights != meta["weights"]["sha256"]:
-        raise ModelError(
-            f"{path}: the weights file does not match its metadata (sha256 {weights[:12]}..., recorded "
-            f"{str(meta['weights']['sha256'])[:12]}...): a corrupt or replaced checkpoint"
-        )
-    return hashlib.sha256(f"{weights}:{_sha(meta_path)}".encode()).hexdigest()
-
-
-def _device_of(task: Task) -> str:
-    dev = "cpu"
-    if task.config is not None:
-        dev = task.config.inference.device
-    for item in task.overrides:
-        if item.startswith("inference.device="):
-            dev = item.partition("=")[2].strip() or dev
-    if dev == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return dev
-
-
-def _member(path: str, sha: str, device: str) -> Any:
-    """A fresh :class:`~medsat_sr.fusion.Member` around a model loaded once per process."""
-    key = (sha, device)
-    cached = _MODEL_CACHE.get(key)
-    if cached is None:
-        cached, _ = load_member(path, device)
-        _CACHE_STATS["loads"] += 1
-        while len(_MODEL_CACHE) >= MODEL_CACHE_SIZE:
-            _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
-        _MODEL_CACHE[key] = cached
-        logger.debug("loaded %s (sha256 %s) on %s in process %d", path, sha[:12], device, os.getpid())
-    else:
-        _CACHE_STATS["hits"] += 1
-    # A fresh Member per input: normalisers are fitted per image and must not leak between inputs.
-    return Member(model=cached.model, weight=cached.weight, name=cached.name, info=dict(cached.info))
-
-
-def upscale_job(task: Task) -> dict[str, Any]:
-    """The default job: :func:`medsat_sr.inference.upscale` of one input into ``task.output``.
-
-    Returns:
-        ``{"record": trust record, "method": ..., "fallback": bool,
-        "fallback_reason": str|None, "extra_outputs": [paths]}``; the batch
-        writes the sidecar (the record plus its ``batch`` section).
-    """
-    members = None
-    if task.models:
-        device = _device_of(task)
-        members = [_member(p, h, device) for p, h in zip(task.models, task.model_hashes, strict=True)]
-    result = upscale(
-        task.input,
-        output=task.output,
-        model=members[0] if members and len(members) == 1 else None,
-        models=members if members and len(members) > 1 else None,
-        method=task.method,
-        scale=task.scale,
-        config=task.config,
-        overrides=list(task.overrides),
-        read_options=task.read_options,
-        sidecar=False,
-        progress=False,
-    )
-    fb = result.record.get("fallback") or {}
-    return {
-        "record": result.record,
-        "method": result.record.get("method"),
-        "fallback": bool(fb.get("applied")),
-        "fallback_reason": fb.get("reason"),
-        "extra_outputs": [str(result.std_output)] if result.std_output else [],
-    }
-
-
-def _stat_key(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns)
-
-
-def _std_sibling(out: Path) -> Path:
-    stem, ext = _strip_ext(out.name)
-    return out.with_name(f"{stem}_std{ext or '.nii.gz'}")
-
-
-def _set_threads(n: int | None) -> None:
-    if not n:
-        return
-    import torch
-
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-
-
-def _execute(job: Callable[[Task], Mapping[str, Any]], task: Task) -> dict[str, Any]:
-    """Run one task with failure isolation; write its sidecar. Runs in a worker (or inline)."""
-    t0 = time.perf_counter()
-    out = Path(task.output)
-    side = sidecar_path(out)
-    watched = [out, side, _std_sibling(out), out.with_name(out.name + "_std.nii.gz")]
-    before = {p: _stat_key(p) for p in watched}
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    outcome: dict[str, Any] = {"index": task.index, "worker": worker}
-    try:
-        _set_threads(task.torch_threads)
-        if not out.parent.is_dir():  # a manifest may name outputs in sub-folders of OUT_DIR
-            try:
-                out.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise WriteError(f"{out}: cannot create its folder: {exc.strerror or exc}") from exc
-        with naming(task.input):  # warnings name the input
-            res = dict(job(task) or {})
-        if not out.exists():
-            raise WriteError(f"{out}: the job finished but wrote no output")
-        record = dict(res.get("record") or {})
-        record.setdefault("format", RECORD_FORMAT)
-        record.setdefault("medsat_sr_version", __version__)
-        record.setdefault("created", now_iso())
-        in_sha = (record.get("input") or {}).get("sha256") if isinstance(record.get("input"), Mapping) else None
-        in_sha = in_sha or _sha(Path(task.input))
-        record["batch"] = {
-            "run": task.run,
-            "index": task.index,
-            "input": task.input,
-            "input_sha256": in_sha,
-            "job_hash": task.job_hash,
-            "config_hash": task.config_hash,
-            "output_sha256": _sha(out),
-        }
-        write_record(record, out)
-        outcome.update(
-            status="done",
-            output=str(out),
-            sidecar=str(side),
-            method=res.get("method"),
-            fallback=bool(res.get("fallback")),
-            fallback_reason=res.get("fallback_reason"),
-            input_sha256=in_sha,
-        )
-    except Exception as exc:  # noqa: BLE001 - one input's failure must not stop the batch
-        for p in watched:  # nothing half-done stays behind
-            if p.exists() and _stat_key(p) != before[p]:
-                _remove(p)
-        if (p := sidecar_path(out)).exists() and not out.exists():
-            _remove(p)
-        if isinstance(exc, MedsatError):
-            msg = _one_line(str(exc))
-        else:
-            msg = f"internal error: {type(exc).__name__}: {_one_line(str(exc))}"
-            logger.debug("input %s failed", task.input, exc_info=True)
-        outcome.update(status="failed", error=msg, error_type=type(exc).__name__)
-    outcome["seconds"] = round(time.perf_counter() - t0, 3)
-    if task.models:
-        outcome["model_loads"] = _CACHE_STATS["loads"]
-    with contextlib.suppress(Exception):
-        import torch
-
-        outcome["torch_threads"] = torch.get_num_threads()
-    return outcome
-
-
-# =============================================================== executors
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _run_inline(job: Callable[[Task], Mapping[str, Any]], tasks: list[Task]) -> Iterator[tuple[Task, dict[str, Any]]]:
-    for task in tasks:
-        yield task, _execute(job, task)
-
-
-@contextlib.contextmanager
-def _quiet_dask() -> Iterator[None]:
-    """Dask's own INFO chatter (scheduler and nanny start/stop) off, unless medsat_sr logs debug messages."""
-    if logging.getLogger("medsat_sr").getEffectiveLevel() <= logging.DEBUG:
-        yield
-        return
-    lg = logging.getLogger("distributed")
-    old = lg.level
-    lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        lg.setLevel(old)
-
-
-@contextlib.contextmanager
-def _dask_client(workers: int, scheduler: str | None) -> Iterator[Any]:
-    with _quiet_dask():
-        yield from _dask_client_inner(workers, scheduler)
-
-
-def _dask_client_inner(workers: int, scheduler: str | None) -> Iterator[Any]:
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise ConfigError("parallel batches need dask.distributed: pip install 'dask[distributed]'") from exc
-    if scheduler is not None:
-        try:
-            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT, set_as_default=False)
-        except (OSError, TimeoutError) as exc:
-            raise ConfigError(f"cannot connect to the Dask scheduler at {scheduler!r}: {exc}") from None
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
-    try:
-        client = Client(cluster, set_as_default=False)
-        try:
-            yield client
-        finally:
-            client.close()
-    finally:
-        cluster.close()
-
-
-def _run_dask(
-    job: Callable[[Task], Mapping[str, Any]], tasks: list[Task], workers: int, scheduler: str | None
-) -> Iterator[tuple[Task, dict[str, Any]]]:
-    from distributed import as_completed
-
-    with _dask_client(workers, scheduler) as client:
-        futures = {}
-        for task in tasks:
-            fut = client.submit(_execute, job, task, key=f"medsat-batch-{task.run}-{task.index}", pure=False, retries=0)
-            futures[fut] = task
-        try:
-            for fut in as_completed(list(futures), loop=client.loop):
-                task = futures.pop(fut)
-                try:
-                    outcome = fut.result()
-                except Exception as exc:  # noqa: BLE001 - a worker died (KilledWorker) or the task could not run
-                    outcome = {
-                        "index": task.index,
-                        "status": "failed",
-                        "error": f"the task did not complete: {type(exc).__name__}: {_one_line(str(exc))}",
-                        "error_type": type(exc).__name__,
-                    }
-                fut.release()
-                yield task, outcome
-        finally:
-            for fut in futures:
-                fut.cancel()
-
-
 # =============================================================== driver
 def _progress_bar(total: int, enabled: bool) -> Any:
     """A bar on a terminal, one line per 10 % elsewhere (:class:`medsat_sr.progress.Progress`)."""
     return Progress(total, "batch", unit="input", enabled=enabled and total > 0)
-
-
-def _check_workers(workers: int, torch_threads: int | None) -> int:
-    """Check the worker count and the torch threads per worker.
-
-    Args:
-        workers: 0 (inline) or the number of LocalCluster processes.
-        torch_threads: torch threads per worker, or None for the default.
-
-    Returns:
-        ``workers`` as an int.
-
-    Raises:
-        ConfigError: ``workers`` is None or below 0, or ``torch_threads`` is below 1.
-    """
-    if workers is None or int(workers) < 0:
-        raise ConfigError(f"workers must be >= 0, got {workers}")
-    if torch_threads is not None and int(torch_threads) < 1:
-        raise ConfigError(f"torch threads must be >= 1, got {torch_threads}")
-    return int(workers)
 
 
 def _check_method(method: str | None, models: Sequence[str], config: Any) -> bool:
@@ -1060,29 +491,6 @@ def _scale_value(scale: float | Sequence[float] | None) -> float | list[float] |
     return [float(v) for v in scale]
 
 
-def _collect_specs(
-    inputs: Sequence[str | os.PathLike[str]], manifest: str | os.PathLike[str] | None
-) -> list[InputSpec]:
-    """The input specs from the paths and patterns, then from the CSV manifest.
-
-    Args:
-        inputs: files, folders and glob patterns.
-        manifest: a CSV manifest of more inputs, or None.
-
-    Returns:
-        The specs, in order.
-
-    Raises:
-        ConfigError: no inputs at all.
-    """
-    specs = expand_inputs(inputs)
-    if manifest is not None:
-        specs += read_manifest(manifest)
-    if not specs:
-        raise ConfigError("no inputs: give files, folders or glob patterns, or --manifest CSV")
-    return specs
-
-
 def _check_classical_scale(
     specs: Sequence[InputSpec],
     *,
@@ -1126,22 +534,6 @@ def _output_folder(output_dir: str | os.PathLike[str]) -> Path:
     return out_dir
 
 
-def _worker_torch_threads(workers: int, scheduler: str | None, torch_threads: int | None) -> int | None:
-    """Torch threads per worker: as given, or ``cores // workers`` on a LocalCluster.
-
-    Args:
-        workers: the number of LocalCluster processes (0: inline).
-        scheduler: the address of an external Dask scheduler, or None.
-        torch_threads: the threads asked for, or None.
-
-    Returns:
-        The threads per worker, or None to leave torch untouched.
-    """
-    if scheduler is None and workers > 0 and torch_threads is None:
-        return max(1, _cores() // workers)
-    return torch_threads
-
-
 def _run_id() -> str:
     """A new run id: the UTC time and six random hex digits."""
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
@@ -1172,60 +564,6 @@ def _dry_run_items(planned: Sequence[_Planned], force: bool) -> list[dict[str, A
             line.update(status="skip" if reason is None else "run", output=it.task.output, reason=reason)
         items.append(line)
     return items
-
-
-def _open_journal(out_dir: Path) -> _Journal:
-    """Create the output folder and open ``batch.jsonl`` in it, locked for this run.
-
-    Args:
-        out_dir: the absolute output folder.
-
-    Returns:
-        The open, locked journal.
-
-    Raises:
-        WriteError: the folder or the manifest cannot be written, or another batch holds it.
-    """
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WriteError(f"{out_dir}: cannot create the output folder: {exc.strerror or exc}") from exc
-    check_writable(out_dir / MANIFEST_NAME)
-    journal = _Journal(out_dir / MANIFEST_NAME)
-    _lock(journal, out_dir)
-    return journal
-
-
-def _full_line(run: str, line: Mapping[str, Any]) -> dict[str, Any]:
-    """A ``batch.jsonl`` line with every key of the run manifest, the missing ones null.
-
-    Args:
-        run: the run id.
-        line: the partial line (at least ``index`` and ``status``).
-
-    Returns:
-        The full line, stamped with the run id and the time now.
-    """
-    return {
-        "run": run,
-        "time": now_iso(),
-        "index": line["index"],
-        "input": line.get("input"),
-        "status": line["status"],
-        "output": line.get("output"),
-        "sidecar": line.get("sidecar"),
-        "seconds": line.get("seconds", 0.0),
-        "error": line.get("error"),
-        "error_type": line.get("error_type"),
-        "method": line.get("method"),
-        "fallback": bool(line.get("fallback")),
-        "fallback_reason": line.get("fallback_reason"),
-        "input_sha256": line.get("input_sha256"),
-        "job_hash": line.get("job_hash"),
-        "worker": line.get("worker"),
-        "torch_threads": line.get("torch_threads"),
-        "model_loads": line.get("model_loads"),
-    }
 
 
 class _Recorder:

@@ -13,7 +13,8 @@ A config is YAML data (``configs/<name>.yaml`` or any file), read with
   profile's (:attr:`JobConfig.profile`);
 * ``--set a.b=value`` overrides are checked against the schema before they
   are applied; the value is parsed with ``yaml.safe_load`` (numbers,
-  booleans, lists, null) and falls back to the raw string.
+  booleans, lists, null) and falls back to the raw string
+  (:mod:`medsat_sr.overrides`).
 
 Keys that scripts rely on and that stay fixed: ``data.inputs`` (list of
 paths), ``train.max_iterations``, ``train.max_minutes``, ``train.mode``
@@ -77,18 +78,19 @@ from medsat_sr._schema import (
     OverrideOf,
     Problem,
     StrictModel,
-    check_path,
     located,
     merge_problems,
     problems_from,
     raise_problems,
     unknown_keys,
 )
-from medsat_sr.domains import DegradationSpec, DomainProfile, MetricSpec, Normalisation, load_domain
+from medsat_sr.domain_specs import DegradationSpec, MetricSpec, Normalisation
+from medsat_sr.domains import DomainProfile, load_domain
 from medsat_sr.errors import ConfigError
 from medsat_sr.geometry import snap_scale
 from medsat_sr.inference.options import InferenceOptions, OutputOptions
 from medsat_sr.multistack.options import MultiStackOptions
+from medsat_sr.overrides import apply_overrides as _apply_overrides, parse_override
 from medsat_sr.revisit.options import RevisitOptions
 
 __all__ = [
@@ -845,88 +847,16 @@ def _model_and_band_checks(cfg: JobConfig, p: DomainProfile, *, blocking: bool) 
 
 
 # =============================================================== overrides
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """Split ``"a.b=value"`` into ``(["a", "b"], value)``.
-
-    The value is parsed with ``yaml.safe_load`` (``5`` -> int, ``true`` ->
-    bool, ``[a, b]`` -> list, ``null`` / empty -> None); text that is not
-    valid YAML is kept as a string. YAML tags that construct objects are
-    refused.
-
-    Raises:
-        ConfigError: no ``=``, an empty key part, or a refused tag.
-    """
-    if not isinstance(item, str) or "=" not in item:
-        raise ConfigError(f"--set expects KEY=VALUE (e.g. train.max_iterations=50), got {item!r}")
-    key, _, raw = item.partition("=")
-    parts = [p.strip() for p in key.strip().split(".")]
-    if not key.strip() or any(not p for p in parts):
-        raise ConfigError(f"--set {item!r}: invalid key {key!r} (dotted names such as train.lr)")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.constructor.ConstructorError as exc:
-        raise ConfigError(
-            f"--set {item!r}: YAML tags that build objects are refused ({exc.problem})"
-        ) from exc
-    except yaml.YAMLError:
-        value = raw
-    return parts, value
-
-
-def _set_in(data: dict[str, Any], parts: list[str], value: Any, item: str) -> None:
-    node: Any = data
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            idx = int(part)
-            if not -len(node) <= idx < len(node):
-                raise ConfigError(f"--set {item!r}: index {idx} is out of range ({len(node)} items)")
-            node = node[idx]
-            continue
-        if node.get(part) is None:
-            node[part] = [] if (i + 1 < len(parts) and parts[i + 1].lstrip("-").isdigit()) else {}
-        node = node[part]
-        if not isinstance(node, (dict, list)):
-            raise ConfigError(
-                f"--set {item!r}: {'.'.join(parts[: i + 1])!r} holds a plain value, not a section"
-            )
-    last = parts[-1]
-    if isinstance(node, list):
-        idx = int(last)
-        if not -len(node) <= idx < len(node):
-            raise ConfigError(f"--set {item!r}: index {idx} is out of range ({len(node)} items)")
-        node[idx] = value
-    else:
-        node[last] = value
-
-
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``--set`` items to a raw config mapping (a copy), checking each key path.
+    """Apply ``--set`` items to a raw job-config mapping (a copy), checked against :class:`JobConfig`.
+
+    See :func:`medsat_sr.overrides.apply_overrides`.
 
     Raises:
         ConfigError: a malformed item, or a key path that the schema does
             not have (with a did-you-mean hint).
     """
-    out = copy.deepcopy(dict(data))
-    psf_forms: set[str] = set()
-    for item in overrides:
-        parts, value = parse_override(item)
-        try:
-            check_path(JobConfig, parts)
-        except ConfigError as exc:
-            raise ConfigError(f"--set {item!r}: {exc}") from None
-        _set_in(out, parts, value, item)
-        if (
-            parts[:2] == ["degradation", "psf"]
-            and len(parts) >= 3
-            and parts[2] in ("mtf_nyquist", "fwhm")
-            and value is not None
-        ):
-            psf_forms.add(parts[2])
-    psf = out.get("degradation", {}).get("psf") if isinstance(out.get("degradation"), dict) else None
-    if isinstance(psf, dict) and len(psf_forms) == 1:  # --set of one PSF width form drops the file's other
-        other = "fwhm" if "mtf_nyquist" in psf_forms else "mtf_nyquist"
-        psf.pop(other, None)
-    return out
+    return _apply_overrides(data, overrides, schema=JobConfig)
 
 
 # =============================================================== loading

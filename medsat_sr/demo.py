@@ -173,7 +173,8 @@ def _mri(out: Path, minutes: float, progress: bool, dicom: bool, res: DemoResult
     import torch
 
     from medsat_sr.config import load_config
-    from medsat_sr.evaluate import crop_image, evaluate, superior_axis
+    from medsat_sr.evaluate import evaluate
+    from medsat_sr.evaluate_cases import crop_image, superior_axis
     from medsat_sr.image import Key, make_volume
     from medsat_sr.io import read, write
 

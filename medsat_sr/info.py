@@ -153,10 +153,10 @@ def describe(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
         out.update(_describe_nifti(p))
         return out
     if fmt == "bandset":
-        from medsat_sr.io import geotiff
+        from medsat_sr.io import geotiff_bandset
 
         groups: dict[str, list[str]] = {}
-        files = geotiff.band_files(p)
+        files = geotiff_bandset.band_files(p)
         for f in files:
             d = _describe_raster_file(f)
             key = f"{d['pixel_size'][0]:g} x {d['pixel_size'][1]:g}, {d['shape'][1]}x{d['shape'][2]}, {d['crs']}"

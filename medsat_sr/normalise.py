@@ -62,7 +62,8 @@ import numpy as np
 import torch
 from pydantic import TypeAdapter, ValidationError
 
-from medsat_sr.domains import DomainProfile, Normalisation
+from medsat_sr.domain_specs import Normalisation
+from medsat_sr.domains import DomainProfile
 from medsat_sr.errors import ConfigError, DataError, ModelError
 
 __all__ = ["Normaliser", "valid_mask", "data_range", "NORMALISATION_FORMAT"]

@@ -27,7 +27,7 @@ import torch
 from medsat_sr.errors import DataError, ModelError
 
 if TYPE_CHECKING:
-    from medsat_sr.train import TrainState
+    from medsat_sr.engine import TrainState
 
 __all__ = ["BEST", "LAST", "METRICS_CSV", "CURVES_PNG", "STATE_JSON", "OPTIM_FILE"]
 

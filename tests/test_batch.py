@@ -24,7 +24,7 @@ from rasterio.windows import Window
 
 import medsat_sr.samples
 from medsat_sr import batch as batch_mod
-from medsat_sr import batch_journal
+from medsat_sr import batch_execute, batch_journal
 from medsat_sr.batch import output_name, read_jsonl, run_batch
 from medsat_sr.cli import main
 from medsat_sr.errors import ConfigError, FormatError, WriteError
@@ -323,7 +323,7 @@ def test_checkpoint_loaded_once_per_process_and_fallback_recorded(tmp_path: Path
     vols = [make_volume(tmp_path / "in" / f"v{i}.nii.gz", side=16, offset=4 * i) for i in range(3)]
     worse = _tiny_checkpoint(tmp_path / "worse", dims=3, channels=1, metrics={"val_psnr": 20.0, "val_psnr_cubic": 25.0})
     fine = _tiny_checkpoint(tmp_path / "fine", dims=3, channels=1, metrics=None)
-    batch_mod._MODEL_CACHE.clear()
+    batch_execute._MODEL_CACHE.clear()
     before = batch_mod.model_cache_info()
     out = tmp_path / "out"
     assert run_cli(capsys, "batch", *map(str, vols), "-o", str(out), "--model", str(worse), "-q")[0] == 0
@@ -387,7 +387,7 @@ def test_external_scheduler_address(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     """--scheduler: an already running cluster (threads in this process, so it starts in a second)."""
     from distributed import LocalCluster
 
-    monkeypatch.setattr(batch_mod, "SCHEDULER_TIMEOUT", "2s")
+    monkeypatch.setattr(batch_execute, "SCHEDULER_TIMEOUT", "2s")
 
     tiles = make_tiles(tmp_path / "in", n=2)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:

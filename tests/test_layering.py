@@ -53,6 +53,8 @@ LAYERS: dict[str, int] = {
     "medsat_sr.models": 1,
     "medsat_sr.domains": 1,
     "medsat_sr.config": 1,
+    "medsat_sr.overrides": 1,  # --set overrides: parsing and applying dotted keys to a config mapping
+    "medsat_sr.domain_specs": 1,  # the domain profile's pydantic sections (bands, normalisation, degradation, metrics)
     "medsat_sr.normalise": 1,  # fits a profile's normalisation spec (imports domains)
     "medsat_sr.zoo": 1,  # the shipped models' catalogue (JSON only) and their files
     "medsat_sr.pansharpen": 1,  # pan-sharpening: sensors, grids, classical methods (#17)
@@ -60,6 +62,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.data": 2,
     "medsat_sr.sampling": 2,  # patch sampling and held-out splits
     "medsat_sr.pair_sources": 2,  # (LR, HR) patch sources: slice-profile, aligned; the patch dataset
+    "medsat_sr.engine": 2,  # the MONAI trainer and evaluator of a fit and their event handlers
     "medsat_sr.losses": 2,  # training losses (pixel, SSIM, combined)
     "medsat_sr.run_folder": 2,  # a training run's files: checkpoints, resume state, metrics.csv, curves.png
     "medsat_sr.train": 2,
@@ -78,6 +81,10 @@ LAYERS: dict[str, int] = {
     "medsat_sr.evaluate_pansharpen": 4,  # pan-sharpening: every method on the held-out half (#17)
     "medsat_sr.batch": 4,
     "medsat_sr.batch_journal": 4,  # the batch's append-only journal and its lock
+    "medsat_sr.batch_inputs": 4,  # the batch's inputs: folders, globs and manifests into InputSpecs
+    "medsat_sr.batch_execute": 4,  # one batch item's job and the executors (inline, Dask)
+    "medsat_sr.evaluate_cases": 4,  # evaluation cases: reference -> degraded input, crops, hold-outs
+    "medsat_sr.evaluate_scoring": 4,  # evaluation scoring: metric settings, data ranges, masks, scores
     "medsat_sr.report": 4,
     "medsat_sr.report_plain": 4,
     "medsat_sr.demo": 4,

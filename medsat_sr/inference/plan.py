@@ -28,7 +28,7 @@ from medsat_sr.errors import ConfigError, GeometryError, ModelError
 from medsat_sr.fusion import Member
 from medsat_sr.geometry import SCALE_RTOL, as_scale, snap_scale
 from medsat_sr.image import BandSet, Key
-from medsat_sr.io import geotiff
+from medsat_sr.io import geotiff_bandset
 
 logger = logging.getLogger("medsat_sr.inference")
 
@@ -172,7 +172,7 @@ def check_input_size(volume: Any, raster: Any, path: Path | None, kind: str) -> 
     elif raster is not None:
         shapes.append(tuple(int(v) for v in raster.shape[1:]))
     elif path is not None and kind in ("geotiff", "bandset"):
-        files = geotiff.band_files(path) if kind == "bandset" else [path]
+        files = geotiff_bandset.band_files(path) if kind == "bandset" else [path]
         for f in files:
             try:
                 with rasterio.open(f) as src:

@@ -28,6 +28,7 @@ import torch
 from monai.data import MetaTensor
 
 from medsat_sr import baselines
+from medsat_sr.domains import band_sort_key  # band order comes from the sensor profiles' band_patterns
 from medsat_sr.errors import ConfigError, FormatError, GeometryError, MedsatError, ModelError, numbers_text
 from medsat_sr.fusion import Ensemble, Member
 from medsat_sr.geometry import as_scale, crop_transform, effective_scale, scale_transform, scaled_shape
@@ -46,7 +47,7 @@ from medsat_sr.inference.raster_plan import Task, guide_for, nearest_map, nested
 from medsat_sr.inference.raster_sink import Sink
 from medsat_sr.inference.raster_source import FileSet, Group, groups_of
 from medsat_sr.inference.record import input_info, std_path
-from medsat_sr.io.geotiff import band_sort_key, gdal_env
+from medsat_sr.io.geotiff_gdal import gdal_env
 
 __all__ = ["run_raster", "upscale_raster", "DEFAULT_TILE_RASTER"]
 

@@ -18,7 +18,7 @@ from rasterio.windows import Window
 
 from medsat_sr._atomic import atomic_dir
 from medsat_sr.image import Key, make_raster
-from medsat_sr.io import geotiff
+from medsat_sr.io import geotiff_write
 
 #: Compression levels of streamed outputs: fast ones. On Sentinel-2 and NAIP
 #: products DEFLATE level 1 is 1.6-4.6x faster than GDAL's default 6 for files
@@ -144,7 +144,7 @@ class Sink:
         root = stack.enter_context(atomic_dir(self.path)) if self.folder else None
         for pos in groups:
             meta = self._meta(pos)
-            profile = geotiff.build_profile(
+            profile = geotiff_write.build_profile(
                 meta, dtype=self.dt, count=len(pos), height=self.shape[0], width=self.shape[1],
                 compress=self.compress, blocksize=self.blocksize,
             )
@@ -154,8 +154,8 @@ class Sink:
                 if level is not None:
                     profile[level[0]] = level[1]
             target = root / f"{self.bands[pos[0]]}.tif" if root is not None else self.path
-            dst = stack.enter_context(geotiff.open_writer(target, profile, cog=self.cog))
-            geotiff.apply_metadata(
+            dst = stack.enter_context(geotiff_write.open_writer(target, profile, cog=self.cog))
+            geotiff_write.apply_metadata(
                 dst, meta, len(pos),
                 None if self.scales is None else meta[Key.SCALES],
                 None if self.offsets is None else meta[Key.OFFSETS],

@@ -26,9 +26,9 @@ from rasterio.windows import Window
 from medsat_sr import baselines
 from medsat_sr.errors import FormatError, GeometryError
 from medsat_sr.image import Key, make_raster
-from medsat_sr.io import geotiff
+from medsat_sr.io import geotiff_bandset, geotiff_read
 from medsat_sr.inference.options import DEFAULT_TILE_RASTER
-from medsat_sr.io.geotiff import RASTERIO_ERRORS, gdal_env
+from medsat_sr.io.geotiff_gdal import RASTERIO_ERRORS, gdal_env
 
 #: Largest side (pixels) of the decimated read used for raster statistics
 #: (percentiles and band medians; a million pixels per band is ample).
@@ -254,10 +254,10 @@ def file_groups(path: Path, kind: str, files: FileSet) -> list[Group]:
     """
     entries: list[tuple[str, dict[str, Any], list[Path], list[list[int]]]] = []
     if kind == "geotiff":
-        head = geotiff.read(path, window=((0, 1), (0, 1)))
+        head = geotiff_read.read(path, window=((0, 1), (0, 1)))
         entries.append(("image", dict(head.meta), [path], [list(range(1, len(head.meta[Key.BAND_NAMES]) + 1))]))
     else:
-        head_set = geotiff.read_bandset(path, window=first_pixel_window(path))
+        head_set = geotiff_bandset.read_bandset(path, window=first_pixel_window(path))
         for gname, img in head_set.groups.items():
             paths = [Path(f) for f in img.meta[Key.HEADER]["files"]]
             entries.append((gname, dict(img.meta), paths, [[1]] * len(paths)))
@@ -301,8 +301,8 @@ def file_groups(path: Path, kind: str, files: FileSet) -> list[Group]:
 def first_pixel_window(folder: Path) -> tuple[tuple[int, int], tuple[int, int]]:
     """A window on the finest grid that falls on whole pixels of every grid of a band folder."""
     sizes = []
-    with geotiff.gdal_env():
-        for f in geotiff.band_files(folder):
+    with gdal_env():
+        for f in geotiff_bandset.band_files(folder):
             with rasterio.open(f) as src:
                 sizes.append(abs(src.transform.a))
     fine = min(sizes)

@@ -20,7 +20,7 @@ from monai.data import MetaTensor
 
 from medsat_sr._atomic import check_writable
 from medsat_sr._schema import check_path
-from medsat_sr.config import JobConfig, parse_override
+from medsat_sr.config import JobConfig
 from medsat_sr.errors import ConfigError, DataError, FormatError
 from medsat_sr.image import BandSet, Key, is_raster, is_volume
 from medsat_sr.inference.members import native_bf16, resolve_device
@@ -29,6 +29,7 @@ from medsat_sr.inference.plan import check_fit_route, check_input_size
 from medsat_sr.inference.shipped import fit_on_input
 from medsat_sr.io import detect_format, output_format
 from medsat_sr.io import read as io_read
+from medsat_sr.overrides import parse_override
 from medsat_sr.trust import sha256_path
 
 __all__ = ["Source", "read_source", "request_options", "output_target", "check_request", "fit_input", "fit_member"]

@@ -37,7 +37,7 @@ from medsat_sr._version import __version__
 from medsat_sr.errors import DataError, GeometryError
 from medsat_sr.inference.plan import Decision
 from medsat_sr.inference.result import UpscaleResult
-from medsat_sr.io.geotiff import open_writer
+from medsat_sr.io.geotiff_write import open_writer
 from medsat_sr.pansharpen import classical
 from medsat_sr.pansharpen.grid import footprint_valid, grid_relation
 from medsat_sr.pansharpen.sensors import Inputs, resolve

@@ -43,7 +43,7 @@ from medsat_sr.geometry import scale_transform
 from medsat_sr.image import Key, make_raster
 from medsat_sr.inference.multi import MULTI_ROUTES, MultiRequest, MultiResult
 from medsat_sr.inference.plan import Decision
-from medsat_sr.io import geotiff
+from medsat_sr.io import geotiff_write
 from medsat_sr.psf import psf_decimate
 from medsat_sr.revisit.check import simulated_check
 from medsat_sr.revisit.frames import Frame, read_frames, select_dates, stack
@@ -207,7 +207,7 @@ def _write(image: Any, req: MultiRequest, has_holes: bool) -> None:
     if has_holes and nod is None and dtype is None and np.dtype(image.meta.get(Key.SOURCE_DTYPE) or "float32").kind != "f":
         dtype = "float32"  # no nodata value to mark the unseen pixels: write float32 with NaN
         image.meta[Key.NODATA] = float("nan")
-    geotiff.write(image, req.out_path, cog=req.fmt == "cog" or req.opts.cog, dtype=dtype, compress=req.opts.compress)
+    geotiff_write.write(image, req.out_path, cog=req.fmt == "cog" or req.opts.cog, dtype=dtype, compress=req.opts.compress)
 
 
 def _sha256(path: Path) -> str:

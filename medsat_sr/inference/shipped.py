@@ -32,9 +32,10 @@ from typing import Any
 
 from medsat_sr import zoo
 from medsat_sr.config import load_config
+from medsat_sr.engine import build_trainer
 from medsat_sr.errors import ModelError
 from medsat_sr.inference.options import DEFAULT_FINETUNE_SECONDS
-from medsat_sr.train import build_trainer, fit as train_fit
+from medsat_sr.train import fit as train_fit
 
 logger = logging.getLogger("medsat_sr.inference")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from medsat_sr.domains import DomainProfile, load_domain
 from medsat_sr.errors import DataError
-from medsat_sr.io.geotiff import band_files
+from medsat_sr.io.geotiff_bandset import band_files
 
 #: Pan MTF gain at Nyquist for a sensor without a measured one (Vivone et al. 2015 toolbox).
 GENERIC_PAN_GAIN = 0.15

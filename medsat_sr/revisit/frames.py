@@ -42,7 +42,7 @@ import numpy as np
 import rasterio
 
 from medsat_sr.errors import ConfigError, DataError, GeometryError
-from medsat_sr.io import geotiff
+from medsat_sr.io import geotiff_read
 from medsat_sr.revisit.masks import decode, kind_for_name, nodata_valid
 
 __all__ = ["Frame", "read_frames", "frame_date", "parse_window", "select_dates", "stack"]
@@ -111,7 +111,7 @@ def _read_frame(name: str, bands: list[Path], quality: Path | None, kind: str | 
     """Read the band files (one or several bands each) and the quality layer of one frame."""
     if not bands:
         raise DataError(f"{name}: the frame has a quality layer but no image band")
-    imgs = [geotiff.read(p) for p in bands]
+    imgs = [geotiff_read.read(p) for p in bands]
     first = imgs[0].meta
     for p, img in zip(bands[1:], imgs[1:]):
         if tuple(img.shape[1:]) != tuple(imgs[0].shape[1:]) or not np.allclose(img.meta["transform"], first["transform"]):

@@ -178,7 +178,7 @@ def test_geotiff_window_write_hits_enospc(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_sidecar_write_hits_enospc_in_a_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The output is written, its sidecar is not: the batch removes the output (no half-done input)."""
-    import medsat_sr.batch
+    import medsat_sr.batch_execute
     import medsat_sr.inference.api
     import medsat_sr.trust
 
@@ -195,14 +195,14 @@ def test_sidecar_write_hits_enospc_in_a_batch(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(medsat_sr.trust, "write_record", write_record)
     monkeypatch.setattr(medsat_sr.inference.api, "write_record", write_record)
-    monkeypatch.setattr(medsat_sr.batch, "write_record", write_record)  # the batch's own binding
+    monkeypatch.setattr(medsat_sr.batch_execute, "write_record", write_record)  # the batch's own binding (its _execute)
     code, err = run_cli(capsys, "batch", *map(str, tiles), "-o", str(out), "--method", "cubic", "--scale", "2", "-q")
     assert code == 4 and "No space left on device" in err and "Traceback" not in err
     assert everything(out) == {"batch.jsonl", "t0_sr.tif", "t0_sr.tif.json"}
     # and a rerun with space again completes it, skipping what is done
     monkeypatch.setattr(medsat_sr.trust, "write_record", real)
     monkeypatch.setattr(medsat_sr.inference.api, "write_record", real)
-    monkeypatch.setattr(medsat_sr.batch, "write_record", real)
+    monkeypatch.setattr(medsat_sr.batch_execute, "write_record", real)
     assert run_cli(capsys, "batch", *map(str, tiles), "-o", str(out), "--method", "cubic", "--scale", "2", "-q")[0] == 0
     last = read_jsonl(out / "batch.jsonl")[-2:]
     assert sorted(ln["status"] for ln in last) == ["done", "skipped"]
