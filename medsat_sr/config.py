@@ -57,7 +57,6 @@ import hashlib
 import json
 import math
 import os
-import string
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
