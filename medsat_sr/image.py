@@ -83,6 +83,11 @@ class Key:
 VOLUME = "volume"
 RASTER = "raster"
 
+#: The numeric dtypes the NIfTI and GeoTIFF writers accept for stored pixels.
+NUMERIC_DTYPES: tuple[str, ...] = (
+    "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64",
+)
+
 
 def _as_tensor(data: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(data, torch.Tensor):

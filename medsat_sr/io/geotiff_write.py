@@ -46,7 +46,7 @@ from rasterio.transform import Affine
 
 from medsat_sr._atomic import atomic_path
 from medsat_sr.errors import ConfigError, FormatError, GeometryError, WriteError
-from medsat_sr.image import BandSet, Key, is_volume
+from medsat_sr.image import NUMERIC_DTYPES, BandSet, Key, is_volume
 from medsat_sr.io.geotiff_gdal import RASTERIO_ERRORS, _describe, gdal_env
 
 __all__ = ["write", "build_profile", "encode_values", "open_writer", "apply_metadata", "DTYPES", "COMPRESSIONS"]
@@ -54,18 +54,7 @@ __all__ = ["write", "build_profile", "encode_values", "open_writer", "apply_meta
 logger = logging.getLogger("medsat_sr.io.geotiff")  # the name users and tests know (caplog)
 
 #: Dtypes the writer accepts.
-DTYPES: tuple[str, ...] = (
-    "uint8",
-    "int8",
-    "uint16",
-    "int16",
-    "uint32",
-    "int32",
-    "uint64",
-    "int64",
-    "float32",
-    "float64",
-)
+DTYPES: tuple[str, ...] = NUMERIC_DTYPES
 
 #: Compression names accepted by :func:`write` (GDAL COMPRESS values, case-insensitive).
 COMPRESSIONS: tuple[str, ...] = ("deflate", "lzw", "zstd", "lzma", "packbits", "jpeg", "webp", "lerc", "none")

@@ -61,7 +61,7 @@ from medsat_sr._atomic import atomic_path
 from medsat_sr._version import __version__
 from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError, WriteError
 from medsat_sr.geometry import check_affine
-from medsat_sr.image import Key, is_raster, make_volume
+from medsat_sr.image import NUMERIC_DTYPES, Key, is_raster, make_volume
 from medsat_sr.io.nifti_header import best_affine, format_error, inspect, parse_errors, read_header
 
 __all__ = ["read", "write", "read_header", "SUFFIXES", "DTYPES"]
@@ -72,18 +72,7 @@ logger = logging.getLogger(__name__)
 SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 
 #: On-disk dtypes the writer accepts.
-DTYPES: tuple[str, ...] = (
-    "uint8",
-    "int8",
-    "uint16",
-    "int16",
-    "uint32",
-    "int32",
-    "uint64",
-    "int64",
-    "float32",
-    "float64",
-)
+DTYPES: tuple[str, ...] = NUMERIC_DTYPES
 
 #: (qform_code, sform_code) for a fresh header, by source format.
 _DEFAULT_CODES: dict[str | None, tuple[int, int]] = {"dicom": (1, 1)}
