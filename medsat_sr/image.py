@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from medsat_sr.errors import GeometryError
+from medsat_sr.errors import ConfigError, GeometryError
 from medsat_sr.geometry import check_affine, spacing_and_orientation
 
 __all__ = [
@@ -87,6 +87,21 @@ RASTER = "raster"
 NUMERIC_DTYPES: tuple[str, ...] = (
     "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64",
 )
+
+
+def writable_dtype(dtype: Any, fmt: str) -> np.dtype:
+    """``dtype`` as a numpy dtype that the ``fmt`` writer (``"NIfTI"``, ``"GeoTIFF"``) can store.
+
+    Raises:
+        ConfigError: not a dtype, or not one of :data:`NUMERIC_DTYPES`.
+    """
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise ConfigError(f"invalid dtype {dtype!r}; expected one of {list(NUMERIC_DTYPES)}") from exc
+    if dt.name not in NUMERIC_DTYPES:
+        raise ConfigError(f"dtype {dt.name!r} cannot be written to {fmt}; expected one of {list(NUMERIC_DTYPES)}")
+    return dt
 
 
 def _as_tensor(data: np.ndarray | torch.Tensor) -> torch.Tensor:

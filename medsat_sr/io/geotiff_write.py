@@ -46,7 +46,7 @@ from rasterio.transform import Affine
 
 from medsat_sr._atomic import atomic_path
 from medsat_sr.errors import ConfigError, FormatError, GeometryError, WriteError
-from medsat_sr.image import NUMERIC_DTYPES, BandSet, Key, is_volume
+from medsat_sr.image import NUMERIC_DTYPES, BandSet, Key, is_volume, writable_dtype
 from medsat_sr.io.geotiff_gdal import RASTERIO_ERRORS, _describe, gdal_env
 
 __all__ = ["write", "build_profile", "encode_values", "open_writer", "apply_metadata", "DTYPES", "COMPRESSIONS"]
@@ -84,13 +84,7 @@ def _raster_parts(image: Any) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def _check_dtype(dtype: Any) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as exc:
-        raise ConfigError(f"invalid dtype {dtype!r}; expected one of {list(DTYPES)}") from exc
-    if dt.name not in DTYPES:
-        raise ConfigError(f"dtype {dt.name!r} cannot be written to GeoTIFF; expected one of {list(DTYPES)}")
-    return dt
+    return writable_dtype(dtype, "GeoTIFF")
 
 
 def _check_nodata_fits(nodata: float | None, dt: np.dtype) -> None:

@@ -59,9 +59,9 @@ from nibabel.volumeutils import array_to_file
 
 from medsat_sr._atomic import atomic_path
 from medsat_sr._version import __version__
-from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError, WriteError
+from medsat_sr.errors import DataError, FormatError, GeometryError, WriteError
 from medsat_sr.geometry import check_affine
-from medsat_sr.image import NUMERIC_DTYPES, Key, is_raster, make_volume
+from medsat_sr.image import NUMERIC_DTYPES, Key, is_raster, make_volume, writable_dtype
 from medsat_sr.io.nifti_header import best_affine, format_error, inspect, parse_errors, read_header
 
 __all__ = ["read", "write", "read_header", "SUFFIXES", "DTYPES"]
@@ -176,13 +176,7 @@ def _image_parts(image: Any) -> tuple[np.ndarray, np.ndarray, Mapping[str, Any]]
 
 def _target_dtype(dtype: str | None, meta: Mapping[str, Any]) -> np.dtype:
     name = dtype if dtype is not None else meta.get(Key.SOURCE_DTYPE) or "float32"
-    try:
-        dt = np.dtype(name)
-    except TypeError as exc:
-        raise ConfigError(f"invalid dtype {name!r}; expected one of {list(DTYPES)}") from exc
-    if dt.name not in DTYPES:
-        raise ConfigError(f"dtype {dt.name!r} cannot be written to NIfTI; expected one of {list(DTYPES)}")
-    return dt
+    return writable_dtype(name, "NIfTI")
 
 
 def _intensity(meta: Mapping[str, Any]) -> tuple[float, float]:
