@@ -405,7 +405,9 @@ def _decide(src: Any, mem: Any, profile: Any, opts: UpscaleOptions) -> Decision:
     note = degradation_note(est)
     if note:
         head = f"{decision.reason.rstrip('. ')}. " if decision.reason else ""
-        decision = replace(decision, reason=f"{head}{note}", caution=degradation_caution(est))
+        # the verdict line cautions only when the network's output is what was written
+        caution = degradation_caution(est) if decision.use_model else None
+        decision = replace(decision, reason=f"{head}{note}", caution=caution)
     return decision
 
 
