@@ -28,6 +28,7 @@ from medsat_sr.errors import GeometryError
 
 __all__ = [
     "SCALE_RTOL",
+    "round_half_up",
     "snap_scale",
     "as_scale",
     "scaled_shape",
@@ -80,6 +81,16 @@ def as_scale(scale: float | Sequence[float], ndim: int) -> np.ndarray:
     return s
 
 
+def round_half_up(x: float) -> int:
+    """``x`` rounded half up, with halves recognised to 1e-9 whichever way they were computed.
+
+    ``231 / 4.4`` is 52.49999... and ``231 * (1 / 4.4)`` is 52.5000...: a
+    plain ``floor(x + 0.5)`` would give 52 and 53, so a degradation and a
+    grid computed from the same factor could disagree by one sample.
+    """
+    return int(np.floor(float(x) + 0.5 + 1e-9))
+
+
 def scaled_shape(shape: Sequence[int], scale: float | Sequence[float]) -> tuple[int, ...]:
     """Output grid size ``round(shape · s)``, at least 1 per axis.
 
@@ -87,7 +98,7 @@ def scaled_shape(shape: Sequence[int], scale: float | Sequence[float]) -> tuple[
         GeometryError: invalid scale.
     """
     s = as_scale(scale, len(shape))
-    return tuple(max(1, int(np.floor(n * f + 0.5))) for n, f in zip(shape, s))
+    return tuple(max(1, round_half_up(n * f)) for n, f in zip(shape, s))
 
 
 def effective_scale(shape: Sequence[int], scale: float | Sequence[float]) -> np.ndarray:

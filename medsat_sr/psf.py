@@ -68,6 +68,7 @@ import numpy as np
 import torch
 
 from medsat_sr.errors import ConfigError
+from medsat_sr.geometry import round_half_up
 
 __all__ = [
     # PSF arithmetic
@@ -234,7 +235,7 @@ def output_size(n: int, factor: float) -> int:
     Returns:
         The output length.
     """
-    return max(1, int(math.floor(n / factor + 0.5)))
+    return max(1, round_half_up(n / factor))
 
 
 # --------------------------------------------------------------------------

@@ -74,7 +74,6 @@ volume (both through-plane orientations, averaged).
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,6 +95,7 @@ from medsat_sr.engine import (
     resolve_device,
 )
 from medsat_sr.errors import ModelError
+from medsat_sr.geometry import round_half_up
 from medsat_sr.losses import CharbonnierLoss, CombinedLoss, build_loss
 from medsat_sr.normalise import Normaliser
 from medsat_sr.run_folder import (
@@ -336,7 +336,7 @@ def apply_slicewise(
     vol = volume.as_subclass(torch.Tensor) if type(volume) is not torch.Tensor else volume
     shape = list(vol.shape[1:])
     if output_size is None:
-        out_t = max(1, int(math.floor(shape[t] * float(factor) + 0.5)))
+        out_t = max(1, round_half_up(shape[t] * float(factor)))
     elif isinstance(output_size, (int, np.integer)):
         out_t = int(output_size)
     else:

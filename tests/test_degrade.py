@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from medsat_sr import data as data_mod
@@ -127,6 +127,7 @@ def test_mtf_to_sigma_validation():
 
 
 @given(n=st.integers(1, 400), f=st.floats(1.0, 6.0))
+@example(n=231, f=4.4)  # 231 / 4.4 = 52.4999..., 231 * (1 / 4.4) = 52.5000...: both must round to 53
 def test_output_size_matches_geometry(n, f):
     assert output_size(n, f) == geometry.scaled_shape((n,), 1.0 / f)[0]
 
