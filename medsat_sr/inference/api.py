@@ -401,14 +401,36 @@ def _decide(src: Any, mem: Any, profile: Any, opts: UpscaleOptions) -> Decision:
     """The model-or-classical decision of a single-input run, with the degradation self-check in its reason."""
     decision = decide(mem.members, mem.validations, classical_method=_classical_name(src, profile),
                       margin_db=opts.min_gain_db, force=opts.force)
-    est = (mem.fit_meta.get("task") or {}).get("degradation_estimate")
-    note = degradation_note(est)
-    if note:
+    found = _degradation_findings((mem.fit_meta.get("task") or {}).get("degradation_estimate"))
+    if found:
+        note, caution = found
         head = f"{decision.reason.rstrip('. ')}. " if decision.reason else ""
         # the verdict line cautions only when the network's output is what was written
-        caution = degradation_caution(est) if decision.use_model else None
-        decision = replace(decision, reason=f"{head}{note}", caution=caution)
+        decision = replace(decision, reason=f"{head}{note}", caution=caution if decision.use_model else None)
     return decision
+
+
+def _degradation_findings(est: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """What the fit's degradation estimate or check found that the user must hear (#14).
+
+    Returns:
+        ``(note, caution)``: the sentence for the decision's reason and its
+        short form for the verdict line; ``None`` when there is nothing to say.
+    """
+    if not est:
+        return None
+    agree = est.get("profile_agreement") or {}
+    if agree.get("strong"):
+        how = "the fit used the profile: try --degradation auto" if est.get("used") is False else "the fit used the estimate"
+        ratio = f"x{float(agree['ratio']):.2f}; " if agree.get("ratio") is not None else ""
+        return (f"Degradation: {agree['text']}.",
+                f"the input's measured degradation disagrees with the profile's ({ratio}{how})")
+    if est.get("used") is False and not agree:
+        why = str(est.get("reason") or "no estimate").split(":")[0]
+        return (f"Degradation: not measured on this input ({why}); the held-out split assumes the profile's "
+                "degradation and cannot show a mismatch.",
+                "degradation not measured on this input: the held-out check cannot show a PSF mismatch")
+    return None
 
 
 def degradation_note(est: Mapping[str, Any] | None) -> str | None:
@@ -420,31 +442,16 @@ def degradation_note(est: Mapping[str, Any] | None) -> str | None:
       confident): the held-out split then assumes the profile's degradation
       and cannot show a mismatch, so a model that wins there may still lose to
       the classical result on the real input (Landsat-8 30 -> 15 m against the
-      real pan: -1.04 dB vs GDAL cubic, benchmarks/results/degradation_routes.txt).
+      real pan: -0.86 dB vs GDAL cubic, benchmarks/results/degradation_routes.txt).
     """
-    if not est:
-        return None
-    agree = est.get("profile_agreement") or {}
-    if agree.get("strong"):
-        return f"Degradation: {agree['text']}."
-    if est.get("used") is False and not agree:
-        why = str(est.get("reason") or "no estimate").split(":")[0]
-        return (f"Degradation: not measured on this input ({why}); the held-out split assumes the profile's "
-                "degradation and cannot show a mismatch.")
-    return None
+    found = _degradation_findings(est)
+    return found[0] if found else None
 
 
 def degradation_caution(est: Mapping[str, Any] | None) -> str | None:
     """The verdict line's short form of :func:`degradation_note` (``None`` when there is nothing to say)."""
-    if not est:
-        return None
-    agree = est.get("profile_agreement") or {}
-    if agree.get("strong"):
-        how = "the fit used the profile: try --degradation auto" if est.get("used") is False else "the fit used the estimate"
-        return f"the input's measured degradation disagrees with the profile's (x{float(agree['ratio']):.2f}; {how})"
-    if est.get("used") is False and not agree:
-        return "degradation not measured on this input: the held-out check cannot show a PSF mismatch"
-    return None
+    found = _degradation_findings(est)
+    return found[1] if found else None
 
 
 def _record_run(res: dict[str, Any], mem: Any, decision: Decision, cfg: Any, method: str | None, weights: Any,

@@ -205,8 +205,9 @@ class Decision:
         source: where the scores come from (self-supervised fit, checkpoint metrics).
         metric: what the scores are: ``"PSNR"`` in dB (higher is better), or
             ``"ERGAS"`` (lower is better; the pan-sharpening route).
-        caution: a few words the verdict line must show whatever was written,
-            e.g. that the held-out split could not check the degradation.
+        caution: a few words the verdict line shows when the network's output
+            was written although the held-out split could not check something
+            (e.g. the degradation of a single raster).
     """
 
     use_model: bool
