@@ -86,16 +86,16 @@ def learning_core_rerun() -> list[str]:
     for key, label in (("mri", "MRI thick-slice ×4"), ("s2", "Sentinel-2 20 → 10 m, guided"), ("naip", "4-band aerial ×2")):
         old_doc, new_doc = _load(f"quality_{key}.json"), _load(f"quality_rerun_{key}.json")
         old, new = old_doc["cases"][key], new_doc["cases"][key]
+        passed = bool(new["passed"])  # the benchmark's own floor check
         if key == "s2":
             old, new = old["results"], new["results"]
             text = [f"{d['guided']['ratio_vs_cubic']:.2f} × cubic RMSE" for d in (old, new)]
             its = [f"{d['guided']['seconds'] / 60:.0f} min" for d in (old, new)]
-            passed = new["guided"]["ratio_vs_cubic"] <= 0.5
             floor = "≤ 0.5 × cubic"
         else:
             text = [f"{d['gain_db']:+.2f} dB" for d in (old, new)]
             its = [f"{d['iterations']} it" for d in (old, new)]
-            passed, floor = bool(new["passed"]), new["floor"].replace("gain >= ", "≥ ")
+            floor = new["floor"].replace("gain >= ", "≥ ")
         m = new_doc["machine"]
         load = new_doc["load_average_start"][0]
         rows.append(f"| {label} | {text[0]} | **{text[1]}** | {its[0]} → {its[1]} | {floor} | {'yes' if passed else 'no'} | "
