@@ -135,6 +135,18 @@ def test_verdict_from_a_trust_record() -> None:
         record, sidecar="a.tif.json")
 
 
+def test_a_fallback_that_beat_cubic_names_the_interpolation_path() -> None:
+    """A model above GDAL cubic but not above its own untrained interpolation path fell back: the line says why."""
+    record = {"method": "model", "output": {"path": "a.tif"},
+              "decision": {"use_model": False, "fell_back": True, "model_score": 18.61, "classical_score": 18.38,
+                           "interp_score": 18.61, "classical_method": "GDAL cubic"}}
+    line = record_verdict(record, sidecar="a.tif.json")
+    assert ("(fell back: the model scored +0.23 dB vs GDAL cubic on held-out pixels (18.61 vs 18.38 dB), but "
+            "+0.00 dB vs its own untrained interpolation path (18.61 dB)); fell back") in line
+    record["decision"]["model_score"] = 18.0  # lost to cubic: that alone is the reason
+    assert "interpolation path" not in record_verdict(record, sidecar="a.tif.json")
+
+
 def test_verdict_of_a_pansharpening_fallback_speaks_ergas() -> None:
     """The pan-sharpening decision scores ERGAS (lower is better): the verdict says so, and names what lost."""
     record = {"method": "mtf-glp-hpm", "output": "p.tif",

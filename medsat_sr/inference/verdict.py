@@ -51,6 +51,7 @@ def verdict_line(
     classical: bool | None = None,
     unit: str = "dB",
     caution: str | None = None,
+    interp_score: float | None = None,
 ) -> str:
     """The verdict of one written product, in one line.
 
@@ -69,6 +70,9 @@ def verdict_line(
             ``"ERGAS"`` (both printed; lower is better).
         caution: what the held-out comparison could not check (printed as
             ``caution: ...`` before the record), e.g. an unmeasured degradation.
+        interp_score: the network's own untrained interpolation path on the
+            same pixels (dB); a fallback's line names it when the network beat
+            the classical result but not this path.
 
     Returns:
         ``"verdict: <output>: <what>; <fallback>[; caution: <caution>]; record <path>"``.
@@ -87,6 +91,9 @@ def verdict_line(
     if classical is None:
         classical = method in {"cubic", "linear", "nearest", "lanczos"}
     learned = not classical or m is not None
+    i = _score(interp_score)
+    if versus and i is not None and m is not None and unit == "dB" and c is not None and m > c:
+        versus += f", but {m - i:+.2f} dB vs its own untrained interpolation path ({i:.2f} dB)"
     if fell_back:
         what = f"{base} (fell back: the {method} scored {versus})" if versus else f"{base} (fell back from the {method})"
         fallback = "fell back"
@@ -139,6 +146,7 @@ def record_verdict(
         forced=bool(d.get("forced", fb.get("forced", False))),
         record=sidecar,
         caution=d.get("caution") if isinstance(d.get("caution"), str) else None,
+        interp_score=d.get("interp_score") if fell_back else None,
         # a classical method asked for on any route (resampling, pan-sharpening, revisit fusion): no model in play
         classical=(d.get("use_model") is False and not d.get("fell_back") and d.get("model_score") is None) or None,
     )
