@@ -73,6 +73,47 @@ def test_raster_psf_across_scales_recovers_known_sigma() -> None:
     assert abs(est.sigma / 1.0 - 1) <= 0.15, est
 
 
+def _fractal(n: int, seed: int) -> np.ndarray:
+    """A scale-invariant (1/f^2 power) scene."""
+    rng = np.random.default_rng(seed)
+    fy, fx = np.meshgrid(np.fft.fftfreq(n), np.fft.fftfreq(n), indexing="ij")
+    amp = 1.0 / np.maximum(np.hypot(fy, fx), 1 / n)
+    return np.real(np.fft.ifft2(amp * np.exp(2j * np.pi * rng.random((n, n)))))
+
+
+def test_raster_psf_confidence_is_its_stability() -> None:
+    """A steady estimate is trusted; one whose quadrants disagree (two cameras' halves) is not."""
+    scene = _fractal(384, 5)
+    steady = estimate_raster_psf(ndimage.gaussian_filter(scene, 1.0, mode="wrap"))
+    assert steady.confidence >= 0.5 and abs(steady.sigma - 1.0) <= 0.15, steady
+    assert "quadrants and a x3 step" in steady.notes
+    mixed = ndimage.gaussian_filter(scene, 0.5, mode="wrap")
+    mixed[:, 192:] = ndimage.gaussian_filter(scene, 1.6, mode="wrap")[:, 192:]
+    unsteady = estimate_raster_psf(mixed)
+    assert unsteady.confidence < 0.5, unsteady
+    with pytest.raises(ConfigError, match="too small"):
+        estimate_raster_psf(np.ones((48, 48)))
+
+
+def test_auto_on_unnamed_bands_fits_one_shared_psf() -> None:
+    """Bands the profile does not name share one PSF: used when steady, the MTF within 15 % of the truth."""
+    from medsat_sr.config import load_config
+    from medsat_sr.degradation_auto import apply_estimate
+    from medsat_sr.image import make_raster
+
+    hr = torch.from_numpy(np.stack([_fractal(512, k) for k in range(3)]))
+    sigma_hr = degrade.mtf_to_sigma(0.15, 2.0)
+    lr = degrade.decimate(hr, [2, 2], [sigma_hr] * 3)
+    img = make_raster(lr.float() * 10 + 100, transform=(2.0, 0.0, 500000.0, 0.0, -2.0, 5200000.0), crs="EPSG:32631")
+    cfg = load_config("multiband_x2", ["degradation=auto"])
+    out, rec = apply_estimate(cfg, img)
+    assert rec["used"] and "one PSF shared by the 3 band(s)" in rec["method"], rec
+    assert rec["shared"]["sigma_own_px"] == pytest.approx(sigma_hr / 2, rel=0.15)  # the input's own PSF, its pixels
+    # the pairs' blur: what makes the input, twice coarser, look as it looks now (sqrt(2^2 - 1) x its own PSF)
+    assert rec["mtf_nyquist"] == pytest.approx(degrade.sigma_to_mtf(3 ** 0.5 * sigma_hr / 2, 2.0), rel=0.15)
+    assert out.profile.degradation.psf.mtf_nyquist == pytest.approx(rec["mtf_nyquist"])
+
+
 def test_band_psf_bad_inputs() -> None:
     with pytest.raises(ConfigError, match="ratio"):
         estimate_band_psf(np.ones((64, 64)), np.ones((32, 32)), 1)
