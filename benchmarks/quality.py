@@ -262,50 +262,62 @@ def s2_read(quick: bool) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(im10), np.ascontiguousarray(im20)
 
 
-def case_s2(budget: Budget) -> dict[str, Any]:
-    """Row 2: guided and unguided Wald-at-reduced-scale on the DSen2 crop, RMSE vs GDAL cubic."""
+def s2_wald(im10: np.ndarray, im20: np.ndarray, cfg: Any) -> tuple[Any, Any, np.ndarray, dict[str, Any]]:
+    """Wald at reduced scale: ``(band set 20/40 m, coarse 40 m raster, 20 m reference, degradation records)``.
+
+    10 -> 20 m and 20 -> 40 m with the profile's per-band MTF PSF; synthetic
+    north-up transforms (origin 0, 0; only relative geometry matters, hence crs None).
+    """
     import torch
 
+    from medsat_sr.evaluate import degrade_reference
+    from medsat_sr.image import BandSet, make_raster
+
+    g20, _, rec10 = degrade_reference(torch.from_numpy(im10), cfg.profile, [2.0, 2.0], band_names=S2_10M)
+    t40, _, rec20 = degrade_reference(torch.from_numpy(im20), cfg.profile, [2.0, 2.0], band_names=S2_20M)
+    guide = make_raster(g20, (20.0, 0.0, 0.0, 0.0, -20.0, 0.0), crs=None, band_names=S2_10M)
+    coarse = make_raster(t40, (40.0, 0.0, 0.0, 0.0, -40.0, 0.0), crs=None, band_names=S2_20M)
+    return BandSet(groups={"20m": guide, "40m": coarse}), coarse, im20.astype(np.float64), {"10m": rec10, "20m": rec20}
+
+
+def s2_metrics(img: Any, ref: np.ndarray) -> dict[str, Any]:
+    """The 20 m bands of ``img`` scored against ``ref``: RMSE per band and its mean (the S2 row's metric), PSNR, SAM, ERGAS."""
+    from medsat_sr.evaluate import score
+    from medsat_sr.image import Key
+
+    names = list(img.meta[Key.BAND_NAMES])
+    a = img.as_tensor().detach().float().cpu().numpy()
+    arr = np.stack([a[names.index(b)] for b in S2_20M]).astype(np.float64)
+    valid = np.ones(ref.shape[1:], bool)
+    ranges = [float(b.max() - b.min()) for b in ref]
+    r = score(arr, ref, kind="raster", data_range=float(ref.max() - ref.min()), band_ranges=ranges, valid=valid,
+              mask=valid, scale=2.0, ergas_h_over_l=0.5, band_names=S2_20M)
+    return {"rmse_mean": float(np.mean(r["per_band"]["rmse"])), "rmse_per_band": r["per_band"]["rmse"],
+            "psnr_band_mean": r["psnr_band_mean"], "sam": r.get("sam"), "ergas": r.get("ergas")}
+
+
+def case_s2(budget: Budget) -> dict[str, Any]:
+    """Row 2: guided and unguided Wald-at-reduced-scale on the DSen2 crop, RMSE vs GDAL cubic."""
     from medsat_sr.config import load_config
-    from medsat_sr.evaluate import degrade_reference, score
-    from medsat_sr.image import BandSet, Key, make_raster
     from medsat_sr.inference import upscale
     from medsat_sr.train import fit
 
     im10, im20 = s2_read(budget.quick)
     ov = ["domain=sentinel2_l1c"] + budget.overrides()
     cfg = load_config("sentinel2_20m_to_10m", ov)
-    prof = cfg.profile
-    # Wald at reduced scale: 10 -> 20 m and 20 -> 40 m with the profile's per-band MTF PSF
-    g20, _, rec10 = degrade_reference(torch.from_numpy(im10), prof, [2.0, 2.0], band_names=S2_10M)
-    t40, _, rec20 = degrade_reference(torch.from_numpy(im20), prof, [2.0, 2.0], band_names=S2_20M)
-    # synthetic north-up transforms (origin 0, 0): only relative geometry matters, hence crs=None
-    guide = make_raster(g20, (20.0, 0.0, 0.0, 0.0, -20.0, 0.0), crs=None, band_names=S2_10M)
-    coarse = make_raster(t40, (40.0, 0.0, 0.0, 0.0, -40.0, 0.0), crs=None, band_names=S2_20M)
-    bands = BandSet(groups={"20m": guide, "40m": coarse})  # finest first
-    ref = im20.astype(np.float64)
+    bands, coarse, ref, recs = s2_wald(im10, im20, cfg)
 
-    def metrics_of(arr: np.ndarray) -> dict[str, Any]:
-        valid = np.ones(ref.shape[1:], bool)
-        ranges = [float(b.max() - b.min()) for b in ref]
-        r = score(arr.astype(np.float64), ref, kind="raster", data_range=float(ref.max() - ref.min()),
-                  band_ranges=ranges, valid=valid, mask=valid, scale=2.0, ergas_h_over_l=0.5, band_names=S2_20M)
-        return {"rmse_mean": float(np.mean(r["per_band"]["rmse"])), "rmse_per_band": r["per_band"]["rmse"],
-                "psnr_band_mean": r["psnr_band_mean"], "sam": r.get("sam"), "ergas": r.get("ergas")}
-
-    def pick(img: Any) -> np.ndarray:
-        names = list(img.meta[Key.BAND_NAMES])
-        a = img.as_tensor().detach().float().cpu().numpy()
-        return np.stack([a[names.index(b)] for b in S2_20M])
+    def metrics_of(img: Any) -> dict[str, Any]:
+        return s2_metrics(img, ref)
 
     t0 = time.perf_counter()
     cub = upscale(coarse, method="cubic", scale=2, sidecar=False)
-    out: dict[str, Any] = {"cubic": {**metrics_of(pick(cub.image)), "seconds": time.perf_counter() - t0}}
+    out: dict[str, Any] = {"cubic": {**metrics_of(cub.image), "seconds": time.perf_counter() - t0}}
 
     t0 = time.perf_counter()
     fr = fit(bands, cfg, progress=False)
     res = upscale(bands, fit=fr, config=cfg, force=True, sidecar=False)
-    out["guided"] = {**metrics_of(pick(res.image)), "seconds": time.perf_counter() - t0, "fit": fit_record(fr)}
+    out["guided"] = {**metrics_of(res.image), "seconds": time.perf_counter() - t0, "fit": fit_record(fr)}
 
     ov_u = ["domain=sentinel2_l1c", "bands.targets=[20m]", "model.name=unguided",
             f"model.kwargs={json.dumps(cfg.model.kwargs).replace(chr(34), '')}"] + budget.overrides()
@@ -314,7 +326,7 @@ def case_s2(budget: Budget) -> dict[str, Any]:
     t0 = time.perf_counter()
     fu = fit(coarse, cfg_u, progress=False)
     res_u = upscale(coarse, fit=fu, config=cfg_u, force=True, sidecar=False)
-    out["unguided"] = {**metrics_of(pick(res_u.image)), "seconds": time.perf_counter() - t0, "fit": fit_record(fu)}
+    out["unguided"] = {**metrics_of(res_u.image), "seconds": time.perf_counter() - t0, "fit": fit_record(fu)}
 
     c = out["cubic"]["rmse_mean"]
     for k in ("guided", "unguided"):
@@ -322,9 +334,10 @@ def case_s2(budget: Budget) -> dict[str, Any]:
     return {
         "case": "Sentinel-2 20->10 m (Wald reduced: 40->20 m, guide 20 m)", "floor": "RMSE <= 0.5 x cubic",
         "passed": out["guided"]["ratio_vs_cubic"] <= FLOORS["s2"], "results": out,
-        "settings": {"overrides_guided": ov, "overrides_unguided": ov_u, "degradation_10m": rec10,
-                     "degradation_20m": rec20, "reference_shape": list(im20.shape), "guide_shape": list(g20.shape),
-                     "coarse_shape": list(t40.shape), "units": "top-of-atmosphere reflectance (DN / 10000)",
+        "settings": {"overrides_guided": ov, "overrides_unguided": ov_u, "degradation_10m": recs["10m"],
+                     "degradation_20m": recs["20m"], "reference_shape": list(im20.shape),
+                     "guide_shape": list(bands.groups["20m"].shape), "coarse_shape": list(coarse.shape),
+                     "units": "top-of-atmosphere reflectance (DN / 10000)",
                      "geometry": "synthetic transforms (20 / 40 m pixels, origin 0,0), crs None",
                      "rmse": "per band over every pixel, then the mean of the six bands"},
     }

@@ -72,6 +72,11 @@ DOMAINS: dict[str, dict[str, Any]] = {
         "config": "multiband_x2", "held_out": "NAIP right half (columns 466-), 256 x 256 block, PSF x2",
         "reference": ("naip_right", [200, 100], [456, 356]), "scale": None,
     },
+    "sentinel2_20m_to_10m": {
+        "config": "sentinel2_20m_to_10m", "overrides": ["domain=sentinel2_l1c"],
+        "held_out": "S2 L1C T33UUB (DSen2 crop), Wald x2: 20 m bands from 40 m, guided by the 10 m bands at 20 m",
+        "reference": ("s2_dsen2", None, None), "scale": None,
+    },
 }
 #: Marks (seconds of fit wall clock) at which the fit's best weights are kept.
 MARKS = {"scratch": [30.0, 60.0, 150.0, 300.0, 600.0], "finetune": [0.0, 15.0, 30.0, 60.0]}
@@ -85,11 +90,23 @@ def reference(domain: str) -> Any:
 
 
 def case_of(domain: str) -> tuple[Any, Any]:
-    """``(config, case)``: the reference degraded with the domain profile (``holdout=0``: fit on the input)."""
+    """``(config, case)``: the reference degraded with the domain profile (``holdout=0``: fit on the input).
+
+    The Sentinel-2 band set follows ``quality.py``'s row (Wald at reduced
+    scale); its case carries the 40 m raster (``coarse``, what GDAL cubic
+    upsamples) and the real 20 m bands (``ref``).
+    """
+    from types import SimpleNamespace
+
     from medsat_sr.config import load_config
     from medsat_sr.evaluate import prepare_case
 
-    cfg = load_config(DOMAINS[domain]["config"])
+    cfg = load_config(DOMAINS[domain]["config"], DOMAINS[domain].get("overrides", []))
+    if DOMAINS[domain]["reference"][0] == "s2_dsen2":
+        import quality
+
+        bands, coarse, ref, _ = quality.s2_wald(*quality.s2_read(False), cfg)
+        return cfg, SimpleNamespace(lr=bands, coarse=coarse, ref=ref, kind="bandset", factors=[2.0, 2.0])
     holdout = None if cfg.profile.name in ("mri", "ct") else 0.0
     return cfg, prepare_case(reference(domain), cfg, name=domain, scale=DOMAINS[domain]["scale"], holdout=holdout)
 
@@ -132,7 +149,7 @@ def _fit_with_marks(case: Any, cfg: Any, init: Any, marks: list[float]) -> tuple
     return trainer, state, kept
 
 
-def _apply(case: Any, cfg: Any, trainer: Any, state: Any, snap: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+def _apply(case: Any, cfg: Any, trainer: Any, state: Any, snap: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The input upscaled with one kept state, as ``upscale`` does after a fit of that budget."""
     from medsat_sr.inference import upscale
     from medsat_sr.train import _finish
@@ -142,18 +159,30 @@ def _apply(case: Any, cfg: Any, trainer: Any, state: Any, snap: dict[str, Any]) 
     fr = _finish(state, trainer)
     res = upscale(case.lr, fit=fr, config=cfg, scale=list(case.factors) if case.kind == "volume" else None,
                   force=True, sidecar=False, progress=False)
-    return res.image.as_tensor().detach().float().cpu().numpy(), res.record.get("decision") or {}
+    return res.image, res.record.get("decision") or {}
 
 
-def _score(cfg: Any, case: Any, images: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+def _score(cfg: Any, case: Any, images: dict[str, Any]) -> dict[str, dict[str, Any]]:
     from medsat_sr.evaluate import MethodRun, _score_case
 
+    if case.kind == "bandset":  # quality.py's S2 metric: mean RMSE of the six 20 m bands (and band-mean PSNR)
+        import quality
+
+        m = {k: quality.s2_metrics(img, case.ref) for k, img in images.items()}
+        return {k: {"psnr": v["psnr_band_mean"], "ssim": None, "rmse": v["rmse_mean"]} for k, v in m.items()}
+    images = {k: v.as_tensor().detach().float().cpu().numpy() for k, v in images.items()}
     runs = {m: MethodRun(name=m, kind="x", image=a, seconds=0.0, peak_rss_mb=0.0, peak_rss_increase_mb=0.0)
             for m, a in images.items()}
     res = _score_case(cfg, case, runs)
     key = "psnr_masked" if case.kind == "volume" else "psnr"
     return {m: {"psnr": float(r[key]), "ssim": r.get("ssim_masked" if case.kind == "volume" else "ssim")}
             for m, r in res.methods.items()}
+
+
+def _shape(img: Any) -> Any:
+    """An input's shape; a band set's per group."""
+    groups = getattr(img, "groups", None)
+    return {k: [int(v) for v in g.shape] for k, g in groups.items()} if groups else [int(v) for v in img.shape]
 
 
 def worker(domain: str, arm: str, runs: int, out: Path) -> None:
@@ -166,7 +195,8 @@ def worker(domain: str, arm: str, runs: int, out: Path) -> None:
 
     torch.set_num_threads(1)
     base, case = case_of(domain)
-    cubic = upscale(case.lr, method="cubic", scale=list(case.factors), sidecar=False, progress=False)
+    cubic = upscale(getattr(case, "coarse", case.lr), method="cubic", scale=list(case.factors), sidecar=False,
+                    progress=False)
     rows: list[dict[str, Any]] = []
     for run in range(runs):
         if arm == "finetune":
@@ -179,15 +209,21 @@ def worker(domain: str, arm: str, runs: int, out: Path) -> None:
         trainer, state, kept = _fit_with_marks(case, cfg, init, MARKS[arm])
         for snap in kept:
             img, decision = _apply(case, cfg, trainer, state, snap)
-            s = _score(cfg, case, {"model": img, "cubic": cubic.image.as_tensor().float().cpu().numpy()})
+            s = _score(cfg, case, {"model": img, "cubic": cubic.image})
             rows.append({"run": run, "mark": snap["mark"], "seconds": round(snap["seconds"], 1),
                          "cpu_seconds": round(snap["cpu_seconds"] - cpu0, 1), "iteration": snap["iteration"],
                          "val_psnr": snap["val_psnr"], "psnr": s["model"]["psnr"], "ssim": s["model"]["ssim"],
                          "psnr_cubic": s["cubic"]["psnr"], "ssim_cubic": s["cubic"]["ssim"],
+                         "rmse_ratio": s["model"]["rmse"] / s["cubic"]["rmse"] if "rmse" in s["model"] else None,
                          "guard_keeps_model": not decision.get("forced", False)})
             print(json.dumps({k: v for k, v in rows[-1].items()}), flush=True)
     out.write_text(json.dumps({"domain": domain, "arm": arm, "held_out": DOMAINS[domain]["held_out"],
-                               "input_shape": [int(v) for v in case.lr.shape], "rows": rows}, indent=1))
+                               "input_shape": _shape(case.lr), "rows": rows}, indent=1))
+
+
+def _median_or_none(values: Any) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
 
 
 def _median_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -197,10 +233,16 @@ def _median_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"mark": mark, "n": len(rs), "seconds": statistics.median(r["seconds"] for r in rs),
                     "iteration": int(statistics.median(r["iteration"] for r in rs)),
                     "psnr": statistics.median(r["psnr"] for r in rs),
-                    "ssim": statistics.median(r["ssim"] for r in rs if r["ssim"] is not None),
+                    "ssim": _median_or_none(r["ssim"] for r in rs),
+                    "rmse_ratio": _median_or_none(r.get("rmse_ratio") for r in rs),
                     "psnr_cubic": rs[0]["psnr_cubic"], "ssim_cubic": rs[0]["ssim_cubic"],
                     "guard": sum(bool(r["guard_keeps_model"]) for r in rs)})
     return out
+
+
+def _num(v: float | None, fmt: str) -> str:
+    width = int(fmt.split(".")[0])
+    return format(v, fmt) if v is not None else "-".rjust(width)
 
 
 def report(results: dict[str, dict[str, Any]], load: list[Any]) -> str:
@@ -212,24 +254,26 @@ def report(results: dict[str, dict[str, Any]], load: list[Any]) -> str:
 
     lines = [f"time to quality on held-out data (#15); machine: {_machine.describe()}",
              "each arm: one thread, the two arms of a domain side by side (shared machine); load average after each domain: "
-             f"{load}", "PSNR: evaluation protocol (MRI: in the head mask), dB; median of the runs at each mark",
+             f"{load}", "PSNR: evaluation protocol (MRI: in the head mask; Sentinel-2: mean over the six 20 m bands), "
+             "dB; RMSE/cubic: Sentinel-2's metric (quality.py), mean RMSE of the six bands over GDAL cubic's; "
+             "median of the runs at each mark",
              ""]
     for domain, arms in results.items():
         lines.append(f"{domain}: {arms['finetune']['held_out']}; input {arms['finetune']['input_shape']}")
         lines.append(f"  {'arm':9s} {'mark s':>7s} {'fit s':>7s} {'iter':>6s} {'runs':>4s} {'PSNR':>7s} "
-                     f"{'vs cubic':>8s} {'SSIM':>7s} guard keeps")
+                     f"{'vs cubic':>8s} {'SSIM':>7s} {'RMSE/cubic':>10s} guard keeps")
         fig, ax = plt.subplots(figsize=(11, 6.5), dpi=110)
         for arm, style in (("finetune", "o-"), ("scratch", "s-")):
             med = _median_rows(arms[arm]["rows"])
             for r in med:
                 lines.append(f"  {arm:9s} {r['mark']:7.0f} {r['seconds']:7.1f} {r['iteration']:6d} {r['n']:4d} "
-                             f"{r['psnr']:7.2f} {r['psnr'] - r['psnr_cubic']:+8.2f} {r['ssim']:7.4f} "
-                             f"{r['guard']}/{r['n']}")
+                             f"{r['psnr']:7.2f} {r['psnr'] - r['psnr_cubic']:+8.2f} {_num(r['ssim'], '7.4f')} "
+                             f"{_num(r['rmse_ratio'], '10.3f')} {r['guard']}/{r['n']}")
             label = "fine-tune from the shipped model" if arm == "finetune" else "from scratch (today's default)"
             ax.plot([r["seconds"] for r in med], [r["psnr"] for r in med], style, label=label)
         cubic = arms["finetune"]["rows"][0]
         lines.append(f"  {'cubic':9s} {'-':>7s} {'-':>7s} {'-':>6s} {'':>4s} {cubic['psnr_cubic']:7.2f} {0:+8.2f} "
-                     f"{cubic['ssim_cubic']:7.4f}")
+                     f"{_num(cubic['ssim_cubic'], '7.4f')} {_num(1.0 if cubic.get('rmse_ratio') else None, '10.3f')}")
         lines.append("")
         ax.axhline(cubic["psnr_cubic"], color="gray", ls="--", label="cubic")
         ax.set_xscale("symlog", linthresh=10)

@@ -30,7 +30,7 @@ from medsat_sr.config import JobConfig, with_degradation
 from medsat_sr.errors import ConfigError
 from medsat_sr.image import BandSet, Key, is_raster, is_volume
 
-__all__ = ["MIN_CONFIDENCE", "MISMATCH", "wants_estimate", "apply_estimate", "check_profile", "estimate_for",
+__all__ = ["ASSUMES", "MIN_CONFIDENCE", "MISMATCH", "wants_estimate", "apply_estimate", "check_profile", "estimate_for",
            "compare_with_profile"]
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,9 @@ MIN_CONFIDENCE = 0.5
 MISMATCH = 1.3
 
 _CROP = 512  # raster estimates read a central crop of this many pixels
+
+#: What a single raster's estimate rests on and no held-out split can check (the record's ``assumes``).
+ASSUMES = "the scene looks alike across scales (a single raster's PSF estimated from itself)"
 
 
 def wants_estimate(cfg: Any) -> bool:
@@ -94,11 +97,11 @@ def _raster_estimate(img: Any, cfg: JobConfig) -> tuple[dict[str, Any], dict[str
         gains: Any = {n: p["mtf_nyquist"] for n, p in per.items() if p["confidence"] >= MIN_CONFIDENCE}
         conf = max(p["confidence"] for p in per.values())  # the best band decides whether any is used
         rec = {"kind": "psf", "method": method + "; per band, bands below the confidence floor keep the profile's MTF",
-               "per_band": per, "mtf_nyquist": gains, "confidence": round(float(conf), 3), "scale": s}
+               "per_band": per, "mtf_nyquist": gains, "confidence": round(float(conf), 3), "scale": s, "assumes": ASSUMES}
         return {"model": "psf", "psf": {"shape": "gaussian", "mtf_nyquist": gains}}, rec
     shared = _raster_psf(data, s)
     rec = {"kind": "psf", "method": method + f"; one PSF shared by the {data.shape[0]} band(s)", "shared": shared,
-           "mtf_nyquist": shared["mtf_nyquist"], "confidence": shared["confidence"], "scale": s}
+           "mtf_nyquist": shared["mtf_nyquist"], "confidence": shared["confidence"], "scale": s, "assumes": ASSUMES}
     return {"model": "psf", "psf": {"shape": "gaussian", "mtf_nyquist": shared["mtf_nyquist"]}}, rec
 
 

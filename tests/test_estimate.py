@@ -107,7 +107,7 @@ def test_auto_on_unnamed_bands_fits_one_shared_psf() -> None:
     img = make_raster(lr.float() * 10 + 100, transform=(2.0, 0.0, 500000.0, 0.0, -2.0, 5200000.0), crs="EPSG:32631")
     cfg = load_config("multiband_x2", ["degradation=auto"])
     out, rec = apply_estimate(cfg, img)
-    assert rec["used"] and "one PSF shared by the 3 band(s)" in rec["method"], rec
+    assert rec["used"] and "one PSF shared by the 3 band(s)" in rec["method"] and rec["assumes"], rec
     assert rec["shared"]["sigma_own_px"] == pytest.approx(sigma_hr / 2, rel=0.15)  # the input's own PSF, its pixels
     # the pairs' blur: what makes the input, twice coarser, look as it looks now (sqrt(2^2 - 1) x its own PSF)
     assert rec["mtf_nyquist"] == pytest.approx(degrade.sigma_to_mtf(3 ** 0.5 * sigma_hr / 2, 2.0), rel=0.15)
@@ -226,6 +226,12 @@ def test_the_verdict_says_when_the_degradation_is_wrong_or_unmeasured() -> None:
     checked = {"used": False, "profile_agreement": {"strong": False, "text": "x0.95"}}  # profile, checked, agrees
     agreed = {"used": True, "profile_agreement": {"strong": False, "text": "x1.05"}}
     assert degradation_note(checked) is None and degradation_note(agreed) is None and degradation_note(None) is None
+    # a single raster's own PSF, used: it rests on self-similarity, which the held-out split cannot check
+    from medsat_sr.degradation_auto import ASSUMES
+
+    own = {"used": True, "assumes": ASSUMES, "profile_agreement": {"strong": False, "text": "x1.10"}}
+    note = degradation_note(own)
+    assert note is not None and "estimated from this input alone, assuming the scene looks alike across scales" in note
 
 
 def test_the_verdict_line_carries_the_degradation_caution() -> None:

@@ -430,6 +430,10 @@ def _degradation_findings(est: Mapping[str, Any] | None) -> tuple[str, str] | No
         return (f"Degradation: not measured on this input ({why}); the held-out split assumes the profile's "
                 "degradation and cannot show a mismatch.",
                 "degradation not measured on this input: the held-out check cannot show a PSF mismatch")
+    if est.get("used") and est.get("assumes"):  # a single raster's own PSF: the split is degraded by that same guess
+        return (f"Degradation: estimated from this input alone, assuming {est['assumes']}; the held-out split is "
+                "degraded the same way and cannot show whether the scene follows it.",
+                "degradation estimated from this raster alone: the held-out check cannot show a PSF mismatch")
     return None
 
 
