@@ -106,7 +106,6 @@ def psf_table(quick: bool) -> list[str]:
             errs.append(abs(e.sigma / sk - 1))
             lines.append(f"{sk:>15}{r:>6} | {e.sigma:>6.2f}{100 * (e.sigma / sk - 1):>+6.0f}%{e.confidence:>6.2f}")
     lines.append(f"max |sigma error| {100 * max(errs):.0f}%")
-    lines.append("")
     return lines + [""] + across_scales_table(quick)
 
 
