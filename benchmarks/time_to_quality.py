@@ -218,7 +218,7 @@ def worker(domain: str, arm: str, runs: int, out: Path) -> None:
                          "guard_keeps_model": not decision.get("forced", False)})
             print(json.dumps({k: v for k, v in rows[-1].items()}), flush=True)
     out.write_text(json.dumps({"domain": domain, "arm": arm, "held_out": DOMAINS[domain]["held_out"],
-                               "input_shape": _shape(case.lr), "rows": rows}, indent=1))
+                               "machine": _machine.describe(), "input_shape": _shape(case.lr), "rows": rows}, indent=1))
 
 
 def _median_or_none(values: Any) -> float | None:
@@ -252,7 +252,7 @@ def report(results: dict[str, dict[str, Any]], load: list[Any]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = [f"time to quality on held-out data (#15); machine: {_machine.describe()}",
+    lines = [f"time to quality on held-out data (#15); report written on: {_machine.describe()}",
              "each arm: one thread, the two arms of a domain side by side (shared machine); load average after each domain: "
              f"{load}", "PSNR: evaluation protocol (MRI: in the head mask; Sentinel-2: mean over the six 20 m bands), "
              "dB; RMSE/cubic: Sentinel-2's metric (quality.py), mean RMSE of the six bands over GDAL cubic's; "
@@ -260,6 +260,7 @@ def report(results: dict[str, dict[str, Any]], load: list[Any]) -> str:
              ""]
     for domain, arms in results.items():
         lines.append(f"{domain}: {arms['finetune']['held_out']}; input {arms['finetune']['input_shape']}")
+        lines.append(f"  machine: {arms['finetune'].get('machine', 'not recorded')}")
         lines.append(f"  {'arm':9s} {'mark s':>7s} {'fit s':>7s} {'iter':>6s} {'runs':>4s} {'PSNR':>7s} "
                      f"{'vs cubic':>8s} {'SSIM':>7s} {'RMSE/cubic':>10s} guard keeps")
         fig, ax = plt.subplots(figsize=(11, 6.5), dpi=110)
