@@ -125,7 +125,7 @@ RESERVED_MODEL_KWARGS = ("spatial_dims", "in_channels", "out_channels", "scale",
 
 from medsat_sr.inference.options import TEMPLATE_FIELDS  # noqa: E402  (re-exported)
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "auto"]
 
 
 def _known_models() -> list[str]:
@@ -370,7 +370,9 @@ class TrainConfig(StrictModel):
         weight_decay: AdamW weight decay.
         schedule: learning-rate schedule.
         losses: weighted sum of ``l1``, ``charbonnier``, ``mse``, ``ssim``.
-        precision: ``fp32`` or ``bf16`` (``torch.autocast("cpu")``).
+        precision: ``fp32``, ``bf16`` (``torch.autocast``) or ``auto``: bf16
+            where the device runs it natively, else fp32
+            (:func:`medsat_sr.hardware.resolve_precision`).
         val_every: validate every N iterations.
         early_stopping: stop on a validation plateau.
         seed: random seed.

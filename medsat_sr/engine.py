@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from medsat_sr.errors import ConfigError, ModelError
+from medsat_sr.hardware import resolve_precision
 from medsat_sr.losses import CombinedLoss, build_loss
 from medsat_sr.models.upsample import interpolate
 from medsat_sr.progress import Progress
@@ -489,11 +490,12 @@ def _new_state(
     from medsat_sr._version import __version__
 
     model, init_info = _init_model(cfg, ts, init, dev)
+    precision = resolve_precision(cfg.train.precision, dev.type)
     # channels_last pays off with bf16 on CPU (oneDNN/AMX) and costs time in fp32 (measured)
-    cl = dev.type == "cpu" and cfg.train.precision == "bf16"
+    cl = dev.type == "cpu" and precision == "bf16"
     if cl:
         model = model.to(memory_format=_memory_format(ts.spatial_dims))
-    net = PrecisionWrapper(model, cfg.train.precision, channels_last=cl)
+    net = PrecisionWrapper(model, precision, channels_last=cl)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ModelError("every parameter is frozen; lower train.freeze_blocks")
@@ -515,7 +517,7 @@ def _new_state(
         "band_names": list(ts.band_names),
         "guide_band_names": list(ts.guide_band_names),
         "config": cfg.resolved(),
-        "task": {**ts.info, **init_info, "precision": t.precision},
+        "task": {**ts.info, **init_info, "precision": precision},
         "medsat_sr_version": __version__,
     }
     state = TrainState(

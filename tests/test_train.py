@@ -292,3 +292,22 @@ def test_real_naip_self_supervised_improves_on_interpolation(tmp_path: Path) -> 
                                        "train.lr=0.001", "train.schedule.warmup_iterations=0", "data.val_fraction=0.25"])
     r = fit(img, cfg, run_dir=tmp_path, progress=False)
     assert r.history[-1]["val_psnr"] > r.history[0]["val_psnr"]
+
+
+@pytest.mark.parametrize(("flags", "want"), [(("avx2",), "fp32"), (("avx512f", "avx512_bf16"), "bf16")])
+def test_training_precision_auto_follows_the_cpu(monkeypatch: pytest.MonkeyPatch, flags: tuple[str, ...],
+                                                 want: str) -> None:
+    from medsat_sr import hardware
+
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: frozenset(flags))
+    _, _, state = build_trainer(tiny_cfg("train.precision=auto", "train.max_iterations=1"), None, images=raster(),
+                                progress=False)
+    assert state.net.precision == want
+    assert state.metadata_base["task"]["precision"] == want  # the checkpoint says what it trained in
+
+
+def test_shipped_configs_train_in_auto_precision() -> None:
+    from medsat_sr._resources import builtin_names
+
+    bf16 = [n for n in builtin_names("configs") if load_config(n).train.precision == "bf16"]
+    assert not bf16, f"configs that force bf16 (several times slower on CPUs without it): {bf16}"

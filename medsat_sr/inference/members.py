@@ -14,7 +14,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +24,7 @@ from medsat_sr.checkpoint import load_checkpoint, model_hash
 from medsat_sr.domains import load_domain
 from medsat_sr.errors import ConfigError, MedsatError, ModelError
 from medsat_sr.fusion import DEFAULT_TTA_MEMBERS, Ensemble, Member, Transform, normalise_weights, tta_transforms
+from medsat_sr.hardware import native_bf16  # noqa: F401  (re-exported: the inference package's name for it)
 from medsat_sr.normalise import Normaliser
 
 logger = logging.getLogger("medsat_sr.inference")
@@ -39,18 +39,6 @@ def resolve_device(device: str) -> str:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for, but CUDA is not available; use --device cpu")
     return str(device)
-
-
-def native_bf16(device: str = "cpu") -> bool:
-    """Whether ``device`` runs bfloat16 natively (CPU: AVX512-BF16 or AMX; CUDA: ``is_bf16_supported``)."""
-    if str(device).startswith("cuda"):
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def domain_of(meta: Mapping[str, Any]) -> Any:

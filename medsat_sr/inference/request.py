@@ -22,8 +22,9 @@ from medsat_sr._atomic import check_writable
 from medsat_sr._schema import check_path
 from medsat_sr.config import JobConfig
 from medsat_sr.errors import ConfigError, DataError, FormatError
+from medsat_sr.hardware import resolve_precision
 from medsat_sr.image import BandSet, Key, is_raster, is_volume
-from medsat_sr.inference.members import native_bf16, resolve_device
+from medsat_sr.inference.members import resolve_device
 from medsat_sr.inference.options import UpscaleOptions, resolve_options
 from medsat_sr.inference.plan import check_fit_route, check_input_size
 from medsat_sr.inference.shipped import fit_on_input
@@ -104,7 +105,7 @@ def request_options(cfg: JobConfig | None, overrides: Sequence[str], given: Mapp
         sections, others = data, data["bands"].get("others", "cubic")
     opts = resolve_options(sections, given)
     device = resolve_device(opts.device)
-    precision = opts.precision if opts.precision != "auto" else ("bf16" if native_bf16(device) else "fp32")
+    precision = resolve_precision(opts.precision, device)
     return opts.model_copy(update={"device": device, "precision": precision}), others
 
 
