@@ -971,4 +971,10 @@ def load_config(
         data = apply_overrides(data, overrides) if overrides else data
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    return _build(data, source, base_dir)
+    try:
+        return _build(data, source, base_dir)
+    except ConfigError as exc:
+        culprits = [o for o in overrides if str(o).split("=", 1)[0].strip() in str(exc)]
+        if not culprits:
+            raise
+        raise ConfigError(f"{exc} (set by --set {', '.join(culprits)})") from None

@@ -583,3 +583,11 @@ def test_pyproject_maps_the_data_folders_into_the_package():
         assert setuptools["package-data"][pkg] == ["*.yaml"]
     setup_py = (REPO / "setup.py").read_text()
     assert '"medsat_sr._data.domains", "medsat_sr._data.configs"' in setup_py
+
+
+def test_a_bad_set_value_names_the_set_item_that_gave_it() -> None:
+    with pytest.raises(ConfigError, match=r"train\.precision: .*got 'fast' \(set by --set train\.precision=fast\)$"):
+        load_config("multiband_x2", ["train.lr=0.001", "train.precision=fast"])
+    with pytest.raises(ValueError) as info:  # a file's own mistake does not blame an unrelated --set
+        load_config({"name": "x", "domain": "multiband", "train": {"precision": "fast"}}, ["train.lr=0.001"])
+    assert "--set" not in str(info.value)
