@@ -106,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             b, f = (statistics.median(times[(case, cap, pr)]) for pr in ("bf16", "fp32"))
             pick = "bf16" if cap == "native" and native_bf16() else "fp32"
             lines.append(f"{case:18s} {cap:8s} {b:8.3f} {f:8.3f} {b / f:9.2f}  {pick}")
-    text = "\n".join(lines)
-    print(text)
-    (HERE / "results" / "precision.txt").write_text(text + "\n")
-    return 0
+    return _machine.publish("\n".join(lines), HERE / "results" / "precision.txt")
 
 
 if __name__ == "__main__":

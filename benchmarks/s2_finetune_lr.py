@@ -132,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in scratch:
         lines.append(f"  from scratch, config lr {base_lr:.0e}, at {r['seconds']:.0f} s ({r['iteration']} it): "
                      f"{r['rmse_ratio']:.3f}, PSNR {r['psnr']:.2f}")
-    text = "\n".join(lines)
-    print(text)
-    (HERE / "results" / "s2_finetune_lr.txt").write_text(text + "\n")
-    return 0
+    return _machine.publish("\n".join(lines), HERE / "results" / "s2_finetune_lr.txt")
 
 
 if __name__ == "__main__":
