@@ -27,10 +27,12 @@ from rasterio.windows import Window
 from medsat_sr import zoo
 from medsat_sr.checkpoint import load_checkpoint
 from medsat_sr.cli import main
+from medsat_sr.config import load_config
 from medsat_sr.models import build_model
 
-SHIPPED = ["mri_isotropic_x2", "mri_thick_slice", "multiband_x2", "sentinel2_20m_to_10m"]
+SHIPPED = ["mri_isotropic_x2", "mri_thick_slice", "mri_thick_slice_x4", "multiband_x2", "sentinel2_20m_to_10m"]
 SAMPLE = Path(__file__).resolve().parents[1] / "medsat_sr" / "samples" / "rgbn_aerial_5m.tif"
+MNI_SAMPLE = SAMPLE.with_name("mni_icbm152_t1_2009a.nii.gz")
 UIH_T1 = "nifti/dcm_qa_uih_uMR770_t1_gre_fsp_3d_sag/nifti_dcm2niix/t1_gre_fsp_3d_sag_2.nii.gz"
 #: A few iterations at most (the records and routes are under test, not the quality).
 FEW = ["--set", "train.max_iterations=3", "--set", "train.val_every=3"]
@@ -65,11 +67,12 @@ def aerial(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --------------------------------------------------------------------------- catalogue and files
-def test_catalogue_lists_the_four_models_with_complete_cards() -> None:
+def test_catalogue_lists_the_models_with_complete_cards() -> None:
     assert zoo.names() == SHIPPED
     total = 0
     for c in zoo.cards():
-        assert c["serves"] == c["name"], c["name"]  # each serves the job config of its name
+        assert c["name"].startswith(c["serves"]), c["name"]  # each serves the job config its name starts with
+        assert load_config(c["serves"]).name == c["serves"]
         data = c["data"]
         assert data["used"] and data["held_out"], c["name"]
         for s in data["sources"]:
@@ -189,6 +192,64 @@ def test_config_fine_tunes_the_shipped_model_by_default(aerial: Path, tmp_path: 
     assert m["source"].startswith("fine-tuned from shipped model 'multiband_x2'") and "20 s budget" in m["source"]
     assert m["architecture"] == zoo.card("multiband_x2")["architecture"]  # the shipped network, not the config's
     assert rec["timings"]["fit"] > 0 and rec["decision"]["source"] == "self-supervised fit, held-out split"
+
+
+def test_starting_points_put_the_configs_own_network_before_the_any_factor_one() -> None:
+    assert zoo.starting_points("mri_thick_slice") == ["mri_thick_slice_x4", "mri_thick_slice"]
+    assert zoo.for_config("mri_thick_slice") == "mri_thick_slice_x4"
+    assert zoo.card("mri_thick_slice_x4")["architecture"]["kwargs"]["upsample"] == "post"
+    assert zoo.card("mri_thick_slice")["architecture"]["kwargs"]["upsample"] == "pre"
+    assert zoo.starting_points("multiband_x2") == ["multiband_x2"]
+    assert zoo.starting_points("no_such_config") == [] and zoo.for_config(None) is None
+
+
+@pytest.fixture(scope="module")
+def thick_volumes(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """A 48 x 48 x 40 block of the packaged MNI T1 made into slices 4 and 5 voxels thick (1 x 1 x 4 / 5 mm)."""
+    img = nib.load(str(MNI_SAMPLE))
+    block = np.asarray(img.dataobj[70:118, 90:138, 60:100], dtype=np.float32)
+    out = {}
+    for k in (4, 5):
+        thick = block.reshape(48, 48, 40 // k, k).mean(axis=3)
+        path = tmp_path_factory.mktemp("thick") / f"thick_x{k}.nii.gz"
+        nib.save(nib.Nifti1Image(np.rint(thick).astype(np.int16), np.diag([1.0, 1.0, float(k), 1.0])), str(path))
+        out[k] = path
+    return out
+
+
+@pytest.mark.parametrize(("factor", "expected"), [(4, "mri_thick_slice_x4"), (5, "mri_thick_slice")])
+def test_config_fine_tunes_the_first_shipped_model_that_fits(
+    factor: int, expected: str, thick_volumes: dict[int, Path], tmp_path: Path
+) -> None:
+    """x4: the config's own network (x4 post-upsampling); x5: it cannot, so the any-factor model starts the fit."""
+    out = tmp_path / "sr.nii.gz"
+    code, _, err = cli("upscale", str(thick_volumes[factor]), "--config", "mri_thick_slice", "--budget", "20", *FEW,
+                       "-o", str(out), "-q")
+    assert code == 0, err
+    assert nib.load(str(out)).shape == (48, 48, 40)
+    m = record_of(out)["models"][0]
+    assert m["source"].startswith(f"fine-tuned from shipped model {expected!r}"), m["source"]
+    shipped = zoo.card(expected)["architecture"]
+    assert {k: v for k, v in m["architecture"]["kwargs"].items() if k != "scale"} == \
+        {k: v for k, v in shipped["kwargs"].items() if k != "scale"}  # the any-factor model is rescaled to x5
+    if factor == 4:
+        assert "start_skipped" not in m
+    else:
+        (skipped,) = m["start_skipped"]
+        assert "'mri_thick_slice_x4' does not fit the input" in skipped and "scale" in skipped
+
+
+def test_config_fits_from_scratch_when_no_shipped_model_fits(
+    thick_volumes: dict[int, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(zoo, "starting_points", lambda name: ["mri_thick_slice_x4"])  # only the x4 model
+    out = tmp_path / "sr.nii.gz"
+    code, _, err = cli("upscale", str(thick_volumes[5]), "--config", "mri_thick_slice", *FEW,
+                       "--set", "model.kwargs={features: 8, n_blocks: 1}", "-o", str(out), "-q")
+    assert code == 0, err
+    m = record_of(out)["models"][0]
+    assert "random weights" in m["source"] and m["architecture"]["kwargs"]["features"] == 8
+    assert "'mri_thick_slice_x4' does not fit the input" in m["start_reason"] and "start_skipped" not in m
 
 
 def test_from_scratch_does_not_start_from_the_shipped_model(aerial: Path, tmp_path: Path) -> None:

@@ -204,14 +204,18 @@ class Members:
 def _fitted(fit: Any, device: str) -> tuple[Member, dict[str, Any], dict[str, Any] | None]:
     """A self-supervised fit as a member, with its record entry and its held-out validation."""
     meta = dict(getattr(fit, "metadata", {}) or {})
+    start = meta.get("start") or {}
     member = Member(model=fit.model.to(device).eval(), name="self-supervised fit", info={"_meta": meta})
     record = {
         "path": meta.get("checkpoint"),
         "sha256": state_hash(fit.model),
         "architecture": getattr(fit.model, "config", None),
-        "source": (meta.get("start") or {}).get("source", "self-supervised fit on the input"),
+        "source": start.get("source", "self-supervised fit on the input"),
         "metrics": meta.get("metrics"),
     }
+    for key in ("skipped", "reason"):  # shipped models that did not fit the input; why the fit is from scratch
+        if start.get(key):
+            record[f"start_{key}"] = start[key]
     est = (meta.get("task") or {}).get("degradation_estimate")
     if est is not None:  # degradation: auto (#14): what was measured, how sure, how far from the profile
         record["degradation_estimate"] = est

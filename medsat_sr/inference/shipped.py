@@ -2,16 +2,18 @@
 
 ``upscale --config CFG`` (a self-supervised config) used to fit the config's
 network from random weights for the config's budget (10 minutes on 2 CPU
-cores). Now, when a shipped model serves ``CFG`` (:func:`medsat_sr.zoo.for_config`)
-and its weights fit the input, the run starts from those weights and
+cores). Now, when a shipped model serves ``CFG`` and its weights fit the
+input (the first of :func:`medsat_sr.zoo.starting_points` that does: a
+config's own network at a fixed factor before a model that fits any
+factor), the run starts from those weights and
 fine-tunes them on the input's own self-supervised pairs for a short budget
 (:data:`~medsat_sr.inference.options.DEFAULT_FINETUNE_SECONDS`, or ``--budget``).
 The fine-tuned network has the shipped model's architecture (the config's
 ``model`` section describes the network trained from scratch). The fallback
 guards the result as before: the fit's held-out split scores the network
 against the classical result. ``--from-scratch`` restores the old fit (its
-budget: the config's, or ``--budget``); so does a shipped model whose weights
-cannot serve the input (a different dimensionality or a scale its upsampler
+budget: the config's, or ``--budget``); so do shipped models whose weights
+cannot serve the input (a different dimensionality or a scale their upsampler
 cannot give), with a warning that says why.
 
 ``upscale --model NAME`` applies a shipped model with no fitting at all. Its
@@ -107,26 +109,32 @@ def fit_on_input(fit_input: Any, cfg: Any, opts: Any, *, run_dir: Any, progress:
         The :class:`~medsat_sr.train.FitResult`; ``metadata["start"]`` says
         where it started (``shipped`` name or ``None``) and its budget.
     """
-    name = None
+    points: list[str] = []
     if cfg.train.mode == "finetune":  # the config names its own starting checkpoint
         reason = f"the config's train.init {cfg.train.init}"
     elif opts.from_scratch:
         reason = "--from-scratch"
     else:
-        name = zoo.for_config(cfg.name)
-        reason = f"no shipped model serves config {cfg.name!r}" if name is None else ""
-    if name is not None:
-        seconds = float(opts.budget or DEFAULT_FINETUNE_SECONDS)
-        ft_cfg = load_config(cfg, finetune_overrides(cfg, seconds))
+        points = zoo.starting_points(cfg.name)
+        reason = f"no shipped model serves config {cfg.name!r}"
+    misfits: list[str] = []
+    seconds = float(opts.budget or DEFAULT_FINETUNE_SECONDS)
+    ft_cfg = load_config(cfg, finetune_overrides(cfg, seconds)) if points else cfg
+    for name in points:  # the preferred first; the first whose weights fit the input
         try:
             fr = train_fit([fit_input], ft_cfg, run_dir=run_dir, progress=progress, init=str(zoo.checkpoint(name)))
         except ModelError as exc:
-            logger.warning("shipped model %r cannot start this fit (%s); fitting from scratch", name, exc)
-            reason = f"shipped model {name!r} does not fit the input: {exc}"
-        else:
-            fr.metadata["start"] = {"shipped": name, "budget_seconds": seconds, "lr": ft_cfg.train.lr,
-                                    "source": f"fine-tuned from shipped model {name!r} on the input ({seconds:g} s budget)"}
-            return fr
+            logger.info("shipped model %r cannot start this fit (%s)", name, exc)
+            misfits.append(f"shipped model {name!r} does not fit the input: {exc}")
+            continue
+        fr.metadata["start"] = {"shipped": name, "budget_seconds": seconds, "lr": ft_cfg.train.lr,
+                                "source": f"fine-tuned from shipped model {name!r} on the input ({seconds:g} s budget)"}
+        if misfits:
+            fr.metadata["start"]["skipped"] = misfits
+        return fr
+    if misfits:
+        reason = "; ".join(misfits)
+        logger.warning("no shipped model fits this input (%s); fitting from scratch", reason)
     sc_cfg = load_config(cfg, [f"train.max_minutes={float(opts.budget) / 60.0!r}"]) if opts.budget else cfg
     logger.info("fitting from scratch (%s)", reason)
     fr = train_fit([fit_input], sc_cfg, run_dir=run_dir, progress=progress, init=cfg.train.init)

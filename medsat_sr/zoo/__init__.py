@@ -11,8 +11,9 @@ starts fast. It answers three questions:
 
 * which models are there (:func:`names`, :func:`cards`);
 * where is one (:func:`checkpoint`; ``upscale --model NAME``);
-* which one is the starting point of a job config (:func:`for_config`;
-  ``upscale --config`` fine-tunes it unless ``--from-scratch``).
+* which ones can start a fit of a job config, the preferred first
+  (:func:`starting_points`, :func:`for_config`; ``upscale --config``
+  fine-tunes the first that fits the input unless ``--from-scratch``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from medsat_sr._resources import suggest
 from medsat_sr.errors import ModelError
 
-__all__ = ["ZOO_DIR", "names", "card", "cards", "checkpoint", "is_shipped", "for_config"]
+__all__ = ["ZOO_DIR", "names", "card", "cards", "checkpoint", "is_shipped", "starting_points", "for_config"]
 
 #: The folder that holds the shipped checkpoints (inside the installed package).
 ZOO_DIR = Path(__file__).resolve().parent
@@ -114,11 +115,26 @@ def is_shipped(item: Any) -> bool:
     return item in names()
 
 
-def for_config(config_name: str | None) -> str | None:
-    """The shipped model that is the starting point of the job config ``config_name`` (``None``: none)."""
+def starting_points(config_name: str | None) -> list[str]:
+    """The shipped models that can start a fit of the job config ``config_name``, the preferred first.
+
+    A model whose card says it ``serves`` the config qualifies. Models with a
+    fixed factor (``upsample: post``: the config's own network, which learns
+    an input's pairs fastest) come before the ones that fit any factor
+    (``upsample: pre``); the caller tries them in this order and takes the
+    first whose weights fit the input (``ModelError`` otherwise).
+    """
     if not config_name:
-        return None
-    for n in names():
-        if (_read(n).get("card") or {}).get("serves") == config_name:
-            return n
-    return None
+        return []
+    found = [(n, meta) for n in names() if ((meta := _read(n)).get("card") or {}).get("serves") == config_name]
+
+    def any_factor(meta: dict[str, Any]) -> bool:
+        return ((meta.get("architecture") or {}).get("kwargs") or {}).get("upsample") == "pre"
+
+    return [n for n, _ in sorted(found, key=lambda item: (any_factor(item[1]), item[0]))]
+
+
+def for_config(config_name: str | None) -> str | None:
+    """The preferred shipped starting point of the job config ``config_name`` (``None``: none)."""
+    points = starting_points(config_name)
+    return points[0] if points else None
