@@ -195,6 +195,26 @@ def test_config_fit_on_noise_falls_back_to_cubic(tmp_path, capsys, caplog):
     assert a.shape == b.shape == (40, 40, 32) and np.array_equal(a, b)
 
 
+def test_config_slice_network_refuses_two_thick_axes_before_any_fit(tmp_path, capsys, monkeypatch):
+    """A 1 x 2 x 4 mm volume asks a slice network for two axes: refused at the door, with the scale to give."""
+
+    def no_fit(*_a, **_k):
+        raise RuntimeError("the fit ran before the scale was checked")
+
+    monkeypatch.setattr("medsat_sr.inference.request.fit_on_input", no_fit)
+    src = _nifti(tmp_path / "two_thick.nii.gz", shape=(24, 12, 6), zooms=(1.0, 2.0, 4.0))
+    out = tmp_path / "sr.nii.gz"
+    code, _, err = _run(capsys, str(src), "-o", str(out), "--config", "mri_thick_slice")
+    assert code == 2
+    line = err.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert str(src) in line and "2D slice network" in line and "--scale 1,1,4" in line
+    assert not out.exists() and not list(tmp_path.glob("sr.nii.gz*"))
+    # the suggested scale is accepted (the door passes it on to the fit)
+    code, _, err = _run(capsys, str(src), "-o", str(out), "--config", "mri_thick_slice", "--scale", "1,1,4")
+    assert code != 0 and "the fit ran before the scale was checked" in err
+
+
 # --------------------------------------------------------------------------- 3D self-supervised through --config
 @pytest.mark.slow
 @pytest.mark.parametrize("as_dicom", [False, True], ids=["nifti", "dicom"])

@@ -133,12 +133,25 @@ def check_fit_route(img: MetaTensor, cfg: Any, scale: Any, target_spacing: Any) 
     if requested is None or int(cfg.model.spatial_dims) != 2:
         return
     up = _up_axes(requested)
+    where = img.meta.get(Key.SOURCE_PATH) or "the volume"
+    if cfg.profile.degradation.model == "slice_profile" and len(up) != 1:
+        spacing = [float(v) for v in img.meta[Key.SPACING]]
+        thick = int(np.argmax(spacing))
+        only = ",".join(_fmt_factor(requested[a]) if a == thick else "1" for a in range(3))
+        raise ConfigError(
+            f"{where}: the config fits a 2D slice network, which upscales one axis (across the slices); "
+            f"the scale {_fmt(requested)} for spacing {_fmt(spacing)} mm upscales {len(up)}: "
+            f"give --scale {only} (the thick axis only), or use a 3D config"
+        )
     if len(up) not in (1, 2):
-        where = img.meta.get(Key.SOURCE_PATH) or "the volume"
         raise ConfigError(
             f"{where}: a 2D network upscales one axis (slices) or two (planes) of a volume; "
             f"the scale {_fmt(requested)} upscales {len(up)}"
         )
+
+
+def _fmt_factor(value: float) -> str:
+    return f"{float(value):.4g}"
 
 
 def _fmt(values: Sequence[float]) -> str:
