@@ -197,15 +197,18 @@ def _pair_cost(vol: np.ndarray, thr: float, t: int, a: int, b: int, sp: list[flo
     Symmetric on purpose: every voxel of the volume already integrates across
     ``t`` (which also steepens the in-plane spectra), so the through-plane
     lines are compared after the candidate blurs them along the other
-    in-plane axis ``b`` (no decimation). For statistically isotropic anatomy
-    both sides are then the same marginal spectrum when the candidate is the
-    true profile.
+    in-plane axis ``b``. That blur is sampled every slice spacing, like the
+    in-plane side's: an area-sampled kernel depends on its phase (rect 2 mm at
+    4 mm is a 2-tap box, at 1 mm a 3-tap tent), and decimating across ``b``
+    leaves the spectrum along ``t`` unchanged. For statistically isotropic
+    anatomy both sides are then the same marginal spectrum when the candidate
+    is the true profile.
     """
     step = 3
     ref_src = torch.from_numpy(np.ascontiguousarray(np.take(vol, np.arange(0, vol.shape[b], step), axis=b)))[None]
     ref = degrade.slice_profile(ref_src, 1 + a, thickness=w, spacing=sp[t], in_spacing=sp[a], profile=shape)
     tgt_src = torch.from_numpy(np.ascontiguousarray(np.take(vol, np.arange(0, vol.shape[a], step), axis=a)))[None]
-    tgt = degrade.slice_profile(tgt_src, 1 + b, thickness=w, spacing=sp[b], in_spacing=sp[b], profile=shape)
+    tgt = degrade.slice_profile(tgt_src, 1 + b, thickness=w, spacing=sp[t], in_spacing=sp[b], profile=shape)
     r, g = ref[0].numpy(), tgt[0].numpy()  # type: ignore[index]
     p_a, n_a = _segment_spectrum(r, r > thr, a, _SEGMENT)
     p_t, n_t = _segment_spectrum(g, g > thr, t, _SEGMENT)

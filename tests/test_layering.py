@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.peak_memory": 0,  # peak resident memory of a block of work
     "medsat_sr.hardware": 0,  # precision auto: bf16 only where the CPU (or CUDA) runs it natively
     "medsat_sr.estimate": 0,
+    "medsat_sr.phantoms": 0,  # synthetic volumes with an exact truth (isotropic power-law fields)
     "medsat_sr.degradation_auto": 2,
     "medsat_sr.baselines": 0,
     "medsat_sr.metrics": 0,
