@@ -6,12 +6,15 @@ folder on ``sys.path``, so they import this module as ``_machine``.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine", "describe", "load_average"]
+__all__ = ["machine", "describe", "load_average", "publish", "run_children"]
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
@@ -63,3 +66,17 @@ def publish(text: str, path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n", encoding="utf-8")
     return 0
+
+
+def run_children(script: str, jobs: list[tuple[Any, ...]], parallel: int = 2) -> list[Any]:
+    """``python script --child *job`` for each job, ``parallel`` at a time, each on one thread.
+
+    Each child prints one JSON value as its last line of stdout; the values come back in job order.
+    """
+    out: list[Any] = []
+    for i in range(0, len(jobs), parallel):
+        procs = [subprocess.Popen([sys.executable, script, "--child", *map(str, j)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                 for j in jobs[i:i + parallel]]
+        out += [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    return out

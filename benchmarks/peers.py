@@ -10,7 +10,7 @@ SSIM in the head mask).
 
 * **ECLARE** (pip ``eclare==1.0.1``, GPL-3): installed in its own virtual
   environment (``--venv``; created with ``python -m venv`` and
-  ``pip install eclare==1.0.1`` plus the CPU torch wheel when missing) and run
+  ``pip install torch==2.13.0 eclare==1.0.1``, the CPU torch wheel pinned in the same call) and run
   as a separate process (``run-eclare``), never imported. It is told the slice
   profile (``--relative-slice-thickness 4``, Gaussian), as medsat_sr's profile
   knows it, so ESPRESO's profile estimation is skipped. Its budget is
@@ -65,8 +65,8 @@ def ensure_venv(venv: Path) -> Path:
         return exe
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, "torch", "--index-url", "https://download.pytorch.org/whl/cpu"], check=True)
-    subprocess.run([*pip, "eclare==1.0.1"], check=True)
+    # torch pinned in the same call: the CPU wheel, not the CUDA build that an unpinned torch pulls
+    subprocess.run([*pip, "torch==2.13.0", "eclare==1.0.1"], check=True)
     return exe
 
 

@@ -80,17 +80,6 @@ def child(half: str, arm: str, factor: float, seed: int) -> list[dict[str, Any]]
     return rows
 
 
-def _run(jobs: list[tuple[str, str, float, int]]) -> list[list[dict[str, Any]]]:
-    """``jobs`` two at a time, each in its own process on one thread."""
-    out: list[list[dict[str, Any]]] = []
-    for i in range(0, len(jobs), 2):
-        procs = [subprocess.Popen([sys.executable, __file__, "--child", *map(str, j)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-                 for j in jobs[i:i + 2]]
-        out += [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     from medsat_sr.config import load_config
 
@@ -101,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.child:
         print(json.dumps(child(a.child[0], a.child[1], float(a.child[2]), int(a.child[3]))))
         return 0
-    tuning = dict(zip(FACTORS, _run([("top", "finetune", f, 0) for f in FACTORS])))
+    tuning = dict(zip(FACTORS, _machine.run_children(__file__, [("top", "finetune", f, 0) for f in FACTORS])))
     chosen = min(FACTORS, key=lambda f: tuning[f][-1]["rmse_ratio"])
     # the scratch fit (6 min) first, beside the fine-tunes, which run one after another in the other slot
     jobs = [("bottom", "finetune", chosen, s) for s in range(a.seeds)] + [("bottom", "finetune", PREVIOUS, 0)]

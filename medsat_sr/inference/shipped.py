@@ -51,7 +51,9 @@ FINETUNE_LR_FACTOR = 0.5
 #: one half of the DSen2 crop (60 s fine-tunes: RMSE 0.502 x GDAL cubic at 0.5, 0.382 at 2, 0.319 at 16, 0.342 at
 #: 32); on the other, held-out half a 60 s fine-tune gave 0.305 x (3 seeds), against 0.372 at the factor 2 used
 #: before and 0.387 for the config's 6-minute fit from scratch (AMD EPYC, 2 cores, one thread per fit).
-FINETUNE_LR_FACTORS: dict[str, float] = {"sentinel2_20m_to_10m": 16.0}
+#: The thick-slice MR weights: ``benchmarks/mri_finetune_lr.py`` chose 1 (lr 5e-4) among 0.25-2 on the MNI template
+#: (60 s fine-tunes, 2 seeds: 30.84 / 30.91 / 30.96 / 30.37 dB at 0.25 / 0.5 / 1 / 2; cubic 25.91; above 2 worse).
+FINETUNE_LR_FACTORS: dict[str, float] = {"sentinel2_20m_to_10m": 16.0, "mri_thick_slice": 1.0}
 #: Validation interval (iterations) of a fine-tune: several checks inside a one-minute budget.
 FINETUNE_VAL_EVERY = 25
 
