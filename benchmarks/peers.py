@@ -26,7 +26,7 @@ SSIM in the head mask).
 
 Usage::
 
-    nice -n 10 python benchmarks/peers.py --venv /tmp/eclare_venv --eclare-patches 12800
+    nice -n 10 python benchmarks/peers.py --venv /tmp/eclare_venv --eclare-patches 12800 --budget 300
 
 Writes ``benchmarks/results/peers.txt`` and ``peers.json``.
 """
