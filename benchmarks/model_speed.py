@@ -2,9 +2,10 @@
 
 The "verdict line" is the ``verdict:`` line the CLI printed on stdout.
 
-* ``mri_thick_slice`` on the held-out UIH T1 at 1 mm (160 x 230 x 256) made
-  4 mm thick across its superior axis (``mri`` slice model): 160 x 230 x 64 in,
-  160 x 230 x 256 out (9.4 M voxels);
+* ``mri_thick_slice`` (any factor) and ``mri_thick_slice_x4`` (the config's
+  x4 network, what a fine-tune starts from at x4) on the held-out UIH T1 at
+  1 mm (160 x 230 x 256) made 4 mm thick across its superior axis (``mri``
+  slice model): 160 x 230 x 64 in, 160 x 230 x 256 out (9.4 M voxels);
 * ``mri_isotropic_x2`` on a 128^3 block of the same T1 degraded by PSF x2: 64^3 in, 128^3 out;
 * ``multiband_x2`` on a 1000 x 1000 4-band scene (NAIP, mirror-tiled: real
   content, timing only): 2000 x 2000 out.
@@ -39,7 +40,7 @@ RESULTS = HERE / "results"
 
 
 def inputs(work: Path) -> dict[str, tuple[Path, list[int]]]:
-    """Write the three inputs; ``{model name: (path, spatial shape)}``."""
+    """Write the inputs; ``{model name: (path, spatial shape)}``."""
     from medsat_sr.config import load_config
     from medsat_sr.evaluate import prepare_case
     from medsat_sr.image import make_raster
@@ -54,7 +55,9 @@ def inputs(work: Path) -> dict[str, tuple[Path, list[int]]]:
     tile = np.concatenate([tile, tile[:, ::-1]], axis=1)  # 1000 x 932
     scene = np.pad(tile, ((0, 0), (0, 0), (0, 1000 - tile.shape[2])), mode="reflect")
     ras = make_raster(scene.astype(np.float32), left.meta["transform"], crs=left.meta["crs"], source_dtype="uint8")
-    return {"mri_thick_slice": (Path(write(thick, work / "uih_4mm.nii.gz")), list(thick.shape[1:])),
+    thick_path = Path(write(thick, work / "uih_4mm.nii.gz"))
+    return {"mri_thick_slice": (thick_path, list(thick.shape[1:])),
+            "mri_thick_slice_x4": (thick_path, list(thick.shape[1:])),
             "mri_isotropic_x2": (Path(write(iso, work / "uih_block_2mm.nii.gz")), list(iso.shape[1:])),
             "multiband_x2": (Path(write(ras, work / "naip_1000.tif")), list(ras.shape[1:]))}
 
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     a.work.mkdir(parents=True, exist_ok=True)
     lines = [f"upscale --model NAME (no fitting), fresh process each run, median of {a.runs}; "
              f"machine: {_machine.describe()}, load average at start {_machine.load_average()}", "",
-             f"{'model':18s} {'input':>16s} {'output':>16s} {'wall s':>7s}  verdict"]
+             f"{'model':20s} {'input':>16s} {'output':>16s} {'wall s':>7s}  verdict"]
     for name, (src, shape_in) in inputs(a.work).items():
         out = a.work / ("out" + "".join(src.suffixes))
         times = []
@@ -84,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             rec = json.loads(out.with_name(out.name + ".json").read_text())
             out.with_name(out.name + ".json").unlink()
         d = rec.get("decision") or {}
-        lines.append(f"{name:18s} {str(shape_in):>16s} {str(rec['output']['shape'][1:]):>16s} "
+        lines.append(f"{name:20s} {str(shape_in):>16s} {str(rec['output']['shape'][1:]):>16s} "
                      f"{statistics.median(times):7.1f}  model {d.get('model_score', float('nan')):.2f} dB vs "
                      f"{d.get('classical_method')} {d.get('classical_score', float('nan')):.2f} dB on the input's "
                      f"held-out split -> {'model' if d.get('use_model') else 'cubic'}")
-        lines.append(f"{'':18s} verdict line: {verdict[0] if verdict else '-'}")
+        lines.append(f"{'':20s} verdict line: {verdict[0] if verdict else '-'}")
     text = "\n".join(lines)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "model_speed.txt").write_text(text + "\n")
