@@ -33,10 +33,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "zoo"))
+HERE = Path(__file__).resolve().parent  # on sys.path already: the script's own folder
+sys.path[1:1] = [str(HERE.parent), str(HERE.parent / "zoo")]  # medsat_sr from the checkout; zoo/datasets.py
 
 import _machine  # noqa: E402
 
