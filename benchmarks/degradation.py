@@ -25,6 +25,7 @@ Usage: nice -n 10 python benchmarks/degradation.py [--quick]
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -41,6 +42,7 @@ from medsat_sr._atomic import atomic_path  # noqa: E402
 from medsat_sr.domains import load_domain  # noqa: E402
 from medsat_sr.degradation_auto import MIN_CONFIDENCE as MIN_CONF  # noqa: E402
 from medsat_sr.phantoms import power_law_field  # noqa: E402
+from medsat_sr.psf import fwhm_to_sigma  # noqa: E402
 from medsat_sr.estimate import estimate_band_psf, estimate_raster_psf, estimate_slice_profile  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -67,6 +69,7 @@ def _load_volume(rel: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))[None]
 
 
+@functools.lru_cache(maxsize=None)  # the same cases on every volume
 def _same_kernel_widths(shape: str, w: float, s: float) -> tuple[float, float]:
     """The widths whose discrete profile on a 1-voxel grid equals the truth's: (min, max).
 
@@ -82,15 +85,14 @@ def _same_kernel_widths(shape: str, w: float, s: float) -> tuple[float, float]:
     return (min(same), max(same)) if same else (w, w)
 
 
-def _width_error(est: float, same: tuple[float, float]) -> float:
-    """Relative FWHM error (%) to the nearest width with the truth's kernel."""
-    ref = min(max(est, same[0]), same[1])
-    return 100.0 * (est / ref - 1.0)
+def _nearest(est: float, same: tuple[float, float]) -> float:
+    """The width with the truth's kernel nearest to ``est``."""
+    return min(max(est, same[0]), same[1])
 
 
 def _profile_sd(shape: str, fwhm: float) -> float:
-    """Standard deviation of a slice profile (rect: width / sqrt 12; Gaussian: FWHM / 2.355)."""
-    return fwhm / math.sqrt(12.0) if shape == "rect" else fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    """Standard deviation of a slice profile (rect: width / sqrt 12; Gaussian: from its FWHM)."""
+    return fwhm / math.sqrt(12.0) if shape == "rect" else fwhm_to_sigma(fwhm)
 
 
 def slice_table(quick: bool) -> list[str]:
@@ -112,8 +114,8 @@ def slice_table(quick: bool) -> list[str]:
             dt = time.perf_counter() - t0
             given = e.fwhm_by_shape[shape]
             same = _same_kernel_widths(shape, float(w), float(s))
-            err_g = _width_error(given, same)
-            ref_w = min(max(e.fwhm_mm, same[0]), same[1]) if e.shape == shape else float(w)
+            err_g = 100 * (given / _nearest(given, same) - 1)
+            ref_w = _nearest(e.fwhm_mm, same) if e.shape == shape else float(w)
             err_a = 100 * (e.fwhm_mm / ref_w - 1)
             err_sd = 100 * (_profile_sd(e.shape, e.fwhm_mm) / _profile_sd(shape, ref_w) - 1)
             errs.setdefault(f"{name} {shape}", []).append(abs(err_g))
