@@ -244,17 +244,25 @@ def raster_sim_cases(work: Path, quick: bool) -> list[Case]:
     if quick:
         return out
     with rasterio.open(NAIP) as d:  # the right half: held out of the shipped multiband_x2 model
-        hr = d.read()[:, :720, 466:930].astype(np.float64)
-    for g in (0.12,):
-        s = degrade.mtf_to_sigma(g, 2.0)
-        lr = degrade.decimate(torch.from_numpy(hr), [2, 2], [s] * hr.shape[0]).numpy()
-        path = work / f"naip_mtf{g}.tif"
-        _write_tif(path, list(lr), 2.0, (500000.0, 5200000.0), "EPSG:32614", dtype="uint8")
-        corr = _yaml(work / f"naip{g}.yaml", {"model": "psf", "psf": {"shape": "gaussian", "mtf_nyquist": g}})
-        refs = {str(k): hr[k] for k in range(hr.shape[0])}
-        out.append(Case(f"naip{g}", f"NAIP right half, PSF MTF {g} (known)", path, "multiband_x2", _score_bands(refs),
-                        suffix=".tif", correct_file=corr, cubic={"scale": 2}))
+        naip = d.read()[:, :720, 466:930].astype(np.float64)
+    s2 = np.stack(list(_l1c()[0].values()))[:, :720, :464]  # held out of SHARPEST_TARGET_MTF: never looked at
+    for g in (0.12, 0.2, 0.3):
+        out.append(_single_raster_case(work, f"naip{g}", f"NAIP right half, PSF MTF {g} (known)", naip, g, "uint8"))
+    for g in (0.12, 0.2):
+        out.append(_single_raster_case(work, f"s2rgbn{g}", f"S2 L1C RGBN, HELD OUT, MTF {g} (known)", s2, g,
+                                       "uint16"))
     return out
+
+
+def _single_raster_case(work: Path, key: str, name: str, hr: np.ndarray, g: float, dtype: str) -> Case:
+    """``hr`` (C, H, W) blurred by a Gaussian of MTF ``g`` at the x2 Nyquist and decimated: multiband_x2's input."""
+    s = degrade.mtf_to_sigma(g, 2.0)
+    lr = degrade.decimate(torch.from_numpy(hr), [2, 2], [s] * hr.shape[0]).numpy()
+    path = work / f"{key}.tif"
+    _write_tif(path, list(lr), 2.0, (500000.0, 5200000.0), "EPSG:32614", dtype=dtype)
+    corr = _yaml(work / f"{key}.yaml", {"model": "psf", "psf": {"shape": "gaussian", "mtf_nyquist": g}})
+    refs = {str(k): hr[k] for k in range(hr.shape[0])}
+    return Case(key, name, path, "multiband_x2", _score_bands(refs), suffix=".tif", correct_file=corr, cubic={"scale": 2})
 
 
 def sim_cases(work: Path, quick: bool) -> list[Case]:

@@ -27,10 +27,13 @@ comparison does not depend on the machine's load.
      decision and the estimate only.
 5. Simulated cases with a known degradation different from the profile: the
    held-out studyforrest T1 (never tuned on) with Gaussian and rect slice
-   profiles whose FWHM differs from the spacing, and a band set / raster with
-   a known PSF different from the profile's MTF. PSNR vs truth of the output
-   with (a) the correct degradation (``--degradation FILE``), (b) ``auto``,
-   (c) the default profile, (d) cubic; medians over seeds.
+   profiles whose FWHM differs from the spacing, a band set with a known PSF
+   different from the profile's MTF, and single rasters at known MTFs: the
+   NAIP right half (tuning) and an S2 L1C T33UUB RGBN crop (held out, also
+   from the single-raster sharpness floor). PSNR vs truth of the output with
+   (a) the correct degradation (``--degradation FILE``), (b) ``auto``, (c)
+   the profile's assumption (``--degradation profile``), (d) cubic; medians
+   over seeds.
 
 Machine: shared 2-core CPU, no GPU (run with nice -n 10).
 Usage: nice -n 10 python benchmarks/degradation_routes.py [--iters N] [--seeds K] [--quick] [--part real|sim]
@@ -157,7 +160,7 @@ def sim_part(work: Path, iters: int, seeds: int, quick: bool, only: list[str] | 
              seed0: int = 0) -> tuple[list[str], list[dict[str, Any]]]:
     """Section 5: simulated cases with a known degradation: correct vs auto vs profile vs cubic."""
     lines = [f"## 5. Simulated known degradations: PSNR vs truth (dB), median of {seeds} seed(s), {iters} iterations",
-             "correct = --degradation FILE with the true degradation; auto; profile = the config's default; cubic;",
+             "correct = --degradation FILE with the true degradation; auto; profile = --degradation profile; cubic;",
              "auto-correct is the must-show (floor -0.2 dB); est = the auto estimate (confidence, used)",
              f"{'case':<42}| {'correct':>8}{'auto':>8}{'profile':>8}{'cubic':>8} | {'auto-corr':>9}{'prof-corr':>10}"
              f" | {'est':<28}| ships (correct/auto/profile)"]
@@ -201,7 +204,7 @@ def merge_sim(paths: list[Path]) -> list[str]:
                 r["runs"].setdefault(deg, []).extend(vals)
                 r["ships"].setdefault(deg, []).extend((row.get("ships") or {}).get(deg, []))
     lines = ["## 5. Simulated known degradations: PSNR vs truth (dB), median over seeds, 100 iterations",
-             "correct = --degradation FILE with the true degradation; auto; profile = the config's default; cubic;",
+             "correct = --degradation FILE with the true degradation; auto; profile = --degradation profile; cubic;",
              "auto-corr is the must-show (floor -0.2 dB); n = seeds; ships: M model, c cubic, per seed",
              f"{'case':<42}| {'correct':>8}{'auto':>8}{'profile':>8}{'cubic':>8} | {'auto-corr':>9}{'prof-corr':>10}"
              f"{'n':>3} | auto-corr per seed   | ships (correct/auto/profile)"]

@@ -58,7 +58,7 @@ def child(factor: float, seed: int) -> dict[str, Any]:
     from medsat_sr.inference.shipped import finetune_overrides
 
     torch.set_num_threads(1)
-    base = load_config(CONFIG)
+    base = load_config(CONFIG, ["degradation=profile"])  # the case is degraded exactly as the profile assumes
     case = prepare_case(ds.read(ds.MNI), base, name="mni", scale=None, holdout=None)
     cubic = upscale(case.lr, method="cubic", scale=list(case.factors), sidecar=False, progress=False)
     cfg = load_config(base, [*finetune_overrides(base, 60.0), f"train.lr={base.train.lr * factor!r}",

@@ -110,12 +110,12 @@ def run_eclare(exe: Path, lr: Path, work: Path, patches: int, shape: tuple[int, 
 
 
 def run_ours(lr: Path, budget: float, scratch: bool) -> tuple[np.ndarray, float, dict[str, Any]]:
-    """``upscale --config mri_thick_slice --budget B [--from-scratch]``: (output, wall seconds, record)."""
+    """``upscale --config mri_thick_slice --degradation profile --budget B [--from-scratch]``: (output, seconds, record)."""
     from medsat_sr.inference import upscale
 
     t0 = time.perf_counter()
     res = upscale(str(lr), config="mri_thick_slice", budget=budget, from_scratch=scratch, sidecar=False,
-                  progress=False)
+                  progress=False, degradation="profile")  # told the slice profile, as ECLARE is
     seconds = time.perf_counter() - t0
     return res.image.as_tensor().float().cpu().numpy(), seconds, res.record
 

@@ -173,11 +173,9 @@ ScaleValue = Annotated[float | list[float] | Literal["auto"], BeforeValidator(_p
 
 
 def _degradation_word(value: Any) -> Any:
-    """``degradation: auto`` / ``profile``: shorthand for ``{estimate: auto}`` / no override (#14)."""
-    if value == "auto":
-        return {"estimate": "auto"}
-    if value == "profile":
-        return {}
+    """``degradation: auto`` / ``profile``: shorthand for ``{estimate: auto}`` / ``{estimate: profile}`` (#14)."""
+    if value in ("auto", "profile"):
+        return {"estimate": value}
     return value
 
 

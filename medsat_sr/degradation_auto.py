@@ -43,8 +43,15 @@ MISMATCH = 1.3
 
 _CROP = 512  # raster estimates read a central crop of this many pixels
 
+#: A single raster's output is asked to be at least as sharp as a sensor whose MTF at its own Nyquist is this
+#: (the lower bound of the Sentinel-2 MSI requirement, 0.15-0.3 at Nyquist; Landsat-8 OLI is built to a like range).
+SHARPEST_TARGET_MTF = 0.15
+#: That PSF's Gaussian sigma in output pixels (0.62).
+SHARPEST_TARGET_SIGMA = degrade.mtf_to_sigma(SHARPEST_TARGET_MTF, 1.0)
+
 #: What a single raster's estimate rests on and no held-out split can check (the record's ``assumes``).
-ASSUMES = "the scene looks alike across scales (a single raster's PSF estimated from itself)"
+ASSUMES = ("the scene looks alike across scales (a single raster's PSF estimated from itself), and the output "
+           f"is at least as sharp as a sensor with MTF {SHARPEST_TARGET_MTF} at its own Nyquist")
 
 
 def wants_estimate(cfg: Any) -> bool:
@@ -70,10 +77,22 @@ def _volume_estimate(img: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _raster_psf(bands: np.ndarray, s: float) -> dict[str, Any]:
-    """One PSF estimate across scales (shared by ``bands``, ``(C, H, W)``) as the MTF at the ``x s`` Nyquist."""
+    """One PSF estimate across scales (shared by ``bands``, ``(C, H, W)``) as the MTF at the ``x s`` Nyquist.
+
+    The input's own PSF is ``sigma`` of its pixels, ``s * sigma`` output
+    pixels. The output is to look like a sensor whose own PSF is
+    ``target = min(sigma, SHARPEST_TARGET_SIGMA)`` output pixels, so the
+    pairs' blur (output pixels) is ``sqrt((s * sigma)^2 - target^2)``. With
+    ``target = sigma`` (the scene alike across scales) that is
+    ``sqrt(s^2 - 1) * sigma``; the floor keeps an input blurrier per pixel
+    than any sensor is built to be (a resampled product, an extra blur) from
+    passing that blur on to the output.
+    """
     e = estimate.estimate_raster_psf(bands, ratio=2)
-    apply_sigma = math.sqrt(max(s * s - 1.0, 0.0)) * e.sigma  # HR px: the blur that makes x s look like x 1
-    return {"sigma_own_px": round(e.sigma, 3), "mtf_nyquist": round(degrade.sigma_to_mtf(max(apply_sigma, 1e-3), s), 4),
+    target = min(e.sigma, SHARPEST_TARGET_SIGMA)
+    apply_sigma = math.sqrt(max((s * e.sigma) ** 2 - target ** 2, 0.0))  # output px
+    return {"sigma_own_px": round(e.sigma, 3), "target_sigma_px": round(target, 3),
+            "mtf_nyquist": round(degrade.sigma_to_mtf(max(apply_sigma, 1e-3), s), 4),
             "confidence": e.confidence, "notes": e.notes}
 
 

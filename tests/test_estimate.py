@@ -114,6 +114,30 @@ def test_auto_on_unnamed_bands_fits_one_shared_psf() -> None:
     assert out.profile.degradation.psf.mtf_nyquist == pytest.approx(rec["mtf_nyquist"])
 
 
+def test_auto_on_a_raster_blurrier_than_any_sensor_recovers_the_extra_blur() -> None:
+    """An input blurrier per pixel than a sensor is built to be: its pairs get the blur that made it (#14, NAIP).
+
+    The scene is seen by a sensor at the floor (MTF 0.15 at its Nyquist),
+    then blurred to MTF 0.04 at the x2 Nyquist and decimated. Copying the
+    input's own PSF to the output (self-similarity alone) underestimates
+    that blur by 6 %; asking for an output as sharp as the floor recovers it.
+    """
+    from medsat_sr.config import load_config
+    from medsat_sr.degradation_auto import SHARPEST_TARGET_SIGMA, apply_estimate
+    from medsat_sr.image import make_raster
+
+    hr = np.stack([ndimage.gaussian_filter(_fractal(512, k), SHARPEST_TARGET_SIGMA, mode="wrap") for k in range(3)])
+    blur = degrade.mtf_to_sigma(0.04, 2.0)
+    lr = degrade.decimate(torch.from_numpy(hr), [2, 2], [blur] * 3)
+    img = make_raster(lr.float() * 10 + 100, transform=(2.0, 0.0, 500000.0, 0.0, -2.0, 5200000.0), crs="EPSG:32631")
+    _, rec = apply_estimate(load_config("multiband_x2", ["degradation=auto"]), img)
+    own = rec["shared"]["sigma_own_px"]
+    assert rec["used"] and rec["shared"]["target_sigma_px"] == pytest.approx(SHARPEST_TARGET_SIGMA, abs=1e-3), rec
+    assert abs(3 ** 0.5 * own / blur - 1) > 0.05  # self-similarity alone would miss it
+    assert degrade.mtf_to_sigma(rec["mtf_nyquist"], 2.0) == pytest.approx(blur, rel=0.04)
+    assert "MTF 0.15 at its own Nyquist" in rec["assumes"]
+
+
 def test_band_psf_bad_inputs() -> None:
     with pytest.raises(ConfigError, match="ratio"):
         estimate_band_psf(np.ones((64, 64)), np.ones((32, 32)), 1)
@@ -125,9 +149,14 @@ def test_band_psf_bad_inputs() -> None:
 def test_config_degradation_auto_validates() -> None:
     from medsat_sr.config import load_config, with_degradation
 
-    cfg = load_config("mri_thick_slice", ["degradation=auto"])
+    cfg = load_config("multiband_x2", ["degradation=auto"])
     assert cfg.profile.degradation.estimate == "auto"
-    assert load_config("mri_thick_slice").profile.degradation.estimate == "profile"
+    assert load_config("multiband_x2").profile.degradation.estimate == "profile"
+    # the thick-slice config measures by default; `profile` (a word or --degradation profile) restores the assumption
+    cfg = load_config("mri_thick_slice")
+    assert cfg.profile.degradation.estimate == "auto"
+    assert load_config("mri_thick_slice", ["degradation=profile"]).profile.degradation.estimate == "profile"
+    assert with_degradation(cfg, {"estimate": "profile"}).profile.degradation.estimate == "profile"
     est = with_degradation(cfg, {"model": "slice_profile", "slice_profile": {"shape": "rect", "fwhm": 3.0}})
     assert est.profile.degradation.estimate == "profile"  # the copy degrades with the values given
     assert est.profile.degradation.slice_profile.shape == "rect" and est.profile.degradation.slice_profile.fwhm == 3.0
@@ -136,6 +165,7 @@ def test_config_degradation_auto_validates() -> None:
 
 
 def test_auto_builds_pairs_from_the_estimate_and_records_it() -> None:
+    """mri_thick_slice measures the slice profile by default (#14)."""
     from medsat_sr.config import load_config
     from medsat_sr.data import make_training_set
     from medsat_sr.image import make_volume
@@ -143,8 +173,7 @@ def test_auto_builds_pairs_from_the_estimate_and_records_it() -> None:
     hr = torch.from_numpy(_field((64, 64, 96), 1.2).astype(np.float32))[None]
     lr = degrade.slice_profile(hr, 3, thickness=6.0, spacing=4.0, profile="gaussian")  # thicker than the spacing
     vol = make_volume(lr * 100, np.diag([1.0, 1.0, 4.0, 1.0]))
-    cfg = load_config("mri_thick_slice", ["degradation=auto", "train.patch_size=24", "train.batch_size=2"])
-    ts = make_training_set(vol, cfg)
+    ts = make_training_set(vol, load_config("mri_thick_slice", ["train.patch_size=24", "train.batch_size=2"]))
     est = ts.info["degradation_estimate"]
     assert est["used"] and abs(est["fwhm_mm"] / 6.0 - 1) <= 0.15, est
     assert est["override"]["slice_profile"]["fwhm"] == pytest.approx(est["fwhm_mm"], abs=1e-3)
@@ -158,7 +187,7 @@ def test_degradation_option_values_and_bad_file(tmp_path: Path) -> None:
     from medsat_sr.inference.options import UpscaleOptions, degradation_override
 
     assert UpscaleOptions(degradation="auto").degradation == "auto"
-    assert degradation_override(None) is None and degradation_override("profile") is None
+    assert degradation_override(None) is None and degradation_override("profile") == {"estimate": "profile"}
     assert degradation_override("auto") == {"estimate": "auto"}
     good = tmp_path / "deg.yaml"
     good.write_text("degradation:\n  model: psf\n  psf: {shape: gaussian, mtf_nyquist: 0.2}\n")
@@ -206,7 +235,7 @@ def test_profile_fits_check_the_profile_against_the_input() -> None:
 
     hr = torch.from_numpy(_field((64, 64, 96), 1.2).astype(np.float32))[None]
     lr = degrade.slice_profile(hr, 3, thickness=6.0, spacing=4.0, profile="gaussian")
-    cfg = load_config("mri_thick_slice", ["train.patch_size=24", "train.batch_size=2"])
+    cfg = load_config("mri_thick_slice", ["degradation=profile", "train.patch_size=24", "train.batch_size=2"])
     ts = make_training_set(make_volume(lr * 100, np.diag([1.0, 1.0, 4.0, 1.0])), cfg)
     est = ts.info["degradation_estimate"]
     assert est["used"] is False and ts.sources[0].recipe.slice_fwhm == pytest.approx(4.0)  # the profile's pairs

@@ -126,8 +126,9 @@ class InferenceOptions(StrictModel):
     )
     degradation: str | None = Field(
         None,
-        description="the degradation a self-supervised fit assumes: profile (the config's), auto (estimate the "
-        "input's slice profile or PSF first) or FILE (a YAML degradation override)",
+        description="the degradation a self-supervised fit assumes: auto (estimate the input's slice profile or "
+        "PSF first; mri_thick_slice's default), profile (the profile's assumed one) or FILE (a YAML degradation "
+        "override); default: the config's",
         json_schema_extra=_flag("--degradation", "auto|profile|FILE"),
     )
     from_scratch: bool = Field(
@@ -312,8 +313,11 @@ def degradation_override(value: str | None) -> dict[str, Any] | None:
     """The job-config ``degradation`` override that ``--degradation`` asks for (``None``: the config's own).
 
     Args:
-        value: ``None``/``"profile"``, ``"auto"``, or a YAML/JSON file holding a
-            ``degradation`` mapping (or the mapping itself at the top level).
+        value: ``None`` (the config's own: ``auto`` where the config says so),
+            ``"profile"`` (the profile's assumed degradation, also over a
+            config that says ``auto``), ``"auto"``, or a YAML/JSON file
+            holding a ``degradation`` mapping (or the mapping itself at the
+            top level).
 
     Returns:
         The override mapping, or ``None``.
@@ -321,8 +325,10 @@ def degradation_override(value: str | None) -> dict[str, Any] | None:
     Raises:
         ConfigError: a file that cannot be read or does not hold a mapping (named in the message).
     """
-    if value is None or value == "profile":
+    if value is None:
         return None
+    if value == "profile":
+        return {"estimate": "profile"}
     if value == "auto":
         return {"estimate": "auto"}
     try:
