@@ -11,7 +11,9 @@ here degrades anything.
 * a band set (guided): each target band's Gaussian PSF relative to the
   finest guide band, as an MTF at the target Nyquist;
 * a single raster: each band's own PSF across scales, turned into the blur
-  that makes the input look, ``scale`` times coarser, as it looks now.
+  that makes the input look, ``scale`` times coarser, as it looks now (or,
+  for an input blurrier per pixel than :data:`SHARPEST_TARGET_MTF`, as a
+  sensor at that floor would see it).
 
 An estimate whose confidence is below :data:`MIN_CONFIDENCE` is not used:
 the profile stays, and the record says so.
@@ -30,8 +32,8 @@ from medsat_sr.config import JobConfig, with_degradation
 from medsat_sr.errors import ConfigError
 from medsat_sr.image import BandSet, Key, is_raster, is_volume
 
-__all__ = ["ASSUMES", "MIN_CONFIDENCE", "MISMATCH", "wants_estimate", "apply_estimate", "check_profile", "estimate_for",
-           "compare_with_profile"]
+__all__ = ["ASSUMES", "MIN_CONFIDENCE", "MISMATCH", "SHARPEST_TARGET_MTF", "SHARPEST_TARGET_SIGMA", "wants_estimate",
+           "apply_estimate", "check_profile", "estimate_for", "compare_with_profile"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ MISMATCH = 1.3
 _CROP = 512  # raster estimates read a central crop of this many pixels
 
 #: A single raster's output is asked to be at least as sharp as a sensor whose MTF at its own Nyquist is this
-#: (the lower bound of the Sentinel-2 MSI requirement, 0.15-0.3 at Nyquist; Landsat-8 OLI is built to a like range).
+#: (the lower bound of the Sentinel-2 MSI requirement, 0.15-0.3 at Nyquist).
 SHARPEST_TARGET_MTF = 0.15
 #: That PSF's Gaussian sigma in output pixels (0.62).
 SHARPEST_TARGET_SIGMA = degrade.mtf_to_sigma(SHARPEST_TARGET_MTF, 1.0)
