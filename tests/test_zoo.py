@@ -270,3 +270,21 @@ def test_budget_bounds_the_fit(aerial: Path, tmp_path: Path) -> None:
     assert code == 0, err
     metrics = record_of(out)["models"][0]["metrics"]
     assert metrics["stopped_by"] == "time" and metrics["iteration"] < 100000
+
+
+def test_an_explicit_max_minutes_is_the_fine_tune_budget(aerial: Path, tmp_path: Path) -> None:
+    """``--set train.max_minutes=M`` is not dropped by a fine-tune (its default budget is one minute)."""
+    out = tmp_path / "ft.tif"
+    code, _, err = cli("upscale", str(aerial), "--config", "multiband_x2", "--set", "train.max_minutes=0.02",
+                       "--set", "train.max_iterations=100000", "-o", str(out), "-q")
+    assert code == 0, err
+    m = record_of(out)["models"][0]
+    assert m["source"].startswith("fine-tuned from shipped model") and "(1.2 s budget)" in m["source"], m["source"]
+    assert m["metrics"]["stopped_by"] == "time" and m["metrics"]["iteration"] < 100000
+    from medsat_sr.config import load_config
+    from medsat_sr.inference.request import _budget_from_set
+
+    cfg = load_config("multiband_x2", ["train.max_minutes=2"])
+    assert _budget_from_set(cfg, ["train.max_minutes=2"], {})["budget"] == pytest.approx(120.0)
+    assert _budget_from_set(cfg, ["train.max_minutes=2"], {"budget": 30.0})["budget"] == 30.0  # --budget wins
+    assert "budget" not in _budget_from_set(cfg, ["train.lr=0.001"], {})  # the config's own minutes: not a request

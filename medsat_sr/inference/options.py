@@ -142,7 +142,7 @@ class InferenceOptions(StrictModel):
         gt=0,
         le=7 * 24 * 3600,
         description=f"--config: fitting budget in seconds (default {DEFAULT_FINETUNE_SECONDS:g} when fine-tuning a "
-        "shipped model, the config's train.max_minutes from scratch)",
+        "shipped model, the config's train.max_minutes from scratch; an explicit --set train.max_minutes sets both)",
         json_schema_extra=_flag("--budget", "SECONDS"),
     )
 

@@ -95,8 +95,23 @@ def _override_sections(overrides: Sequence[str]) -> dict[str, dict[str, Any]]:
     return data
 
 
+def _budget_from_set(cfg: JobConfig | None, overrides: Sequence[str], given: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``--set train.max_minutes=M`` without ``--budget``: M minutes is the fit's budget, a fine-tune's too.
+
+    A fine-tune of a shipped model otherwise runs for the default one
+    minute, whatever the config's ``train.max_minutes`` says; one asked for
+    on the command line is not dropped in silence.
+    """
+    if cfg is None or given.get("budget") is not None:
+        return given
+    if not any(parse_override(item)[0] == ["train", "max_minutes"] for item in overrides):
+        return given
+    return {**given, "budget": 60.0 * float(cfg.train.max_minutes)}
+
+
 def request_options(cfg: JobConfig | None, overrides: Sequence[str], given: Mapping[str, Any]) -> tuple[UpscaleOptions, str]:
     """The validated options (device and precision resolved for this machine) and ``bands.others``."""
+    given = _budget_from_set(cfg, overrides, given)
     if cfg is not None:
         sections: Mapping[str, Any] = {"inference": cfg.inference, "output": cfg.output}
         others = cfg.bands.others
