@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--work", type=Path, default=Path("/tmp/model_speed"))
+    p.add_argument("--out", type=Path, default=RESULTS / "model_speed.txt",
+                   help="results file (default results/model_speed.txt; name another machine's run apart)")
     a = p.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     lines = [f"upscale --model NAME (no fitting), fresh process each run, median of {a.runs}; "
@@ -93,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"held-out split -> {'model' if d.get('use_model') else 'cubic'}")
         lines.append(f"{'':20s} verdict line: {verdict[0] if verdict else '-'}")
     text = "\n".join(lines)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "model_speed.txt").write_text(text + "\n")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(text + "\n")
     print(text)
     return 0
 
