@@ -229,13 +229,13 @@ def mri_cases(work: Path, quick: bool) -> list[Case]:
 
 
 def raster_sim_cases(work: Path, quick: bool) -> list[Case]:
-    """A band set whose 20 m bands carry a known PSF other than the profile's, and NAIP with a known PSF."""
+    """A band set whose 20 m bands carry a known PSF other than the profile's; single rasters (NAIP, S2 RGBN) likewise."""
     import rasterio
 
     l1c = load_domain("sentinel2_l1c")
     n = 200 if quick else 600
-    b10, b20 = _l1c()
-    b10, b20 = {k: v[:n, :n] for k, v in b10.items()}, {k: v[:n // 2, :n // 2] for k, v in b20.items()}
+    full10, full20 = _l1c()
+    b10, b20 = {k: v[:n, :n] for k, v in full10.items()}, {k: v[:n // 2, :n // 2] for k, v in full20.items()}
     gain = 0.15  # the profile's 20 m gains are 0.22-0.38: a blurrier sensor (or a resampled product)
     folder = _band_folder(work / "s2sim", {20.0: _wald(b10, l1c), 40.0: _wald(b20, l1c, {b: gain for b in G20})})
     correct = _yaml(work / "s2sim.yaml", {"model": "psf", "psf": {"shape": "gaussian", "mtf_nyquist": {b: gain for b in G20}}})
@@ -245,7 +245,7 @@ def raster_sim_cases(work: Path, quick: bool) -> list[Case]:
         return out
     with rasterio.open(NAIP) as d:  # the right half: held out of the shipped multiband_x2 model
         naip = d.read()[:, :720, 466:930].astype(np.float64)
-    s2 = np.stack(list(_l1c()[0].values()))[:, :720, :464]  # held out of SHARPEST_TARGET_MTF: never looked at
+    s2 = np.stack(list(full10.values()))[:, :720, :464]  # held out: not used to choose SHARPEST_TARGET_MTF
     for g in (0.12, 0.2, 0.3):
         out.append(_single_raster_case(work, f"naip{g}", f"NAIP right half, PSF MTF {g} (known)", naip, g, "uint8"))
     for g in (0.12, 0.2):

@@ -327,10 +327,8 @@ def degradation_override(value: str | None) -> dict[str, Any] | None:
     """
     if value is None:
         return None
-    if value == "profile":
-        return {"estimate": "profile"}
-    if value == "auto":
-        return {"estimate": "auto"}
+    if value in ("auto", "profile"):
+        return {"estimate": value}
     try:
         with open(value, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
