@@ -217,13 +217,19 @@ def _std_sibling(out: Path) -> Path:
     return out.with_name(f"{stem}_std{ext or '.nii.gz'}")
 
 
-def _set_threads(n: int | None) -> None:
+def _set_threads(n: int | None, path: str) -> None:
+    """Set up a worker of our own LocalCluster (``n`` given): torch threads, and for volumes malloc as the CLI's."""
     if not n:
         return
     import torch
 
+    from medsat_sr.hardware import tune_allocator
+    from medsat_sr.io import is_volume
+
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    if is_volume(path):
+        tune_allocator()
 
 
 def _execute(job: Callable[[Task], Mapping[str, Any]], task: Task) -> dict[str, Any]:
@@ -236,7 +242,7 @@ def _execute(job: Callable[[Task], Mapping[str, Any]], task: Task) -> dict[str, 
     worker = f"{socket.gethostname()}:{os.getpid()}"
     outcome: dict[str, Any] = {"index": task.index, "worker": worker}
     try:
-        _set_threads(task.torch_threads)
+        _set_threads(task.torch_threads, task.input)
         if not out.parent.is_dir():  # a manifest may name outputs in sub-folders of OUT_DIR
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)

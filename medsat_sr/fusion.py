@@ -300,7 +300,10 @@ class Ensemble:
         members: the networks (at least one).
         transforms: self-ensemble transforms (default: identity only).
         precision: ``"fp32"`` or ``"bf16"`` (``torch.autocast("cpu",
-            dtype=torch.bfloat16)`` and channels-last inputs on CPU).
+            dtype=torch.bfloat16)`` and channels-last inputs on CPU). On the
+            CPU, 2D networks run channels-last in fp32 too (oneDNN: 15 % faster
+            for the thick-slice net on an AVX2 EPYC); 3D ones stay
+            contiguous in fp32 (channels-last-3d was 14 % slower there).
         device: where the networks run.
         uncertainty: also return the weighted variance across predictions.
 
@@ -332,9 +335,10 @@ class Ensemble:
         self.precision = precision
         self.device = torch.device(device)
         self.uncertainty = bool(uncertainty)
+        self.channels_last = self.device.type == "cpu" and (self.precision == "bf16" or self.spatial_dims == 2)
         for m in self.members:
             m.model.eval()
-            if self.precision == "bf16" and self.device.type == "cpu":
+            if self.channels_last:
                 m.model.to(memory_format=_memory_format(self.spatial_dims + 2))
 
     @property
@@ -347,16 +351,17 @@ class Ensemble:
 
     def _run(self, member: Member, x: torch.Tensor, guide: torch.Tensor | None, size: tuple[int, ...]) -> torch.Tensor:
         model = member.model
-        if self.precision == "bf16":
+        if self.channels_last:
             fmt = _memory_format(x.ndim)
             x = x.contiguous(memory_format=fmt)
             if guide is not None:
                 guide = guide.contiguous(memory_format=fmt)
+        if self.precision == "bf16":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 y = model(x, guide) if member.guided else model(x, output_size=size)
         else:
             y = model(x, guide) if member.guided else model(x, output_size=size)
-        return y.float()
+        return y.float().contiguous()
 
     def predict(
         self,

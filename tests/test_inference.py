@@ -221,6 +221,35 @@ def test_slicewise_matches_the_trainers_application():
     assert torch.allclose(mine, theirs, atol=1e-5)
 
 
+def test_one_orientation_runs_only_the_largest_slices():
+    from medsat_sr.inference import apply_slicewise
+
+    vol = torch.rand(1, 12, 10, 5)
+    net = _net(2, 1, (3, 1), upsample="pre")
+    one, _ = apply_slicewise(net, vol, 2, (12, 10, 15), orientations=1)
+    both, _ = apply_slicewise(net, vol, 2, (12, 10, 15))
+    with torch.inference_mode():  # axis 1 (10) is the smaller in-plane axis: its 10 slices are 12 x 5, thick first
+        by_hand = net(vol.permute(2, 0, 3, 1).contiguous(), output_size=(15, 12)).permute(1, 3, 0, 2)
+    assert torch.allclose(one, by_hand, atol=1e-5)
+    assert not torch.allclose(one, both, atol=1e-3)
+    with pytest.raises(ConfigError, match="slice_orientations must be 1 or 2"):
+        apply_slicewise(net, vol, 2, (12, 10, 15), orientations=3)
+
+
+def test_the_slice_orientations_option_reaches_the_slicewise_route_and_its_record():
+    from medsat_sr.inference import apply_slicewise
+
+    img = _volume((1, 14, 12, 5))
+    net = _net(2, 1, (3, 1), seed=1, upsample="pre")
+    for given, used in (("auto", 1), (1, 1), (2, 2)):  # auto: a model applied without a fit runs one orientation
+        res = upscale(img, model=net, slice_orientations=given)
+        assert res.record["settings"]["orientations"] == used
+        want, _ = apply_slicewise(net, img.as_tensor().float(), 2, (14, 12, 15), orientations=used)
+        assert np.allclose(res.image.as_tensor().numpy(), want.numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="slice_orientations"):
+        upscale(img, model=net, slice_orientations=3)
+
+
 def test_2d_model_on_a_volume_runs_slicewise_with_uncertainty(tmp_path):
     img = _volume((1, 14, 12, 5))
     a, b = _net(2, 1, (3, 1), seed=1, upsample="pre"), _net(2, 1, (3, 1), seed=2, upsample="pre")

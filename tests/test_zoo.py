@@ -178,8 +178,10 @@ def test_model_name_on_a_held_out_thick_slice_t1(shared_data: Path, tmp_path: Pa
     code, _, err = cli("upscale", str(src), "--model", "mri_thick_slice", "-o", str(out), "-q")
     assert code == 0, err
     assert nib.load(str(out)).shape == (24, 32, 40)
-    d = record_of(out)["decision"]
+    rec = record_of(out)
+    d = rec["decision"]
     assert "no fitting" in d["source"] and math.isfinite(d["model_score"]) and math.isfinite(d["classical_score"])
+    assert d["use_model"] and rec["settings"]["orientations"] == 1  # no fit: the fast route runs one orientation
 
 
 # --------------------------------------------------------------------------- upscale --config
@@ -227,8 +229,10 @@ def test_config_fine_tunes_the_first_shipped_model_that_fits(
                        "-o", str(out), "-q")
     assert code == 0, err
     assert nib.load(str(out)).shape == (48, 48, 40)
-    m = record_of(out)["models"][0]
+    rec = record_of(out)
+    m = rec["models"][0]
     assert m["source"].startswith(f"fine-tuned from shipped model {expected!r}"), m["source"]
+    assert rec["settings"]["orientations"] == 2  # after a fit, both orientations
     shipped = zoo.card(expected)["architecture"]
     assert {k: v for k, v in m["architecture"]["kwargs"].items() if k != "scale"} == \
         {k: v for k, v in shipped["kwargs"].items() if k != "scale"}  # the any-factor model is rescaled to x5

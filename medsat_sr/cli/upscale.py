@@ -82,6 +82,20 @@ def _weights(text: str | None) -> object:
     return [w] if isinstance(w, float) else w
 
 
+def _tune_allocator_for(inputs: list[str]) -> None:
+    """Volumes: let malloc reuse freed tensor memory (:func:`medsat_sr.hardware.tune_allocator`).
+
+    Measured on ``upscale --model mri_thick_slice`` (2 AVX2 cores): 58.7 s
+    against 77-82 s. Rasters are left alone: no faster there, and 15-25 %
+    more peak memory, which the streamed route is built to bound.
+    """
+    from medsat_sr.hardware import tune_allocator
+    from medsat_sr.io import is_volume
+
+    if any(is_volume(p) for p in inputs):
+        tune_allocator()
+
+
 def run(args: argparse.Namespace) -> int:
     """Upscale ``args.input`` into ``args.output`` and print the files written; return the exit code."""
     from medsat_sr.errors import ConfigError
@@ -96,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             + (f"; got {' and '.join(given)}" if given else "")
         )
     models = list(args.model or [])
+    _tune_allocator_for(args.input)
     result = upscale(
         args.input[0] if len(args.input) == 1 else args.input,
         output=args.output,

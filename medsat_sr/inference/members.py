@@ -199,6 +199,7 @@ class Members:
     fit_norm: Any = None
     fit_meta: dict[str, Any] = field(default_factory=dict)
     weights_method: str | None = None
+    fitted: bool = False  # a member was fitted in this run
 
 
 def _fitted(fit: Any, device: str) -> tuple[Member, dict[str, Any], dict[str, Any] | None]:
@@ -234,6 +235,7 @@ def collect_members(items: list[Any], fit: Any, weights: Any, device: str) -> Me
     out = Members()
     if fit is not None:
         member, rec, validation = _fitted(fit, device)
+        out.fitted = True
         out.members.append(member)
         out.records.append(rec)
         out.fit_meta = dict(member.info["_meta"])

@@ -108,6 +108,13 @@ class InferenceOptions(StrictModel):
         json_schema_extra=_flag("--precision"),
     )
     tta: bool = Field(False, description="self-ensemble over the flips/rotations the scale allows", json_schema_extra=_flag("--tta"))
+    slice_orientations: Literal["auto", 1, 2] = Field(
+        "auto",
+        description="2D slice-wise networks on volumes: 2 averages the two through-plane orientations "
+        "(SMORE/ECLARE); 1 runs only the one with the largest slices, in about 0.55x the time and 0.1-0.15 dB "
+        "lower (benchmarks/model_speed.py); auto: 2 after a fit in the same run, 1 for a model applied "
+        "without one (--model: the fast route)",
+    )
     uncertainty: bool = Field(
         False, description="also write the per-voxel std across members (<stem>_std)", json_schema_extra=_flag("--uncertainty")
     )

@@ -69,6 +69,18 @@ def _sniff_file(path: Path) -> str | None:
     return None
 
 
+#: The formats read as volumes (the others are rasters).
+VOLUME_FORMATS = frozenset({"nifti", "dicom"})
+
+
+def is_volume(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a volume (NIfTI, DICOM); ``False`` also where nothing readable is there."""
+    try:
+        return detect_format(path) in VOLUME_FORMATS
+    except (DataError, FormatError):
+        return False
+
+
 def detect_format(path: str | os.PathLike[str]) -> str:
     """Name the reader for ``path``: ``"dicom"``, ``"nifti"``, ``"geotiff"`` or ``"bandset"``.
 

@@ -529,3 +529,20 @@ def test_any_size_and_scale_gives_scaled_shape(spatial_dims: int, data: st.DataO
         y = model(x)
     assert tuple(y.shape[2:]) == scaled_shape(size, scale)
     torch.testing.assert_close(y, reference_interp(x, y.shape[2:]), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("res_scale", [1.0, 0.1])
+def test_res_block_in_place_inference_equals_the_recorded_forward_and_leaves_its_input(res_scale: float) -> None:
+    from medsat_sr.models.blocks import ResBlock
+
+    torch.manual_seed(0)
+    block = ResBlock(2, 8, 3, res_scale, init_scale=1.0)
+    x = torch.randn(2, 8, 12, 10)
+    kept = x.clone()
+    graded = block(x)
+    with torch.inference_mode():
+        fast = block(x)
+    assert graded.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, graded.detach(), rtol=1e-6, atol=1e-6)
+    assert torch.equal(x, kept)
+    assert not torch.allclose(fast, x)  # the branch contributes
