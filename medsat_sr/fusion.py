@@ -301,9 +301,9 @@ class Ensemble:
         transforms: self-ensemble transforms (default: identity only).
         precision: ``"fp32"`` or ``"bf16"`` (``torch.autocast("cpu",
             dtype=torch.bfloat16)`` and channels-last inputs on CPU). On the
-            CPU, 2D networks run channels-last in fp32 too (oneDNN: 15 % faster
-            for the thick-slice net on an AVX2 EPYC); 3D ones stay
-            contiguous in fp32 (channels-last-3d was 14 % slower there).
+            CPU, 2D networks run channels-last in fp32 too (oneDNN ran the
+            thick-slice net faster so on an AVX2 EPYC); 3D ones stay
+            contiguous in fp32 (channels-last-3d was slower there).
         device: where the networks run.
         uncertainty: also return the weighted variance across predictions.
 

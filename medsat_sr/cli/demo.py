@@ -39,7 +39,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run the demo into ``args.output``; return the exit code."""
     from medsat_sr.demo import run_demo
+    from medsat_sr.hardware import tune_allocator
 
+    tune_allocator()  # its first sample is a volume (see medsat_sr.cli.upscale._tune_allocator_for)
     run_demo(args.output, minutes=args.minutes, progress=not args.quiet, dicom=not args.no_dicom,
              echo=None if args.quiet else print)
     return EXIT_OK

@@ -85,9 +85,10 @@ def _weights(text: str | None) -> object:
 def _tune_allocator_for(inputs: list[str]) -> None:
     """Volumes: let malloc reuse freed tensor memory (:func:`medsat_sr.hardware.tune_allocator`).
 
-    Measured on ``upscale --model mri_thick_slice`` (2 AVX2 cores): 58.7 s
-    against 77-82 s. Rasters are left alone: no faster there, and 15-25 %
-    more peak memory, which the streamed route is built to bound.
+    ``benchmarks/allocator.py`` (2 AVX2 cores): ``--model mri_thick_slice`` on
+    a 160 x 230 x 64 volume in 58.3 s against 78.6 s, 1.06x the peak memory.
+    Rasters are left alone: ``--model multiband_x2`` took 1.09x the time and
+    1.31x the peak memory, which the streamed route is built to bound.
     """
     from medsat_sr.hardware import tune_allocator
     from medsat_sr.io import is_volume

@@ -54,7 +54,11 @@ axis (MONAI's zoom is then ``shape' / shape`` and the window is the axis).
 *2D models on volumes* (slice-wise, SMORE/ECLARE style): the network's scaled
 axis is the through-plane axis (the one with the largest factor); every slice
 perpendicular to each of the two in-plane axes is super-resolved whole and the
-two orientations are averaged (:func:`apply_slicewise`). A 2D *in-plane*
+two orientations are averaged (:func:`apply_slicewise`). ``slice_orientations``
+``auto`` keeps both after a fit in the same run, and runs only the one with
+the largest slices for a model applied without a fit (``--model``: there the
+network is the whole cost; one orientation takes about 0.55x the time for
+0.1-0.15 dB, ``benchmarks/model_speed.py``). A 2D *in-plane*
 network (both of its factors > 1, trained on planes across the axis whose
 factor is 1, e.g. ``scale: [2, 2, 1]``) is applied to every plane across that
 axis (:func:`apply_inplane`); that axis is not resampled.

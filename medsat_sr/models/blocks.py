@@ -136,7 +136,7 @@ class ResBlock(nn.Module):
             return x + branch * self.res_scale
         if self.res_scale != 1.0:
             branch.mul_(self.res_scale)
-        return branch.add_(x)  # inference: no new full-size tensor per block (10 % faster on 2 AVX2 cores)
+        return branch.add_(x)  # inference: no new full-size tensor per block
 
 
 class ChannelAttention(nn.Module):
