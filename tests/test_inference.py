@@ -277,6 +277,15 @@ def test_tta_and_bf16_on_volumes():
 
 
 # --------------------------------------------------------------------------- rasters
+def test_a_model_for_other_bands_is_refused_before_any_tile_naming_the_file(tmp_path):
+    src = _geotiff(tmp_path / "in.tif", count=3)
+    out = tmp_path / "out.tif"
+    with pytest.raises(ModelError, match=r"in\.tif: the model takes 4 band\(s\), the raster has 3 \(B1, B2, B3\)") as e:
+        upscale(src, model=_net(2, 4, 2), output=out)
+    assert isinstance(e.value, ValueError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]  # nothing partial left
+
+
 def test_geotiff_x2_keeps_crs_bounds_transform_nodata(tmp_path):
     src = _geotiff(tmp_path / "in.tif")
     out = tmp_path / "out.tif"
