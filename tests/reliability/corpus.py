@@ -360,7 +360,7 @@ def build_corpus(root: Path) -> list[Case]:
     ck13 = _checkpoint(base / "edsr13", dims=2, channels=13)
     ck3d = _checkpoint(base / "dcsrn", dims=3, channels=1)
     for name, ck, path, ext, expect in (
-        ("model/wrong_band_count", ck13, tile, ".tif", "13 channels, got 4"),
+        ("model/wrong_band_count", ck13, tile, ".tif", "tile.tif: the model takes 13 band(s), the raster has 4"),
         ("model/volume_model_on_raster", ck3d, tile, ".tif", "2D model"),
         ("model/raster_model_on_volume", ck13, niigz, ".nii.gz", "input channel(s), the volume has 1"),
     ):
