@@ -89,11 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"{label:44s} {arm:14s} {g['wall']:7.1f} {g['sys']:6.1f} {g['rss_mb']:11.0f}")
         t, d = got["tuned"], got["glibc default"]
         lines.append(f"{'':44s} {'tuned/default':14s} {t['wall'] / d['wall']:7.2f} {'':6s} {t['rss_mb'] / d['rss_mb']:11.2f}")
-    text = "\n".join(lines)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(text + "\n")
-    print(text)
-    return 0
+    return _machine.publish("\n".join(lines), a.out)
 
 
 if __name__ == "__main__":

@@ -154,11 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"{'':20s} verdict line: {verdict}")
     if cubic is not None:
         lines.append(cubic_line)
-    text = "\n".join(lines)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(text + "\n")
-    print(text)
-    return 0
+    return _machine.publish("\n".join(lines), a.out)
 
 
 if __name__ == "__main__":
