@@ -57,6 +57,7 @@ _FAULTS = """
 import resource, sys, torch
 from medsat_sr import hardware
 tuned = hardware.tune_allocator() if sys.argv[1] == "tune" else False
+torch.set_num_threads(1)  # every allocation in the main arena: the same count run after run
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 x = torch.ones(4, 16, 256, 256)  # 16 MiB of features
