@@ -57,8 +57,8 @@ perpendicular to each of the two in-plane axes is super-resolved whole and the
 two orientations are averaged (:func:`apply_slicewise`). ``slice_orientations``
 ``auto`` keeps both after a fit in the same run, and runs only the one with
 the largest slices for a model applied without a fit (``--model``: there the
-network is the whole cost; one orientation takes about 0.55x the time for
-0.1-0.15 dB, ``benchmarks/model_speed.py``). A 2D *in-plane*
+network is the whole cost; one orientation took 0.58-0.67x the wall time for
+0.09-0.15 dB less, ``benchmarks/model_speed.py``). A 2D *in-plane*
 network (both of its factors > 1, trained on planes across the axis whose
 factor is 1, e.g. ``scale: [2, 2, 1]``) is applied to every plane across that
 axis (:func:`apply_inplane`); that axis is not resampled.
