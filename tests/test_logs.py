@@ -147,6 +147,18 @@ def test_a_fallback_that_beat_cubic_names_the_interpolation_path() -> None:
     assert "interpolation path" not in record_verdict(record, sidecar="a.tif.json")
 
 
+def test_a_fallback_names_the_gain_the_model_needed() -> None:
+    """``--set inference.min_gain_db=50``: a model 1 dB above cubic fell back, and the line says what it lacked."""
+    record = {"method": "model", "output": {"path": "s.nii.gz"},
+              "decision": {"use_model": False, "fell_back": True, "model_score": 27.70, "classical_score": 26.67,
+                           "classical_method": "cubic B-spline", "margin_db": 50.0}}
+    line = record_verdict(record, sidecar="s.nii.gz.json")
+    assert ("(fell back: the model scored +1.03 dB vs cubic B-spline on held-out pixels (27.70 vs 26.67 dB); "
+            "it must win by 50 dB); fell back") in line
+    record["decision"].update(fell_back=False, use_model=True)
+    assert "must win" not in record_verdict(record, sidecar="s.nii.gz.json")
+
+
 def test_verdict_of_a_pansharpening_fallback_speaks_ergas() -> None:
     """The pan-sharpening decision scores ERGAS (lower is better): the verdict says so, and names what lost."""
     record = {"method": "mtf-glp-hpm", "output": "p.tif",

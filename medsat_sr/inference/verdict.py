@@ -52,6 +52,7 @@ def verdict_line(
     unit: str = "dB",
     caution: str | None = None,
     interp_score: float | None = None,
+    margin_db: float | None = None,
 ) -> str:
     """The verdict of one written product, in one line.
 
@@ -73,6 +74,8 @@ def verdict_line(
         interp_score: the network's own untrained interpolation path on the
             same pixels (dB); a fallback's line names it when the network beat
             the classical result but not this path.
+        margin_db: the least gain (dB) the network needed (``min_gain_db``);
+            a fallback's line names it.
 
     Returns:
         ``"verdict: <output>: <what>; <fallback>[; caution: <caution>]; record <path>"``.
@@ -95,7 +98,9 @@ def verdict_line(
     if versus and i is not None and m is not None and unit == "dB" and c is not None and m > c:
         versus += f", but {m - i:+.2f} dB vs its own untrained interpolation path ({i:.2f} dB)"
     if fell_back:
-        what = f"{base} (fell back: the {method} scored {versus})" if versus else f"{base} (fell back from the {method})"
+        margin = _score(margin_db)
+        need = f"; it must win by {margin:g} dB" if unit == "dB" and margin is not None else ""
+        what = f"{base} (fell back: the {method} scored {versus}{need})" if versus else f"{base} (fell back from the {method})"
         fallback = "fell back"
     elif not learned:
         what = f"{method} (a classical method was asked for; no held-out comparison)"
@@ -147,6 +152,7 @@ def record_verdict(
         record=sidecar,
         caution=d.get("caution") if isinstance(d.get("caution"), str) else None,
         interp_score=d.get("interp_score") if fell_back else None,
+        margin_db=d.get("margin_db") if fell_back else None,
         # a classical method asked for on any route (resampling, pan-sharpening, revisit fusion): no model in play
         classical=(d.get("use_model") is False and not d.get("fell_back") and d.get("model_score") is None) or None,
     )
