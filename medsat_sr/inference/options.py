@@ -112,8 +112,8 @@ class InferenceOptions(StrictModel):
         "auto",
         description="2D slice-wise networks on volumes: 2 averages the two through-plane orientations "
         "(SMORE/ECLARE); 1 runs only the one with the largest slices: 0.58-0.67x the wall time of --model on a "
-        "256^3-class MR volume, 0.09-0.15 dB lower (benchmarks/model_speed.py); auto: 2 after a fit in the same run, 1 for a model applied "
-        "without one (--model: the fast route)",
+        "256^3-class MR volume, 0.09-0.15 dB lower (benchmarks/model_speed.py); auto: 2 after a fit in the "
+        "same run, 1 for a model applied without one (--model: the fast route)",
     )
     uncertainty: bool = Field(
         False, description="also write the per-voxel std across members (<stem>_std)", json_schema_extra=_flag("--uncertainty")

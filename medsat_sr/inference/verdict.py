@@ -100,7 +100,8 @@ def verdict_line(
     if fell_back:
         margin = _score(margin_db)
         need = f"; it must win by {margin:g} dB" if unit == "dB" and margin is not None else ""
-        what = f"{base} (fell back: the {method} scored {versus}{need})" if versus else f"{base} (fell back from the {method})"
+        what = (f"{base} (fell back: the {method} scored {versus}{need})" if versus
+                else f"{base} (fell back from the {method})")
         fallback = "fell back"
     elif not learned:
         what = f"{method} (a classical method was asked for; no held-out comparison)"
