@@ -179,6 +179,13 @@ def test_error_lines_are_short() -> None:
     assert _short("short message") == "short message"
 
 
+def test_an_error_over_a_listing_keeps_its_headline() -> None:
+    head = "/data/GE: 2 candidate series ([1] 4 mm thick, [2] 7 mm thick); choose one with --series 1..2:"
+    listing = "\n".join(f"  [{i}] 1.2.826.0.1.3680043.9.4245.{i}, CT, #2, '', 14 images in 14 files, " + "x" * 120
+                        for i in (1, 2))
+    assert _short(head + "\n" + listing) == head.rstrip(":") + " (--debug for the rest)"
+
+
 def _raster(path: Path) -> Path:
     rng = np.random.default_rng(0)
     with rasterio.open(path, "w", driver="GTiff", width=40, height=30, count=2, dtype="uint8", crs="EPSG:32631",

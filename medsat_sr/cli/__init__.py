@@ -161,12 +161,17 @@ def _length(text: str) -> int:
 def _short(message: str, limit: int = MAX_ERROR_CHARS) -> str:
     """``message`` in one line of at most about ``limit`` characters besides paths.
 
-    A longer message keeps its first clause (the file and the problem) and its
-    last (usually what to do); the middle goes with ``--debug``.
+    A longer message over several lines (a headline over a listing) keeps
+    its headline when that fits. Otherwise it keeps its first clause (the
+    file and the problem) and its last (usually what to do); the middle goes
+    with ``--debug``.
     """
     text = _one_line(message)
     if _length(text) <= limit + 100:  # an authored message a little over the limit stays whole
         return text
+    first = message.strip().splitlines()[0].strip().rstrip(":")
+    if first != text and _length(first) <= limit + 100:  # a headline over a listing: the headline says it
+        return first + " (--debug for the rest)"
     clauses = text.split("; ")
     if len(clauses) > 2:
         kept = f"{clauses[0]}; ...; {clauses[-1]}"

@@ -645,13 +645,38 @@ def _listing(cands: Sequence[SeriesInfo]) -> str:
     return "\n".join(lines)
 
 
+#: Candidates named in the first line of a "choose one" error (the full listing follows it).
+BRIEF_CANDIDATES = 6
+
+
+def _brief(cands: Sequence[SeriesInfo]) -> str:
+    """The candidates in a few words each: only what tells them apart (the first line of the error)."""
+    fields: list[tuple[str, Any]] = [
+        ("", lambda c: c.modality or "?"),
+        ("#", lambda c: c.series_number),
+        ("", lambda c: repr(c.description) if c.description else None),
+        ("", lambda c: f"{c.n_images} images" + (f" ({c.n_volumes} volumes)" if c.n_volumes and c.n_volumes > 1 else "")),
+        ("", lambda c: f"{c.rows}x{c.cols}" + (f" {c.orientation}" if c.orientation else "")),
+        ("ImageType ", lambda c: c.image_type or None),
+        ("", lambda c: f"{c.slice_thickness:g} mm thick" if c.slice_thickness is not None else None),
+        ("echo ", lambda c: c.echo),
+    ]
+    differ = [(pre, get) for pre, get in fields if len({get(c) for c in cands}) > 1] or fields[2:4]
+    words = []
+    for c in cands[:BRIEF_CANDIDATES]:
+        got = [f"{pre}{v}" for pre, get in differ if (v := get(c)) is not None]
+        words.append(f"[{c.index}] " + " ".join(got))
+    more = f", and {len(cands) - BRIEF_CANDIDATES} more" if len(cands) > BRIEF_CANDIDATES else ""
+    return ", ".join(words) + more
+
+
 def _select(cands: list[SeriesInfo], series: str | int | None, path: Path) -> list[SeriesInfo]:
     if series is None:
         if len(cands) == 1:
             return cands
         raise FormatError(
-            f"{path}: {len(cands)} candidate series; choose one with series= (--series) by key or index:\n"
-            + _listing(cands)
+            f"{path}: {len(cands)} candidate series ({_brief(cands)}); choose one with series= (--series) "
+            f"by index 1..{len(cands)} or key:\n" + _listing(cands)
         )
     s = str(series).strip()
     for c in cands:

@@ -442,6 +442,11 @@ def test_two_series_listed_and_selectable(tmp_path: Path) -> None:
     assert "2 candidate series" in msg
     assert "[1] 1.2.3.4.1, CT, #7, 'first', 3 images in 3 files" in msg
     assert "[2] 1.2.3.4.2, MR, #7, 'second', 4 images in 4 files" in msg
+    # the first line names what tells them apart (the CLI prints only that line)
+    assert msg.splitlines()[0].endswith(
+        "2 candidate series ([1] CT 'first' 3 images, [2] MR 'second' 4 images); "
+        "choose one with series= (--series) by index 1..2 or key:"
+    )
     assert dicom.read(tmp_path / "mix", series="1.2.3.4.2").shape[-1] == 4
     assert dicom.read(tmp_path / "mix", series=1).shape[-1] == 3
     assert dicom.read(tmp_path / "mix", series="2").meta["series_uid"] == "1.2.3.4.2"
