@@ -76,6 +76,32 @@ def test_forward_operator_adjoint(simulated: dict) -> None:
     assert torch.allclose(ones, torch.ones_like(ones), atol=1e-5)
 
 
+def test_a_stack_too_large_for_a_sparse_operator_runs_matrix_free_with_the_same_products(
+    simulated: dict, recon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unmasked whole stacks (a 320 x 320 x 22 fetal stack needs ~15 GB as a sparse matrix) run matrix-free."""
+    from medsat_sr.multistack import forward
+
+    st = simulated["stacks"][0]
+    grid = output_grid(simulated["stacks"], spacing=1.0)
+    sparse = make_operator(st, grid, motion=simulated["sims"][0].motion)
+    sparse.cache()
+    monkeypatch.setattr(forward, "SPARSE_MAX_BYTES", sparse.sparse_bytes() - 1)
+    free = make_operator(st, grid, motion=simulated["sims"][0].motion)
+    free.cache()
+    assert free.matrix_free and not sparse.matrix_free and free._matrix is None
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(grid.shape, generator=g), torch.rand(sparse.y.shape, generator=g)
+    assert torch.allclose(free.matvec(x), sparse.matvec(x), atol=1e-5)
+    assert torch.allclose(free.rmatvec(y), sparse.rmatvec(y), atol=1e-4)
+    # the whole reconstruction: the same volume within float rounding
+    monkeypatch.setattr(forward, "SPARSE_MAX_BYTES", 0)
+    again = reconstruct(simulated["stacks"], FAST)
+    assert all(op.matrix_free for op in again.ops)
+    rel = float((again.volume - recon.volume).norm() / recon.volume.norm())
+    assert rel < 2e-3, rel  # rounding differences, amplified a little by the registration cycles
+
+
 def test_registration_recovers_known_motion(simulated: dict, recon) -> None:
     vol, aff, sims = simulated["vol"], simulated["aff"], simulated["sims"]
     pts = np.argwhere(vol > 0)[::20] @ aff[:3, :3].T + aff[:3, 3]
