@@ -48,7 +48,11 @@ def _requested_volume_scale(img: MetaTensor, scale: Any, target_spacing: Any, cf
         ts = as_scale(target_spacing, 3)
         requested = tuple(max(1.0, s / t) for s, t in zip(spacing, ts))
     elif cfg is not None and hasattr(cfg, "scale_for"):
-        requested = tuple(float(v) for v in cfg.scale_for(spacing))
+        try:
+            requested = tuple(float(v) for v in cfg.scale_for(spacing))
+        except ConfigError as exc:  # the config's rule does not fit this input: name the input first
+            where = img.meta.get(Key.SOURCE_PATH) or "the volume"
+            raise ConfigError(f"{where}: {exc}; give --scale or --target-spacing") from exc
     if requested is None:
         return None
     requested = snap_scale(requested)
