@@ -418,3 +418,18 @@ class Ensemble:
         if m2 is not None:
             var = (m2 / wsum).clamp_min_(0.0).cpu()
         return mean.cpu(), var
+
+
+def as_ensemble(model: Any, uncertainty: bool) -> Ensemble:
+    """``model`` as an :class:`Ensemble`: an ensemble as it is, a member or a bare network as a one-member ensemble.
+
+    Raises:
+        ModelError: anything else.
+    """
+    if isinstance(model, Ensemble):
+        return model
+    if isinstance(model, Member):
+        return Ensemble([model], uncertainty=uncertainty)
+    if isinstance(model, nn.Module):
+        return Ensemble([Member(model=model)], uncertainty=uncertainty)
+    raise ModelError(f"expected a model or an Ensemble, got {type(model).__name__}")

@@ -34,7 +34,7 @@ What a run does (all from the job config):
   i.e. 1.6-2x faster; at equal iterations (100) the validation PSNR differs
   by 0.006 dB (34.415 bf16, 34.421 fp32); after equal time (3 min) bf16 gave
   +2.4 dB over cubic and fp32 +1.1 dB. Hence ``precision: bf16`` in the
-  shipped configs. Applying in bf16 (:func:`apply_slicewise`) changed the
+  shipped configs. Applying in bf16 (:func:`medsat_sr.slicewise.apply_slicewise`) changed the
   masked PSNR by 0.001 dB at half the time;
 * **validation** every ``val_every`` iterations (and before the first one):
   PSNR (``monai.handlers.PeakSignalToNoiseRatio``) and SSIM
@@ -67,8 +67,9 @@ What a run does (all from the job config):
   (:func:`medsat_sr.models.build_discriminator`), trained alternately in a
   custom ignite iteration.
 
-:func:`apply_slicewise` applies a slice network to a whole thick-slice
-volume (both through-plane orientations, averaged).
+A trained slice network is applied to a whole thick-slice volume by
+:func:`medsat_sr.slicewise.apply_slicewise`, the same code the inference
+route runs.
 """
 
 from __future__ import annotations
@@ -80,7 +81,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -94,8 +94,6 @@ from medsat_sr.engine import (
     read_inputs,
     resolve_device,
 )
-from medsat_sr.errors import ModelError
-from medsat_sr.geometry import round_half_up
 from medsat_sr.losses import CharbonnierLoss, CombinedLoss, build_loss
 from medsat_sr.normalise import Normaliser
 from medsat_sr.run_folder import (
@@ -113,7 +111,6 @@ __all__ = [
     "FitResult",
     "fit",
     "train",
-    "apply_slicewise",
     # re-exported from medsat_sr.engine (the trainer's assembly and handlers)
     "TrainState",
     "PrecisionWrapper",
@@ -294,73 +291,3 @@ def train(
 
 
 # =============================================================== slice-wise application
-def apply_slicewise(
-    model: nn.Module,
-    volume: torch.Tensor,
-    thick_axis: int,
-    factor: float,
-    output_size: int | Sequence[int] | None = None,
-    *,
-    batch_size: int = 8,
-    precision: str = "fp32",
-    device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """Apply a slice network through-plane to a whole volume (SMORE/ECLARE).
-
-    The volume is cut into planes that contain the thick axis, in both
-    orientations (across each in-plane axis); each plane, thick axis first,
-    is super-resolved along it to ``output_size``; the two results are averaged.
-
-    Args:
-        model: a 2D network trained with the degraded axis first (scale ``(f, 1)``).
-        volume: normalised ``(C, X, Y, Z)``.
-        thick_axis: the through-plane spatial axis (0, 1 or 2).
-        factor: the through-plane factor (only used for the default output size).
-        output_size: output length along the thick axis (or the whole
-            output spatial shape); default ``round(n * factor)``.
-        batch_size: planes per forward pass.
-        precision: ``"fp32"`` or ``"bf16"``.
-        device: default: the model's device.
-
-    Returns:
-        ``(C, X', Y', Z')`` float32 on the CPU, only the thick axis resized.
-
-    Raises:
-        ModelError: a volume or axis that does not fit.
-    """
-    if not isinstance(volume, torch.Tensor) or volume.ndim != 4:
-        raise ModelError(f"apply_slicewise needs a volume (C, X, Y, Z), got {getattr(volume, 'shape', type(volume))}")
-    t = int(thick_axis)
-    if t not in (0, 1, 2):
-        raise ModelError(f"thick_axis must be 0, 1 or 2, got {thick_axis!r}")
-    vol = volume.as_subclass(torch.Tensor) if type(volume) is not torch.Tensor else volume
-    shape = list(vol.shape[1:])
-    if output_size is None:
-        out_t = max(1, round_half_up(shape[t] * float(factor)))
-    elif isinstance(output_size, (int, np.integer)):
-        out_t = int(output_size)
-    else:
-        out_t = int(list(output_size)[t])
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    net = PrecisionWrapper(model, precision, channels_last=dev.type == "cpu" and precision == "bf16", eval_bf16=True)
-    net.eval()
-    out_shape = list(shape)
-    out_shape[t] = out_t
-    total = torch.zeros([vol.shape[0]] + out_shape, dtype=torch.float32)
-    a, b = [i for i in range(3) if i != t]
-    with torch.inference_mode():
-        for slice_axis, other in ((a, b), (b, a)):
-            # planes: (n_slices, C, n_t, n_other)
-            planes = vol.permute(1 + slice_axis, 0, 1 + t, 1 + other).to(torch.float32)
-            res = torch.empty((planes.shape[0], vol.shape[0], out_t, planes.shape[3]), dtype=torch.float32)
-            for s0 in range(0, planes.shape[0], batch_size):
-                chunk = planes[s0 : s0 + batch_size].to(dev).contiguous()
-                res[s0 : s0 + chunk.shape[0]] = net(chunk, output_size=(out_t, planes.shape[3])).to("cpu")
-            # back to (C, X, Y, Z): res axes are (slice_axis, C, t, other)
-            order = [0] * 4
-            order[0] = 1
-            order[1 + slice_axis] = 0
-            order[1 + t] = 2
-            order[1 + other] = 3
-            total += res.permute(*order)
-    return total / 2.0

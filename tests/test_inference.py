@@ -210,17 +210,6 @@ def test_global_context_models_overlap_with_gaussian_blending():
     assert ov[0] > 0 and res.record["settings"]["exact_tiling"] is False
 
 
-def test_slicewise_matches_the_trainers_application():
-    from medsat_sr.inference import apply_slicewise
-
-    train = pytest.importorskip("medsat_sr.train")
-    vol = torch.rand(1, 12, 10, 5)
-    net = _net(2, 1, (3, 1), upsample="pre")
-    mine, _ = apply_slicewise(net, vol, 2, (12, 10, 15))
-    theirs = train.apply_slicewise(net, vol, 2, 3.0, (12, 10, 15))
-    assert torch.allclose(mine, theirs, atol=1e-5)
-
-
 def test_one_orientation_runs_only_the_largest_slices():
     from medsat_sr.inference import apply_slicewise
 

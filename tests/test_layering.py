@@ -70,6 +70,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.train": 2,
     "medsat_sr.checkpoint": 2,
     "medsat_sr.fusion": 2,
+    "medsat_sr.slicewise": 2,  # a 2D network over the slices or planes of a volume
     "medsat_sr.distributed": 2,
     "medsat_sr.trust": 2,
     "medsat_sr.pansharpen.learned": 2,  # the self-supervised pan-sharpening network (#17)

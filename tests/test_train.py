@@ -17,7 +17,8 @@ from medsat_sr.checkpoint import load_checkpoint
 from medsat_sr.cli import main
 from medsat_sr.config import load_config
 from medsat_sr.image import make_raster, make_volume
-from medsat_sr.train import apply_slicewise, build_loss, build_trainer, fit
+from medsat_sr.slicewise import apply_slicewise
+from medsat_sr.train import build_loss, build_trainer, fit
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRANSFORM = (10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0)
@@ -266,13 +267,13 @@ def test_thick_slice_fit_and_apply_slicewise(tmp_path: Path) -> None:
     r = fit(vol, cfg, progress=False)
     assert r.metadata["task"]["thick_axis"] == 2 and r.metadata["scale"] == [4.0, 1.0]
     x = r.normaliser.forward(vol.as_tensor())
-    out = apply_slicewise(r.model, x, 2, 4.0)
+    out, _ = apply_slicewise(r.model, x, 2, (36, 40, 40))
     assert out.shape == (1, 36, 40, 40)
     # an untrained model is interpolation: both orientations give bicubic along the thick axis
     from medsat_sr.models import build_model
 
     plain = build_model("edsr", spatial_dims=2, in_channels=1, scale=(4, 1), features=8, n_blocks=1)
-    got = apply_slicewise(plain, x, 2, 4.0, 40)
+    got, _ = apply_slicewise(plain, x, 2, (36, 40, 40))
     planes = x[0].permute(0, 2, 1)[:, None]  # (X, 1, Z, Y)
     expect = F.interpolate(planes, size=(40, 40), mode="bicubic", align_corners=False)[:, 0].permute(0, 2, 1)
     assert torch.allclose(got[0], expect, atol=1e-5)

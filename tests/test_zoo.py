@@ -164,6 +164,44 @@ def test_model_name_applies_the_shipped_model_without_fitting(aerial: Path, tmp_
                               and d["model_score"] > (d.get("interp_score") or -math.inf) + d["margin_db"])
 
 
+def test_a_shipped_model_for_other_channels_is_refused_before_it_is_scored(
+    aerial: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 4D series (10 fMRI volumes, say) or a 3-band raster: one line at the door, not a score of an adapted network."""
+    from medsat_sr.inference import api
+
+    def never(*_a: object, **_k: object) -> dict:
+        raise AssertionError("scored a model that does not take the input")
+
+    monkeypatch.setattr(api, "score_on_input", never)
+    four_d = tmp_path / "bold.nii.gz"
+    data = np.random.default_rng(0).random((24, 24, 6, 3), dtype=np.float32) * 100
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 6.0, 1.0])), str(four_d))
+    with rasterio.open(aerial) as a:
+        profile, bands = a.profile, a.read([1, 2, 3])
+    profile.update(count=3)
+    rgb = tmp_path / "rgb.tif"
+    with rasterio.open(rgb, "w", **profile) as d:
+        d.write(bands)
+    for src, model, text in ((four_d, "mri_thick_slice", "the model takes 1 input channel(s), the volume has 3 "
+                              "(volumes of a 4D series: pick one with --volume K)"),
+                             (rgb, "multiband_x2", "the model takes 4 band(s), the raster has 3")):
+        out = tmp_path / f"out_{model}{''.join(src.suffixes)}"
+        code, _, err = cli("upscale", str(src), "--model", model, "-o", str(out))
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"medsat-sr: error: {src}: {text}"), err
+        assert not out.exists()
+
+
+def test_a_config_whose_scale_rule_finds_nothing_names_the_input(tmp_path: Path) -> None:
+    iso = tmp_path / "iso.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 16), np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), str(iso))
+    code, _, err = cli("upscale", str(iso), "--config", "mri_thick_slice", "-o", str(tmp_path / "out.nii.gz"))
+    assert code == 2 and err.startswith(f"medsat-sr: error: {iso}: "), err
+    assert "found nothing to upsample" in err and err.strip().endswith("give --scale or --target-spacing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iso.nii.gz"]
+
+
 @pytest.mark.shared_data
 def test_model_name_on_a_held_out_thick_slice_t1(shared_data: Path, tmp_path: Path) -> None:
     """``mri_thick_slice`` on a 4 mm crop of the UIH T1 (held out of its training): the through-plane axis x4."""

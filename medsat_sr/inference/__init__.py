@@ -20,8 +20,8 @@ __all__ = ["upscale", "UpscaleResult", "apply_slicewise", "apply_inplane", "nati
 _LAZY = {
     "upscale": "medsat_sr.inference.api",
     "UpscaleResult": "medsat_sr.inference.result",
-    "apply_slicewise": "medsat_sr.inference.volume",
-    "apply_inplane": "medsat_sr.inference.volume",
+    "apply_slicewise": "medsat_sr.slicewise",
+    "apply_inplane": "medsat_sr.slicewise",
     "native_bf16": "medsat_sr.inference.members",
 }
 

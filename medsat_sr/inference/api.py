@@ -150,8 +150,8 @@ from medsat_sr.baselines import METHODS
 from medsat_sr.config import JobConfig, load_config, with_degradation
 from medsat_sr.errors import ConfigError
 from medsat_sr.fusion import Member
-from medsat_sr.image import BandSet
-from medsat_sr.inference.members import collect_members, domain_of
+from medsat_sr.image import BandSet, Key
+from medsat_sr.inference.members import check_takes, collect_members, domain_of
 from medsat_sr.inference.multi import MultiRequest, is_fusion_method, run_multi
 from medsat_sr.inference.options import UpscaleOptions, degradation_override
 from medsat_sr.inference.plan import Decision, check_scale_bound, decide
@@ -341,8 +341,12 @@ def upscale(
     mem = collect_members(items, fit, weights, opts.device)
     if shipped and cfg is not None and len(items) == 1 and fit is None:  # a shipped model, no fit: scored on the input
         t0 = time.perf_counter()
-        mem.validations = [{"model": 0, **score_on_input(items[0], cfg, fit_input(src, cfg, scale, target_spacing),
-                                                          shipped[0])}]
+        own = fit_input(src, cfg, scale, target_spacing)
+        if isinstance(own, MetaTensor):  # at the door: a model for other channels is refused before it is scored
+            kind = "volume" if src.is_volume else "raster"
+            check_takes(mem.members, int(own.shape[0]), src.path or own.meta.get(Key.SOURCE_PATH) or f"the {kind}",
+                        kind=kind, names=own.meta.get(Key.BAND_NAMES))
+        mem.validations = [{"model": 0, **score_on_input(items[0], cfg, own, shipped[0])}]
         timings["score_on_input"] = time.perf_counter() - t0
     cfg = _measured(cfg, mem.fit_meta)
     profile = _profile(cfg, mem.members)

@@ -23,7 +23,7 @@ from torch import nn
 from medsat_sr.checkpoint import load_checkpoint, model_hash
 from medsat_sr.domains import load_domain
 from medsat_sr.errors import ConfigError, MedsatError, ModelError
-from medsat_sr.fusion import DEFAULT_TTA_MEMBERS, Ensemble, Member, Transform, normalise_weights, tta_transforms
+from medsat_sr.fusion import DEFAULT_TTA_MEMBERS, Ensemble, Member, Transform, as_ensemble, normalise_weights, tta_transforms  # noqa: F401
 from medsat_sr.hardware import native_bf16  # noqa: F401  (re-exported: the inference package's name for it)
 from medsat_sr.normalise import Normaliser
 
@@ -100,14 +100,27 @@ def load_member(item: Any, device: str) -> tuple[Member, dict[str, Any]]:
     raise ModelError(f"a model is a checkpoint path or a torch.nn.Module, got {type(item).__name__}")
 
 
-def as_ensemble(model: Any, uncertainty: bool) -> Ensemble:
-    if isinstance(model, Ensemble):
-        return model
-    if isinstance(model, Member):
-        return Ensemble([model], uncertainty=uncertainty)
-    if isinstance(model, nn.Module):
-        return Ensemble([Member(model=model)], uncertainty=uncertainty)
-    raise ModelError(f"expected a model or an Ensemble, got {type(model).__name__}")
+def check_takes(members: Sequence[Member], n: int, where: Any, *, kind: str, names: Sequence[str] | None = None) -> None:
+    """The models' input channels against the input's ``n`` channels (a volume) or bands (a raster).
+
+    Run at the door, before a shipped model is scored or any tile runs.
+    Guided models take their bands by role and are checked by their route.
+
+    Raises:
+        ModelError: the counts differ; the message names the input and what to do.
+    """
+    if not members or any(m.guided for m in members):
+        return
+    n_in = int(getattr(members[0].model, "in_channels", n))
+    if n_in == n:
+        return
+    if kind == "volume":
+        hint = " (volumes of a 4D series: pick one with --volume K)" if n > 1 else ""
+        raise ModelError(f"{where}: the model takes {n_in} input channel(s), the volume has {n}{hint}; "
+                         "use a model trained on volumes with this many channels, or --method cubic")
+    listed = f" ({', '.join(names)})" if names else ""
+    raise ModelError(f"{where}: the model takes {n_in} band(s), the raster has {n}{listed}; "
+                     f"use a model trained on {n} band(s), or --method cubic")
 
 
 def state_hash(model: nn.Module) -> str:

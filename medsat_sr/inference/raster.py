@@ -33,7 +33,7 @@ from medsat_sr.errors import ConfigError, FormatError, GeometryError, MedsatErro
 from medsat_sr.fusion import Ensemble, Member
 from medsat_sr.geometry import as_scale, crop_transform, effective_scale, scale_transform, scaled_shape
 from medsat_sr.image import Key
-from medsat_sr.inference.members import band_roles, fit_normaliser, tta_for
+from medsat_sr.inference.members import band_roles, check_takes, fit_normaliser, tta_for
 from medsat_sr.inference.options import DEFAULT_TILE_RASTER
 from medsat_sr.inference.progress import progress_over
 from medsat_sr.inference.raster_check import (
@@ -91,7 +91,7 @@ def _single_plan(g: Group, members: list[Member] | None, method: str | None,
     """One raster: one task (model or resampling) onto the grid scaled by the model's (or the given) scale."""
     if members:
         _check_model_scale(members, scale)
-        _check_bands(g, members)
+        check_takes(members, len(g.bands), g.meta.get(Key.SOURCE_PATH) or g.name, kind="raster", names=g.bands)
         s = tuple(members[0].scale)
     elif scale is None:
         raise ConfigError("a classical method needs a scale (--scale)")
@@ -103,16 +103,6 @@ def _single_plan(g: Group, members: list[Member] | None, method: str | None,
     eff = effective_scale(g.shape, s)
     task = Task(kind="model" if members else "resample", group=g, idx=list(range(len(g.bands))), method=method or "cubic")
     return [task], out_shape, scale_transform(g.transform, eff), {"requested": list(s), "effective": eff.tolist()}
-
-
-def _check_bands(g: Group, members: list[Member]) -> None:
-    """A single raster's band count against the model's input channels, before any tile runs."""
-    n_in = int(getattr(members[0].model, "in_channels", len(g.bands)))
-    if any(m.guided for m in members) or n_in == len(g.bands):
-        return
-    where = g.meta.get(Key.SOURCE_PATH) or g.name
-    raise ModelError(f"{where}: the model takes {n_in} band(s), the raster has {len(g.bands)} "
-                     f"({', '.join(g.bands)}); use a model trained on {len(g.bands)} band(s), or --method cubic")
 
 
 def _target_group(groups: list[Group], members: list[Member], targets: list[str] | None) -> tuple[Group, list[int]]:
