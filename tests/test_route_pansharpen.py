@@ -138,6 +138,33 @@ def test_learned_config_records_its_decision(crop: Path, tmp_path: Path) -> None
         assert (o.transform, o.shape, o.crs) == (p.transform, p.shape, p.crs)
 
 
+def test_learned_config_on_one_ms_band(crop: Path, tmp_path: Path) -> None:
+    """One MS band with --pan: a learned fit and its record; SAM (undefined for one band) is None."""
+    out = tmp_path / "b4.tif"
+    code, err = cli(str(crop / "l8_B4.tif"), "--pan", str(crop / "l8_B8.tif"), "-o", str(out), "--config",
+                    "landsat_pansharpen", "--set", "train.max_iterations=3", "--set", "train.patch_size=16",
+                    "--set", "train.batch_size=2")
+    assert code == 0, err
+    rec = json.loads(Path(str(out) + ".json").read_text())
+    assert all(s["sam"] is None and s["ergas"] > 0 for s in rec["held_out_reduced_resolution"].values())
+    assert rec["training"]["iterations"] == 3
+
+
+def test_budget_is_the_learned_fits_time_and_refused_with_a_method(
+    crop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medsat_sr.inference import api
+
+    seen: dict = {}
+    monkeypatch.setattr(api, "pansharpen_upscale", lambda *a, **k: seen.update(k))
+    api.upscale(crop, output=tmp_path / "a.tif", config="landsat_pansharpen", budget=90.0, from_scratch=True)
+    assert seen["overrides"] == ["train.max_minutes=1.5"]
+    code, err = cli(str(crop / "l8_B4.tif"), "--pan", str(crop / "l8_B8.tif"), "-o", str(tmp_path / "c.tif"),
+                    "--method", "gsa", "--budget", "3")
+    assert code == 2 and "--budget: only a learned pan-sharpening config fits (--config landsat_pansharpen)" in err
+    assert not (tmp_path / "c.tif").exists()
+
+
 def test_decision_falls_back_to_the_best_classical_method() -> None:
     from medsat_sr.inference.route_pansharpen_learned import decide
 

@@ -382,10 +382,16 @@ def _upscale_pansharpen(image: Any, output: Any, *, method: str | None, config: 
         image = image[0]
     if not isinstance(image, (str, os.PathLike)) or output is None:
         raise ConfigError("pan-sharpening reads files and writes a GeoTIFF: give a path and an output")
-    unused = sorted(k for k, v in options.items()
-                    if v is not None and v is not False and k not in ("cog", "force", "sidecar", "format"))
+    fitting = {k: options[k] for k in ("budget", "from_scratch") if options.get(k) not in (None, False)}
+    if fitting and config is None:
+        raise ConfigError(f"--{', --'.join(k.replace('_', '-') for k in fitting)}: only a learned pan-sharpening "
+                          f"config fits (--config landsat_pansharpen), not --method {method}")
+    unused = sorted(k for k, v in options.items() if v is not None and v is not False
+                    and k not in ("cog", "force", "sidecar", "format", *fitting))
     if unused:
         raise ConfigError(f"pan-sharpening does not take {', '.join(unused)}")
+    if "budget" in fitting:  # the learned route always fits from scratch (no shipped pan-sharpening model)
+        overrides = [*overrides, f"train.max_minutes={float(fitting['budget']) / 60.0:g}"]
     cog = bool(options.get("cog")) or options.get("format") == "cog"
     return pansharpen_upscale(image, output, method=method, config=config, pan=pan,
                               cog=cog, force=bool(options.get("force")),

@@ -35,11 +35,14 @@ def reduced_valid(valid: np.ndarray, pair: Pair) -> np.ndarray:
 
 
 def reduced_scores(fused: np.ndarray, ref: np.ndarray, ratio: int, valid: np.ndarray | None = None, *,
-                   block: int = pm.DEFAULT_BLOCK) -> dict[str, float]:
-    """Q2n (block ``block``), SAM (degrees) and ERGAS (ratio ``ratio``) of a reduced-resolution product."""
+                   block: int = pm.DEFAULT_BLOCK) -> dict[str, float | None]:
+    """Q2n (block ``block``), SAM (degrees) and ERGAS (ratio ``ratio``) of a reduced-resolution product.
+
+    SAM is ``None`` for a single band: a spectral angle needs two bands at least.
+    """
     return {
         "q2n": pm.q2n(fused, ref, block=block, mask=valid),
-        "sam": metrics.sam(fused, ref, mask=valid),
+        "sam": metrics.sam(fused, ref, mask=valid) if fused.shape[0] >= 2 else None,
         "ergas": metrics.ergas(fused, ref, scale=float(ratio), mask=valid),
     }
 
