@@ -161,12 +161,28 @@ def _write_stacks(tmp: Path, simulated: dict) -> list[Path]:
 
 
 @pytest.mark.slow  # a full reconstruction with its leave-one-out check, then the cubic route (~30 s)
-def test_cli_route_end_to_end(tmp_path: Path, simulated: dict) -> None:
+def test_cli_route_end_to_end(tmp_path: Path, simulated: dict, monkeypatch: pytest.MonkeyPatch,
+                              caplog: pytest.LogCaptureFixture) -> None:
+    from medsat_sr.inference import route_multistack
+    from medsat_sr.progress import Progress
+
+    bars: list[Progress] = []
+
+    class Counted(Progress):
+        def __init__(self, *a: object, **k: object) -> None:
+            super().__init__(*a, **k)
+            bars.append(self)
+
+    monkeypatch.setattr(route_multistack, "Progress", Counted)
+    monkeypatch.setattr(route_multistack, "LARGE_GRID_VOXELS", 1000)  # these unmasked stacks count as large
     paths = _write_stacks(tmp_path, simulated)
     out = tmp_path / "fused.nii.gz"
     sets = [f"--set=multistack.{k}={v}" for k, v in FAST.items()]
     rc = main(["upscale", *map(str, paths), "-o", str(out), "--config", "mri_multistack", *sets])
     assert rc == 0
+    # progress counts every registration, outer iteration and held-out stack, and ends at its total
+    assert len(bars) == 1 and bars[0].done == bars[0].total == 2 * 2 + 2 * 2 + 3
+    assert any("3 stacks without masks" in r.getMessage() and "multistack.masks" in r.getMessage() for r in caplog.records)
     img = read(out)
     rec = json.loads(out.with_name("fused.nii.gz.json").read_text()) if out.with_name("fused.nii.gz.json").exists() \
         else json.loads(next(tmp_path.glob("fused*.json")).read_text())

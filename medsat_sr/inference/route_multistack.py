@@ -40,8 +40,9 @@ from medsat_sr.image import Key
 from medsat_sr.inference.multi import MULTI_ROUTES, MultiRequest, MultiResult
 from medsat_sr.inference.plan import Decision
 from medsat_sr.multistack.options import MultiStackOptions
-from medsat_sr.multistack.reconstruct import Reconstruction, mean_of_cubic, reconstruct
-from medsat_sr.multistack.stacks import Stack, grid_volume, make_stack
+from medsat_sr.multistack.reconstruct import Reconstruction, mean_of_cubic, reconstruct, reference_of, region_of
+from medsat_sr.multistack.stacks import Stack, grid_volume, make_stack, output_grid
+from medsat_sr.progress import Progress
 from medsat_sr.multistack.validate import leave_one_out
 
 __all__ = ["run", "METHODS"]
@@ -109,10 +110,37 @@ def _stacks(req: MultiRequest, o: MultiStackOptions) -> list[Stack]:
     return stacks
 
 
-def _decide(rec: Reconstruction, o: MultiStackOptions, req: MultiRequest) -> tuple[torch.Tensor, Decision, dict | None]:
+#: Output voxels above which a reconstruction without masks is announced as slow, with the remedy.
+LARGE_GRID_VOXELS = 8_000_000
+
+
+def _ticks(n: int, o: MultiStackOptions, method: str) -> int:
+    """Progress steps of a run: registrations, outer solver iterations, held-out stacks."""
+    rigid = o.registration == "rigid"
+    cycles = o.register_cycles if rigid else 0
+    steps = (n - 1) * (1 + cycles) if rigid else 0
+    if method == "srr":
+        steps += o.outer_iterations * (cycles + 1) + (n if o.check else 0)
+    return max(1, steps)
+
+
+def _warn_if_large(stacks: list[Stack], grid: Any) -> None:
+    """Say before the work starts when unmasked stacks make a grid that takes long on a CPU, and what helps."""
+    voxels = int(np.prod(grid.shape))
+    if voxels <= LARGE_GRID_VOXELS or any(s.mask is not None for s in stacks):
+        return
+    logger.warning(
+        "%d stacks without masks: the output grid covers the union of their fields of view, %s voxels (%.0f M); "
+        "a reconstruction this size runs for a long time on a CPU (tens of minutes or more). Masks of the anatomy, "
+        "one per stack (--set multistack.masks='[m1.nii.gz, ...]'), restrict it and speed it up",
+        len(stacks), "x".join(str(v) for v in grid.shape), voxels / 1e6)
+
+
+def _decide(rec: Reconstruction, o: MultiStackOptions, req: MultiRequest,
+            tick: Any = None) -> tuple[torch.Tensor, Decision, dict | None]:
     if not o.check:
         return rec.volume, Decision(use_model=True, reason="reconstruction, check switched off (multistack.check: false)"), None
-    loo = leave_one_out(rec, o)
+    loo = leave_one_out(rec, o, progress=tick)
     srr_s, base_s = loo["srr_ncc_mean"], loo["mean_cubic_ncc_mean"]
     rows = loo["per_stack"]
     db = [sum(r[m]["psnr"] for r in rows) / len(rows) for m in ("srr", "mean_cubic")]
@@ -163,12 +191,19 @@ def run(req: MultiRequest) -> MultiResult:
     o, method = _options(req)
     stacks = _stacks(req, o)
     t_read = time.perf_counter() - t0
-    rec = reconstruct(stacks, o, solve_volume=method == "srr")
-    t1 = time.perf_counter()
-    if method == "srr":
-        volume, decision, loo = _decide(rec, o, req)
-    else:
-        volume, decision, loo = rec.volume, Decision(use_model=False, reason="classical method cubic asked for"), None
+    ref_k = reference_of(stacks, o)
+    grid = output_grid(stacks, reference=ref_k, spacing=o.spacing, region=region_of(stacks, o), margin_mm=o.margin_mm)
+    _warn_if_large(stacks, grid)
+    bar = Progress(_ticks(len(stacks), o, method), "multi-stack", unit="step", enabled=req.progress)
+    try:
+        rec = reconstruct(stacks, o, grid=grid, solve_volume=method == "srr", progress=bar.update)
+        t1 = time.perf_counter()
+        if method == "srr":
+            volume, decision, loo = _decide(rec, o, req, bar.update)
+        else:
+            volume, decision, loo = rec.volume, Decision(use_model=False, reason="classical method cubic asked for"), None
+    finally:
+        bar.close()
     written = "srr" if method == "srr" and decision.use_model else "cubic"
     ref = stacks[rec.reference]
     image = grid_volume(volume.clamp_min(0) * float(ref.norm), rec.grid, ref.source)
