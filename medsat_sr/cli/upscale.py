@@ -83,17 +83,20 @@ def _weights(text: str | None) -> object:
 
 
 def _tune_allocator_for(inputs: list[str]) -> None:
-    """Volumes: let malloc reuse freed tensor memory (:func:`medsat_sr.hardware.tune_allocator`).
+    """One volume: let malloc reuse freed tensor memory (:func:`medsat_sr.hardware.tune_allocator`).
 
     ``benchmarks/allocator.py`` (2 AVX2 cores): ``--model mri_thick_slice`` on
     a 160 x 230 x 64 volume in 58.3 s against 78.6 s, 1.06x the peak memory.
     Rasters are left alone: ``--model multiband_x2`` took 1.09x the time and
-    1.31x the peak memory, which the streamed route is built to bound.
+    1.31x the peak memory, which the streamed route is built to bound. So are
+    several inputs (multi-stack reconstruction): its solver frees whole-grid
+    volumes every iteration, and kept in the heap they multiplied its memory
+    for no gain (see ``benchmarks/allocator.py``).
     """
     from medsat_sr.hardware import tune_allocator
     from medsat_sr.io import is_volume
 
-    if any(is_volume(p) for p in inputs):
+    if len(inputs) == 1 and is_volume(inputs[0]):
         tune_allocator()
 
 
