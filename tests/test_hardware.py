@@ -123,5 +123,7 @@ def test_upscale_tunes_malloc_for_volumes_only(monkeypatch: pytest.MonkeyPatch, 
     _tune_allocator_for([str(tif)])
     _tune_allocator_for([str(tmp_path / "missing.nii.gz")])  # the reader reports it later
     assert calls == []
+    _tune_allocator_for([str(vol), str(vol)])  # several stacks: the multi-stack solver is left to glibc
+    assert calls == []
     _tune_allocator_for([str(vol)])
     assert calls == [1]
