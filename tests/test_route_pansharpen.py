@@ -153,10 +153,10 @@ def test_learned_config_on_one_ms_band(crop: Path, tmp_path: Path) -> None:
 def test_budget_is_the_learned_fits_time_and_refused_with_a_method(
     crop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medsat_sr.inference import api
+    from medsat_sr.inference import api, route_pansharpen
 
     seen: dict = {}
-    monkeypatch.setattr(api, "pansharpen_upscale", lambda *a, **k: seen.update(k))
+    monkeypatch.setattr(route_pansharpen, "pansharpen_upscale", lambda *a, **k: seen.update(k))
     api.upscale(crop, output=tmp_path / "a.tif", config="landsat_pansharpen", budget=90.0, from_scratch=True)
     assert seen["overrides"] == ["train.max_minutes=1.5"]
     code, err = cli(str(crop / "l8_B4.tif"), "--pan", str(crop / "l8_B8.tif"), "-o", str(tmp_path / "c.tif"),

@@ -167,7 +167,7 @@ from medsat_sr.inference.request import (
     request_options,
 )
 from medsat_sr.inference.result import UpscaleResult
-from medsat_sr.inference.route_pansharpen import is_pansharpen, pansharpen_upscale
+from medsat_sr.inference.route_pansharpen import is_pansharpen, upscale_with_options
 from medsat_sr.inference.shipped import as_checkpoints, score_on_input, serves, shipped_names
 from medsat_sr.inference.volume import upscale_volume
 from medsat_sr.trust import write_record
@@ -286,8 +286,8 @@ def upscale(
     """
     t_start = time.perf_counter()
     if is_pansharpen(method, _config_name(config), pan):
-        return _upscale_pansharpen(image, output, method=method, config=config, pan=pan, overrides=overrides,
-                                   options=options)
+        return upscale_with_options(image, output, method=method, config=config, pan=pan, overrides=overrides,
+                                    options=options)
     if isinstance(image, (list, tuple)) and len(image) != 1:
         if model is not None or models or fit is not None:
             raise ConfigError("several inputs are fused by a multi-input config or a classical method, not by --model")
@@ -341,12 +341,7 @@ def upscale(
     mem = collect_members(items, fit, weights, opts.device)
     if shipped and cfg is not None and len(items) == 1 and fit is None:  # a shipped model, no fit: scored on the input
         t0 = time.perf_counter()
-        own = fit_input(src, cfg, scale, target_spacing)
-        if isinstance(own, MetaTensor):  # at the door: a model for other channels is refused before it is scored
-            kind = "volume" if src.is_volume else "raster"
-            check_takes(mem.members, int(own.shape[0]), src.path or own.meta.get(Key.SOURCE_PATH) or f"the {kind}",
-                        kind=kind, names=own.meta.get(Key.BAND_NAMES))
-        mem.validations = [{"model": 0, **score_on_input(items[0], cfg, own, shipped[0])}]
+        mem.validations = [{"model": 0, **_score_shipped(src, mem, cfg, items[0], shipped[0], scale, target_spacing)}]
         timings["score_on_input"] = time.perf_counter() - t0
     cfg = _measured(cfg, mem.fit_meta)
     profile = _profile(cfg, mem.members)
@@ -373,29 +368,15 @@ def _config_name(config: Any) -> str | None:
     return getattr(config, "name", None)
 
 
-def _upscale_pansharpen(image: Any, output: Any, *, method: str | None, config: Any, pan: Any,
-                        overrides: Sequence[str], options: Mapping[str, Any]) -> UpscaleResult:
-    """The pan-sharpening route: one MS input (a band folder with its pan band, or ``pan``) onto the pan grid."""
-    if isinstance(image, (list, tuple)):
-        if len(image) != 1:
-            raise ConfigError("pan-sharpening takes one input: a band folder with a pan band, or the MS file with --pan")
-        image = image[0]
-    if not isinstance(image, (str, os.PathLike)) or output is None:
-        raise ConfigError("pan-sharpening reads files and writes a GeoTIFF: give a path and an output")
-    fitting = {k: options[k] for k in ("budget", "from_scratch") if options.get(k) not in (None, False)}
-    if fitting and config is None:
-        raise ConfigError(f"--{', --'.join(k.replace('_', '-') for k in fitting)}: only a learned pan-sharpening "
-                          f"config fits (--config landsat_pansharpen), not --method {method}")
-    unused = sorted(k for k, v in options.items() if v is not None and v is not False
-                    and k not in ("cog", "force", "sidecar", "format", *fitting))
-    if unused:
-        raise ConfigError(f"pan-sharpening does not take {', '.join(unused)}")
-    if "budget" in fitting:  # the learned route always fits from scratch (no shipped pan-sharpening model)
-        overrides = [*overrides, f"train.max_minutes={float(fitting['budget']) / 60.0:g}"]
-    cog = bool(options.get("cog")) or options.get("format") == "cog"
-    return pansharpen_upscale(image, output, method=method, config=config, pan=pan,
-                              cog=cog, force=bool(options.get("force")),
-                              overrides=list(overrides), sidecar=options.get("sidecar") is not False)
+def _score_shipped(src: Any, mem: Any, cfg: JobConfig, checkpoint: Any, name: str, scale: Any,
+                   target_spacing: Any) -> dict[str, Any]:
+    """A shipped model, unchanged, on the input's own held-out split; one for other channels is refused first."""
+    own = fit_input(src, cfg, scale, target_spacing)
+    if isinstance(own, MetaTensor):
+        kind = "volume" if src.is_volume else "raster"
+        check_takes(mem.members, int(own.shape[0]), src.path or own.meta.get(Key.SOURCE_PATH) or f"the {kind}",
+                    kind=kind, names=own.meta.get(Key.BAND_NAMES))
+    return score_on_input(checkpoint, cfg, own, name)
 
 
 def _measured(cfg: JobConfig | None, fit_meta: Mapping[str, Any]) -> JobConfig | None:

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ import numpy as np
 import rasterio
 
 from medsat_sr._version import __version__
-from medsat_sr.errors import DataError, GeometryError
+from medsat_sr.errors import ConfigError, DataError, GeometryError
 from medsat_sr.inference.plan import Decision
 from medsat_sr.inference.result import UpscaleResult
 from medsat_sr.io.geotiff_write import open_writer
@@ -274,3 +274,36 @@ def is_pansharpen(method: str | None, config: str | None, pan: str | None) -> bo
     if pan is not None or (method is not None and method in classical.METHODS):
         return True
     return config is not None and Path(str(config)).stem in PANSHARPEN_CONFIGS
+
+
+def upscale_with_options(image: Any, output: Any, *, method: str | None, config: Any, pan: Any,
+                         overrides: Sequence[str], options: Mapping[str, Any]) -> UpscaleResult:
+    """:func:`pansharpen_upscale` from :func:`medsat_sr.inference.upscale`'s arguments, checked at the door.
+
+    One MS input (a band folder with its pan band, or ``pan``) onto the pan grid. ``--budget`` is the learned
+    fit's time (it always fits from scratch: no pan-sharpening model is shipped); other upscale options do
+    not apply and are refused by name.
+
+    Raises:
+        ConfigError: several inputs, no output, or an option the route does not take.
+    """
+    if isinstance(image, (list, tuple)):
+        if len(image) != 1:
+            raise ConfigError("pan-sharpening takes one input: a band folder with a pan band, or the MS file with --pan")
+        image = image[0]
+    if not isinstance(image, (str, os.PathLike)) or output is None:
+        raise ConfigError("pan-sharpening reads files and writes a GeoTIFF: give a path and an output")
+    fitting = {k: options[k] for k in ("budget", "from_scratch") if options.get(k) not in (None, False)}
+    if fitting and config is None:
+        raise ConfigError(f"--{', --'.join(k.replace('_', '-') for k in fitting)}: only a learned pan-sharpening "
+                          f"config fits (--config landsat_pansharpen), not --method {method}")
+    unused = sorted(k for k, v in options.items() if v is not None and v is not False
+                    and k not in ("cog", "force", "sidecar", "format", *fitting))
+    if unused:
+        raise ConfigError(f"pan-sharpening does not take {', '.join(unused)}")
+    if "budget" in fitting:  # the learned route always fits from scratch (no shipped pan-sharpening model)
+        overrides = [*overrides, f"train.max_minutes={float(fitting['budget']) / 60.0:g}"]
+    cog = bool(options.get("cog")) or options.get("format") == "cog"
+    return pansharpen_upscale(image, output, method=method, config=config, pan=pan,
+                              cog=cog, force=bool(options.get("force")),
+                              overrides=list(overrides), sidecar=options.get("sidecar") is not False)
