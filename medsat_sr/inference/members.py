@@ -23,7 +23,7 @@ from torch import nn
 from medsat_sr.checkpoint import load_checkpoint, model_hash
 from medsat_sr.domains import load_domain
 from medsat_sr.errors import ConfigError, MedsatError, ModelError
-from medsat_sr.fusion import DEFAULT_TTA_MEMBERS, Ensemble, Member, Transform, as_ensemble, normalise_weights, tta_transforms  # noqa: F401
+from medsat_sr.fusion import DEFAULT_TTA_MEMBERS, Member, Transform, normalise_weights, tta_transforms
 from medsat_sr.hardware import native_bf16  # noqa: F401  (re-exported: the inference package's name for it)
 from medsat_sr.normalise import Normaliser
 

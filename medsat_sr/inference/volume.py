@@ -17,24 +17,22 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
-from torch import nn
 
 from medsat_sr._version import __version__
 from medsat_sr import degrade
 from medsat_sr.baselines import resample_volume
 from medsat_sr.domains import profile_for
-from medsat_sr.errors import ConfigError, GeometryError, ModelError
+from medsat_sr.errors import ConfigError, GeometryError
 from medsat_sr.fusion import Ensemble, Member, fit_weights
 from medsat_sr.geometry import effective_scale, scale_affine, scaled_shape
 from medsat_sr.image import Key, make_volume
-from medsat_sr.inference.members import WEIGHT_CROP, as_ensemble, centre, check_takes, fit_normaliser, tta_for
-from medsat_sr.slicewise import SLICE_BATCH, apply_inplane, apply_slicewise
+from medsat_sr.inference.members import WEIGHT_CROP, centre, check_takes, fit_normaliser, tta_for
 from medsat_sr.inference.plan import volume_scale
 from medsat_sr.inference.record import input_info, std_path
 from medsat_sr.io import write as io_write
 from medsat_sr.inference.options import DEFAULT_TILE_VOLUME
-from medsat_sr.inference.progress import progress_over
 from medsat_sr.models.upsample import interpolate
+from medsat_sr.slicewise import SLICE_BATCH, apply_inplane, apply_slicewise
 
 logger = logging.getLogger("medsat_sr.inference")
 
