@@ -271,6 +271,9 @@ class Member:
         weight: ensemble weight (normalised by the ensemble).
         name: for the record (checkpoint path or class name).
         info: metadata for the trust record (hash, architecture, metrics).
+        per_channel: a one-channel network applied to each channel of a
+            multi-channel input on its own (the volumes of a 4D series), as
+            many planes or windows per forward pass as one channel has.
     """
 
     model: nn.Module
@@ -279,6 +282,7 @@ class Member:
     weight: float = 1.0
     name: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    per_channel: bool = False
 
     @property
     def guided(self) -> bool:
@@ -350,6 +354,14 @@ class Ensemble:
         return any(m.guided for m in self.members)
 
     def _run(self, member: Member, x: torch.Tensor, guide: torch.Tensor | None, size: tuple[int, ...]) -> torch.Tensor:
+        if member.per_channel and not member.guided and x.shape[1] > 1:  # channels folded into the batch, in chunks
+            b, c = int(x.shape[0]), int(x.shape[1])
+            flat = x.reshape(b * c, 1, *x.shape[2:])
+            ys = [self._run_one(member, flat[i : i + b], None, size) for i in range(0, b * c, b)]
+            return torch.cat(ys).reshape(b, c, *ys[0].shape[2:])
+        return self._run_one(member, x, guide, size)
+
+    def _run_one(self, member: Member, x: torch.Tensor, guide: torch.Tensor | None, size: tuple[int, ...]) -> torch.Tensor:
         model = member.model
         if self.channels_last:
             fmt = _memory_format(x.ndim)

@@ -372,10 +372,13 @@ def _score_shipped(src: Any, mem: Any, cfg: JobConfig, checkpoint: Any, name: st
                    target_spacing: Any) -> dict[str, Any]:
     """A shipped model, unchanged, on the input's own held-out split; one for other channels is refused first."""
     own = fit_input(src, cfg, scale, target_spacing)
-    if isinstance(own, MetaTensor):
-        kind = "volume" if src.is_volume else "raster"
-        check_takes(mem.members, int(own.shape[0]), src.path or own.meta.get(Key.SOURCE_PATH) or f"the {kind}",
-                    kind=kind, names=own.meta.get(Key.BAND_NAMES))
+    if not isinstance(own, MetaTensor):
+        return score_on_input(checkpoint, cfg, own, name)
+    kind = "volume" if src.is_volume else "raster"
+    if check_takes(mem.members, int(own.shape[0]), src.path or own.meta.get(Key.SOURCE_PATH) or f"the {kind}",
+                   kind=kind, names=own.meta.get(Key.BAND_NAMES)):  # a 4D series: scored on its first volume
+        got = score_on_input(checkpoint, cfg, own[0:1], name)
+        return {**got, "source": f"{got['source']}, on volume 0 of {int(own.shape[0])} (the decision holds for all)"}
     return score_on_input(checkpoint, cfg, own, name)
 
 

@@ -100,23 +100,29 @@ def load_member(item: Any, device: str) -> tuple[Member, dict[str, Any]]:
     raise ModelError(f"a model is a checkpoint path or a torch.nn.Module, got {type(item).__name__}")
 
 
-def check_takes(members: Sequence[Member], n: int, where: Any, *, kind: str, names: Sequence[str] | None = None) -> None:
+def check_takes(members: Sequence[Member], n: int, where: Any, *, kind: str, names: Sequence[str] | None = None) -> bool:
     """The models' input channels against the input's ``n`` channels (a volume) or bands (a raster).
 
     Run at the door, before a shipped model is scored or any tile runs.
     Guided models take their bands by role and are checked by their route.
 
+    Returns:
+        Whether one-channel networks are to be applied to each channel of a
+        volume on its own (the volumes of a 4D series: an fMRI run, the
+        directions of a diffusion series, the echoes of a multi-echo scan).
+
     Raises:
-        ModelError: the counts differ; the message names the input and what to do.
+        ModelError: the counts differ otherwise; the message names the input and what to do.
     """
     if not members or any(m.guided for m in members):
-        return
+        return False
     n_in = int(getattr(members[0].model, "in_channels", n))
     if n_in == n:
-        return
+        return False
     if kind == "volume":
-        hint = " (volumes of a 4D series: pick one with --volume K)" if n > 1 else ""
-        raise ModelError(f"{where}: the model takes {n_in} input channel(s), the volume has {n}{hint}; "
+        if n_in == 1 and all(int(getattr(m.model, "in_channels", 1)) == 1 for m in members):
+            return True
+        raise ModelError(f"{where}: the model takes {n_in} input channel(s), the volume has {n}; "
                          "use a model trained on volumes with this many channels, or --method cubic")
     listed = f" ({', '.join(names)})" if names else ""
     raise ModelError(f"{where}: the model takes {n_in} band(s), the raster has {n}{listed}; "

@@ -175,7 +175,7 @@ def wald_weights_volume(method: str, members: list[Member], img: MetaTensor, sca
     lr_shape = scaled_shape(crop.shape[1:], [1.0 / f for f in scale])
     eff = np.asarray(crop.shape[1:], float) / np.asarray(lr_shape, float)
     lr, how = _degrade_volume(crop, _with_spacing(sub, eff), eff, profile)
-    preds = [Ensemble([Member(m.model, normaliser=m.normaliser)]).predict(lr[None], crop.shape[1:])[0][0] for m in members]
+    preds = [Ensemble([Member(m.model, normaliser=m.normaliser, per_channel=m.per_channel)]).predict(lr[None], crop.shape[1:])[0][0] for m in members]
     w = fit_weights(preds, crop, method=method, data_range=float(crop.max() - crop.min()) or 1.0)
     return w, {"method": method, "split": f"central crop {list(crop.shape[1:])}, degraded by {how}"}
 
@@ -275,7 +275,10 @@ def upscale_volume(*, src: Any, mem: Any, decision: Any, method: str | None, sca
     volume = src.volume
     members = mem.members
     s, thick, route2d = volume_scale(volume, members[0].scale if members else None, scale, target_spacing, cfg)
-    check_takes(members, int(volume.shape[0]), volume.meta.get(Key.SOURCE_PATH) or "the volume", kind="volume")
+    per_volume = check_takes(members, int(volume.shape[0]), volume.meta.get(Key.SOURCE_PATH) or "the volume",
+                             kind="volume")
+    for m in members:
+        m.per_channel = per_volume
     shape = tuple(int(v) for v in volume.shape[1:])
     out_shape, eff = scaled_shape(shape, s), effective_scale(shape, s)
     aff = scale_affine(np.asarray(volume.affine, dtype=np.float64), eff)
@@ -291,6 +294,8 @@ def upscale_volume(*, src: Any, mem: Any, decision: Any, method: str | None, sca
         mean = torch.from_numpy(resample_volume(x, out_shape, method or "cubic"))
         run_info = {"route": "classical", "method": method or "cubic"}
     run_info["scale"] = {"requested": list(s), "effective": eff.tolist()}
+    if per_volume and decision.use_model:
+        run_info["per_volume"] = {"volumes": int(volume.shape[0]), "what": "a one-channel network on each volume of the series"}
     consistency = volume_consistency(mean, volume, eff, profile)
     result = _as_volume(mean, aff, volume)
     std = None
