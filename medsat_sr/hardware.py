@@ -9,12 +9,13 @@ AVX2 (most laptops) about 12x slower. So ``auto`` means bf16 only where the
 CPU flags include ``avx512_bf16`` or ``amx_bf16`` (or CUDA supports it), and
 an explicit ``bf16`` elsewhere is kept but warned about.
 
-It also holds :func:`tune_allocator`, which the CLI calls for volume inputs:
-glibc's ``malloc`` hands every block over 32 MiB (and, after a free, the top
-of the heap) back to the kernel, so each batch of whole slices costs a page
-fault per 4 KiB on its next allocation. ``benchmarks/allocator.py`` on a
-2-core AVX2 EPYC, ``upscale --model mri_thick_slice`` on a volume: 35.9 s of
-system time and 78.6 s wall with glibc's defaults, 1.8 s and 58.3 s tuned.
+It also holds :func:`tune_allocator`, which the CLI calls for a single volume
+input: glibc's ``malloc`` hands every block over 32 MiB (and, after a free,
+the top of the heap) back to the kernel, so each batch of whole slices costs a
+page fault per 4 KiB on its next allocation. ``benchmarks/allocator.py`` on a
+2-core AVX2 EPYC, ``upscale --model mri_thick_slice`` on a volume: 36.9 s of
+system time and 78.8 s wall with glibc's defaults, 1.7 s and 68.6 s tuned
+(58.3 s against 78.6 s in the run before).
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ def tune_allocator() -> bool:
     both thresholds (:data:`MMAP_THRESHOLD`, :data:`TRIM_THRESHOLD`) with
     ``mallopt``. Up to :data:`TRIM_THRESHOLD` of freed memory stays with
     the process until it exits, and the peak can grow where blocks of many
-    sizes interleave (``benchmarks/allocator.py``: 1.06x on a volume, 1.31x
-    on a streamed raster, which is why the CLI applies it to volumes only).
+    sizes interleave (``benchmarks/allocator.py``: 1.07x on a volume, 1.27x
+    on a streamed raster, 1.75x on an unmasked multi-stack reconstruction;
+    which is why the CLI applies it to a single volume only).
     A process-wide setting, so the CLI calls it, never the library.
 
     Returns:

@@ -85,13 +85,14 @@ def _weights(text: str | None) -> object:
 def _tune_allocator_for(inputs: list[str]) -> None:
     """One volume: let malloc reuse freed tensor memory (:func:`medsat_sr.hardware.tune_allocator`).
 
-    ``benchmarks/allocator.py`` (2 AVX2 cores): ``--model mri_thick_slice`` on
-    a 160 x 230 x 64 volume in 58.3 s against 78.6 s, 1.06x the peak memory.
-    Rasters are left alone: ``--model multiband_x2`` took 1.09x the time and
-    1.31x the peak memory, which the streamed route is built to bound. So are
-    several inputs (multi-stack reconstruction): its solver frees whole-grid
-    volumes every iteration, and kept in the heap they multiplied its memory
-    for no gain (see ``benchmarks/allocator.py``).
+    ``benchmarks/allocator.py`` (2 AVX2 cores, median of 3): ``--model
+    mri_thick_slice`` on a 160 x 230 x 64 volume in 0.87x the time (68.6 s
+    against 78.8 s), 1.07x the peak memory. Rasters are left alone
+    (``--model multiband_x2``: 0.93x the time, 1.27x the peak memory, which
+    the streamed route is built to bound), and so are several inputs: the
+    multi-stack solver frees whole-grid volumes every iteration, and kept in
+    the heap they took 1.75x the peak memory unmasked (10.5 GB against
+    6.0 GB) for 0.77x the time; with masks 0.93x and 1.04x.
     """
     from medsat_sr.hardware import tune_allocator
     from medsat_sr.io import is_volume
