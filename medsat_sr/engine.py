@@ -231,6 +231,22 @@ def _model_kwargs(cfg: Any, ts: Any) -> dict[str, Any]:
     return kwargs
 
 
+
+def _scale_misfit(init: Any, old: Sequence[float], new: Sequence[float], cfg: Any) -> str:
+    """Why a fixed-factor checkpoint cannot run at another scale, and what to use instead."""
+    from medsat_sr import zoo
+
+    def fmt(v: Sequence[float]) -> str:
+        return "x".join(f"{float(f):.3g}" for f in v)
+
+    name = Path(str(init)).name
+    others = [n for n in zoo.starting_points(getattr(cfg, "name", None)) if n != name and zoo.takes_any_factor(n)]
+    instead = f" (--model {others[0]} takes any factor)" if others else ""
+    return (f"{init}: a fixed-factor network trained at scale {fmt(old)}; the input needs {fmt(new)}, which its "
+            f"weights do not fit; give --scale with the network's factor, or use a network that takes any "
+            f"factor{instead}, or fit one on the input (--config)")
+
+
 def _init_model(cfg: Any, ts: Any, init: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """The generator: fresh, or from a checkpoint (adapted to the data, frozen as configured)."""
     from medsat_sr.checkpoint import load_checkpoint
@@ -269,11 +285,7 @@ def _init_model(cfg: Any, ts: Any, init: Any, device: torch.device) -> tuple[nn.
         try:
             new.load_state_dict(model.state_dict(), strict=True)
         except RuntimeError as exc:
-            raise ModelError(
-                f"checkpoint {init} was trained at scale {old_scale}; its weights do not fit scale "
-                f"{list(ts.model_scale)} ({str(exc).splitlines()[0]}); train from scratch or use a model "
-                "with upsample: pre"
-            ) from exc
+            raise ModelError(_scale_misfit(init, old_scale, list(ts.model_scale), cfg)) from exc
         info["rescaled_from"] = old_scale
         model = new
     model = model.to(device)

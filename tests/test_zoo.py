@@ -211,6 +211,18 @@ def test_a_shipped_model_for_other_bands_is_refused_before_it_is_scored(
     assert not out.exists()
 
 
+def test_a_fixed_factor_model_at_another_factor_names_the_one_that_takes_any(tmp_path: Path) -> None:
+    vol = tmp_path / "thick3.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(1).random((20, 20, 8), np.float32) * 100 + 10,
+                             np.diag([2.0, 2.0, 6.0, 1.0])), str(vol))
+    code, _, err = cli("upscale", str(vol), "--model", "mri_thick_slice_x4", "-o", str(tmp_path / "o.nii.gz"), "-q")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "a fixed-factor network trained at scale 4x1; the input needs 3x1" in lines[0]
+    assert "(--model mri_thick_slice takes any factor)" in lines[0] and "state_dict" not in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thick3.nii.gz"]
+
+
 def test_a_config_whose_scale_rule_finds_nothing_names_the_input(tmp_path: Path) -> None:
     iso = tmp_path / "iso.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((16, 16, 16), np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), str(iso))

@@ -26,7 +26,7 @@ from typing import Any
 from medsat_sr._resources import suggest
 from medsat_sr.errors import ModelError
 
-__all__ = ["ZOO_DIR", "names", "card", "cards", "checkpoint", "is_shipped", "starting_points", "for_config"]
+__all__ = ["ZOO_DIR", "names", "card", "cards", "checkpoint", "is_shipped", "starting_points", "for_config", "takes_any_factor"]
 
 #: The folder that holds the shipped checkpoints (inside the installed package).
 ZOO_DIR = Path(__file__).resolve().parent
@@ -127,11 +127,16 @@ def starting_points(config_name: str | None) -> list[str]:
     if not config_name:
         return []
     found = [(n, meta) for n in names() if ((meta := _read(n)).get("card") or {}).get("serves") == config_name]
+    return [n for n, _ in sorted(found, key=lambda item: (_any_factor(item[1]), item[0]))]
 
-    def any_factor(meta: dict[str, Any]) -> bool:
-        return ((meta.get("architecture") or {}).get("kwargs") or {}).get("upsample") == "pre"
 
-    return [n for n, _ in sorted(found, key=lambda item: (any_factor(item[1]), item[0]))]
+def _any_factor(meta: dict[str, Any]) -> bool:
+    return ((meta.get("architecture") or {}).get("kwargs") or {}).get("upsample") == "pre"
+
+
+def takes_any_factor(name: str) -> bool:
+    """Whether the shipped model ``name`` runs at any factor (``upsample: pre``), not only its own."""
+    return _any_factor(_read(_check(name)))
 
 
 def for_config(config_name: str | None) -> str | None:
