@@ -31,6 +31,24 @@ def _over(items: Sequence[Any], progress: bool, desc: str) -> Iterable[Any]:
     return iterate(items, desc, unit="batch", enabled=progress) if progress and len(items) > 1 else items
 
 
+def _over_planes(ens: Ensemble, vol: torch.Tensor, perm: list[int], size2d: tuple[int, ...], per: int,
+                 progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``ens`` on the planes of ``vol.permute(perm)`` (planes first), ``per`` at a time, back in ``vol``'s axis order."""
+    planes = vol.permute(*perm)
+    n = planes.shape[0]
+    mean = torch.empty((n, vol.shape[0], *size2d), dtype=torch.float32)
+    var = torch.empty_like(mean) if ens.uncertainty else None
+    for s0 in _over(list(range(0, n, per)), progress, desc):
+        mu, va = ens.predict(planes[s0 : s0 + per].contiguous(), size2d)
+        mean[s0 : s0 + per] = mu
+        if var is not None and va is not None:
+            var[s0 : s0 + per] = va
+    inv = [0] * 4
+    for i, q in enumerate(perm):
+        inv[q] = i
+    return mean.permute(*inv), (var.permute(*inv) if var is not None else None)
+
+
 #: Slices per forward pass for 2D models on volumes.
 SLICE_BATCH = 8
 
@@ -99,23 +117,10 @@ def apply_slicewise(
         # (N, C, other, thick) or (N, C, thick, other), thick on the network's scaled axis
         order = [other, thick_axis] if m_axis == 1 else [thick_axis, other]
         perm = [1 + fixed, 0, 1 + order[0], 1 + order[1]]
-        slices = vol.permute(*perm)
-        size2d = tuple(out_size[a] for a in order)
-        n = slices.shape[0]
-        mean = torch.empty((n, vol.shape[0], *size2d), dtype=torch.float32)
-        var = torch.empty_like(mean) if ens.uncertainty else None
-        chunks = list(range(0, n, max(1, int(batch))))
-        for s0 in _over(chunks, progress, f"slices (axis {fixed})"):
-            s1 = min(n, s0 + max(1, int(batch)))
-            mu, va = ens.predict(slices[s0:s1].contiguous(), size2d)
-            mean[s0:s1] = mu
-            if var is not None and va is not None:
-                var[s0:s1] = va
-        inv = [0] * 4
-        for i, p in enumerate(perm):
-            inv[p] = i
-        means.append(mean.permute(*inv))
-        vars_.append(var.permute(*inv) if var is not None else None)
+        mean, var = _over_planes(ens, vol, perm, tuple(out_size[a] for a in order), max(1, int(batch)),
+                                 progress, f"slices (axis {fixed})")
+        means.append(mean)
+        vars_.append(var)
     if len(means) == 1:
         return means[0].contiguous(), vars_[0].contiguous() if vars_[0] is not None else None
     mean = 0.5 * (means[0] + means[1])
@@ -169,23 +174,9 @@ def apply_inplane(
         raise GeometryError(f"in-plane upscaling keeps axis {p}; got {tuple(volume.shape[1:])} -> {out_size}")
     vol = volume.as_subclass(torch.Tensor) if isinstance(volume, MetaTensor) else volume
     others = [a for a in range(3) if a != p]
-    perm = [1 + p, 0, 1 + others[0], 1 + others[1]]
-    planes = vol.float().permute(*perm)
-    size2d = tuple(out_size[a] for a in others)
-    n = planes.shape[0]
-    per = max(1, min(int(batch), INPLANE_BATCH_PIXELS // max(1, planes.shape[2] * planes.shape[3])))
-    mean = torch.empty((n, vol.shape[0], *size2d), dtype=torch.float32)
-    var = torch.empty_like(mean) if ens.uncertainty else None
-    for s0 in _over(list(range(0, n, per)), progress, f"planes (axis {p})"):
-        s1 = min(n, s0 + per)
-        mu, va = ens.predict(planes[s0:s1].contiguous(), size2d)
-        mean[s0:s1] = mu
-        if var is not None and va is not None:
-            var[s0:s1] = va
-    inv = [0] * 4
-    for i, q in enumerate(perm):
-        inv[q] = i
-    mean = mean.permute(*inv).contiguous()
-    return mean, (var.permute(*inv).contiguous() if var is not None else None)
+    per = max(1, min(int(batch), INPLANE_BATCH_PIXELS // max(1, vol.shape[1 + others[0]] * vol.shape[1 + others[1]])))
+    mean, var = _over_planes(ens, vol.float(), [1 + p, 0, 1 + others[0], 1 + others[1]],
+                             tuple(out_size[a] for a in others), per, progress, f"planes (axis {p})")
+    return mean.contiguous(), (var.contiguous() if var is not None else None)
 
 
