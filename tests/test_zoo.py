@@ -223,6 +223,19 @@ def test_a_fixed_factor_model_at_another_factor_names_the_one_that_takes_any(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thick3.nii.gz"]
 
 
+def test_a_factor_far_from_the_shipped_models_is_said_before_it_is_scored(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    for spacing, far in ((2.6, True), (8.0, False)):  # x1.3 and x4 against the x4 it was trained at
+        vol = tmp_path / f"s{spacing}.nii.gz"
+        nib.save(nib.Nifti1Image(rng.random((24, 24, 10), np.float32) * 100 + 10, np.diag([2.0, 2.0, spacing, 1.0])),
+                 str(vol))
+        code, _, err = cli("upscale", str(vol), "--model", "mri_thick_slice", "-o", str(tmp_path / f"o{spacing}.nii.gz"))
+        assert code == 0, err
+        said = f"{vol}: mri_thick_slice was trained at x4 through-plane and this input needs x1.3, far from it"
+        assert (said in err) is far, err
+        assert ("--config mri_thick_slice fine-tunes it on the input" in err) is far
+
+
 def test_a_config_whose_scale_rule_finds_nothing_names_the_input(tmp_path: Path) -> None:
     iso = tmp_path / "iso.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((16, 16, 16), np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), str(iso))
