@@ -217,7 +217,7 @@ def _std_sibling(out: Path) -> Path:
     return out.with_name(f"{stem}_std{ext or '.nii.gz'}")
 
 
-def _set_threads(n: int | None, path: str) -> None:
+def _set_up_worker(n: int | None, path: str) -> None:
     """Set up a worker of our own LocalCluster (``n`` given): torch threads, and for volumes malloc as the CLI's."""
     if not n:
         return
@@ -242,7 +242,7 @@ def _execute(job: Callable[[Task], Mapping[str, Any]], task: Task) -> dict[str, 
     worker = f"{socket.gethostname()}:{os.getpid()}"
     outcome: dict[str, Any] = {"index": task.index, "worker": worker}
     try:
-        _set_threads(task.torch_threads, task.input)
+        _set_up_worker(task.torch_threads, task.input)
         if not out.parent.is_dir():  # a manifest may name outputs in sub-folders of OUT_DIR
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)

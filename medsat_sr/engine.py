@@ -231,7 +231,6 @@ def _model_kwargs(cfg: Any, ts: Any) -> dict[str, Any]:
     return kwargs
 
 
-
 def _scale_misfit(init: Any, old: Sequence[float], new: Sequence[float], cfg: Any) -> str:
     """Why a fixed-factor checkpoint cannot run at another scale, and what to use instead."""
     from medsat_sr import zoo

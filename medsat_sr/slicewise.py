@@ -15,8 +15,7 @@ return ``(mean, var)``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from monai.data import MetaTensor
@@ -27,10 +26,6 @@ from medsat_sr.fusion import Ensemble, Member, as_ensemble
 from medsat_sr.progress import iterate
 
 
-def _over(items: Sequence[Any], progress: bool, desc: str) -> Iterable[Any]:
-    return iterate(items, desc, unit="batch", enabled=progress) if progress and len(items) > 1 else items
-
-
 def _over_planes(ens: Ensemble, vol: torch.Tensor, perm: list[int], size2d: tuple[int, ...], per: int,
                  progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``ens`` on the planes of ``vol.permute(perm)`` (planes first), ``per`` at a time, back in ``vol``'s axis order."""
@@ -38,7 +33,7 @@ def _over_planes(ens: Ensemble, vol: torch.Tensor, perm: list[int], size2d: tupl
     n = planes.shape[0]
     mean = torch.empty((n, vol.shape[0], *size2d), dtype=torch.float32)
     var = torch.empty_like(mean) if ens.uncertainty else None
-    for s0 in _over(list(range(0, n, per)), progress, desc):
+    for s0 in iterate(range(0, n, per), desc, unit="batch", enabled=progress):
         mu, va = ens.predict(planes[s0 : s0 + per].contiguous(), size2d)
         mean[s0 : s0 + per] = mu
         if var is not None and va is not None:

@@ -150,7 +150,6 @@ from medsat_sr.baselines import METHODS
 from medsat_sr.config import JobConfig, load_config, with_degradation
 from medsat_sr.errors import ConfigError
 from medsat_sr.fusion import Member
-from medsat_sr import zoo
 from medsat_sr.image import BandSet, Key
 from medsat_sr.inference.members import check_takes, collect_members, domain_of
 from medsat_sr.inference.multi import MultiRequest, is_fusion_method, run_multi
@@ -169,7 +168,7 @@ from medsat_sr.inference.request import (
 )
 from medsat_sr.inference.result import UpscaleResult
 from medsat_sr.inference.route_pansharpen import is_pansharpen, upscale_with_options
-from medsat_sr.inference.shipped import as_checkpoints, score_on_input, serves, shipped_names
+from medsat_sr.inference.shipped import as_checkpoints, score_on_input, serves, shipped_names, warn_far_factor
 from medsat_sr.inference.volume import upscale_volume
 from medsat_sr.trust import write_record
 
@@ -373,33 +372,17 @@ def _score_shipped(src: Any, mem: Any, cfg: JobConfig, checkpoint: Any, name: st
                    target_spacing: Any) -> dict[str, Any]:
     """A shipped model, unchanged, on the input's own held-out split; one for other channels is refused first."""
     own = fit_input(src, cfg, scale, target_spacing)
-    if not isinstance(own, MetaTensor):
-        return score_on_input(checkpoint, cfg, own, name)
-    if src.is_volume:
-        _warn_far_factor(name, cfg, own, scale, target_spacing)
-    kind = "volume" if src.is_volume else "raster"
-    if check_takes(mem.members, int(own.shape[0]), src.path or own.meta.get(Key.SOURCE_PATH) or f"the {kind}",
-                   kind=kind, names=own.meta.get(Key.BAND_NAMES)):  # a 4D series: scored on its first volume
-        got = score_on_input(checkpoint, cfg, own[0:1], name)
-        return {**got, "source": f"{got['source']}, on volume 0 of {int(own.shape[0])} (the decision holds for all)"}
-    return score_on_input(checkpoint, cfg, own, name)
-
-
-#: A shipped model asked for a factor this many times above or below the one it was trained at is warned about.
-FAR_FACTOR = 1.5
-
-
-def _warn_far_factor(name: str, cfg: JobConfig, volume: MetaTensor, scale: Any, target_spacing: Any) -> None:
-    """Say, before the scoring, when the input's factor is far from the one the shipped model was trained at."""
-    trained = (zoo.card(name).get("degradation") or {}).get("factor")
-    if not trained or scale is not None or target_spacing is not None:
-        return
-    need = max(float(f) for f in cfg.scale_for([float(v) for v in volume.meta[Key.SPACING]]))
-    if max(need / float(trained), float(trained) / need) < FAR_FACTOR:
-        return
-    logger.warning("%s: %s was trained at x%g through-plane and this input needs x%.3g, far from it: it may not "
-                   "beat cubic here (the run then falls back); --config %s fine-tunes it on the input", volume.meta.get(Key.SOURCE_PATH) or "the volume", name,
-                   float(trained), need, cfg.name)
+    note = ""
+    if isinstance(own, MetaTensor):
+        kind = "volume" if src.is_volume else "raster"
+        if src.is_volume and scale is None and target_spacing is None:
+            warn_far_factor(name, cfg, own)
+        if check_takes(mem.members, int(own.shape[0]), src.path or own.meta.get(Key.SOURCE_PATH) or f"the {kind}",
+                       kind=kind, names=own.meta.get(Key.BAND_NAMES)):  # a 4D series: scored on its first volume
+            note = f", on volume 0 of {int(own.shape[0])} (the decision holds for all)"
+            own = own[0:1]
+    got = score_on_input(checkpoint, cfg, own, name)
+    return {**got, "source": got["source"] + note}
 
 
 def _measured(cfg: JobConfig | None, fit_meta: Mapping[str, Any]) -> JobConfig | None:

@@ -42,8 +42,8 @@ from medsat_sr.inference.plan import Decision
 from medsat_sr.multistack.options import MultiStackOptions
 from medsat_sr.multistack.reconstruct import Reconstruction, mean_of_cubic, reconstruct, reference_of, region_of
 from medsat_sr.multistack.stacks import Stack, grid_volume, make_stack, output_grid
-from medsat_sr.progress import Progress
 from medsat_sr.multistack.validate import leave_one_out
+from medsat_sr.progress import Progress
 
 __all__ = ["run", "METHODS"]
 

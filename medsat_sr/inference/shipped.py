@@ -36,6 +36,7 @@ from medsat_sr import zoo
 from medsat_sr.config import load_config
 from medsat_sr.engine import build_trainer
 from medsat_sr.errors import ModelError
+from medsat_sr.image import Key
 from medsat_sr.inference.options import DEFAULT_FINETUNE_SECONDS
 from medsat_sr.train import fit as train_fit
 
@@ -166,3 +167,21 @@ def score_on_input(checkpoint: str | Path, cfg: Any, fit_input: Any, name: str) 
     if state.cubic.get("val_psnr_interp") is not None:
         out["val_psnr_interp"] = float(state.cubic["val_psnr_interp"])
     return out
+
+
+#: A shipped model asked for a factor this many times above or below the one it was trained at is warned about.
+FAR_FACTOR = 1.5
+
+
+def warn_far_factor(name: str, cfg: Any, volume: Any) -> None:
+    """Say, before the scoring, when the volume's factor is far from the one the shipped model was trained at."""
+    trained = (zoo.card(name).get("degradation") or {}).get("factor")
+    if not trained:
+        return
+    need = max(float(f) for f in cfg.scale_for([float(v) for v in volume.meta[Key.SPACING]]))
+    if max(need / float(trained), float(trained) / need) < FAR_FACTOR:
+        return
+    where = volume.meta.get(Key.SOURCE_PATH) or "the volume"
+    logger.warning("%s: %s was trained at x%g through-plane and this input needs x%.3g, far from it: it may not "
+                   "beat cubic here (the run then falls back); --config %s fine-tunes it on the input",
+                   where, name, float(trained), need, cfg.name)

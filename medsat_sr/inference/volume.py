@@ -175,7 +175,8 @@ def wald_weights_volume(method: str, members: list[Member], img: MetaTensor, sca
     lr_shape = scaled_shape(crop.shape[1:], [1.0 / f for f in scale])
     eff = np.asarray(crop.shape[1:], float) / np.asarray(lr_shape, float)
     lr, how = _degrade_volume(crop, _with_spacing(sub, eff), eff, profile)
-    preds = [Ensemble([Member(m.model, normaliser=m.normaliser, per_channel=m.per_channel)]).predict(lr[None], crop.shape[1:])[0][0] for m in members]
+    preds = [Ensemble([Member(m.model, normaliser=m.normaliser, per_channel=m.per_channel)])
+             .predict(lr[None], crop.shape[1:])[0][0] for m in members]
     w = fit_weights(preds, crop, method=method, data_range=float(crop.max() - crop.min()) or 1.0)
     return w, {"method": method, "split": f"central crop {list(crop.shape[1:])}, degraded by {how}"}
 
@@ -295,7 +296,8 @@ def upscale_volume(*, src: Any, mem: Any, decision: Any, method: str | None, sca
         run_info = {"route": "classical", "method": method or "cubic"}
     run_info["scale"] = {"requested": list(s), "effective": eff.tolist()}
     if per_volume and decision.use_model:
-        run_info["per_volume"] = {"volumes": int(volume.shape[0]), "what": "a one-channel network on each volume of the series"}
+        run_info["per_volume"] = {"volumes": int(volume.shape[0]),
+                                  "what": "a one-channel network on each volume of the series"}
     consistency = volume_consistency(mean, volume, eff, profile)
     result = _as_volume(mean, aff, volume)
     std = None

@@ -26,7 +26,8 @@ from typing import Any
 from medsat_sr._resources import suggest
 from medsat_sr.errors import ModelError
 
-__all__ = ["ZOO_DIR", "names", "card", "cards", "checkpoint", "is_shipped", "starting_points", "for_config", "takes_any_factor"]
+__all__ = ["ZOO_DIR", "names", "card", "cards", "checkpoint", "is_shipped", "starting_points", "for_config",
+           "takes_any_factor"]
 
 #: The folder that holds the shipped checkpoints (inside the installed package).
 ZOO_DIR = Path(__file__).resolve().parent
