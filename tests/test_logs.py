@@ -155,7 +155,9 @@ def test_a_fallback_names_the_gain_the_model_needed() -> None:
     line = record_verdict(record, sidecar="s.nii.gz.json")
     assert ("(fell back: the model scored +1.03 dB vs cubic B-spline on held-out pixels (27.70 vs 26.67 dB); "
             "it must win by 50 dB); fell back") in line
-    record["decision"].update(fell_back=False, use_model=True)
+    record["decision"].update(margin_db=0.0)  # a route deciding on another score (multi-stack: NCC) needs no margin
+    assert "must win" not in record_verdict(record, sidecar="s.nii.gz.json")
+    record["decision"].update(fell_back=False, use_model=True, margin_db=50.0)
     assert "must win" not in record_verdict(record, sidecar="s.nii.gz.json")
 
 

@@ -99,7 +99,7 @@ def verdict_line(
         versus += f", but {m - i:+.2f} dB vs its own untrained interpolation path ({i:.2f} dB)"
     if fell_back:
         margin = _score(margin_db)
-        need = f"; it must win by {margin:g} dB" if unit == "dB" and margin is not None else ""
+        need = f"; it must win by {margin:g} dB" if unit == "dB" and margin else ""  # a zero margin says nothing
         what = (f"{base} (fell back: the {method} scored {versus}{need})" if versus
                 else f"{base} (fell back from the {method})")
         fallback = "fell back"
