@@ -16,7 +16,10 @@ here degrades anything.
   sensor at that floor would see it).
 
 An estimate whose confidence is below :data:`MIN_CONFIDENCE` is not used:
-the profile stays, and the record says so.
+the profile stays, and the record says so. Neither is a single raster's
+estimate that asks for pairs blurrier than a sensor is built to deliver
+(:data:`PLAUSIBLE_SENSOR_MTF`): a stable estimate can still rest on an
+assumption that does not hold.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from medsat_sr.config import JobConfig, with_degradation
 from medsat_sr.errors import ConfigError
 from medsat_sr.image import BandSet, Key, is_raster, is_volume
 
-__all__ = ["ASSUMES", "MIN_CONFIDENCE", "MISMATCH", "SHARPEST_TARGET_MTF", "SHARPEST_TARGET_SIGMA", "wants_estimate",
+__all__ = ["ASSUMES", "MIN_CONFIDENCE", "MISMATCH", "PLAUSIBLE_SENSOR_MTF", "SHARPEST_TARGET_MTF", "SHARPEST_TARGET_SIGMA",
+           "wants_estimate",
            "apply_estimate", "check_profile", "estimate_for", "compare_with_profile"]
 
 logger = logging.getLogger(__name__)
@@ -50,6 +54,12 @@ _CROP = 512  # raster estimates read a central crop of this many pixels
 SHARPEST_TARGET_MTF = 0.15
 #: That PSF's Gaussian sigma in output pixels (0.62).
 SHARPEST_TARGET_SIGMA = degrade.mtf_to_sigma(SHARPEST_TARGET_MTF, 1.0)
+
+#: A single raster's estimate asking for pairs blurrier than a sensor with this MTF at the input's Nyquist is not used.
+#: Sensors are built to about 0.1-0.3 (Sentinel-2 MSI 0.15-0.3); an input blurrier per pixel than half the low end
+#: was resampled or blurred after capture, and how it looks across scales no longer says how sharp the scene is
+#: at the finer scale (a real Landsat-8 product reduced x2 read 0.035, and a fit with it lost 8.5 dB to cubic).
+PLAUSIBLE_SENSOR_MTF = 0.05
 
 #: What a single raster's estimate rests on and no held-out split can check (the record's ``assumes``).
 ASSUMES = ("the scene looks alike across scales (a single raster's PSF estimated from itself), and the output "
@@ -93,9 +103,15 @@ def _raster_psf(bands: np.ndarray, s: float) -> dict[str, Any]:
     e = estimate.estimate_raster_psf(bands, ratio=2)
     target = min(e.sigma, SHARPEST_TARGET_SIGMA)
     apply_sigma = math.sqrt(max((s * e.sigma) ** 2 - target ** 2, 0.0))  # output px
-    return {"sigma_own_px": round(e.sigma, 3), "target_sigma_px": round(target, 3),
-            "mtf_nyquist": round(degrade.sigma_to_mtf(max(apply_sigma, 1e-3), s), 4),
-            "confidence": e.confidence, "notes": e.notes}
+    mtf = round(degrade.sigma_to_mtf(max(apply_sigma, 1e-3), s), 4)
+    return {"sigma_own_px": round(e.sigma, 3), "target_sigma_px": round(target, 3), "mtf_nyquist": mtf,
+            "confidence": e.confidence, "plausible": mtf >= PLAUSIBLE_SENSOR_MTF, "notes": e.notes}
+
+
+def _implausible(what: str, mtf: float) -> str:
+    return (f"{what} asks for pairs blurrier than any sensor is built to deliver (MTF {mtf} at the input's Nyquist, "
+            f"under {PLAUSIBLE_SENSOR_MTF}): the raster was resampled or blurred after capture, so its look across "
+            "scales does not say how sharp the scene is; the profile's degradation stays")
 
 
 def _raster_estimate(img: Any, cfg: JobConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -115,14 +131,20 @@ def _raster_estimate(img: Any, cfg: JobConfig) -> tuple[dict[str, Any], dict[str
               "(medsat_sr.estimate.estimate_raster_psf)")
     if all(n is not None and n in known for n in names):
         per = {str(n): _raster_psf(data[k:k + 1], s) for k, n in enumerate(names)}
-        gains: Any = {n: p["mtf_nyquist"] for n, p in per.items() if p["confidence"] >= MIN_CONFIDENCE}
+        gains: Any = {n: p["mtf_nyquist"] for n, p in per.items()
+                      if p["confidence"] >= MIN_CONFIDENCE and p["plausible"]}
         conf = max(p["confidence"] for p in per.values())  # the best band decides whether any is used
-        rec = {"kind": "psf", "method": method + "; per band, bands below the confidence floor keep the profile's MTF",
-               "per_band": per, "mtf_nyquist": gains, "confidence": round(float(conf), 3), "scale": s, "assumes": ASSUMES}
+        rec = {"kind": "psf", "method": method + "; per band, bands below the confidence floor or blurrier than a "
+               "sensor keep the profile's MTF", "per_band": per, "mtf_nyquist": gains,
+               "confidence": round(float(conf), 3), "scale": s, "assumes": ASSUMES}
+        if not gains and conf >= MIN_CONFIDENCE:
+            rec["unusable"] = _implausible("every confident band's estimate", min(p["mtf_nyquist"] for p in per.values()))
         return {"model": "psf", "psf": {"shape": "gaussian", "mtf_nyquist": gains}}, rec
     shared = _raster_psf(data, s)
     rec = {"kind": "psf", "method": method + f"; one PSF shared by the {data.shape[0]} band(s)", "shared": shared,
            "mtf_nyquist": shared["mtf_nyquist"], "confidence": shared["confidence"], "scale": s, "assumes": ASSUMES}
+    if not shared["plausible"]:
+        rec["unusable"] = _implausible("the estimate", shared["mtf_nyquist"])
     return {"model": "psf", "psf": {"shape": "gaussian", "mtf_nyquist": shared["mtf_nyquist"]}}, rec
 
 
@@ -227,6 +249,10 @@ def apply_estimate(cfg: JobConfig, image: Any) -> tuple[JobConfig, dict[str, Any
         return cfg, {"used": False, "reason": str(exc)}
     if float(rec.get("confidence", 0.0)) < MIN_CONFIDENCE:
         rec.update(used=False, reason=f"confidence {rec.get('confidence')} < {MIN_CONFIDENCE}: the profile's degradation stays")
+        logger.warning("degradation: auto: %s", rec["reason"])
+        return cfg, rec
+    if rec.get("unusable"):
+        rec.update(used=False, reason=rec.pop("unusable"))
         logger.warning("degradation: auto: %s", rec["reason"])
         return cfg, rec
     rec.update(used=True, override=override, profile_agreement=compare_with_profile(cfg.profile, override, rec, image))

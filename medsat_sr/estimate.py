@@ -392,6 +392,8 @@ def _across_scales(planes: Sequence[np.ndarray], r: int, grid: int) -> tuple[flo
 
 #: Relative spread of the stability checks at which a single band's PSF estimate has confidence 0.5.
 STABILITY_HALF = 0.15
+#: A quadrant estimate deviates from the whole-band one by about this many times the whole's own sampling error.
+_QUADRANT_TO_WHOLE = math.sqrt(3.0)
 
 
 def estimate_raster_psf(band: Any, *, ratio: int = 2, grid: int = 25) -> PSFEstimate:
@@ -413,8 +415,12 @@ def estimate_raster_psf(band: Any, *, ratio: int = 2, grid: int = 25) -> PSFEsti
     scene is never exactly scale invariant, so the residual says little
     about the error): the same estimate on each quadrant of the band (its
     sampling error) and across a ``ratio + 1`` step (whether the scene is
-    scale invariant at all) must agree with the whole-band one. With
-    ``spread`` the second-largest relative deviation of those five (one odd
+    scale invariant at all) must agree with the whole-band one. A quadrant
+    has a quarter of the pixels, so its deviation from the whole is about
+    ``sqrt(3)`` times the whole estimate's own sampling error (the whole is
+    close to the mean of four independent quadrants); the quadrants'
+    deviations are divided by that, the step's (a bias) is not. With
+    ``spread`` the second-largest of those five relative deviations (one odd
     quadrant, all water or one field, is forgiven),
     ``confidence = 2 ** -(spread / 0.15) ** 2`` (0.5 at 15 %, the accuracy
     #14 asks for); 0 at the search grid's edge or when the band is too small
@@ -450,7 +456,10 @@ def estimate_raster_psf(band: Any, *, ratio: int = 2, grid: int = 25) -> PSFEsti
                  (slice(h // 2, h), slice(0, w // 2)), (slice(h // 2, h), slice(w // 2, w))]
         checks = [_across_scales([p[q] for p in planes], r, grid)[0] for q in quads]
         checks.append(_across_scales(planes, r + 1, grid)[0])
-    devs = sorted(abs(c / sigma - 1.0) for c in checks)
+    # a quadrant's deviation from the whole is sqrt(3) times the whole's own sampling error (the whole is about the
+    # mean of four independent quadrants); the x(r+1) step's deviation is a bias and is taken as it is
+    devs = sorted([abs(c / sigma - 1.0) / _QUADRANT_TO_WHOLE for c in checks[:4]]
+                  + [abs(c / sigma - 1.0) for c in checks[4:]])
     spread = devs[-2] if checks else math.inf  # one odd quadrant (water, one field) is forgiven
     confidence = 0.0 if edge or not checks else float(2.0 ** -((spread / STABILITY_HALF) ** 2))
     why = ("; at the edge of the search grid" if edge else "") + ("" if checks else
@@ -458,5 +467,5 @@ def estimate_raster_psf(band: Any, *, ratio: int = 2, grid: int = 25) -> PSFEsti
     return PSFEstimate(sigma=sigma, ratio=float(r), mtf_nyquist=degrade.sigma_to_mtf(sigma, 1.0),
                        confidence=round(confidence, 3), unit="own",
                        notes=f"self-similarity across x{r} scales, spectral mismatch {cost:.4f}; stability: quadrants "
-                             f"and a x{r + 1} step {[round(c, 3) for c in checks]}, second-largest deviation "
-                             f"{spread:.0%}" + why)
+                             f"(deviations / sqrt 3) and a x{r + 1} step {[round(c, 3) for c in checks]}, "
+                             f"second-largest deviation {spread:.0%}" + why)

@@ -86,7 +86,7 @@ def test_raster_psf_confidence_is_its_stability() -> None:
     scene = _fractal(384, 5)
     steady = estimate_raster_psf(ndimage.gaussian_filter(scene, 1.0, mode="wrap"))
     assert steady.confidence >= 0.5 and abs(steady.sigma - 1.0) <= 0.15, steady
-    assert "quadrants and a x3 step" in steady.notes
+    assert "quadrants (deviations / sqrt 3) and a x3 step" in steady.notes
     mixed = ndimage.gaussian_filter(scene, 0.5, mode="wrap")
     mixed[:, 192:] = ndimage.gaussian_filter(scene, 1.6, mode="wrap")[:, 192:]
     unsteady = estimate_raster_psf(mixed)
@@ -118,7 +118,7 @@ def test_auto_on_a_raster_blurrier_than_any_sensor_recovers_the_extra_blur() -> 
     """An input blurrier per pixel than a sensor is built to be: its pairs get the blur that made it (#14, NAIP).
 
     The scene is seen by a sensor at the floor (MTF 0.15 at its Nyquist),
-    then blurred to MTF 0.04 at the x2 Nyquist and decimated. Copying the
+    then blurred to MTF 0.06 at the x2 Nyquist and decimated. Copying the
     input's own PSF to the output (self-similarity alone) underestimates
     that blur by 6 %; asking for an output as sharp as the floor recovers it.
     """
@@ -127,7 +127,7 @@ def test_auto_on_a_raster_blurrier_than_any_sensor_recovers_the_extra_blur() -> 
     from medsat_sr.image import make_raster
 
     hr = np.stack([ndimage.gaussian_filter(_fractal(512, k), SHARPEST_TARGET_SIGMA, mode="wrap") for k in range(3)])
-    blur = degrade.mtf_to_sigma(0.04, 2.0)
+    blur = degrade.mtf_to_sigma(0.06, 2.0)
     lr = degrade.decimate(torch.from_numpy(hr), [2, 2], [blur] * 3)
     img = make_raster(lr.float() * 10 + 100, transform=(2.0, 0.0, 500000.0, 0.0, -2.0, 5200000.0), crs="EPSG:32631")
     _, rec = apply_estimate(load_config("multiband_x2", ["degradation=auto"]), img)
@@ -136,6 +136,29 @@ def test_auto_on_a_raster_blurrier_than_any_sensor_recovers_the_extra_blur() -> 
     assert abs(3 ** 0.5 * own / blur - 1) > 0.05  # self-similarity alone would miss it
     assert degrade.mtf_to_sigma(rec["mtf_nyquist"], 2.0) == pytest.approx(blur, rel=0.04)
     assert "MTF 0.15 at its own Nyquist" in rec["assumes"]
+
+
+def test_auto_keeps_the_profile_for_a_raster_blurrier_than_a_sensor_delivers() -> None:
+    """A stable estimate that asks for pairs blurrier than any sensor is built to (a resampled product) is not used.
+
+    On a real Landsat-8 product reduced x2 such an estimate (MTF 0.035) made
+    the fit lose 8.5 dB to cubic against the real bands (#14): the input was
+    blurred after capture, and its look across scales says nothing of how
+    sharp the scene is at the finer scale.
+    """
+    from medsat_sr.config import load_config
+    from medsat_sr.degradation_auto import PLAUSIBLE_SENSOR_MTF, apply_estimate
+    from medsat_sr.image import make_raster
+
+    hr = np.stack([ndimage.gaussian_filter(_fractal(512, k), 1.4, mode="wrap") for k in range(3)])  # resampled
+    blur = degrade.mtf_to_sigma(0.3, 2.0)
+    lr = degrade.decimate(torch.from_numpy(hr), [2, 2], [blur] * 3)
+    img = make_raster(lr.float() * 10 + 100, transform=(2.0, 0.0, 500000.0, 0.0, -2.0, 5200000.0), crs="EPSG:32631")
+    cfg = load_config("multiband_x2", ["degradation=auto"])
+    out, rec = apply_estimate(cfg, img)
+    assert rec["confidence"] >= 0.5 and rec["mtf_nyquist"] < PLAUSIBLE_SENSOR_MTF, rec  # steady, and implausible
+    assert not rec["used"] and "blurrier than any sensor is built to deliver" in rec["reason"], rec
+    assert out is cfg
 
 
 def test_band_psf_bad_inputs() -> None:
@@ -274,6 +297,11 @@ def test_the_verdict_line_carries_the_degradation_caution() -> None:
     auto_strong = {"used": True, "profile_agreement": {"strong": True, "ratio": 2.0, "text": "x2.00"}}
     assert "(x2.00; the fit used the estimate)" in (degradation_caution(auto_strong) or "")
     assert "not measured on this input" in (degradation_caution({"used": False, "reason": "confidence 0.0"}) or "")
+    implausible = {"used": False, "confidence": 0.8, "mtf_nyquist": 0.035,
+                   "reason": "the estimate asks for pairs blurrier than any sensor is built to deliver (MTF 0.035 at "
+                             "the input's Nyquist, under 0.05): the raster was resampled"}
+    assert degradation_caution(implausible) == ("degradation measured but not used on this input: the held-out check "
+                                                "cannot show a PSF mismatch")
     agreed = {"used": True, "profile_agreement": {"strong": False, "ratio": 1.05, "text": "x1.05"}}
     assert degradation_caution(agreed) is None and degradation_caution(None) is None
 

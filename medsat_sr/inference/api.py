@@ -148,6 +148,7 @@ from monai.data import MetaTensor
 
 from medsat_sr.baselines import METHODS
 from medsat_sr.config import JobConfig, load_config, with_degradation
+from medsat_sr.degradation_auto import MIN_CONFIDENCE
 from medsat_sr.errors import ConfigError
 from medsat_sr.fusion import Member
 from medsat_sr.image import BandSet, Key
@@ -428,9 +429,11 @@ def _degradation_findings(est: Mapping[str, Any] | None) -> tuple[str, str] | No
                 f"the input's measured degradation disagrees with the profile's ({ratio}{how})")
     if est.get("used") is False and not agree:
         why = str(est.get("reason") or "no estimate").split(":")[0]
-        return (f"Degradation: not measured on this input ({why}); the held-out split assumes the profile's "
+        measured = est.get("mtf_nyquist") and float(est.get("confidence") or 0.0) >= MIN_CONFIDENCE
+        what = "measured but not used" if measured else "not measured"
+        return (f"Degradation: {what} on this input ({why}); the held-out split assumes the profile's "
                 "degradation and cannot show a mismatch.",
-                "degradation not measured on this input: the held-out check cannot show a PSF mismatch")
+                f"degradation {what} on this input: the held-out check cannot show a PSF mismatch")
     if est.get("used") and est.get("assumes"):  # a single raster's own PSF: the split is degraded by that same guess
         return (f"Degradation: estimated from this input alone, assuming {est['assumes']}; the held-out split is "
                 "degraded the same way and cannot show whether the scene follows it.",
