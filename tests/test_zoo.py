@@ -188,6 +188,41 @@ def test_a_one_channel_model_runs_on_each_volume_of_a_4d_series(tmp_path: Path) 
         np.testing.assert_allclose(got[..., k], alone, rtol=1e-4, atol=1e-3 * float(np.abs(alone).max()))
 
 
+def test_a_series_fit_is_one_one_channel_network_on_some_of_its_volumes() -> None:
+    """--config on a series fits on up to SERIES_FIT_VOLUMES evenly spaced volumes, each its own one-channel image."""
+    from medsat_sr.image import Key, make_volume
+    from medsat_sr.inference.shipped import SERIES_FIT_VOLUMES, fit_items
+
+    cfg = load_config("mri_thick_slice")
+    vol = make_volume(torch.arange(7.0)[:, None, None, None].expand(7, 8, 8, 4).clone(), np.diag([2.0, 2.0, 6.0, 1.0]),
+                      band_names=[f"vol{k}" for k in range(7)])
+    items, series = fit_items(vol, cfg)
+    assert SERIES_FIT_VOLUMES == 4 and series is not None and series["fitted_on"] == [0, 2, 4, 6], series
+    assert [int(i[0, 0, 0, 0]) for i in items] == [0, 2, 4, 6] and all(i.shape == (1, 8, 8, 4) for i in items)
+    assert [i.meta[Key.BAND_NAMES] for i in items] == [["vol0"], ["vol2"], ["vol4"], ["vol6"]]
+    np.testing.assert_allclose(np.asarray(items[1].affine), np.diag([2.0, 2.0, 6.0, 1.0]))
+    one = make_volume(torch.ones(1, 8, 8, 4), np.diag([2.0, 2.0, 6.0, 1.0]))
+    assert fit_items(one, cfg) == ([one], None)
+
+
+def test_config_on_a_4d_series_fits_one_channel_and_runs_on_each_volume(tmp_path: Path) -> None:
+    """``upscale --config`` on an fMRI-like series: a one-channel network (the shipped start, unmixed), per volume."""
+    rng = np.random.default_rng(0)
+    data = (rng.random((24, 20, 6, 5), dtype=np.float32) * 100 + 50) * np.array([1.0, 2.0, 0.5, 1.0, 1.0], np.float32)
+    series = tmp_path / "bold.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 6.0, 1.0])), str(series))
+    out = tmp_path / "bold_sr.nii.gz"
+    code, _, err = cli("upscale", str(series), "--config", "mri_thick_slice", "--budget", "2", "--force", "-o", str(out),
+                       "-q")
+    assert code == 0, err
+    assert nib.load(str(out)).shape == (24, 20, 18, 5)
+    rec = record_of(out)
+    model = rec["models"][0]
+    assert model["architecture"]["kwargs"]["in_channels"] == 1, model["architecture"]
+    assert model["start_series"]["fitted_on"] == [0, 1, 3, 4] and model["start_series"]["volumes"] == 5
+    assert rec["settings"]["per_volume"]["volumes"] == 5
+
+
 def test_a_shipped_model_for_other_bands_is_refused_before_it_is_scored(
     aerial: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -233,7 +233,7 @@ def _fitted(fit: Any, device: str) -> tuple[Member, dict[str, Any], dict[str, An
         "source": start.get("source", "self-supervised fit on the input"),
         "metrics": meta.get("metrics"),
     }
-    for key in ("skipped", "reason"):  # shipped models that did not fit the input; why the fit is from scratch
+    for key in ("skipped", "reason", "series"):  # misfit shipped models; why from scratch; a series fitted per volume
         if start.get(key):
             record[f"start_{key}"] = start[key]
     est = (meta.get("task") or {}).get("degradation_estimate")

@@ -32,18 +32,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai.data import MetaTensor
+
 from medsat_sr import zoo
 from medsat_sr.config import load_config
 from medsat_sr.engine import build_trainer
 from medsat_sr.errors import ModelError
-from medsat_sr.image import Key
+from medsat_sr.image import BandSet, Key, is_volume
 from medsat_sr.inference.options import DEFAULT_FINETUNE_SECONDS
 from medsat_sr.train import fit as train_fit
 
 logger = logging.getLogger("medsat_sr.inference")
 
 __all__ = ["FINETUNE_LR_FACTOR", "FINETUNE_LR_FACTORS", "FINETUNE_VAL_EVERY", "shipped_names", "as_checkpoints", "serves",
-           "fit_on_input", "finetune_overrides", "score_on_input"]
+           "fit_on_input", "fit_items", "finetune_overrides", "score_on_input", "SERIES_FIT_VOLUMES"]
 
 #: The fine-tuning learning rate as a fraction of the config's (the shipped weights are close already).
 FINETUNE_LR_FACTOR = 0.5
@@ -98,6 +100,37 @@ def finetune_overrides(cfg: Any, seconds: float) -> list[str]:
     ]
 
 
+#: A volume series (fMRI, diffusion, echoes) fits one one-channel network on at most this many of its volumes,
+#: evenly spaced, and applies it to every volume: the volumes share one anatomy and one slice profile.
+SERIES_FIT_VOLUMES = 4
+
+
+def fit_items(fit_input: Any, cfg: Any) -> tuple[list[Any], dict[str, Any] | None]:
+    """What a self-supervised fit trains on: the input, or some volumes of a series, each its own one-channel image.
+
+    A multi-channel volume whose config names no bands is a series: a
+    network over its volumes as channels would mix them (the shipped
+    one-channel weights, spread over the channels, start as the SR of
+    their mean). Up to :data:`SERIES_FIT_VOLUMES` evenly spaced volumes
+    become separate inputs, so the network has one channel and runs on each
+    volume (:func:`medsat_sr.inference.members.check_takes`).
+
+    Returns:
+        The images to fit on, and what the record says (``None`` for a single input).
+    """
+    n = int(fit_input.shape[0]) if is_volume(fit_input) and not isinstance(fit_input, BandSet) else 1
+    if n < 2 or cfg.target_bands():
+        return [fit_input], None
+    picks = sorted({round(k * (n - 1) / max(SERIES_FIT_VOLUMES - 1, 1)) for k in range(min(n, SERIES_FIT_VOLUMES))})
+    names = list(fit_input.meta.get(Key.BAND_NAMES) or [])
+    items = []
+    for k in picks:
+        meta = {**fit_input.meta, Key.BAND_NAMES: [names[k]] if len(names) == n else None, "n_volumes": 1}
+        items.append(MetaTensor(fit_input.as_tensor()[k:k + 1].clone(), affine=fit_input.affine, meta=meta))
+    return items, {"volumes": n, "fitted_on": picks,
+                   "what": f"one one-channel network fitted on volumes {picks} of {n} and applied to each volume"}
+
+
 def fit_on_input(fit_input: Any, cfg: Any, opts: Any, *, run_dir: Any, progress: bool) -> Any:
     """The self-supervised fit of ``upscale --config``: fine-tune the shipped model, or from scratch.
 
@@ -121,11 +154,12 @@ def fit_on_input(fit_input: Any, cfg: Any, opts: Any, *, run_dir: Any, progress:
         points = zoo.starting_points(cfg.name)
         reason = f"no shipped model serves config {cfg.name!r}"
     misfits: list[str] = []
+    items, series = fit_items(fit_input, cfg)
     seconds = float(opts.budget or DEFAULT_FINETUNE_SECONDS)
     ft_cfg = load_config(cfg, finetune_overrides(cfg, seconds)) if points else cfg
     for name in points:  # the preferred first; the first whose weights fit the input
         try:
-            fr = train_fit([fit_input], ft_cfg, run_dir=run_dir, progress=progress, init=str(zoo.checkpoint(name)))
+            fr = train_fit(items, ft_cfg, run_dir=run_dir, progress=progress, init=str(zoo.checkpoint(name)))
         except ModelError as exc:
             logger.info("shipped model %r cannot start this fit (%s)", name, exc)
             misfits.append(f"shipped model {name!r} does not fit the input: {exc}")
@@ -134,15 +168,19 @@ def fit_on_input(fit_input: Any, cfg: Any, opts: Any, *, run_dir: Any, progress:
                                 "source": f"fine-tuned from shipped model {name!r} on the input ({seconds:g} s budget)"}
         if misfits:
             fr.metadata["start"]["skipped"] = misfits
+        if series:
+            fr.metadata["start"]["series"] = series
         return fr
     if misfits:
         reason = "; ".join(misfits)
         logger.warning("no shipped model fits this input (%s); fitting from scratch", reason)
     sc_cfg = load_config(cfg, [f"train.max_minutes={float(opts.budget) / 60.0!r}"]) if opts.budget else cfg
     logger.info("fitting from scratch (%s)", reason)
-    fr = train_fit([fit_input], sc_cfg, run_dir=run_dir, progress=progress, init=cfg.train.init)
+    fr = train_fit(items, sc_cfg, run_dir=run_dir, progress=progress, init=cfg.train.init)
     fr.metadata["start"] = {"shipped": None, "budget_seconds": 60.0 * float(sc_cfg.train.max_minutes), "reason": reason,
                             "source": f"self-supervised fit on the input from {'the config init' if cfg.train.init else 'random weights'}"}
+    if series:
+        fr.metadata["start"]["series"] = series
     return fr
 
 
