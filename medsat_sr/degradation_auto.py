@@ -58,7 +58,7 @@ SHARPEST_TARGET_SIGMA = degrade.mtf_to_sigma(SHARPEST_TARGET_MTF, 1.0)
 #: A single raster's estimate asking for pairs blurrier than a sensor with this MTF at the input's Nyquist is not used.
 #: Sensors are built to about 0.1-0.3 (Sentinel-2 MSI 0.15-0.3); an input blurrier per pixel than half the low end
 #: was resampled or blurred after capture, and how it looks across scales no longer says how sharp the scene is
-#: at the finer scale (a real Landsat-8 product reduced x2 read 0.035, and a fit with it lost 8.5 dB to cubic).
+#: at the finer scale (a real Landsat-8 product reduced x2 read 0.038, and a fit with it lost 8.5 dB to cubic).
 PLAUSIBLE_SENSOR_MTF = 0.05
 
 #: What a single raster's estimate rests on and no held-out split can check (the record's ``assumes``).

@@ -141,7 +141,7 @@ def test_auto_on_a_raster_blurrier_than_any_sensor_recovers_the_extra_blur() -> 
 def test_auto_keeps_the_profile_for_a_raster_blurrier_than_a_sensor_delivers() -> None:
     """A stable estimate that asks for pairs blurrier than any sensor is built to (a resampled product) is not used.
 
-    On a real Landsat-8 product reduced x2 such an estimate (MTF 0.035) made
+    On a real Landsat-8 product reduced x2 such an estimate (MTF 0.038) made
     the fit lose 8.5 dB to cubic against the real bands (#14): the input was
     blurred after capture, and its look across scales says nothing of how
     sharp the scene is at the finer scale.
@@ -297,8 +297,8 @@ def test_the_verdict_line_carries_the_degradation_caution() -> None:
     auto_strong = {"used": True, "profile_agreement": {"strong": True, "ratio": 2.0, "text": "x2.00"}}
     assert "(x2.00; the fit used the estimate)" in (degradation_caution(auto_strong) or "")
     assert "not measured on this input" in (degradation_caution({"used": False, "reason": "confidence 0.0"}) or "")
-    implausible = {"used": False, "confidence": 0.8, "mtf_nyquist": 0.035,
-                   "reason": "the estimate asks for pairs blurrier than any sensor is built to deliver (MTF 0.035 at "
+    implausible = {"used": False, "confidence": 0.8, "mtf_nyquist": 0.038,
+                   "reason": "the estimate asks for pairs blurrier than any sensor is built to deliver (MTF 0.038 at "
                              "the input's Nyquist, under 0.05): the raster was resampled"}
     assert degradation_caution(implausible) == ("degradation measured but not used on this input: the held-out check "
                                                 "cannot show a PSF mismatch")
