@@ -302,6 +302,8 @@ def test_the_verdict_line_carries_the_degradation_caution() -> None:
                              "the input's Nyquist, under 0.05): the raster was resampled"}
     assert degradation_caution(implausible) == ("degradation measured but not used on this input: the held-out check "
                                                 "cannot show a PSF mismatch")
+    unsteady = {"used": False, "confidence": 0.24, "reason": "confidence 0.24 < 0.5: the profile's degradation stays"}
+    assert "degradation not measured reliably on this input" in (degradation_caution(unsteady) or "")
     agreed = {"used": True, "profile_agreement": {"strong": False, "ratio": 1.05, "text": "x1.05"}}
     assert degradation_caution(agreed) is None and degradation_caution(None) is None
 

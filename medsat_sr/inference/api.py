@@ -429,8 +429,9 @@ def _degradation_findings(est: Mapping[str, Any] | None) -> tuple[str, str] | No
                 f"the input's measured degradation disagrees with the profile's ({ratio}{how})")
     if est.get("used") is False and not agree:
         why = str(est.get("reason") or "no estimate").split(":")[0]
-        measured = est.get("mtf_nyquist") and float(est.get("confidence") or 0.0) >= MIN_CONFIDENCE
-        what = "measured but not used" if measured else "not measured"
+        what = "not measured"  # the estimate failed (too small, not anisotropic, ...)
+        if est.get("confidence") is not None:  # measured: not confident, or (a single raster) not plausible
+            what = "measured but not used" if float(est["confidence"]) >= MIN_CONFIDENCE else "not measured reliably"
         return (f"Degradation: {what} on this input ({why}); the held-out split assumes the profile's "
                 "degradation and cannot show a mismatch.",
                 f"degradation {what} on this input: the held-out check cannot show a PSF mismatch")
