@@ -201,6 +201,8 @@ def test_a_series_fit_is_one_one_channel_network_on_some_of_its_volumes() -> Non
     assert [int(i[0, 0, 0, 0]) for i in items] == [0, 2, 4, 6] and all(i.shape == (1, 8, 8, 4) for i in items)
     assert [i.meta[Key.BAND_NAMES] for i in items] == [["vol0"], ["vol2"], ["vol4"], ["vol6"]]
     np.testing.assert_allclose(np.asarray(items[1].affine), np.diag([2.0, 2.0, 6.0, 1.0]))
+    three = make_volume(torch.ones(3, 8, 8, 4), np.diag([2.0, 2.0, 6.0, 1.0]))
+    assert fit_items(three, cfg)[1]["fitted_on"] == [0, 1, 2]  # a short series: every volume
     one = make_volume(torch.ones(1, 8, 8, 4), np.diag([2.0, 2.0, 6.0, 1.0]))
     assert fit_items(one, cfg) == ([one], None)
 

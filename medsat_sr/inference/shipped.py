@@ -121,7 +121,8 @@ def fit_items(fit_input: Any, cfg: Any) -> tuple[list[Any], dict[str, Any] | Non
     n = int(fit_input.shape[0]) if is_volume(fit_input) and not isinstance(fit_input, BandSet) else 1
     if n < 2 or cfg.target_bands():
         return [fit_input], None
-    picks = sorted({round(k * (n - 1) / max(SERIES_FIT_VOLUMES - 1, 1)) for k in range(min(n, SERIES_FIT_VOLUMES))})
+    m = min(n, SERIES_FIT_VOLUMES)
+    picks = sorted({round(k * (n - 1) / max(m - 1, 1)) for k in range(m)})
     names = list(fit_input.meta.get(Key.BAND_NAMES) or [])
     items = []
     for k in picks:
