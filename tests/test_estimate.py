@@ -161,6 +161,30 @@ def test_auto_keeps_the_profile_for_a_raster_blurrier_than_a_sensor_delivers() -
     assert out is cfg
 
 
+def test_auto_on_bands_the_profile_names_estimates_each_and_keeps_the_profile_when_none_is_plausible() -> None:
+    """Named bands get one estimate each; a band set blurrier than a sensor delivers keeps the profile's MTFs."""
+    from medsat_sr.config import load_config
+    from medsat_sr.degradation_auto import PLAUSIBLE_SENSOR_MTF, apply_estimate
+    from medsat_sr.image import make_raster
+
+    cfg = load_config("multiband_x2", ["degradation=auto", "domain=sentinel2_l1c"])
+    blur = degrade.mtf_to_sigma(0.3, 2.0)
+    for own, plausible in ((0.0, True), (1.4, False)):
+        hr = np.stack([ndimage.gaussian_filter(_fractal(512, k), own, mode="wrap") for k in range(2)])
+        lr = degrade.decimate(torch.from_numpy(hr), [2, 2], [blur] * 2)
+        img = make_raster(lr.float() * 10 + 100, transform=(20.0, 0.0, 500000.0, 0.0, -20.0, 5200000.0),
+                          crs="EPSG:32633", band_names=["B04", "B08"])
+        out, rec = apply_estimate(cfg, img)
+        per = rec["per_band"]
+        assert set(per) == {"B04", "B08"} and all(p["confidence"] >= 0.5 for p in per.values()), rec
+        if plausible:
+            assert rec["used"] and set(out.profile.degradation.psf.mtf_nyquist) == {"B04", "B08"}, rec
+        else:
+            assert all(p["mtf_nyquist"] < PLAUSIBLE_SENSOR_MTF for p in per.values()), per
+            assert not rec["used"] and "every confident band's estimate asks for pairs blurrier" in rec["reason"]
+            assert out is cfg
+
+
 def test_band_psf_bad_inputs() -> None:
     with pytest.raises(ConfigError, match="ratio"):
         estimate_band_psf(np.ones((64, 64)), np.ones((32, 32)), 1)
