@@ -23,7 +23,7 @@ from medsat_sr.multistack.options import MultiStackOptions
 from medsat_sr.multistack.reconstruct import mean_of_cubic, reconstruct, srr
 from medsat_sr.multistack.register import register_stack
 from medsat_sr.multistack.simulate import motion_error, simulate_stacks
-from medsat_sr.multistack.stacks import make_stack, output_grid
+from medsat_sr.multistack.stacks import limit_to_grid, make_stack, output_grid
 
 FAST = {"register_cycles": 1, "registration_iterations": 15, "cg_iterations": 10, "outer_iterations": 2, "margin_mm": 0,
         "max_points": 4000}
@@ -54,6 +54,36 @@ def simulated() -> dict:
 @pytest.fixture(scope="module")
 def recon(simulated: dict):
     return reconstruct(simulated["stacks"], FAST)
+
+
+def test_output_grid_intersection_is_where_every_stack_has_data() -> None:
+    """``region: intersection``: the box all three orthogonal slabs cover, far smaller than their union."""
+    from medsat_sr.errors import GeometryError
+
+    def slab(shape: tuple[int, int, int], spacing: tuple[float, float, float], origin: tuple[float, float, float]):
+        aff = np.diag([*spacing, 1.0])
+        aff[:3, 3] = origin
+        return make_stack(make_volume(torch.ones(1, *shape), aff), name=f"slab{shape}", thickness=4.0)
+
+    axial = slab((40, 40, 6), (1.0, 1.0, 4.0), (0.0, 0.0, 0.0))         # z from -2 to 22 mm
+    coronal = slab((40, 6, 40), (1.0, 4.0, 1.0), (0.0, 10.0, -5.0))     # y from 8 to 32 mm
+    sagittal = slab((6, 40, 40), (4.0, 1.0, 1.0), (5.0, 0.0, -5.0))     # x from 3 to 27 mm
+    stacks = [axial, coronal, sagittal]
+    union = output_grid(stacks, spacing=1.0)
+    common = output_grid(stacks, spacing=1.0, region="intersection")
+    assert common.shape == (24, 24, 24) and np.prod(union.shape) > 3 * np.prod(common.shape), (union.shape, common.shape)
+    first = np.asarray(common.affine)[:3, 3]
+    last = first + np.asarray(common.affine)[:3, :3] @ (np.asarray(common.shape) - 1)
+    assert np.allclose(first, [3.5, 8.5, -1.5]) and np.allclose(last, [26.5, 31.5, 21.5]), (first, last)
+    # with a margin, the grid grows by it, and only stack voxels inside the common box take part
+    grown = output_grid(stacks, spacing=1.0, region="intersection", margin_mm=4.0)
+    assert grown.shape == (32, 32, 32)
+    kept = limit_to_grid(axial, grown, 4.0).roi()
+    assert kept.sum() == 25 * 25 * 6 and bool(kept[3:28, 8:33, :].all()) and not bool(kept[2, 10, 0]), int(kept.sum())
+    assert limit_to_grid(axial, grown, 4.0).mask is None  # not a mask: region auto still reads 'no masks'
+    apart = slab((6, 40, 40), (4.0, 1.0, 1.0), (100.0, 0.0, -5.0))
+    with pytest.raises(GeometryError, match="do not overlap"):
+        output_grid([axial, coronal, apart], spacing=1.0, region="intersection")
 
 
 def test_forward_operator_adjoint(simulated: dict) -> None:
@@ -182,7 +212,8 @@ def test_cli_route_end_to_end(tmp_path: Path, simulated: dict, monkeypatch: pyte
     assert rc == 0
     # progress counts every registration, outer iteration and held-out stack, and ends at its total
     assert len(bars) == 1 and bars[0].done == bars[0].total == 2 * 2 + 2 * 2 + 3
-    assert any("3 stacks without masks" in r.getMessage() and "multistack.masks" in r.getMessage() for r in caplog.records)
+    assert any("3 stacks without masks" in r.getMessage() and "multistack.masks" in r.getMessage()
+               and "multistack.region=intersection" in r.getMessage() for r in caplog.records)
     img = read(out)
     rec = json.loads(out.with_name("fused.nii.gz.json").read_text()) if out.with_name("fused.nii.gz.json").exists() \
         else json.loads(next(tmp_path.glob("fused*.json")).read_text())

@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch
 from monai.data import MetaTensor
 
 from medsat_sr import io as mio
-from medsat_sr.errors import ConfigError, DataError
+from medsat_sr.errors import ConfigError, DataError, GeometryError
 from medsat_sr.image import Key
 from medsat_sr.inference.multi import MULTI_ROUTES, MultiRequest, MultiResult
 from medsat_sr.inference.plan import Decision
@@ -124,16 +125,22 @@ def _ticks(n: int, o: MultiStackOptions, method: str) -> int:
     return max(1, steps)
 
 
-def _warn_if_large(stacks: list[Stack], grid: Any) -> None:
+def _warn_if_large(stacks: list[Stack], grid: Any, reference: int) -> None:
     """Say before the work starts when unmasked stacks make a grid that takes long on a CPU, and what helps."""
     voxels = int(np.prod(grid.shape))
     if voxels <= LARGE_GRID_VOXELS or any(s.mask is not None for s in stacks):
         return
+    common = ""
+    with contextlib.suppress(GeometryError):
+        box = output_grid(stacks, reference=reference, spacing=float(np.linalg.norm(grid.affine[:3, 0])),
+                          region="intersection")
+        common = (f", or --set multistack.region=intersection to reconstruct only where every stack has data "
+                  f"({'x'.join(str(v) for v in box.shape)} voxels, {np.prod(box.shape) / 1e6:.1f} M)")
     logger.warning(
         "%d stacks without masks: the output grid covers the union of their fields of view, %s voxels (%.0f M); "
         "a reconstruction this size runs for a long time on a CPU (tens of minutes or more). Masks of the anatomy, "
-        "one per stack (--set multistack.masks='[m1.nii.gz, ...]'), restrict it and speed it up",
-        len(stacks), "x".join(str(v) for v in grid.shape), voxels / 1e6)
+        "one per stack (--set multistack.masks='[m1.nii.gz, ...]'), restrict it and speed it up%s",
+        len(stacks), "x".join(str(v) for v in grid.shape), voxels / 1e6, common)
 
 
 def _decide(rec: Reconstruction, o: MultiStackOptions, req: MultiRequest,
@@ -193,7 +200,7 @@ def run(req: MultiRequest) -> MultiResult:
     t_read = time.perf_counter() - t0
     ref_k = reference_of(stacks, o)
     grid = output_grid(stacks, reference=ref_k, spacing=o.spacing, region=region_of(stacks, o), margin_mm=o.margin_mm)
-    _warn_if_large(stacks, grid)
+    _warn_if_large(stacks, grid, ref_k)
     bar = Progress(_ticks(len(stacks), o, method), "multi-stack", unit="step", enabled=req.progress)
     try:
         rec = reconstruct(stacks, o, grid=grid, solve_volume=method == "srr", progress=bar.update)

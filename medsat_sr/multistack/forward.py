@@ -19,6 +19,7 @@ linear in ``v`` and differentiable in ``M_k`` (registration) and ``v``
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,7 +218,9 @@ def _sparse_operator(grid: torch.Tensor, weights: torch.Tensor,
     vox = int(np.prod(shape))
     coo = torch.sparse_coo_tensor(  # indices built here, in range by construction
         torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(vals), (n, vox), check_invariants=False).coalesce()
-    return coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
+    with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice says nothing to a user
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
 
 
 def make_operator(stack: Stack, grid: Grid, *, motion: np.ndarray | torch.Tensor | None = None,

@@ -53,9 +53,13 @@ class MultiStackOptions(StrictModel):
         spacing: isotropic output spacing in mm; ``None``: the finest in-plane
             spacing of the stacks.
         region: ``mask`` (the union of the stack masks plus ``margin_mm``;
-            needs masks) or ``union`` (the union of the stacks' fields of view);
-            ``auto``: ``mask`` when masks are given.
-        margin_mm: margin around the masked region.
+            needs masks), ``union`` (the union of the stacks' fields of view)
+            or ``intersection`` (where every stack has data: far fewer voxels
+            than the union for stacks in several orientations, so much faster
+            without masks); ``auto``: ``mask`` when masks are given, else ``union``.
+        margin_mm: margin around the masked region (or the intersection; for
+            the intersection, stack voxels closer than this to the grid's edge
+            do not take part).
         reference: the stack that defines the output orientation and frame
             (0-based), or ``auto`` (the first).
         registration: ``rigid`` (inter-stack, stack to volume through the
@@ -85,7 +89,7 @@ class MultiStackOptions(StrictModel):
     """
 
     spacing: float | None = Field(None, gt=0, le=20)
-    region: Literal["auto", "mask", "union"] = "auto"
+    region: Literal["auto", "mask", "union", "intersection"] = "auto"
     margin_mm: float = Field(8.0, ge=0, le=200)
     reference: int | Literal["auto"] = "auto"
     registration: Literal["rigid", "none"] = "rigid"

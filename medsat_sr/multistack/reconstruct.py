@@ -33,7 +33,7 @@ from medsat_sr.multistack.forward import StackOperator, make_operator
 from medsat_sr.multistack.options import MultiStackOptions
 from medsat_sr.multistack.register import mask_centroid, register_stack
 from medsat_sr.multistack.solve import SolveState, slice_weights, solve, stack_scales, tv_weights
-from medsat_sr.multistack.stacks import Grid, Stack, output_grid
+from medsat_sr.multistack.stacks import Grid, Stack, limit_to_grid, output_grid
 
 __all__ = ["Reconstruction", "reconstruct", "srr", "mean_of_cubic", "resolve_options", "region_of", "reference_of"]
 
@@ -106,7 +106,7 @@ def resolve_options(options: MultiStackOptions | dict[str, Any] | None) -> Multi
 
 
 def region_of(stacks: Sequence[Stack], opts: MultiStackOptions) -> str:
-    """``mask`` or ``union``: the region the grid covers."""
+    """``mask``, ``union`` or ``intersection``: the region the grid covers."""
     if opts.region == "auto":
         return "mask" if any(s.mask is not None for s in stacks) else "union"
     if opts.region == "mask" and not any(s.mask is not None for s in stacks):
@@ -209,9 +209,11 @@ def reconstruct(stacks: Sequence[Stack], options: MultiStackOptions | dict[str, 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     ref = reference_of(stacks, opts)
+    region = region_of(stacks, opts)
     if grid is None:
-        grid = output_grid(stacks, reference=ref, spacing=opts.spacing, region=region_of(stacks, opts),
-                           margin_mm=opts.margin_mm)
+        grid = output_grid(stacks, reference=ref, spacing=opts.spacing, region=region, margin_mm=opts.margin_mm)
+    if region == "intersection":  # only voxels inside the common box: their slice profiles stay on the grid
+        stacks = [limit_to_grid(s, grid, opts.margin_mm) for s in stacks]
     ops = [make_operator(s, grid, step=opts.psf_step, truncate=opts.psf_truncate) for s in stacks]
     if motions is not None:
         for op, m in zip(ops, motions):

@@ -9,16 +9,17 @@ on each slice; slices are *spacing* apart, so gaps and overlaps are modelled
 voxels are point samples of the volume interpolated trilinearly.
 
 The output grid (:func:`output_grid`) is isotropic, oriented like the
-reference stack (its direction cosines made orthonormal), and covers either
-the union of the stacks' fields of view or the union of their masks plus a
-margin.
+reference stack (its direction cosines made orthonormal), and covers the
+union of the stacks' fields of view, their intersection (where every stack
+has data: the only region all of them constrain), or the union of their masks
+plus a margin.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from medsat_sr.errors import DataError, GeometryError
 from medsat_sr.image import Key, make_volume
 from medsat_sr.psf import fwhm_to_sigma
 
-__all__ = ["Stack", "Grid", "make_stack", "output_grid", "orthonormal", "resample_mask"]
+__all__ = ["Stack", "Grid", "make_stack", "output_grid", "limit_to_grid", "orthonormal", "resample_mask"]
 
 
 @dataclass
@@ -45,6 +46,8 @@ class Stack:
         norm: the intensity divisor (masked 99th percentile of the raw data).
         name: a label for messages and records.
         source: the volume the stack was made from (for its meta), if any.
+        within: ``(X, Y, Z)`` bool, the voxels inside the output region
+            (:func:`limit_to_grid`), or ``None`` (all).
     """
 
     data: torch.Tensor
@@ -55,6 +58,7 @@ class Stack:
     norm: float
     name: str
     source: MetaTensor | None = field(default=None, repr=False)
+    within: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -82,8 +86,9 @@ class Stack:
         return tuple(int(v) for v in self.data.shape)  # type: ignore[return-value]
 
     def roi(self) -> torch.Tensor:
-        """The voxels that take part in the fit: the mask, or all voxels."""
-        return self.mask if self.mask is not None else torch.ones(self.shape, dtype=torch.bool)
+        """The voxels that take part in the fit: the mask (or all voxels) inside the output region."""
+        roi = self.mask if self.mask is not None else torch.ones(self.shape, dtype=torch.bool)
+        return roi if self.within is None else roi & self.within
 
 
 @dataclass(frozen=True)
@@ -193,15 +198,17 @@ def output_grid(stacks: Sequence[Stack], *, reference: int = 0, spacing: float |
         stacks: the stacks (their affines as acquired).
         reference: the stack whose orientation the grid takes.
         spacing: voxel size in mm; ``None``: the finest in-plane spacing.
-        region: ``union`` (fields of view) or ``mask`` (masks; stacks without
-            a mask count with their field of view).
+        region: ``union`` (fields of view), ``intersection`` (the box every
+            stack's field of view covers, in the grid's frame) or ``mask``
+            (masks; stacks without a mask count with their field of view).
         margin_mm: added on every side.
 
     Returns:
         The :class:`Grid`.
 
     Raises:
-        GeometryError: a reference index out of range, or a non-positive spacing.
+        GeometryError: a reference index out of range, a non-positive
+            spacing, or (``intersection``) stacks whose fields of view do not overlap.
     """
     if not 0 <= reference < len(stacks):
         raise GeometryError(f"reference stack {reference} does not exist ({len(stacks)} stacks)")
@@ -209,9 +216,16 @@ def output_grid(stacks: Sequence[Stack], *, reference: int = 0, spacing: float |
     if not math.isfinite(sp) or sp <= 0:
         raise GeometryError(f"output spacing must be positive, got {sp}")
     rot = orthonormal(stacks[reference].affine)
-    pts = np.concatenate([_extent_points(s, region) for s in stacks])
-    local = pts @ rot  # coordinates along the grid axes
-    lo, hi = local.min(axis=0) - margin_mm, local.max(axis=0) + margin_mm
+    boxes = [_extent_points(s, region) @ rot for s in stacks]  # coordinates along the grid axes
+    if region == "intersection":
+        lo, hi = np.max([b.min(axis=0) for b in boxes], axis=0), np.min([b.max(axis=0) for b in boxes], axis=0)
+        if np.any(hi - lo < 2 * sp):
+            raise GeometryError("the stacks' fields of view do not overlap (their common box is "
+                                f"{' x '.join(f'{max(v, 0.0):.0f}' for v in hi - lo)} mm); use multistack.region: union")
+    else:
+        local = np.concatenate(boxes)
+        lo, hi = local.min(axis=0), local.max(axis=0)
+    lo, hi = lo - margin_mm, hi + margin_mm
     shape = tuple(int(max(2, math.ceil((h - l) / sp))) for l, h in zip(lo, hi))
     centre = (lo + hi) / 2
     start = centre - sp * (np.asarray(shape) - 1) / 2  # first voxel centre, grid centred on the region
@@ -219,6 +233,23 @@ def output_grid(stacks: Sequence[Stack], *, reference: int = 0, spacing: float |
     aff[:3, :3] = rot * sp
     aff[:3, 3] = rot @ start
     return Grid(shape=shape, affine=aff)  # type: ignore[arg-type]
+
+
+def limit_to_grid(stack: Stack, grid: Grid, margin_mm: float) -> Stack:
+    """``stack`` with only the voxels whose centres lie ``margin_mm`` inside ``grid``'s box taking part.
+
+    For ``region: intersection`` (the grid is the common box plus the
+    margin): a voxel whose slice profile reached past the grid would be
+    modelled against zeros there.
+    """
+    m = np.linalg.inv(grid.affine) @ stack.affine  # stack voxel -> grid voxel coordinates
+    axes = [np.arange(n, dtype=np.float64) for n in stack.shape]
+    inside = np.ones(stack.shape, dtype=bool)
+    pad = margin_mm / grid.spacing
+    for g in range(3):  # each grid coordinate is a sum of one term per stack axis
+        coord = m[g, 3] + sum(np.reshape(m[g, a] * axes[a], [-1 if k == a else 1 for k in range(3)]) for a in range(3))
+        inside &= (coord >= pad - 0.5) & (coord <= grid.shape[g] - 0.5 - pad)
+    return replace(stack, within=torch.from_numpy(inside))
 
 
 def grid_volume(data: torch.Tensor, grid: Grid, like: MetaTensor | None, **extra: object) -> MetaTensor:
