@@ -178,7 +178,9 @@ def test_auto_on_bands_the_profile_names_estimates_each_and_keeps_the_profile_wh
         per = rec["per_band"]
         assert set(per) == {"B04", "B08"} and all(p["confidence"] >= 0.5 for p in per.values()), rec
         if plausible:
-            assert rec["used"] and set(out.profile.degradation.psf.mtf_nyquist) == {"B04", "B08"}, rec
+            gains = out.profile.degradation.psf.mtf_nyquist  # the profile's table, these two bands measured
+            assert rec["used"] and set(rec["mtf_nyquist"]) == {"B04", "B08"}, rec
+            assert all(gains[b] == pytest.approx(per[b]["mtf_nyquist"]) for b in ("B04", "B08")), gains
         else:
             assert all(p["mtf_nyquist"] < PLAUSIBLE_SENSOR_MTF for p in per.values()), per
             assert not rec["used"] and "every confident band's estimate asks for pairs blurrier" in rec["reason"]
