@@ -298,6 +298,34 @@ def _init_model(cfg: Any, ts: Any, init: Any, device: torch.device) -> tuple[nn.
     return model, info
 
 
+def _first_fitting_init(cfg: Any, ts: Any, init: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`_init_model` for one ``init``, or the first of a list of checkpoints whose weights fit the data.
+
+    Candidates are tried on the one training set already built (a misfit
+    costs a checkpoint load, not a second set of pairs); those skipped are
+    listed in ``info["init_skipped"]`` as ``{"init", "why"}``.
+
+    Raises:
+        ModelError: no candidate fits (every reason, in order).
+    """
+    if not isinstance(init, (list, tuple)):
+        return _init_model(cfg, ts, init, device)
+    if not init:
+        raise ModelError("no checkpoint to start from (an empty list of candidates)")
+    skipped: list[dict[str, str]] = []
+    for cand in init:
+        try:
+            model, info = _init_model(cfg, ts, cand, device)
+        except ModelError as exc:
+            logger.info("%s cannot start this fit (%s)", cand, exc)
+            skipped.append({"init": str(cand), "why": str(exc)})
+            continue
+        if skipped:
+            info["init_skipped"] = skipped
+        return model, info
+    raise ModelError("no checkpoint fits the data: " + "; ".join(f"{s['init']}: {s['why']}" for s in skipped))
+
+
 def _discriminator(cfg: Any, ts: Any, device: torch.device) -> nn.Module:
     from medsat_sr.models import build_discriminator
 
@@ -403,7 +431,8 @@ def build_trainer(
             ``None`` writes nothing (the best weights are kept in memory).
         images: the images (volume, raster, BandSet, or a list); ``None``
             reads ``data.inputs`` (and ``data.validation``, ``data.pairs``).
-        init: a checkpoint (path) or a model to start from; default
+        init: a checkpoint (path) or a model to start from, or a list of
+            checkpoints (the first whose weights fit the data); default
             ``train.init`` in ``finetune`` mode.
         progress: show a tqdm progress bar.
         resume: continue from ``run_dir/last``.
@@ -500,7 +529,7 @@ def _new_state(
     """
     from medsat_sr._version import __version__
 
-    model, init_info = _init_model(cfg, ts, init, dev)
+    model, init_info = _first_fitting_init(cfg, ts, init, dev)
     precision = resolve_precision(cfg.train.precision, dev.type)
     # channels_last pays off with bf16 on CPU (oneDNN/AMX) and costs time in fp32 (measured)
     cl = dev.type == "cpu" and precision == "bf16"

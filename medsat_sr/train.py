@@ -237,7 +237,8 @@ def fit(
         run_dir: run folder for checkpoints, metrics.csv and curves.png;
             ``None`` writes nothing.
         progress: tqdm progress bar.
-        init: checkpoint path or model to start from (fine-tuning).
+        init: checkpoint path or model to start from (fine-tuning), or a list of
+            checkpoints: the first whose weights fit the data.
         resume: continue from ``run_dir/last``.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         validation: held-out references (supervised).

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from medsat_sr.checkpoint import load_checkpoint
 from medsat_sr.cli import main
 from medsat_sr.config import load_config
+from medsat_sr.errors import ModelError
 from medsat_sr.image import make_raster, make_volume
 from medsat_sr.slicewise import apply_slicewise
 from medsat_sr.train import build_loss, build_trainer, fit
@@ -219,6 +220,27 @@ def test_finetune_from_a_module_leaves_the_module_untouched() -> None:
     assert all(p.requires_grad for p in base.parameters())  # nothing frozen on the caller's module
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
     assert any(not torch.equal(before[k], v) for k, v in r.model.state_dict().items())
+
+
+def test_finetune_takes_the_first_candidate_checkpoint_that_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list of checkpoints: a fixed x3 network is skipped (with why) and the x2 one starts the fit, on one set of pairs."""
+    import medsat_sr.data
+
+    x3 = fit(raster(), tiny_cfg("scale=3", "train.max_iterations=1", "train.val_every=1"), run_dir=tmp_path / "x3",
+             progress=False)
+    x2 = fit(raster(), tiny_cfg("train.max_iterations=1", "train.val_every=1"), run_dir=tmp_path / "x2", progress=False)
+    built = []
+    real = medsat_sr.data.make_training_set
+    monkeypatch.setattr(medsat_sr.data, "make_training_set", lambda *a, **k: built.append(1) or real(*a, **k))
+    cfg = tiny_cfg("train.max_iterations=2", "train.val_every=2")
+    r = fit(raster(seed=7), cfg, progress=False, init=[str(x3.best_path), str(x2.best_path)])
+    assert len(built) == 1
+    task = r.metadata["task"]
+    assert task["init"] == str(x2.best_path)
+    (skip,) = task["init_skipped"]
+    assert skip["init"] == str(x3.best_path) and "trained at scale 3x3; the input needs 2x2" in skip["why"]
+    with pytest.raises(ModelError, match="no checkpoint fits the data: .*trained at scale 3x3"):
+        fit(raster(seed=7), cfg, progress=False, init=[str(x3.best_path)])
 
 
 def test_finetune_adapts_channels_through_cli(tmp_path: Path) -> None:

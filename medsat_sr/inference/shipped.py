@@ -154,27 +154,28 @@ def fit_on_input(fit_input: Any, cfg: Any, opts: Any, *, run_dir: Any, progress:
     else:
         points = zoo.starting_points(cfg.name)
         reason = f"no shipped model serves config {cfg.name!r}"
-    misfits: list[str] = []
     items, series = fit_items(fit_input, cfg)
-    seconds = float(opts.budget or DEFAULT_FINETUNE_SECONDS)
-    ft_cfg = load_config(cfg, finetune_overrides(cfg, seconds)) if points else cfg
-    for name in points:  # the preferred first; the first whose weights fit the input
+    if points:  # the preferred first; the first whose weights fit the input, on one training set
+        seconds = float(opts.budget or DEFAULT_FINETUNE_SECONDS)
+        ft_cfg = load_config(cfg, finetune_overrides(cfg, seconds))
+        paths = {str(zoo.checkpoint(n)): n for n in points}
         try:
-            fr = train_fit(items, ft_cfg, run_dir=run_dir, progress=progress, init=str(zoo.checkpoint(name)))
+            fr = train_fit(items, ft_cfg, run_dir=run_dir, progress=progress, init=list(paths))
         except ModelError as exc:
-            logger.info("shipped model %r cannot start this fit (%s)", name, exc)
-            misfits.append(f"shipped model {name!r} does not fit the input: {exc}")
-            continue
-        fr.metadata["start"] = {"shipped": name, "budget_seconds": seconds, "lr": ft_cfg.train.lr,
-                                "source": f"fine-tuned from shipped model {name!r} on the input ({seconds:g} s budget)"}
-        if misfits:
-            fr.metadata["start"]["skipped"] = misfits
-        if series:
-            fr.metadata["start"]["series"] = series
-        return fr
-    if misfits:
-        reason = "; ".join(misfits)
-        logger.warning("no shipped model fits this input (%s); fitting from scratch", reason)
+            reason = "; ".join(f"shipped model {n!r} does not fit the input" for n in points) + f" ({exc})"
+            logger.warning("no shipped model fits this input (%s); fitting from scratch", exc)
+        else:
+            task = fr.metadata.get("task") or {}
+            name = paths.get(str(task.get("init")), str(task.get("init")))
+            fr.metadata["start"] = {"shipped": name, "budget_seconds": seconds, "lr": ft_cfg.train.lr,
+                                    "source": f"fine-tuned from shipped model {name!r} on the input ({seconds:g} s budget)"}
+            skipped = [f"shipped model {paths.get(s['init'], s['init'])!r} does not fit the input: {s['why']}"
+                       for s in task.get("init_skipped") or []]
+            if skipped:
+                fr.metadata["start"]["skipped"] = skipped
+            if series:
+                fr.metadata["start"]["series"] = series
+            return fr
     sc_cfg = load_config(cfg, [f"train.max_minutes={float(opts.budget) / 60.0!r}"]) if opts.budget else cfg
     logger.info("fitting from scratch (%s)", reason)
     fr = train_fit(items, sc_cfg, run_dir=run_dir, progress=progress, init=cfg.train.init)
