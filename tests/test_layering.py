@@ -65,6 +65,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.sampling": 2,  # patch sampling and held-out splits
     "medsat_sr.pair_sources": 2,  # (LR, HR) patch sources: slice-profile, aligned; the patch dataset
     "medsat_sr.engine": 2,  # the MONAI trainer and evaluator of a fit and their event handlers
+    "medsat_sr.model_start": 2,  # the network a fit starts from (fresh, a checkpoint, the first of several that fits)
     "medsat_sr.losses": 2,  # training losses (pixel, SSIM, combined)
     "medsat_sr.run_folder": 2,  # a training run's files: checkpoints, resume state, metrics.csv, curves.png
     "medsat_sr.train": 2,
