@@ -87,7 +87,8 @@ def test_reader_and_writer_name_the_file(stream: io.StringIO, tmp_path: Path) ->
 
     vol = make_volume(np.full((1, 3, 3, 3), 300.0, np.float32), np.eye(4), source_dtype="uint8")
     out = write(vol, tmp_path / "clipped.nii.gz")
-    assert f"{out}: 27 voxels clipped" in stream.getvalue()
+    assert f"{out}: 27 voxels clipped to the uint8 range [0, 255] (0 below, 27 above; 100 % of the volume)" \
+        in stream.getvalue()
 
 
 def test_log_json_is_one_object_per_event(tmp_path: Path) -> None:

@@ -221,7 +221,7 @@ def encode_values(
         raise ConfigError(f"scales/offsets need one value per band ({nb}), got {len(sc)} and {len(of)}")
     out = np.empty(data.shape, dtype=dt)
     nan_nodata = nodata is not None and math.isnan(nodata)
-    n_clip = n_nan = n_bump = 0
+    n_low = n_high = n_nan = n_bump = 0
     for b in range(nb):
         vals = data[b].astype(np.float64)
         nod = np.isnan(vals) if nan_nodata else (vals == nodata if nodata is not None else np.zeros(vals.shape, bool))
@@ -236,7 +236,8 @@ def encode_values(
             nod = nod | nan
         vals = np.rint(np.where(nod, 0.0, vals))
         info = np.iinfo(dt)
-        n_clip += int(((vals < info.min) | (vals > info.max)).sum())
+        n_low += int((vals < info.min).sum())
+        n_high += int((vals > info.max).sum())
         np.clip(vals, info.min, info.max, out=vals)
         if nodata is not None:
             hit = (vals == nodata) & ~nod
@@ -247,8 +248,9 @@ def encode_values(
         out[b] = vals
     if n_nan:
         logger.warning("%d NaN pixels written as nodata (%s)", n_nan, nodata if nodata is not None else 0)
-    if n_clip:
-        logger.warning("%d pixels clipped to the %s range", n_clip, dt.name)
+    if n_low or n_high:  # below: typically an SR overshoot next to edges, where the type holds no negatives
+        logger.warning("%d pixels clipped to the %s range (%d below, %d above; %.3g %% of the raster)",
+                       n_low + n_high, dt.name, n_low, n_high, 100.0 * (n_low + n_high) / max(data.size, 1))
     if n_bump:
         logger.warning("%d valid pixels rounded to the nodata value %s; moved one step away", n_bump, nodata)
     return out

@@ -199,7 +199,7 @@ def _to_raw(data: np.ndarray, dt: np.dtype, slope: float, inter: float) -> np.nd
         return ((data.astype(np.float64) - inter) / slope).astype(dt)
     info = np.iinfo(dt)
     out = np.empty(data.shape, dtype=dt)
-    n_nan = n_clip = 0
+    n_nan = n_low = n_high = 0
     for c in range(data.shape[0]):  # one channel at a time bounds the float64 temporary
         vals = data[c].astype(np.float64)
         if not identity:
@@ -210,13 +210,16 @@ def _to_raw(data: np.ndarray, dt: np.dtype, slope: float, inter: float) -> np.nd
             vals[nan] = 0.0
         vals = np.rint(vals)
         low, high = vals < info.min, vals > info.max
-        n_clip += int(low.sum() + high.sum())
+        n_low += int(low.sum())
+        n_high += int(high.sum())
         np.clip(vals, info.min, info.max, out=vals)
         out[c] = vals
     if n_nan:
         logger.warning("%d NaN voxels written as stored value 0 (%s has no NaN)", n_nan, dt.name)
-    if n_clip:
-        logger.warning("%d voxels clipped to the %s range [%d, %d]", n_clip, dt.name, info.min, info.max)
+    if n_low or n_high:  # below: typically an SR overshoot next to edges, where the type holds no negatives
+        logger.warning("%d voxels clipped to the %s range [%d, %d] (%d below, %d above; %.3g %% of the volume)",
+                       n_low + n_high, dt.name, info.min, info.max, n_low, n_high,
+                       100.0 * (n_low + n_high) / max(data.size, 1))
     return out
 
 

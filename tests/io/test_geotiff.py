@@ -561,7 +561,8 @@ def test_encode_values_rounds_clips_and_keeps_nodata(caplog: pytest.LogCaptureFi
         raw = geotiff.encode_values(phys, dtype="uint8", nodata=0)
     # 0 is nodata; 0.4 rounds onto nodata and is moved to 1; NaN becomes nodata
     assert raw.tolist() == [[[0, 1, 1, 255, 1, 0, 255]]]
-    assert "clipped" in caplog.text and "nodata" in caplog.text
+    assert "2 pixels clipped to the uint8 range (1 below, 1 above; 28.6 % of the raster)" in caplog.text
+    assert "nodata" in caplog.text
     scaled = geotiff.encode_values(np.array([[[0.25, -9999.0]]]), dtype="int16", nodata=-9999, scales=[0.5],
                                    offsets=[0.0])
     assert scaled.tolist() == [[[0, -9999]]]
