@@ -182,6 +182,19 @@ def test_error_lines_are_short() -> None:
     assert _short("short message") == "short message"
 
 
+def test_a_long_error_keeps_its_remedy() -> None:
+    """The last clause (what to do) stays whole; the problem is cut in the middle (the gantry-tilt refusal)."""
+    msg = ("/data/dicom/ct_head_ge_tilt_dcm_qa_ct [series 1.2.826.0.1.3680043.9.4245.3115138630835728997848661150714813892#2]: gantry tilt 18.5° "
+           "(slices 15.dcm to 28.dcm, GantryDetectorTilt 18.5): the table step (7.38 mm) is not perpendicular to the "
+           "slices (7.00 mm apart), so only a sheared affine would place them; pass resample=True (--resample) to "
+           "resample onto an orthogonal grid as dcm2niix's tilt correction does")
+    text = _short(msg)
+    assert text.startswith("/data/dicom/ct_head_ge_tilt_dcm_qa_ct [series 1.2.826") and "gantry tilt 18.5° (" in text
+    assert text.endswith("; pass resample=True (--resample) to resample onto an orthogonal grid as dcm2niix's tilt "
+                         "correction does (--debug for the rest)")
+    assert len(text) <= 320
+
+
 def test_an_error_over_a_listing_keeps_its_headline() -> None:
     head = "/data/GE: 2 candidate series ([1] 4 mm thick, [2] 7 mm thick); choose one with --series 1..2:"
     listing = "\n".join(f"  [{i}] 1.2.826.0.1.3680043.9.4245.{i}, CT, #2, '', 14 images in 14 files, " + "x" * 120

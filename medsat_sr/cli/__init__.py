@@ -177,6 +177,12 @@ def _short(message: str, limit: int = MAX_ERROR_CHARS) -> str:
         kept = f"{clauses[0]}; ...; {clauses[-1]}"
         if _length(kept) <= limit + 40:
             return kept + " (--debug for the rest)"
+    if len(clauses) > 1 and _length(clauses[-1]) <= int(0.6 * limit):  # the remedy whole, the problem cut
+        first = clauses[0]
+        room = limit + 60 - _length(clauses[-1]) + len(first) - _length(first)  # paths do not count
+        if room >= 60:
+            head = first[: first.rfind(" ", 0, room) if " " in first[:room] else room].rstrip(" ,;(")
+            return f"{head} ...; {clauses[-1]} (--debug for the rest)"
     head_n = int(0.6 * limit) + len(text) - _length(text)  # paths do not count
     head = text[: text.rfind(" ", 0, head_n) if " " in text[:head_n] else head_n].rstrip(" ,;(")
     tail_at = text.find(" ", len(text) - int(0.35 * limit))
