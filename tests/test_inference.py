@@ -556,3 +556,25 @@ def test_2d_inplane_model_on_a_volume_runs_plane_by_plane():
         upscale(img, model=net, scale=[2, 2, 2])
     geo = np.asarray(res.image.affine)
     assert np.abs(fov_corners(_affine(), img.shape[1:]) - fov_corners(geo, out.shape[1:])).max() < 1e-9
+
+
+def test_raster_overshoot_clipping_is_counted_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Cubic overshoots a 0/255 edge in uint8: the values are clipped, counted in the record, and the warning gives the share."""
+    src = tmp_path / "edges.tif"
+    data = np.zeros((1, 16, 16), np.uint8)
+    data[:, :, 8:] = 255
+    with rasterio.open(src, "w", driver="GTiff", width=16, height=16, count=1, dtype="uint8", crs="EPSG:32631",
+                       transform=Affine(10, 0, 300000, 0, -10, 4000000)) as dst:
+        dst.write(data)
+    with caplog.at_level(logging.WARNING, logger="medsat_sr.inference"):
+        res = upscale(str(src), output=str(tmp_path / "x2.tif"), method="cubic", scale=2, progress=False)
+    rec = json.dumps(res.record)
+    n = int(rec.split('"clipped_values": ')[1].split(",")[0])
+    msgs = [r.getMessage() for r in caplog.records if "fell outside the uint8 range" in r.getMessage()]
+    assert len(msgs) == 1, msgs
+    share = float(msgs[0].split("(")[1].split(" %")[0])
+    with rasterio.open(tmp_path / "x2.tif") as d:
+        total = d.width * d.height * d.count
+    count = int(msgs[0].split(": ")[1].split(" ")[0])
+    assert count > 0 and abs(share - 100.0 * count / total) < 0.01 * share, (count, share, total)
+    assert n == count

@@ -301,7 +301,9 @@ def _run_raster(
     stride = _stream(tasks, tiles, sink, std_sink, n_std, out_t, progress)
     if sink.clipped:
         where = f"{output}: " if output is not None else ""
-        logger.warning("%s%d output values fell outside the %s range and were clipped", where, sink.clipped, sink.dt.name)
+        total = max(1, len(out_bands) * int(out_shape[0]) * int(out_shape[1]))
+        logger.warning("%s%d output values (%.3g %% of the raster) fell outside the %s range and were clipped (an SR "
+                       "overshoot next to edges, usually)", where, sink.clipped, 100.0 * sink.clipped / total, sink.dt.name)
     info["clipped_values"] = int(sink.clipped)
     info["consistency"] = consistency_result(tasks)
     info["consistency"]["tiles"] = {"used": len(range(0, len(tiles), stride)), "of": len(tiles)}
