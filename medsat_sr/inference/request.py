@@ -59,7 +59,7 @@ def read_source(image: Any, read_options: Mapping[str, Any] | None) -> Source:
         kind = detect_format(path)
         src = Source(kind=kind, path=path)
         if kind in ("dicom", "nifti"):
-            src.volume = io_read(path, **dict(read_options or {}))
+            src.volume = io_read(path, fmt=kind, **dict(read_options or {}))
             if not is_volume(src.volume):
                 raise FormatError(f"{path}: expected a volume, got a {src.volume.meta.get(Key.KIND)}")
         src.sha = sha256_path(path)
@@ -158,7 +158,7 @@ def fit_input(src: Source, cfg: JobConfig, scale: Any, target_spacing: Any) -> A
     if src.is_volume:
         check_fit_route(src.volume, cfg, scale, target_spacing)
         return src.volume
-    return src.raster if src.raster is not None else io_read(src.path)
+    return src.raster if src.raster is not None else io_read(src.path, fmt=src.kind)
 
 
 def fit_member(src: Source, cfg: JobConfig, run_dir: Any, progress: bool, scale: Any, target_spacing: Any,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medsat_sr.errors import DataError, FormatError
+from medsat_sr.errors import ConfigError, DataError, FormatError
 from medsat_sr.logs import naming
 
 if TYPE_CHECKING:  # the package itself imports no torch: `medsat-sr info` on a NIfTI file stays fast
@@ -39,6 +39,9 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "cog": (),
     "dicom": ("",),
 }
+
+#: What :func:`detect_format` names and :func:`read` reads.
+_READ_FORMATS = ("dicom", "nifti", "geotiff", "bandset")
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -130,11 +133,13 @@ def _names_file(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @_names_file
-def read(path: str | os.PathLike[str], **options: Any) -> MetaTensor | BandSet:
+def read(path: str | os.PathLike[str], *, fmt: str | None = None, **options: Any) -> MetaTensor | BandSet:
     """Read an image, a DICOM series or a band folder.
 
     Args:
         path: file or folder.
+        fmt: the format, when the caller has already named it with
+            :func:`detect_format` (a large DICOM folder is then not listed twice).
         **options: passed to the format's reader (``series=``, ``volume=``,
             ``resample=`` for DICOM; ``window=``, ``bands=`` for GeoTIFF).
 
@@ -146,7 +151,10 @@ def read(path: str | os.PathLike[str], **options: Any) -> MetaTensor | BandSet:
         FormatError: unsupported or malformed input.
         GeometryError: geometry that cannot be represented faithfully.
     """
-    fmt = detect_format(path)
+    if fmt is None:
+        fmt = detect_format(path)
+    elif fmt not in _READ_FORMATS:
+        raise ConfigError(f"{path}: cannot read format {fmt!r}; one of {list(_READ_FORMATS)}")
     if fmt == "dicom":
         from medsat_sr.io import dicom
 

@@ -463,3 +463,21 @@ def test_write_refuses_rasters_and_wrong_suffix(tmp_path: Path) -> None:
         nifti.write(vol, tmp_path / "v.img")
     with pytest.raises(GeometryError, match="shape"):
         nifti.write(torch.zeros(2, 2, 2), tmp_path / "v.nii.gz")
+
+
+def test_read_with_the_format_named_does_not_detect_it_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``read(path, fmt=...)``: the caller detected the format already (upscale does); an unknown one is refused."""
+    import medsat_sr.io as mio
+
+    path = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.diag([1.0, 1.0, 3.0, 1.0])), str(path))
+    whole = mio.read(path)
+
+    def no_detect(p: object) -> str:
+        raise AssertionError(f"detect_format({p}) called again")
+
+    monkeypatch.setattr(mio, "detect_format", no_detect)
+    again = mio.read(path, fmt="nifti")
+    assert torch.equal(again.as_tensor(), whole.as_tensor()) and np.allclose(np.asarray(again.affine), np.asarray(whole.affine))
+    with pytest.raises(ConfigError, match=r"v\.nii\.gz: cannot read format 'jpeg'"):
+        mio.read(path, fmt="jpeg")
