@@ -87,6 +87,13 @@ def summary(rec: dict[str, Any]) -> dict[str, Any]:
             "strong": agree.get("strong"), "est_reason": est.get("reason") or ""}
 
 
+def _consistency(rec: dict[str, Any]) -> str:
+    """The trust record's consistency score over the bands, as ``lo-hi`` dB (``-``: none)."""
+    vals = [v for v in ((rec.get("consistency") or {}).get("psnr") or {}).values()
+            if isinstance(v, (int, float)) and math.isfinite(v)]
+    return f"{min(vals):.1f}-{max(vals):.1f}" if vals else "-"
+
+
 def _f(v: Any, fmt: str = "6.2f") -> str:
     return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "-".rjust(int(fmt.split(".")[0]))
 
@@ -104,17 +111,18 @@ def real_part(work: Path, iters: int, quick: bool, only: list[str] | None = None
              "(other refs: a case's further scores of the same output, each 'name PSNR (vs cubic)')"]
     rows: list[dict[str, Any]] = []
     for case in cases.real_cases(work, quick, only):
-        cub, cub_more = None, {}
+        cub, cub_more, cons = None, {}, {}
         more = case.extra.get("scores", {})
         if case.reference is not None:
-            run_route(case.input, work / f"{case.key}_cubic{case.suffix}", "cubic", None, iters=iters, seed=0,
-                      **case.cubic)
+            cons["cubic"] = _consistency(run_route(case.input, work / f"{case.key}_cubic{case.suffix}", "cubic", None,
+                                                   iters=iters, seed=0, **case.cubic))
             cub = case.score(work / f"{case.key}_cubic{case.suffix}")
             cub_more = {k: f(work / f"{case.key}_cubic{case.suffix}") for k, f in more.items()}
         for deg in DEGS:
             out = work / f"{case.key}_{deg}{case.suffix}"
             t0 = time.perf_counter()
-            s = summary(run_route(case.input, out, case.config, deg, iters=iters, seed=0, sets=case.sets))
+            rec = run_route(case.input, out, case.config, deg, iters=iters, seed=0, sets=case.sets)
+            s, cons[deg] = summary(rec), _consistency(rec)
             s.update(case=case.name, deg=deg, seconds=time.perf_counter() - t0,
                      ref=case.score(out) if case.reference is not None else None, ref_cubic=cub,
                      more={k: (f(out), cub_more[k]) for k, f in more.items()})
@@ -133,6 +141,8 @@ def real_part(work: Path, iters: int, quick: bool, only: list[str] | None = None
             lines.append(f"{case.name:<38}{'truth':<8}| {'':>20} {'':<6}| {'':>17} | {'':>8}{'':>9} | "
                          + _other({k: (f(case.extra["truth"]), cub_more[k]) for k, f in more.items()}))
         lines += [f"  {case.key}: {k} = {v}" for k, v in case.extra.items() if k not in ("scores", "truth")]
+        lines.append(f"  {case.key}: consistency (the output degraded again against the input, PSNR per band, dB): "
+                     + ", ".join(f"{k} {v}" for k, v in cons.items()))
     lines += ["", *silent_losses(rows)]
     return lines, rows
 
