@@ -16,7 +16,13 @@ here degrades anything.
   sensor at that floor would see it).
 
 An estimate whose confidence is below :data:`MIN_CONFIDENCE` is not used:
-the profile stays, and the record says so. Neither is a single raster's
+the profile stays, and the record says so. The exception is a single
+raster whose every reading (the whole raster, and all its stability checks
+but one) puts the PSF beyond the profile's on the same side: the data
+reject the profile even where they disagree on how far, and the estimate
+is used (:func:`_rejects`; the S2 L2A overview, a real pair, read MTF 0.65
+at confidence 0.35 against the profile's 0.3 and lost 1.9 dB to cubic with
+the profile). Neither is a single raster's
 estimate that asks for pairs blurrier than a sensor is built to deliver
 (:data:`PLAUSIBLE_SENSOR_MTF`): a stable estimate can still rest on an
 assumption that does not hold.
@@ -88,24 +94,60 @@ def _volume_estimate(img: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return est.override(), est.record()
 
 
+def _pairs_mtf(sigma_own: float, s: float) -> tuple[float, float]:
+    """``(target sigma, pairs' MTF at the x s Nyquist)`` for an input whose own PSF is ``sigma_own`` of its pixels.
+
+    The input's own PSF is ``s * sigma_own`` output pixels. The output is to
+    look like a sensor whose own PSF is ``target = min(sigma_own,
+    SHARPEST_TARGET_SIGMA)`` output pixels, so the pairs' blur (output
+    pixels) is ``sqrt((s * sigma_own)^2 - target^2)``. With ``target =
+    sigma_own`` (the scene alike across scales) that is ``sqrt(s^2 - 1) *
+    sigma_own``; the floor keeps an input blurrier per pixel than any sensor
+    is built to be (a resampled product, an extra blur) from passing that
+    blur on to the output. The MTF falls as ``sigma_own`` grows.
+    """
+    target = min(sigma_own, SHARPEST_TARGET_SIGMA)
+    apply_sigma = math.sqrt(max((s * sigma_own) ** 2 - target ** 2, 0.0))  # output px
+    return target, round(degrade.sigma_to_mtf(max(apply_sigma, 1e-3), s), 4)
+
+
 def _raster_psf(bands: np.ndarray, s: float) -> dict[str, Any]:
     """One PSF estimate across scales (shared by ``bands``, ``(C, H, W)``) as the MTF at the ``x s`` Nyquist.
 
-    The input's own PSF is ``sigma`` of its pixels, ``s * sigma`` output
-    pixels. The output is to look like a sensor whose own PSF is
-    ``target = min(sigma, SHARPEST_TARGET_SIGMA)`` output pixels, so the
-    pairs' blur (output pixels) is ``sqrt((s * sigma)^2 - target^2)``. With
-    ``target = sigma`` (the scene alike across scales) that is
-    ``sqrt(s^2 - 1) * sigma``; the floor keeps an input blurrier per pixel
-    than any sensor is built to be (a resampled product, an extra blur) from
-    passing that blur on to the output.
+    ``checks_mtf``: the same MTF from each stability re-estimate (four
+    quadrants, the x3 step), for :func:`_rejects`.
     """
     e = estimate.estimate_raster_psf(bands, ratio=2)
-    target = min(e.sigma, SHARPEST_TARGET_SIGMA)
-    apply_sigma = math.sqrt(max((s * e.sigma) ** 2 - target ** 2, 0.0))  # output px
-    mtf = round(degrade.sigma_to_mtf(max(apply_sigma, 1e-3), s), 4)
+    target, mtf = _pairs_mtf(e.sigma, s)
     return {"sigma_own_px": round(e.sigma, 3), "target_sigma_px": round(target, 3), "mtf_nyquist": mtf,
-            "confidence": e.confidence, "plausible": mtf >= PLAUSIBLE_SENSOR_MTF, "notes": e.notes}
+            "confidence": e.confidence, "plausible": mtf >= PLAUSIBLE_SENSOR_MTF, "notes": e.notes,
+            "checks_mtf": [_pairs_mtf(c, s)[1] for c in e.checks], "at_edge": e.at_edge}
+
+
+def _rejects(p: dict[str, Any], profile_mtf: float | None) -> bool:
+    """Whether a single raster's estimate ``p`` rejects the profile's MTF, however unsteady it is.
+
+    It does when the whole-raster estimate and every stability check but
+    the one farthest from it (forgiven, as the confidence forgives one odd
+    quadrant) lie beyond ``profile_mtf``, all on the same side: the data
+    then disagree with the profile wherever they are read, even where they
+    disagree with each other on how far. An implausible estimate, or one at
+    the edge of the search grid (a bound, not a value), rejects nothing.
+    """
+    checks = [float(c) for c in p.get("checks_mtf") or []]
+    if profile_mtf is None or len(checks) < 2 or not p.get("plausible") or p.get("at_edge"):
+        return False
+    whole = float(p["mtf_nyquist"])
+    kept = sorted(checks, key=lambda c: abs(math.log(max(c, 1e-6) / whole)))[:-1] + [whole]
+    return all(c > profile_mtf for c in kept) or all(c < profile_mtf for c in kept)
+
+
+def _profile_mtfs(profile: Any, s: float, names: list[Any]) -> list[float | None]:
+    """The profile's MTF at the ``x s`` Nyquist for each band (``None`` where it models no Gaussian PSF)."""
+    try:
+        return [degrade.sigma_to_mtf(sig, s) for sig in degrade.band_sigmas(profile, s, names)]
+    except Exception:  # noqa: BLE001 - a box or k-space profile has no Gaussian to reject
+        return [None] * len(names)
 
 
 def _implausible(what: str, mtf: float) -> str:
@@ -131,18 +173,25 @@ def _raster_estimate(img: Any, cfg: JobConfig) -> tuple[dict[str, Any], dict[str
               "(medsat_sr.estimate.estimate_raster_psf)")
     if all(n is not None and n in known for n in names):
         per = {str(n): _raster_psf(data[k:k + 1], s) for k, n in enumerate(names)}
+        prof = dict(zip(per, _profile_mtfs(cfg.profile, s, names)))
+        rejected = [n for n, p in per.items() if p["confidence"] < MIN_CONFIDENCE and _rejects(p, prof[n])]
         gains: Any = {n: p["mtf_nyquist"] for n, p in per.items()
-                      if p["confidence"] >= MIN_CONFIDENCE and p["plausible"]}
+                      if (p["confidence"] >= MIN_CONFIDENCE or n in rejected) and p["plausible"]}
         conf = max(p["confidence"] for p in per.values())  # the best band decides whether any is used
-        rec = {"kind": "psf", "method": method + "; per band, bands below the confidence floor or blurrier than a "
-               "sensor keep the profile's MTF", "per_band": per, "mtf_nyquist": gains,
-               "confidence": round(float(conf), 3), "scale": s, "assumes": ASSUMES}
+        rec = {"kind": "psf", "method": method + "; per band, bands below the confidence floor (unless they reject "
+               "the profile's MTF) or blurrier than a sensor keep the profile's MTF", "per_band": per,
+               "mtf_nyquist": gains, "confidence": round(float(conf), 3), "scale": s, "assumes": ASSUMES}
+        if rejected:
+            rec["rejects_profile"] = rejected
         if not gains and conf >= MIN_CONFIDENCE:
             rec["unusable"] = _implausible("every confident band's estimate", min(p["mtf_nyquist"] for p in per.values()))
         return {"model": "psf", "psf": {"shape": "gaussian", "mtf_nyquist": gains}}, rec
     shared = _raster_psf(data, s)
     rec = {"kind": "psf", "method": method + f"; one PSF shared by the {data.shape[0]} band(s)", "shared": shared,
            "mtf_nyquist": shared["mtf_nyquist"], "confidence": shared["confidence"], "scale": s, "assumes": ASSUMES}
+    prof_all = _profile_mtfs(cfg.profile, s, names)
+    if shared["confidence"] < MIN_CONFIDENCE and all(_rejects(shared, m) for m in prof_all):
+        rec["rejects_profile"] = ["shared"]
     if not shared["plausible"]:
         rec["unusable"] = _implausible("the estimate", shared["mtf_nyquist"])
     return {"model": "psf", "psf": {"shape": "gaussian", "mtf_nyquist": shared["mtf_nyquist"]}}, rec
@@ -247,7 +296,8 @@ def apply_estimate(cfg: JobConfig, image: Any) -> tuple[JobConfig, dict[str, Any
     except ConfigError as exc:
         logger.warning("degradation: auto: no estimate (%s); the profile's degradation stays", exc)
         return cfg, {"used": False, "reason": str(exc)}
-    if float(rec.get("confidence", 0.0)) < MIN_CONFIDENCE:
+    low = float(rec.get("confidence", 0.0)) < MIN_CONFIDENCE
+    if low and not rec.get("rejects_profile"):
         rec.update(used=False, reason=f"confidence {rec.get('confidence')} < {MIN_CONFIDENCE}: the profile's degradation stays")
         logger.warning("degradation: auto: %s", rec["reason"])
         return cfg, rec
@@ -256,6 +306,10 @@ def apply_estimate(cfg: JobConfig, image: Any) -> tuple[JobConfig, dict[str, Any
         logger.warning("degradation: auto: %s", rec["reason"])
         return cfg, rec
     rec.update(used=True, override=override, profile_agreement=compare_with_profile(cfg.profile, override, rec, image))
+    if low:  # not steady, but every reading of the raster puts the PSF on one side of the profile's
+        rec["profile_agreement"]["text"] += (
+            f"; estimated with confidence {rec['confidence']} (< {MIN_CONFIDENCE}), used because the whole raster "
+            "and all its stability checks but one read the PSF beyond the profile's, on the same side")
     logger.info("degradation: auto: %s", rec["profile_agreement"]["text"])
     return with_degradation(cfg, override), rec
 

@@ -118,6 +118,11 @@ class PSFEstimate:
         confidence: 0-1.
         unit: ``"fine"`` or ``"own"``.
         notes: method and quality figures.
+        checks: the stability re-estimates behind the confidence, in the
+            same unit (:func:`estimate_raster_psf`: the four quadrants, then
+            the ``ratio + 1`` step; empty when none were made).
+        at_edge: the estimate sits at the edge of the search grid (a bound,
+            not an estimate; its confidence is 0).
     """
 
     sigma: float
@@ -126,6 +131,8 @@ class PSFEstimate:
     confidence: float
     unit: str = "fine"
     notes: str = ""
+    checks: tuple[float, ...] = ()
+    at_edge: bool = False
 
     def override(self) -> dict[str, Any]:
         """The ``degradation`` override for :func:`medsat_sr.degrade.recipe` (Gaussian PSF by MTF)."""
@@ -356,7 +363,7 @@ def estimate_band_psf(fine: Any, coarse: Any, ratio: int, *, grid: int = 25) -> 
     edge = sigma <= sigmas[0] * 1.02 or sigma >= sigmas[-1] / 1.02
     r2 = max(0.0, 1.0 - cost)
     return PSFEstimate(sigma=sigma, ratio=float(r), mtf_nyquist=degrade.sigma_to_mtf(sigma, r),
-                       confidence=0.0 if edge else round(r2, 3), unit="fine",
+                       confidence=0.0 if edge else round(r2, 3), unit="fine", at_edge=bool(edge),
                        notes=f"band-pass regression of the coarse band on the degraded fine band, R^2 {r2:.3f}"
                              + ("; at the edge of the search grid" if edge else ""))
 
@@ -465,7 +472,8 @@ def estimate_raster_psf(band: Any, *, ratio: int = 2, grid: int = 25) -> PSFEsti
     why = ("; at the edge of the search grid" if edge else "") + ("" if checks else
            f"; too small for the stability checks (need >= {max(64 * r, 32 * (r + 1))} px)")
     return PSFEstimate(sigma=sigma, ratio=float(r), mtf_nyquist=degrade.sigma_to_mtf(sigma, 1.0),
-                       confidence=round(confidence, 3), unit="own",
+                       confidence=round(confidence, 3), unit="own", at_edge=edge,
+                       checks=tuple(round(c, 4) for c in checks),
                        notes=f"self-similarity across x{r} scales, spectral mismatch {cost:.4f}; stability: quadrants "
                              f"(deviations / sqrt 3) and a x{r + 1} step {[round(c, 3) for c in checks]}, "
                              f"second-largest deviation {spread:.0%}" + why)

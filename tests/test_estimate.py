@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -362,3 +363,54 @@ def test_slice_profile_with_a_gap_or_overlap_on_an_isotropic_power_law_field(sha
     est = estimate_slice_profile(lr, [1.0, 1.0, 4.0], shapes=(shape,))
     assert abs(est.fwhm_mm / fwhm - 1) <= 0.15, est
     assert est.confidence > 0.5, est
+
+
+def _two_cameras(left: float, right: float) -> Any:
+    """Three bands of a scale-invariant scene, the left half blurred by ``left`` px, the right by ``right`` px."""
+    from medsat_sr.image import make_raster
+
+    bands = []
+    for k in range(3):
+        scene = _fractal(384, k)
+        a = ndimage.gaussian_filter(scene, left, mode="wrap")
+        a[:, 192:] = ndimage.gaussian_filter(scene, right, mode="wrap")[:, 192:]
+        bands.append(a)
+    return make_raster(torch.from_numpy(np.stack(bands)).float() * 10 + 100,
+                       transform=(2.0, 0.0, 500000.0, 0.0, -2.0, 5200000.0), crs="EPSG:32631")
+
+
+def test_auto_uses_an_unsteady_estimate_when_all_readings_but_one_reject_the_profile() -> None:
+    """Halves blurred differently make the estimate unsteady; read sharper than the profile throughout, it is used.
+
+    On the S2 L2A overview (a real pair) the estimate read MTF 0.65 at
+    confidence 0.35 against the profile's 0.3, and the fit with the profile
+    lost 1.9 dB to cubic against the real finer band (#14).
+    """
+    from medsat_sr.config import load_config
+    from medsat_sr.degradation_auto import MIN_CONFIDENCE, apply_estimate
+
+    cfg = load_config("multiband_x2", ["degradation=auto"])
+    profile_mtf = cfg.profile.degradation.psf.mtf_nyquist
+    out, rec = apply_estimate(cfg, _two_cameras(0.35, 0.55))
+    assert rec["confidence"] < MIN_CONFIDENCE and rec["rejects_profile"] == ["shared"], rec
+    checks = sorted(rec["shared"]["checks_mtf"])
+    assert checks[0] > profile_mtf and rec["mtf_nyquist"] > profile_mtf  # every reading sharper than the profile
+    assert rec["used"] and out.profile.degradation.psf.mtf_nyquist == pytest.approx(rec["mtf_nyquist"])
+    assert "used because the whole raster and all its stability checks but one" in rec["profile_agreement"]["text"]
+    # halves on either side of the profile: the data do not reject it, and it stays
+    out, rec = apply_estimate(cfg, _two_cameras(0.3, 0.9))
+    assert min(rec["shared"]["checks_mtf"]) < profile_mtf < max(rec["shared"]["checks_mtf"]), rec
+    assert not rec["used"] and "rejects_profile" not in rec and out is cfg
+    assert f"< {MIN_CONFIDENCE}: the profile's degradation stays" in rec["reason"]
+
+
+def test_rejection_forgives_one_reading_and_ignores_bounds() -> None:
+    from medsat_sr.degradation_auto import _rejects
+
+    p = {"mtf_nyquist": 0.6, "checks_mtf": [0.5, 0.55, 0.7, 0.65, 0.1], "plausible": True, "at_edge": False}
+    assert _rejects(p, 0.3)  # 0.1, the farthest from 0.6, is forgiven
+    assert not _rejects({**p, "checks_mtf": [0.5, 0.2, 0.7, 0.65, 0.1]}, 0.3)  # two readings below the profile
+    assert not _rejects({**p, "at_edge": True}, 0.3)
+    assert not _rejects({**p, "plausible": False}, 0.3)
+    assert not _rejects(p, None)  # a profile with no Gaussian PSF
+    assert _rejects({"mtf_nyquist": 0.1, "checks_mtf": [0.12, 0.08, 0.2, 0.9], "plausible": True}, 0.3)
