@@ -180,8 +180,9 @@ def _half_pixel(a: np.ndarray) -> np.ndarray:
 def real_cases(work: Path, quick: bool, only: list[str] | None = None) -> list[Case]:
     """Section 4's cases (``only``: these keys, e.g. ``["l8", "l8_wald"]``; the S2 ones are not built then)."""
     from landsat_cases import landsat_cases
+    from s2_nir_cases import s2_nir_cases
 
-    out = [] if only and not any(k.startswith("s2") for k in only) else s2_cases(work, quick)
+    out = [] if only and not any(k.startswith("s2") for k in only) else s2_cases(work, quick) + s2_nir_cases(work)
     out += [] if only and not any(k.startswith("l8") for k in only) else landsat_cases(work, quick)
     return [c for c in out if not only or c.key in only]
 
@@ -246,9 +247,9 @@ def raster_sim_cases(work: Path, quick: bool) -> list[Case]:
     with rasterio.open(NAIP) as d:  # the right half: held out of the shipped multiband_x2 model
         naip = d.read()[:, :720, 466:930].astype(np.float64)
     s2 = np.stack(list(full10.values()))[:, :720, :464]  # held out: not used to choose SHARPEST_TARGET_MTF
-    for g in (0.12, 0.2, 0.3):
+    for g in (0.12, 0.2, 0.3, 0.6):  # 0.6: about a box average (a provider's overview), sharper than any profile
         out.append(_single_raster_case(work, f"naip{g}", f"NAIP right half, PSF MTF {g} (known)", naip, g, "uint8"))
-    for g in (0.12, 0.2):
+    for g in (0.12, 0.2, 0.6):
         out.append(_single_raster_case(work, f"s2rgbn{g}", f"S2 L1C RGBN, HELD OUT, MTF {g} (known)", s2, g,
                                        "uint16"))
     return out

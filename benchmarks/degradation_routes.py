@@ -23,6 +23,10 @@ comparison does not depend on the machine's load.
      PSF-matched (the pan's PSF measured on the left half; landsat_cases.py);
    * Landsat-8 Wald x2 on the same crop: B2-B5 reduced to 60 m with the
      landsat8_9_l1 MTF; reference = the real 30 m bands;
+   * S2 L1C T33UUB 20 m group and S2 L2A overview 200 m group, each one
+     raster x2 by multiband_x2; reference = the real finer B08 (842 nm)
+     against the blend of the outputs' B06, B07, B8A (865 nm), weights fitted
+     at the input's resolution (s2_nir_cases.py);
    * S2 L1C T33UUB and S2 L2A overview at full resolution (no reference): the
      decision and the estimate only.
 5. Simulated cases with a known degradation different from the profile: the
@@ -247,7 +251,7 @@ def main() -> int:
     ap.add_argument("--cases", default="", help="comma-separated simulated case keys to run (default: all), e.g. "
                     "mri_rect3,s2sim,naip0.12; the results file gets the keys in its name")
     ap.add_argument("--real-cases", default="", help="comma-separated real case keys to run (default: all), e.g. "
-                    "l8,l8_wald (s2l1c_wald, s2l1c_full, s2l2a_wald, s2l2a_full); the results file gets them in its name")
+                    "l8,l8_wald (s2l1c_wald, s2l1c_full, s2l2a_wald, s2l2a_full, s2l1c_b8, s2l2a_b8); the results file gets them in its name")
     args = ap.parse_args()
     if args.merge:
         print("\n".join(merge_sim(args.merge)))

@@ -70,14 +70,14 @@ def _crop(ms: dict[str, np.ndarray], pan: np.ndarray, rows: tuple[int, int], col
     return {b: a[r0:r1, c0:c1] for b, a in ms.items()}, pan[2 * r0:2 * r1, 2 * c0:2 * c1]
 
 
-def _blend_fit(ms: dict[str, np.ndarray], target: np.ndarray) -> np.ndarray:
-    """Least-squares weights (B2, B3, B4, offset) of ``target`` on the MS bands."""
-    a = np.vstack([ms[b].ravel() for b in RGB] + [np.ones(target.size)]).T
+def _blend_fit(ms: dict[str, np.ndarray], target: np.ndarray, bands: tuple[str, ...] = RGB) -> np.ndarray:
+    """Least-squares weights (one per band of ``bands``, then the offset) of ``target`` on those bands."""
+    a = np.vstack([ms[b].ravel() for b in bands] + [np.ones(target.size)]).T
     return np.linalg.lstsq(a, target.ravel(), rcond=None)[0]
 
 
 def _blend(coef: np.ndarray, bands: list[np.ndarray]) -> np.ndarray:
-    return sum(c * b for c, b in zip(coef[:3], bands)) + coef[3]
+    return sum(c * b for c, b in zip(coef[:-1], bands)) + coef[-1]
 
 
 def _to30(pan: np.ndarray, sigma: float) -> np.ndarray:
