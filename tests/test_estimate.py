@@ -383,8 +383,8 @@ def test_auto_uses_an_unsteady_estimate_when_all_readings_but_one_reject_the_pro
     """Halves blurred differently make the estimate unsteady; read sharper than the profile throughout, it is used.
 
     On the S2 L2A overview (a real pair) the estimate read MTF 0.65 at
-    confidence 0.35 against the profile's 0.3, and the fit with the profile
-    lost 1.9 dB to cubic against the real finer band (#14).
+    confidence 0.49 against the profile's 0.3, and the fit with the profile
+    lost 1.97 dB to cubic against the real finer band, 0.03 dB with the estimate (#14).
     """
     from medsat_sr.config import load_config
     from medsat_sr.degradation_auto import MIN_CONFIDENCE, apply_estimate
