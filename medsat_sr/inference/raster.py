@@ -457,7 +457,7 @@ def upscale_raster(*, src: Any, mem: Any, decision: Any, method: str | None, sca
     files = FileSet()
     try:
         groups = groups_of(src, files)
-        if fmt == "dicom" and len(groups) == 1:
+        if fmt == "dicom" and len(groups) == 1 and src.kind != "bandset":
             raise FormatError(f"{out_path}: a raster is written to a .tif file (a folder output is for band sets)")
         targets, guides = band_roles(cfg, mem.fit_meta, mem.members, profile)
         use = mem.members if decision.use_model else None

@@ -28,7 +28,7 @@ from medsat_sr.inference.members import resolve_device
 from medsat_sr.inference.options import UpscaleOptions, resolve_options
 from medsat_sr.inference.plan import check_fit_route, check_input_size
 from medsat_sr.inference.shipped import fit_on_input
-from medsat_sr.io import detect_format, output_format
+from medsat_sr.io import detect_format, geotiff_bandset, output_format
 from medsat_sr.io import read as io_read
 from medsat_sr.overrides import parse_override
 from medsat_sr.trust import sha256_path
@@ -143,6 +143,8 @@ def check_request(src: Source, cfg: JobConfig | None, fmt: str | None, opts: Ups
         raise ConfigError("target_spacing (--target-spacing) is for volumes; rasters take a scale (--scale)")
     if cfg is not None and (cfg.profile.kind == "volume") != src.is_volume:
         raise ConfigError(f"{cfg.source}: the config is for {cfg.profile.kind}s, the input is a {'volume' if src.is_volume else 'raster'}")
+    if cfg is not None and src.kind == "bandset" and src.path is not None and cfg.train.mode == "self_supervised":
+        _check_grids(Path(src.path), cfg)
     if fmt is None:
         return
     if src.is_volume and fmt in ("geotiff", "cog"):
@@ -153,12 +155,29 @@ def check_request(src: Source, cfg: JobConfig | None, fmt: str | None, opts: Ups
         raise FormatError(f"{out_path}: a raster is written to a .tif file (or a band folder for band sets)")
 
 
+def _check_grids(folder: Path, cfg: JobConfig) -> None:
+    """A band folder of several grids needs a guided config (targets sharpened by guides): refuse it otherwise."""
+    if cfg.target_bands() and cfg.guide_bands():
+        return
+    grids = geotiff_bandset.band_grids(folder)
+    if len(grids) > 1:
+        listing = " | ".join(" ".join(g[:3]) + (" ..." if len(g) > 3 else "") for g in grids)
+        raise ConfigError(
+            f"{folder}: {len(grids)} band grids ({listing}), and --config {cfg.name} sharpens one raster (it names "
+            "no bands.targets and bands.guides, as sentinel2_20m_to_10m does); upscale one grid's bands (a folder "
+            "of one grid, or one file), or use a guided config"
+        )
+
+
 def fit_input(src: Source, cfg: JobConfig, scale: Any, target_spacing: Any) -> Any:
     """What a self-supervised fit of ``cfg`` trains (and validates) on: the volume, raster or band set."""
     if src.is_volume:
         check_fit_route(src.volume, cfg, scale, target_spacing)
         return src.volume
-    return src.raster if src.raster is not None else io_read(src.path, fmt=src.kind)
+    img = src.raster if src.raster is not None else io_read(src.path, fmt=src.kind)
+    if isinstance(img, BandSet) and len(img.groups) == 1 and not (cfg.target_bands() and cfg.guide_bands()):
+        return next(iter(img.groups.values()))  # one grid: a multi-band raster, for a single-raster config
+    return img
 
 
 def fit_member(src: Source, cfg: JobConfig, run_dir: Any, progress: bool, scale: Any, target_spacing: Any,

