@@ -116,6 +116,34 @@ def _score_bands(refs: dict[str, np.ndarray]) -> Callable[[Path], float]:
     return score
 
 
+#: Coherence bins (0 to the Nyquist of the grid) and the Hann tiles they are averaged over.
+COH_BINS, COH_TILE = 8, 64
+#: How far a real pair's reference can rank detail: its coherence with the bands' blend at the input's resolution.
+COHERENCE = "reference coherence with the blend at the input's resolution, 8 bins to its Nyquist"
+
+
+def coherence(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Magnitude-squared coherence and Wiener gain of ``y`` on ``x`` in ``COH_BINS`` radial bins up to 0.5 cycles/px."""
+    fy, fx = np.meshgrid(np.fft.fftfreq(COH_TILE), np.fft.fftfreq(COH_TILE), indexing="ij")
+    idx = np.minimum((np.hypot(fy, fx) / 0.5 * COH_BINS).astype(np.int64), COH_BINS).ravel()
+    win = np.outer(np.hanning(COH_TILE), np.hanning(COH_TILE))
+    sxy, sxx, syy = np.zeros(COH_BINS + 1, complex), np.zeros(COH_BINS + 1), np.zeros(COH_BINS + 1)
+    for i in range(0, x.shape[0] - COH_TILE + 1, COH_TILE // 2):
+        for j in range(0, x.shape[1] - COH_TILE + 1, COH_TILE // 2):
+            a, b = x[i:i + COH_TILE, j:j + COH_TILE], y[i:i + COH_TILE, j:j + COH_TILE]
+            fa, fb = np.fft.fft2((a - a.mean()) * win).ravel(), np.fft.fft2((b - b.mean()) * win).ravel()
+            c = fa * fb.conj()
+            sxy += np.bincount(idx, c.real, COH_BINS + 1) + 1j * np.bincount(idx, c.imag, COH_BINS + 1)
+            sxx += np.bincount(idx, np.abs(fa) ** 2, COH_BINS + 1)
+            syy += np.bincount(idx, np.abs(fb) ** 2, COH_BINS + 1)
+    return (np.abs(sxy) ** 2 / (sxx * syy))[:COH_BINS], (sxy.real / sxx)[:COH_BINS]
+
+
+def coherence_line(x: np.ndarray, y: np.ndarray) -> str:
+    """The coherence of ``y`` on ``x`` per bin, as one short line (the cases' reference check)."""
+    return " ".join(f"{c:.2f}" for c in coherence(x, y)[0])
+
+
 # --------------------------------------------------------------------------- Sentinel-2
 
 

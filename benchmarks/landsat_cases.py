@@ -120,7 +120,8 @@ def landsat_cases(work: Path, quick: bool) -> list[dc.Case]:
     ms, ref = _crop(ms_all, pan_all, rows, cols)
     h, w = ms["B2"].shape
     origin = (x0 + 30.0 * cols[0], y0 - 30.0 * rows[0])
-    coef_raw = _blend_fit(ms, ref.reshape(h, 2, w, 2).mean((1, 3)))
+    box = ref.reshape(h, 2, w, 2).mean((1, 3))
+    coef_raw = _blend_fit(ms, box)
     coef_fair = _blend_fit(ms, _to30(ref, psf["sigma_rel"]))
     path = work / "l8_ms30.tif"
     dc._write_tif(path, [ms[b] for b in MS], 30.0, origin, crs)
@@ -141,7 +142,8 @@ def landsat_cases(work: Path, quick: bool) -> list[dc.Case]:
     l8 = dc.Case("l8", "Landsat-8 B2-5 30->15 m (ref pan)", path, "multiband_x2", raw, suffix=".tif",
                  reference=True, cubic={"scale": 2},
                  extra={"crop": crop, "psf": psf, "blend_raw": [round(float(c), 4) for c in coef_raw],
-                        "blend_fair": [round(float(c), 4) for c in coef_fair], "scores": {"PSF-matched": fair}})
+                        "blend_fair": [round(float(c), 4) for c in coef_fair], "scores": {"PSF-matched": fair},
+                        dc.COHERENCE: dc.coherence_line(_blend(coef_raw, [ms[b] for b in RGB]), box)})
     # Wald x2 on the same crop: reference = the real 30 m bands
     lo = dc._wald(ms, load_domain("landsat8_9_l1"))
     wpath = work / "l8_wald_ms60.tif"

@@ -35,26 +35,6 @@ import landsat_cases as lc  # noqa: E402
 from degradation_routes import run_route  # noqa: E402
 from medsat_sr._atomic import atomic_path  # noqa: E402
 
-NB, TILE = 8, 64
-
-
-def coherence(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Magnitude-squared coherence and Wiener gain of ``y`` on ``x`` in ``NB`` radial bins up to 0.5 cycles/px."""
-    fy, fx = np.meshgrid(np.fft.fftfreq(TILE), np.fft.fftfreq(TILE), indexing="ij")
-    idx = np.minimum((np.hypot(fy, fx) / 0.5 * NB).astype(np.int64), NB).ravel()
-    win = np.outer(np.hanning(TILE), np.hanning(TILE))
-    sxy, sxx, syy = np.zeros(NB + 1, complex), np.zeros(NB + 1), np.zeros(NB + 1)
-    for i in range(0, x.shape[0] - TILE + 1, TILE // 2):
-        for j in range(0, x.shape[1] - TILE + 1, TILE // 2):
-            a, b = x[i:i + TILE, j:j + TILE], y[i:i + TILE, j:j + TILE]
-            fa, fb = np.fft.fft2((a - a.mean()) * win).ravel(), np.fft.fft2((b - b.mean()) * win).ravel()
-            c = fa * fb.conj()
-            sxy += np.bincount(idx, c.real, NB + 1) + 1j * np.bincount(idx, c.imag, NB + 1)
-            sxx += np.bincount(idx, np.abs(fa) ** 2, NB + 1)
-            syy += np.bincount(idx, np.abs(fb) ** 2, NB + 1)
-    return (np.abs(sxy) ** 2 / (sxx * syy))[:NB], (sxy.real / sxx)[:NB]
-
-
 def split(a: np.ndarray, cut: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
     """``a`` below and above ``cut`` cycles/px (square pass band; 0.25 on the 15 m grid = the 30 m Nyquist)."""
     fy, fx = np.meshgrid(np.fft.fftfreq(a.shape[0]), np.fft.fftfreq(a.shape[1]), indexing="ij")
@@ -69,12 +49,12 @@ def main() -> int:
     out = ["# benchmarks/landsat_pan_check.py: is the Landsat-8 pan a fair reference for ranking sharpness? (#14)",
            "machine: shared 2-core CPU, no GPU (nice -n 10)", "",
            f"## 1. Pan (decimated through sigma_rel {psf['sigma_rel']:.3f} pan px) vs the B2-B4 blend of the real 30 m MS",
-           f"radial bins of 0.0625 cycles/30 m px, 0 to Nyquist; {TILE} x {TILE} Hann tiles, half overlap",
-           f"{'region':<30}{'':<10}" + "".join(f"{(k + 0.5) / NB / 2:>7.3f}" for k in range(NB))]
+           f"radial bins of 0.0625 cycles/30 m px, 0 to Nyquist; {dc.COH_TILE} x {dc.COH_TILE} Hann tiles, half overlap",
+           f"{'region':<30}{'':<10}" + "".join(f"{(k + 0.5) / dc.COH_BINS / 2:>7.3f}" for k in range(dc.COH_BINS))]
     for name, cols in (("scored crop (cols 320-619)", lc.COLS), ("fit half (cols 0-299, cloudy)", lc.FIT_COLS)):
         ms, ref = lc._crop(ms_all, pan_all, lc.ROWS, cols)
         p30 = lc._to30(ref, psf["sigma_rel"])
-        coh, gain = coherence(lc._blend(lc._blend_fit(ms, p30), [ms[b] for b in lc.RGB]), p30)
+        coh, gain = dc.coherence(lc._blend(lc._blend_fit(ms, p30), [ms[b] for b in lc.RGB]), p30)
         out += [f"{name:<30}{'coherence':<10}" + "".join(f"{v:>7.2f}" for v in coh),
                 f"{'':<30}{'gain':<10}" + "".join(f"{v:>7.2f}" for v in gain)]
     out += ["", "## 2. The l8 outputs against the pan (15 m), split at the 30 m Nyquist (PSF-matched blend weights)",

@@ -6,7 +6,11 @@ tile has one. Its 20 m group (B05, B06, B07, B8A, B11, B12) goes through
 output's B06, B07 and B8A (weights fitted at the input's resolution against
 the box-averaged finer B08) is scored against the real finer B08 (842 nm;
 B8A is 865 nm). Neither resolution was made by our code. The Landsat-8 pan
-case (landsat_cases.py) is the same protocol on another sensor.
+case (landsat_cases.py) is the same protocol on another sensor. Each case
+prints the reference's coherence with the blend at the input's resolution
+(the box-averaged reference): where it falls towards the Nyquist, the
+reference follows the bands' finest detail less and ranks sharper outputs
+less well.
 
 * ``s2l1c_b8``: L1C T33UUB (the DSen2 crop, native 10 and 20 m), the
   600 x 600 10 m crop of the other L1C cases;
@@ -32,7 +36,9 @@ def _case(work: Path, key: str, name: str, b10: dict[str, np.ndarray], b20: dict
           crs: str) -> dc.Case:
     ref = b10["B08"]
     h, w = b20["B8A"].shape
-    coef = _blend_fit(b20, ref.reshape(h, 2, w, 2).mean((1, 3)), NIR)
+    box = ref.reshape(h, 2, w, 2).mean((1, 3))
+    coef = _blend_fit(b20, box, NIR)
+    coh = dc.coherence_line(_blend(coef, [b20[b] for b in NIR]), box)
     path = work / f"{key}.tif"
     dc._write_tif(path, [b20[b] for b in dc.G20], res, (300000.0, 5800000.0), crs)
 
@@ -40,7 +46,7 @@ def _case(work: Path, key: str, name: str, b10: dict[str, np.ndarray], b20: dict
         got = dc._read_bands(out)
         return dc._psnr2d(_blend(coef, [got[str(dc.G20.index(b))] for b in NIR]), ref)
     return dc.Case(key, name, path, "multiband_x2", score, suffix=".tif", reference=True, cubic={"scale": 2},
-                   extra={"blend (B06, B07, B8A, offset)": [round(float(c), 4) for c in coef]})
+                   extra={"blend (B06, B07, B8A, offset)": [round(float(c), 4) for c in coef], dc.COHERENCE: coh})
 
 
 def s2_nir_cases(work: Path) -> list[dc.Case]:
