@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medsat_sr.errors import FormatError, TiltError
+from medsat_sr.errors import FormatError, GeometryError, TiltError
 
 if TYPE_CHECKING:  # pragma: no cover
     from monai.data import MetaTensor
@@ -162,6 +162,10 @@ def describe(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
             key = f"{d['pixel_size'][0]:g} x {d['pixel_size'][1]:g}, {d['shape'][1]}x{d['shape'][2]}, {d['crs']}"
             groups.setdefault(key, []).append(f.stem)
         out["groups"] = [{"grid": k, "bands": v} for k, v in groups.items()]
+        try:
+            geotiff_bandset.check_nested(p)
+        except GeometryError as exc:  # described all the same; upscale refuses it, and says why
+            out["note"] = str(exc).replace(f"{p}: ", "", 1)
         return out
     if fmt == "dicom":
         from medsat_sr.io import dicom

@@ -83,3 +83,16 @@ def test_several_grids_with_a_single_raster_config_are_refused_before_any_fit(tm
         upscale(folder, config="multiband_x2", output=tmp_path / "o.tif", progress=False)
     assert str(folder) in str(exc.value) and "use a guided config" in str(exc.value)
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_info_describes_a_folder_that_does_not_nest_and_says_why_upscale_refuses_it(tmp_path: Path) -> None:
+    from medsat_sr.info import describe, format_description
+    from medsat_sr.io.geotiff_bandset import check_nested
+
+    folder = _landsat_like(tmp_path / "l1", 7.5)
+    d = describe(folder)
+    assert [g["bands"] for g in d["groups"]] == [["B2", "B3"], ["B8"]]
+    assert d["note"].startswith("the 30m grid (B2 B3) does not nest in the 15m grid (B8)"), d
+    assert "note: the 30m grid" in format_description(d)
+    check_nested(_landsat_like(tmp_path / "nested", 0.0))  # nested grids: no error
+    assert "note" not in describe(tmp_path / "nested")

@@ -42,7 +42,7 @@ from medsat_sr.io.geotiff_gdal import RASTERIO_ERRORS, _describe, gdal_env
 from medsat_sr.io.geotiff_read import as_window, read
 from medsat_sr.io.geotiff_write import _write
 
-__all__ = ["read_bandset", "write_bandset", "band_files", "band_grids", "AUX_LAYERS", "SUFFIXES"]
+__all__ = ["read_bandset", "write_bandset", "band_files", "band_grids", "check_nested", "AUX_LAYERS", "SUFFIXES"]
 
 logger = logging.getLogger("medsat_sr.io.geotiff")  # the name users and tests know (caplog)
 
@@ -91,6 +91,27 @@ def band_files(folder: str | os.PathLike[str], *, include_aux: bool = False) -> 
     return sorted(out, key=lambda f: band_sort_key(f.stem))
 
 
+def _headers(folder: str | os.PathLike[str]) -> list[tuple[Path, Affine, tuple[int, int], Any]]:
+    """``(file, transform, (height, width), crs)`` of every band file of a folder, headers only."""
+    out = []
+    with gdal_env():
+        for f in band_files(folder):
+            try:
+                with rasterio.open(f) as src:
+                    out.append((f, src.transform, (src.height, src.width), src.crs))
+            except RASTERIO_ERRORS as exc:
+                raise FormatError(f"{f}: cannot read GeoTIFF: {_describe(exc)} (is the file truncated or corrupt?)") from exc
+    return out
+
+
+def _grids(heads: list[tuple[Path, Affine, tuple[int, int], Any]]) -> list[tuple[Affine, list[Path]]]:
+    """The files grouped by grid (transform and size), finest first."""
+    groups: dict[tuple[Any, ...], list[Path]] = {}
+    for f, t, shape, _ in heads:
+        groups.setdefault((abs(t.determinant), tuple(t)[:6], shape), []).append(f)
+    return [(Affine(*k[1]), groups[k]) for k in sorted(groups)]
+
+
 def band_grids(folder: str | os.PathLike[str]) -> list[list[str]]:
     """The band names of a band folder grouped by grid (transform and size), finest first; headers only.
 
@@ -98,16 +119,18 @@ def band_grids(folder: str | os.PathLike[str]) -> list[list[str]]:
         DataError: ``folder`` is not a folder.
         FormatError: a file cannot be read.
     """
-    grids: dict[tuple[Any, ...], list[str]] = {}
-    with gdal_env():
-        for f in band_files(folder):
-            try:
-                with rasterio.open(f) as src:
-                    key = (abs(src.transform.determinant), tuple(src.transform)[:6], src.height, src.width)
-            except RASTERIO_ERRORS as exc:
-                raise FormatError(f"{f}: cannot read GeoTIFF: {_describe(exc)} (is the file truncated or corrupt?)") from exc
-            grids.setdefault(key, []).append(f.stem)
-    return [grids[k] for k in sorted(grids)]
+    return [[f.stem for f in files] for _, files in _grids(_headers(folder))]
+
+
+def check_nested(folder: str | os.PathLike[str]) -> None:
+    """Refuse a band folder whose grids do not nest in the finest one (headers only; see :func:`read_bandset`).
+
+    Raises:
+        GeometryError: a grid does not nest (the message says how far off, and the remedy).
+    """
+    heads = _headers(folder)
+    if heads:
+        _check_nested(Path(folder), _grids(heads), heads[0][3])
 
 
 def _unit_suffix(crs: Any) -> str:
