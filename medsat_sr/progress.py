@@ -50,6 +50,11 @@ def _secs(s: float) -> str:
     return f"{s:.1f} s" if s < 10 else f"{s:.0f} s" if s < 600 else f"{s / 60:.0f} min"
 
 
+
+def _plural(unit: str) -> str:
+    """``unit`` in the plural: ``batch`` -> ``batches``, ``tile`` -> ``tiles``."""
+    return unit + ("es" if unit.endswith(("s", "sh", "ch", "x", "z")) else "s")
+
 class Progress:
     """Progress over ``total`` units of work, optionally bounded by a wall-clock budget.
 
@@ -83,7 +88,7 @@ class Progress:
                                  bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
         elif self.enabled:
             budget = f", budget {_secs(self.budget_s)}" if self.budget_s else ""
-            logger.info("%s: started (%d %ss%s)", desc, self.total, unit, budget,
+            logger.info("%s: started (%d %s%s)", desc, self.total, _plural(unit), budget,
                         extra={FIELDS: {"event": "progress", "stage": desc, "percent": 0, "done": 0, "total": self.total}})
 
     def fraction(self) -> float:
@@ -120,7 +125,8 @@ class Progress:
 
     def _line(self, pct: int, note: str = "") -> None:
         elapsed = time.monotonic() - self._t0
-        of = f"{self.unit} {self.done} of {self.total}" if self.unit in {"iteration", "epoch"} else f"{self.done}/{self.total} {self.unit}s"
+        of = (f"{self.unit} {self.done} of {self.total}" if self.unit in {"iteration", "epoch"}
+              else f"{self.done}/{self.total} {_plural(self.unit)}")
         budget = f", {_secs(elapsed)} of the {_secs(self.budget_s)} budget" if self.budget_s else f", {_secs(elapsed)}"
         extra = f" {self.postfix}" if self.postfix else ""
         logger.info("%s: %d%% (%s%s)%s%s", self.desc, pct, of, budget, extra, note,

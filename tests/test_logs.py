@@ -253,3 +253,11 @@ def test_early_stopping_is_built_without_a_deprecation_warning() -> None:
         es = EarlyStopping(patience=2, score_function=lambda e: 0.0, trainer=Engine(lambda e, b: None),
                            **_es_threshold(EarlyStopping, 0.01))
     assert getattr(es, "threshold", getattr(es, "min_delta", None)) == 0.01
+
+
+def test_progress_lines_say_their_unit_in_the_plural(stream: io.StringIO) -> None:
+    with Progress(24, "slices (axis 1)", unit="batch") as p:
+        for _ in range(24):
+            p.update()
+    text = stream.getvalue()
+    assert "slices (axis 1): started (24 batches)" in text and "(24/24 batches" in text and "batchs" not in text
