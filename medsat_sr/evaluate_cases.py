@@ -105,6 +105,8 @@ def _read(image: Any, what: str) -> tuple[MetaTensor, str | None]:
         path: str | None = str(image)
     else:
         img, path = image, None
+    if isinstance(img, BandSet) and len(img.groups) == 1:
+        img = next(iter(img.groups.values()))  # a band folder of one grid is a multi-band raster
     if isinstance(img, BandSet):
         raise ConfigError(
             f"{path or what}: a band set (bands at several resolutions) cannot be evaluated here yet; "

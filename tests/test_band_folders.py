@@ -96,3 +96,20 @@ def test_info_describes_a_folder_that_does_not_nest_and_says_why_upscale_refuses
     assert "note: the 30m grid" in format_description(d)
     check_nested(_landsat_like(tmp_path / "nested", 0.0))  # nested grids: no error
     assert "note" not in describe(tmp_path / "nested")
+
+
+def test_evaluate_takes_a_one_grid_band_folder_as_a_multiband_raster(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "bands"
+    folder.mkdir()
+    for k, name in enumerate(("B02", "B03", "B04")):
+        _band(folder / f"{name}.tif", 96, 10.0, seed=k)
+    rc = main(["evaluate", str(folder), "--config", "multiband_x2", "-o", str(tmp_path / "ev"), "--methods", "cubic",
+               "--no-figures"])
+    assert rc == 0, capsys.readouterr().err
+    import json
+
+    f = json.loads((tmp_path / "ev" / "metrics.json").read_text())["files"][0]
+    assert f["kind"] == "raster" and set(f["methods"]) == {"cubic", "lanczos"}
+    assert f["methods"]["cubic"]["per_band"]["names"] == ["B02", "B03", "B04"]
+    assert 20 < f["methods"]["cubic"]["psnr"] < 60

@@ -21,8 +21,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "training pairs), or take explicit --pair LR HR images; upscale with every method (the profile's classical "
         "baselines always, plus --methods: cubic, linear, nearest, lanczos, model); score on the reference grid: PSNR "
         "(explicit data range, whole and masked), SSIM (3D and per slice for volumes), MAE, MSE, and for rasters "
-        "per-band PSNR/RMSE, SAM and ERGAS; time and peak memory per method. Band folders (Sentinel-2): Wald's protocol on "
-        "every group, per-band RMSE, SAM and ERGAS of cubic and each --model, in REPORT_DIR/metrics.json. 'model' is each --model checkpoint, or a "
+        "per-band PSNR/RMSE, SAM and ERGAS; time and peak memory per method. Band folders of several grids (Sentinel-2): "
+        "Wald's protocol on every group, per-band RMSE, SAM and ERGAS of cubic and each --model, in "
+        "REPORT_DIR/metrics.json; a band folder of one grid is a multi-band raster. 'model' is each --model checkpoint, or a "
         "self-supervised fit when the config's train.mode is self_supervised. REPORT_DIR gets metrics.json, "
         "metrics.csv, PNG figures and a self-contained report.html. Pan-sharpening (--config landsat_pansharpen, "
         "REFERENCE a band folder with its pan band, or the MS file with --pan): every method side by side on the "
@@ -80,11 +81,15 @@ def _print_results(ev: Any, output: str) -> None:
 
 
 def _band_sets(references: list[str]) -> bool:
-    """Whether every reference is a band folder (a mix is refused: evaluate them apart)."""
+    """Whether every reference is a band folder of several grids (a mix is refused: evaluate them apart).
+
+    A band folder of one grid is a multi-band raster, evaluated as one.
+    """
     from medsat_sr.errors import ConfigError
     from medsat_sr.io import detect_format
+    from medsat_sr.io.geotiff_bandset import band_grids
 
-    kinds = {detect_format(r) == "bandset" for r in references}
+    kinds = {detect_format(r) == "bandset" and len(band_grids(r)) > 1 for r in references}
     if kinds == {True, False}:
         raise ConfigError("give band folders and single images to separate `evaluate` runs")
     return kinds == {True}
