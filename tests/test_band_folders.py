@@ -113,3 +113,18 @@ def test_evaluate_takes_a_one_grid_band_folder_as_a_multiband_raster(tmp_path: P
     assert f["kind"] == "raster" and set(f["methods"]) == {"cubic", "lanczos"}
     assert f["methods"]["cubic"]["per_band"]["names"] == ["B02", "B03", "B04"]
     assert 20 < f["methods"]["cubic"]["psnr"] < 60
+
+
+def test_a_folder_of_multiband_files_is_refused_with_the_routes_that_take_them(tmp_path: Path) -> None:
+    from medsat_sr.errors import FormatError
+
+    folder = tmp_path / "dates"
+    folder.mkdir()
+    for k in range(2):
+        with rasterio.open(folder / f"scene_t{k}.tif", "w", driver="GTiff", height=16, width=16, count=3,
+                           dtype="uint16", crs="EPSG:32633", transform=from_origin(5e5, 5.2e6, 10.0, 10.0)) as d:
+            d.write(np.full((3, 16, 16), 100 + k, dtype="uint16"))
+    with pytest.raises(FormatError, match=r"scene_t0.tif: has 3 bands; a band folder holds one band per file") as exc:
+        upscale(folder, method="cubic", scale=2, output=tmp_path / "o.tif")
+    assert f"({folder}/*.tif) to `batch`" in str(exc.value) and "--config revisit_x2" in str(exc.value)
+    assert not (tmp_path / "o.tif").exists()

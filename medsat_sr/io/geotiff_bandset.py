@@ -270,8 +270,9 @@ def read_bandset(
                 with rasterio.open(f) as src:
                     if src.count != 1:
                         raise FormatError(
-                            f"{f}: has {src.count} bands; a band folder holds one band per file "
-                            "(read multi-band files with geotiff.read)"
+                            f"{f}: has {src.count} bands; a band folder holds one band per file, so a folder "
+                            f"of multi-band files is several images: give them as files ({p}/*{f.suffix}) to "
+                            "`batch`, or to `upscale --config revisit_x2` to fuse revisits of one scene"
                         )
                     info.append((f, src.transform, (src.height, src.width), src.crs, src.nodata))
             except RASTERIO_ERRORS as exc:
