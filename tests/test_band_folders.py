@@ -128,3 +128,11 @@ def test_a_folder_of_multiband_files_is_refused_with_the_routes_that_take_them(t
         upscale(folder, method="cubic", scale=2, output=tmp_path / "o.tif")
     assert f"({folder}/*.tif) to `batch`" in str(exc.value) and "--config revisit_x2" in str(exc.value)
     assert not (tmp_path / "o.tif").exists()
+    # as the error says: the folder fuses as revisits, one frame per file, as the files themselves do
+    a = upscale(folder, method="median", scale=2, output=tmp_path / "folder.tif")
+    b = upscale(sorted(folder.glob("*.tif")), method="median", scale=2, output=tmp_path / "files.tif")
+    frames = a.record["input"]["inputs"]
+    assert a.record["input"]["route"] == "revisit" and [f["name"] for f in frames] == ["scene_t0", "scene_t1"]
+    assert frames == b.record["input"]["inputs"]
+    with rasterio.open(tmp_path / "folder.tif") as x, rasterio.open(tmp_path / "files.tif") as y:
+        assert x.count == 3 and np.array_equal(x.read(), y.read(), equal_nan=True) and x.transform == y.transform

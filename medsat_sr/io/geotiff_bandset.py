@@ -271,8 +271,8 @@ def read_bandset(
                     if src.count != 1:
                         raise FormatError(
                             f"{f}: has {src.count} bands; a band folder holds one band per file, so a folder "
-                            f"of multi-band files is several images: give them as files ({p}/*{f.suffix}) to "
-                            "`batch`, or to `upscale --config revisit_x2` to fuse revisits of one scene"
+                            "of multi-band files is several images: fuse them as revisits of one scene (upscale "
+                            f"--config revisit_x2, or --method median), or give the files ({p}/*{f.suffix}) to `batch`"
                         )
                     info.append((f, src.transform, (src.height, src.width), src.crs, src.nodata))
             except RASTERIO_ERRORS as exc:

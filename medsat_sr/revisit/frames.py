@@ -172,7 +172,14 @@ def _frames_of_folder(folder: Path) -> list[Frame]:
         by_date.setdefault(frame_date(f.stem), []).append(f)
     if len(by_date) >= 2 and None not in by_date:
         return [_read_frame(fs[0].stem, *_split_quality(fs)) for _, fs in sorted(by_date.items())]
+    if len(files) >= 2 and all(_band_count(f) > 1 for f in files):  # multi-band files, undated: a frame each
+        return [_read_frame(f.stem, [f], None, None) for f in files]
     return [_read_frame(folder.name, *_split_quality(files))]
+
+
+def _band_count(path: Path) -> int:
+    with rasterio.open(path) as src:
+        return int(src.count)
 
 
 def read_frames(inputs: Sequence[str | os.PathLike[str]]) -> list[Frame]:
