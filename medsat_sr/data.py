@@ -72,7 +72,7 @@ import torch
 from medsat_sr import degradation_auto, degrade
 from medsat_sr.errors import ConfigError, DataError, GeometryError, numbers_text
 from medsat_sr.geometry import scale_affine, scale_transform
-from medsat_sr.image import BandSet, Key, is_raster, is_volume
+from medsat_sr.image import BandSet, Key, is_raster, is_volume, one_grid_raster
 from medsat_sr.normalise import Normaliser, data_range as _data_range, valid_mask
 from medsat_sr.pair_sources import AlignedSource, PairSource, PatchPairDataset, SliceProfileSource
 from medsat_sr.sampling import PatchSampler, _ints, _is_int, _plain, foreground_mask, slice_lengths
@@ -796,6 +796,8 @@ def make_training_set(
     """
     mode = _pair_mode(mode, cfg)
     items = list(images) if isinstance(images, (list, tuple)) else ([] if images is None else [images])
+    if not (cfg.target_bands() and cfg.guide_bands()):  # a band folder of one grid is a multi-band raster
+        items = [one_grid_raster(i) for i in items]
     cfg, estimate_rec = _check_degradation(cfg, items, mode=mode, pairs=pairs)
     seed = int(cfg.train.seed if seed is None else seed)
     if pairs:

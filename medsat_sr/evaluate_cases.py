@@ -31,7 +31,7 @@ from monai.data import MetaTensor
 from medsat_sr import degrade, geometry
 from medsat_sr.config import JobConfig, load_config
 from medsat_sr.errors import ConfigError, DataError, GeometryError
-from medsat_sr.image import BandSet, Key, is_raster, is_volume, make_raster, make_volume
+from medsat_sr.image import BandSet, Key, is_raster, is_volume, make_raster, make_volume, one_grid_raster
 from medsat_sr.io import read
 from medsat_sr.normalise import Normaliser, valid_mask
 
@@ -105,8 +105,7 @@ def _read(image: Any, what: str) -> tuple[MetaTensor, str | None]:
         path: str | None = str(image)
     else:
         img, path = image, None
-    if isinstance(img, BandSet) and len(img.groups) == 1:
-        img = next(iter(img.groups.values()))  # a band folder of one grid is a multi-band raster
+    img = one_grid_raster(img)
     if isinstance(img, BandSet):
         raise ConfigError(
             f"{path or what}: a band set (bands at several resolutions) cannot be evaluated here yet; "

@@ -58,6 +58,7 @@ __all__ = [
     "is_volume",
     "is_raster",
     "raster_centre_affine",
+    "one_grid_raster",
 ]
 
 
@@ -298,3 +299,15 @@ class BandSet:
                         out.meta[k] = [img.meta[k][i]]
                 return out
         raise KeyError(f"no band {name!r}; bands are {self.band_names}")
+
+
+def one_grid_raster(image: Any) -> Any:
+    """A :class:`BandSet` of one grid as the multi-band raster it is; anything else as it is.
+
+    A folder of ``B02.tif`` ... ``B08.tif`` all at 10 m is read as a band
+    set, but it is one multi-band raster: single-raster routes (fits,
+    evaluation) take it as such. Guided routes keep the band set.
+    """
+    if isinstance(image, BandSet) and len(image.groups) == 1:
+        return next(iter(image.groups.values()))
+    return image

@@ -136,3 +136,19 @@ def test_a_folder_of_multiband_files_is_refused_with_the_routes_that_take_them(t
     assert frames == b.record["input"]["inputs"]
     with rasterio.open(tmp_path / "folder.tif") as x, rasterio.open(tmp_path / "files.tif") as y:
         assert x.count == 3 and np.array_equal(x.read(), y.read(), equal_nan=True) and x.transform == y.transform
+
+
+def test_train_takes_a_one_grid_band_folder_as_a_multiband_raster(tmp_path: Path) -> None:
+    folder = tmp_path / "bands"
+    folder.mkdir()
+    for k, name in enumerate(("B02", "B03", "B04", "B08")):
+        _band(folder / f"{name}.tif", 96, 10.0, seed=k)
+    run = tmp_path / "run"
+    rc = main(["train", str(folder), "--config", "multiband_x2", "-o", str(run), "--set", "train.max_iterations=2",
+               "--set", "train.val_every=1", "--set", "train.batch_size=2"])
+    assert rc == 0 and (run / "best.safetensors").is_file()
+    import json
+
+    meta = json.loads((run / "best.json").read_text())
+    assert meta["band_names"] == ["B02", "B03", "B04", "B08"] and not meta["guide_band_names"]
+    assert meta["architecture"]["kwargs"]["in_channels"] == 4  # one raster of four bands, not a guided net

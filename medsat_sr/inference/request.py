@@ -23,7 +23,7 @@ from medsat_sr._schema import check_path
 from medsat_sr.config import JobConfig
 from medsat_sr.errors import ConfigError, DataError, FormatError
 from medsat_sr.hardware import resolve_precision
-from medsat_sr.image import BandSet, Key, is_raster, is_volume
+from medsat_sr.image import BandSet, Key, is_raster, is_volume, one_grid_raster
 from medsat_sr.inference.members import resolve_device
 from medsat_sr.inference.options import UpscaleOptions, resolve_options
 from medsat_sr.inference.plan import check_fit_route, check_input_size
@@ -175,9 +175,7 @@ def fit_input(src: Source, cfg: JobConfig, scale: Any, target_spacing: Any) -> A
         check_fit_route(src.volume, cfg, scale, target_spacing)
         return src.volume
     img = src.raster if src.raster is not None else io_read(src.path, fmt=src.kind)
-    if isinstance(img, BandSet) and len(img.groups) == 1 and not (cfg.target_bands() and cfg.guide_bands()):
-        return next(iter(img.groups.values()))  # one grid: a multi-band raster, for a single-raster config
-    return img
+    return img if cfg.target_bands() and cfg.guide_bands() else one_grid_raster(img)
 
 
 def fit_member(src: Source, cfg: JobConfig, run_dir: Any, progress: bool, scale: Any, target_spacing: Any,
