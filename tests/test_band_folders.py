@@ -78,10 +78,11 @@ def test_a_one_grid_band_folder_is_a_multiband_raster_written_back_as_a_folder(t
 
 def test_several_grids_with_a_single_raster_config_are_refused_before_any_fit(tmp_path: Path) -> None:
     folder = _landsat_like(tmp_path / "two", 0.0)
-    with pytest.raises(ConfigError, match=r"2 band grids \(B8 \| B2 B3\), and --config multiband_x2 sharpens one "
-                                          r"raster") as exc:
+    with pytest.raises(ConfigError, match=r"2 band grids \(B8 \| B2 B3\), and multiband_x2 sharpens one raster") as exc:
         upscale(folder, config="multiband_x2", output=tmp_path / "o.tif", progress=False)
-    assert str(folder) in str(exc.value) and "use a guided config" in str(exc.value)
+    assert str(folder) in str(exc.value) and "use a guided config or model" in str(exc.value)
+    with pytest.raises(ConfigError, match=r"and multiband_x2 sharpens one raster"):  # the shipped model: its config
+        upscale(folder, model="multiband_x2", output=tmp_path / "o.tif", progress=False)
     assert not (tmp_path / "o.tif").exists()
 
 

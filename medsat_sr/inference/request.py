@@ -163,9 +163,9 @@ def _check_grids(folder: Path, cfg: JobConfig) -> None:
     if len(grids) > 1:
         listing = " | ".join(" ".join(g[:3]) + (" ..." if len(g) > 3 else "") for g in grids)
         raise ConfigError(
-            f"{folder}: {len(grids)} band grids ({listing}), and --config {cfg.name} sharpens one raster (it names "
-            "no bands.targets and bands.guides, as sentinel2_20m_to_10m does); upscale one grid's bands (a folder "
-            "of one grid, or one file), or use a guided config"
+            f"{folder}: {len(grids)} band grids ({listing}), and {cfg.name} sharpens one raster (it names no "
+            "bands.targets and bands.guides, as sentinel2_20m_to_10m does); upscale one grid's bands (a folder "
+            "of one grid, or one file), or use a guided config or model"
         )
 
 
