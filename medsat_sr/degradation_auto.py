@@ -22,10 +22,10 @@ but one) puts the PSF beyond the profile's on the same side: the data
 reject the profile even where they disagree on how far, and the estimate
 is used (:func:`_rejects`; the S2 L2A overview, a real pair, read MTF 0.65
 at confidence 0.49 against the profile's 0.3: with the profile the fit lost
-1.97 dB to cubic against the real finer band, with the estimate 0.03 dB). Neither is a single raster's
-estimate that asks for pairs blurrier than a sensor is built to deliver
-(:data:`PLAUSIBLE_SENSOR_MTF`): a stable estimate can still rest on an
-assumption that does not hold.
+1.97 dB to cubic against the real finer band, with the estimate 0.03 dB).
+Neither is a single raster's estimate that asks for pairs blurrier than a
+sensor is built to deliver (:data:`PLAUSIBLE_SENSOR_MTF`): a stable
+estimate can still rest on an assumption that does not hold.
 """
 
 from __future__ import annotations
