@@ -35,6 +35,15 @@ def _landsat_like(folder: Path, offset: float) -> Path:
     return folder
 
 
+def _one_grid(tmp_path: Path, names: tuple[str, ...] = ("B02", "B03", "B04", "B08")) -> Path:
+    """A band folder of one grid: ``names`` at 10 m, 96 x 96."""
+    folder = tmp_path / "bands"
+    folder.mkdir()
+    for k, name in enumerate(names):
+        _band(folder / f"{name}.tif", 96, 10.0, seed=k)
+    return folder
+
+
 def test_grids_that_do_not_nest_are_refused_naming_both_grids_and_the_remedy(tmp_path: Path) -> None:
     folder = _landsat_like(tmp_path / "l1", 7.5)
     with pytest.raises(GeometryError, match=r"the 30m grid \(B2 B3\) does not nest in the 15m grid \(B8\): "
@@ -63,10 +72,7 @@ def test_the_cli_refuses_a_real_landsat_l1_folder_in_one_line(shared_data: Path,
 
 
 def test_a_one_grid_band_folder_is_a_multiband_raster_written_back_as_a_folder(tmp_path: Path) -> None:
-    folder = tmp_path / "bands"
-    folder.mkdir()
-    for k, name in enumerate(("B02", "B03", "B04", "B08")):
-        _band(folder / f"{name}.tif", 96, 10.0, seed=k)
+    folder = _one_grid(tmp_path)
     out = tmp_path / "sr"
     res = upscale(folder, config="multiband_x2", output=out, progress=False,
                   overrides=["train.max_iterations=2", "train.val_every=1", "train.batch_size=2"])
@@ -101,10 +107,7 @@ def test_info_describes_a_folder_that_does_not_nest_and_says_why_upscale_refuses
 
 def test_evaluate_takes_a_one_grid_band_folder_as_a_multiband_raster(tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    folder = tmp_path / "bands"
-    folder.mkdir()
-    for k, name in enumerate(("B02", "B03", "B04")):
-        _band(folder / f"{name}.tif", 96, 10.0, seed=k)
+    folder = _one_grid(tmp_path, ("B02", "B03", "B04"))
     rc = main(["evaluate", str(folder), "--config", "multiband_x2", "-o", str(tmp_path / "ev"), "--methods", "cubic",
                "--no-figures"])
     assert rc == 0, capsys.readouterr().err
@@ -140,10 +143,7 @@ def test_a_folder_of_multiband_files_is_refused_with_the_routes_that_take_them(t
 
 
 def test_train_takes_a_one_grid_band_folder_as_a_multiband_raster(tmp_path: Path) -> None:
-    folder = tmp_path / "bands"
-    folder.mkdir()
-    for k, name in enumerate(("B02", "B03", "B04", "B08")):
-        _band(folder / f"{name}.tif", 96, 10.0, seed=k)
+    folder = _one_grid(tmp_path)
     run = tmp_path / "run"
     rc = main(["train", str(folder), "--config", "multiband_x2", "-o", str(run), "--set", "train.max_iterations=2",
                "--set", "train.val_every=1", "--set", "train.batch_size=2"])
