@@ -535,6 +535,10 @@ class JobConfig(StrictModel):
         """Band names given to the guided model as guidance."""
         return self.profile.expand_bands(self.bands.guides) if self.bands.guides else []
 
+    def guided(self) -> bool:
+        """Whether the config sharpens target bands with guide bands (a band set), not one raster."""
+        return bool(self.target_bands() and self.guide_bands())
+
     def scale_for(self, spacing: Sequence[float] | None = None) -> tuple[float, ...]:
         """Per-axis scale factors for an image.
 

@@ -796,7 +796,7 @@ def make_training_set(
     """
     mode = _pair_mode(mode, cfg)
     items = list(images) if isinstance(images, (list, tuple)) else ([] if images is None else [images])
-    if not (cfg.target_bands() and cfg.guide_bands()):  # a band folder of one grid is a multi-band raster
+    if not cfg.guided():  # a band folder of one grid is a multi-band raster
         items = [one_grid_raster(i) for i in items]
     cfg, estimate_rec = _check_degradation(cfg, items, mode=mode, pairs=pairs)
     seed = int(cfg.train.seed if seed is None else seed)

@@ -50,10 +50,10 @@ def _secs(s: float) -> str:
     return f"{s:.1f} s" if s < 10 else f"{s:.0f} s" if s < 600 else f"{s / 60:.0f} min"
 
 
-
 def _plural(unit: str) -> str:
     """``unit`` in the plural: ``batch`` -> ``batches``, ``tile`` -> ``tiles``."""
     return unit + ("es" if unit.endswith(("s", "sh", "ch", "x", "z")) else "s")
+
 
 class Progress:
     """Progress over ``total`` units of work, optionally bounded by a wall-clock budget.

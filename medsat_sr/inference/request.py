@@ -157,7 +157,7 @@ def check_request(src: Source, cfg: JobConfig | None, fmt: str | None, opts: Ups
 
 def _check_grids(folder: Path, cfg: JobConfig) -> None:
     """A band folder of several grids needs a guided config (targets sharpened by guides): refuse it otherwise."""
-    if cfg.target_bands() and cfg.guide_bands():
+    if cfg.guided():
         return
     grids = geotiff_bandset.band_grids(folder)
     if len(grids) > 1:
@@ -175,7 +175,7 @@ def fit_input(src: Source, cfg: JobConfig, scale: Any, target_spacing: Any) -> A
         check_fit_route(src.volume, cfg, scale, target_spacing)
         return src.volume
     img = src.raster if src.raster is not None else io_read(src.path, fmt=src.kind)
-    return img if cfg.target_bands() and cfg.guide_bands() else one_grid_raster(img)
+    return img if cfg.guided() else one_grid_raster(img)
 
 
 def fit_member(src: Source, cfg: JobConfig, run_dir: Any, progress: bool, scale: Any, target_spacing: Any,

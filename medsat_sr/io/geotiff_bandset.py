@@ -282,16 +282,12 @@ def read_bandset(
         listing = ", ".join(f"{f.name}: {c.to_string() if c else None}" for f, _, _, c, _ in info)
         raise GeometryError(f"{p}: band files are in different CRSs ({listing}); reproject them to one CRS first")
 
-    groups: dict[tuple[tuple[float, ...], tuple[int, int]], list[int]] = {}
-    for k, (_, t, shape, _, _) in enumerate(info):
-        groups.setdefault((tuple(t)[:6], shape), []).append(k)
-    ordered = sorted(groups.items(), key=lambda kv: (abs(Affine(*kv[0][0]).determinant), kv[0][0]))
-    ref_transform = Affine(*ordered[0][0][0])
-    _check_nested(p, [(Affine(*t), [info[k][0] for k in m]) for (t, _), m in ordered], crs0)
+    grids = _grids([(f, t, shape, crs) for f, t, shape, crs, _ in info])
+    _check_nested(p, grids, crs0)
+    nodata_of = {f: nd for f, _, _, _, nd in info}
 
     out: dict[str, MetaTensor] = {}
-    for (tvals, _shape), members in ordered:
-        transform = Affine(*tvals)
+    for transform, gfiles in grids:
         name = _group_name(transform, crs0)
         if name in out:
             k = 2
@@ -299,14 +295,14 @@ def read_bandset(
                 k += 1
             logger.warning("%s: two band grids with pixel size %s; naming the second %s_%d", p, name, name, k)
             name = f"{name}_{k}"
-        nodatas = {info[k][4] for k in members}
+        nodatas = {nodata_of[f] for f in gfiles}
         if len({"nan" if (v is not None and math.isnan(v)) else v for v in nodatas}) > 1:
-            listing = ", ".join(f"{info[k][0].name}: {info[k][4]}" for k in members)
+            listing = ", ".join(f"{f.name}: {nodata_of[f]}" for f in gfiles)
             raise FormatError(f"{p}: bands of the {name} group have different nodata values ({listing})")
-        gwin = None if win is None else _group_window(win, ref_transform, transform, name)
-        members = sorted(members, key=lambda k: band_sort_key(info[k][0].stem))
-        images = [read(info[k][0], window=gwin) for k in members]
-        out[name] = _stack_group(images, [info[k][0] for k in members])
+        gwin = None if win is None else _group_window(win, grids[0][0], transform, name)
+        gfiles = sorted(gfiles, key=lambda f: band_sort_key(f.stem))
+        images = [read(f, window=gwin) for f in gfiles]
+        out[name] = _stack_group(images, gfiles)
     return BandSet(groups=out, source_path=str(p))
 
 
