@@ -64,6 +64,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -523,16 +524,19 @@ def profile_for(
     raise ConfigError(f"{label}{why} for a {kind} with {offered}; name the domain explicitly (profiles: {listing})")
 
 
-def band_sort_key(name: str) -> tuple[int, int, int, str]:
+def band_sort_key(name: str) -> tuple[int, int, int, tuple[tuple[int, int | str], ...]]:
     """Sort key putting band names in sensor order, from the profiles' band patterns.
 
     The first built-in band pattern with a ``number`` group that matches
-    ``name`` gives ``(0, number, 1 if suffix else 0, NAME)``; Sentinel-2:
+    ``name`` gives ``(0, number, 1 if suffix else 0, ...)``; Sentinel-2:
     ``B01 < B02 < ... < B08 < B8A < B09 < B10 < B11 < B12``. Other names
-    come after, alphabetically: ``(1, 0, 0, NAME)``.
+    come after, in natural order (case-insensitive, digit runs compared as
+    numbers): a Landsat Level-1 folder reads ``l8_B1 < l8_B2 < ... < l8_B9 <
+    l8_B10 < l8_B11``, not ``l8_B1 < l8_B10 < l8_B11 < l8_B2``.
     """
+    natural = tuple((0, int(t)) if t.isdigit() else (1, t) for t in re.findall(r"\d+|\D+", name.upper()))
     for profile in _builtin_profiles():
         m = profile.match.band_match(name)
         if m is not None and m.groupdict().get("number"):
-            return (0, int(m.group("number")), 1 if m.groupdict().get("suffix") else 0, name.upper())
-    return (1, 0, 0, name.upper())
+            return (0, int(m.group("number")), 1 if m.groupdict().get("suffix") else 0, natural)
+    return (1, 0, 0, natural)

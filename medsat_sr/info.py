@@ -162,6 +162,9 @@ def describe(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
             key = f"{d['pixel_size'][0]:g} x {d['pixel_size'][1]:g}, {d['shape'][1]}x{d['shape'][2]}, {d['crs']}"
             groups.setdefault(key, []).append(f.stem)
         out["groups"] = [{"grid": k, "bands": v} for k, v in groups.items()]
+        aux = geotiff_bandset.aux_files(p)
+        if aux:
+            out["left_out"] = f"{' '.join(f.stem for f in aux)} (quality or auxiliary layers, not spectral bands)"
         try:
             geotiff_bandset.check_nested(p)
         except GeometryError as exc:  # described all the same; upscale refuses it, and says why

@@ -153,3 +153,38 @@ def test_train_takes_a_one_grid_band_folder_as_a_multiband_raster(tmp_path: Path
     meta = json.loads((run / "best.json").read_text())
     assert meta["band_names"] == ["B02", "B03", "B04", "B08"] and not meta["guide_band_names"]
     assert meta["architecture"]["kwargs"]["in_channels"] == 4  # one raster of four bands, not a guided net
+
+
+def _quality(path: Path, n: int, res: float) -> None:
+    """A Fmask-like class layer (0 clear, 2 shadow, 4 cloud, 255 fill): not a spectral band."""
+    q = np.zeros((n, n), dtype="uint8")
+    q[: n // 4] = 4
+    q[:, :3] = 255
+    with rasterio.open(path, "w", driver="GTiff", height=n, width=n, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(500000.0, 5200000.0, res, res)) as dst:
+        dst.write(q[None])
+
+
+def test_quality_layers_in_a_band_folder_are_left_out_and_info_names_them(tmp_path: Path) -> None:
+    """Landsat BQA and Fmask layers beside the bands (a USGS or eo-box folder) are never upscaled as bands."""
+    folder = _one_grid(tmp_path, ("LE07_b3", "LE07_b4", "LE07_b5"))
+    _quality(folder / "LE07_fmask.tif", 96, 10.0)
+    _quality(folder / "l8_BQA.tif", 96, 10.0)
+    img = read(folder)
+    assert img.band_names == ["LE07_b3", "LE07_b4", "LE07_b5"]
+    out = tmp_path / "sr"
+    upscale(folder, method="cubic", scale=2, output=out)
+    assert sorted(p.name for p in out.iterdir()) == ["LE07_b3.tif", "LE07_b4.tif", "LE07_b5.tif"]
+    from medsat_sr.info import describe
+
+    d = describe(folder)
+    assert [g["bands"] for g in d["groups"]] == [["LE07_b3", "LE07_b4", "LE07_b5"]]
+    assert d["left_out"].startswith("l8_BQA LE07_fmask (quality or auxiliary layers")
+
+
+def test_a_landsat_level1_folder_lists_its_bands_in_band_order(shared_data: Path) -> None:
+    from medsat_sr.io.geotiff_bandset import band_grids
+
+    grids = band_grids(shared_data / L8)
+    assert grids[0] == ["l8_B8"]
+    assert grids[1] == ["l8_B1", "l8_B2", "l8_B3", "l8_B4", "l8_B5", "l8_B6", "l8_B7", "l8_B9", "l8_B10", "l8_B11"]

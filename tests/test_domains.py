@@ -464,8 +464,14 @@ def test_real_sentinel2_band_folder_sorts_and_matches(shared_data):
 def test_band_sort_key_comes_from_the_profiles():
     names = ["SCL", "B12", "b8a", "B1", "B10", "B08", "B09", "B02"]
     assert sorted(names, key=band_sort_key) == ["B1", "B02", "B08", "b8a", "B09", "B10", "B12", "SCL"]
-    assert band_sort_key("B8A") == (0, 8, 1, "B8A")
-    assert band_sort_key("red") == (1, 0, 0, "RED")  # a pattern without a number group does not order
+    assert band_sort_key("B8A")[:3] == (0, 8, 1)
+    assert band_sort_key("red")[:3] == (1, 0, 0)  # a pattern without a number group does not order
+
+
+def test_names_no_profile_orders_sort_naturally():
+    """A Landsat Level-1 folder (``l8_B1`` ... ``l8_B11``) in band order, not B1 < B10 < B11 < B2."""
+    names = ["l8_B11", "l8_B2", "l8_B10", "l8_B1", "L8_b9", "red", "l8_B8"]
+    assert sorted(names, key=band_sort_key) == ["l8_B1", "l8_B2", "l8_B8", "L8_b9", "l8_B10", "l8_B11", "red"]
 
 
 # ---------------------------------------------------------------- match: validation

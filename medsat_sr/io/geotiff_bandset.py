@@ -14,8 +14,9 @@ transform and shape; one CRS for all) into rasters named by pixel size
 (``"10m"``, ``"20m"``, ``"0.5m"``), finest first, bands in sensor order
 (:func:`medsat_sr.domains.band_sort_key`, from the profiles' ``band_patterns``).
 Nothing is resampled. Auxiliary layers that are not spectral bands (Sentinel-2
-``SCL``, ``AOT``, ``WVP``, ``TCI``, cloud and snow masks) are left out unless
-``include_aux=True``.
+``SCL``, ``AOT``, ``WVP``, ``TCI``, cloud and snow masks; Landsat ``BQA``,
+``QA_PIXEL`` and the other QA layers, Fmask) are left out unless
+``include_aux=True`` (:func:`is_aux_layer`).
 """
 
 from __future__ import annotations
@@ -42,19 +43,45 @@ from medsat_sr.io.geotiff_gdal import RASTERIO_ERRORS, _describe, gdal_env
 from medsat_sr.io.geotiff_read import as_window, read
 from medsat_sr.io.geotiff_write import _write
 
-__all__ = ["read_bandset", "write_bandset", "band_files", "band_grids", "check_nested", "AUX_LAYERS", "SUFFIXES"]
+__all__ = ["read_bandset", "write_bandset", "band_files", "band_grids", "check_nested", "is_aux_layer", "aux_files",
+           "AUX_LAYERS", "SUFFIXES"]
 
 logger = logging.getLogger("medsat_sr.io.geotiff")  # the name users and tests know (caplog)
 
 #: File suffixes of GeoTIFF files (case-insensitive).
 SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 
-#: File stems (upper case) of per-band files that are not spectral bands:
-#: Sentinel-2 L2A scene classification, aerosol optical thickness, water
-#: vapour, true-colour image, cloud/snow probabilities, L1C cloud mask.
+#: Names (upper case) of per-band files that are not spectral bands, alone or
+#: after a product prefix (``l8_BQA``, ``LE07_..._fmask``): Sentinel-2 scene
+#: classification, aerosol optical thickness, water vapour, true-colour image,
+#: cloud/snow probabilities and masks; Landsat Collection 1 and 2 quality
+#: layers (``BQA``, ``QA_PIXEL``, ``QA_RADSAT``, ``SR_QA_AEROSOL``, ``ST_QA``,
+#: ``ST_CDIST``, the older ``pixel_qa``, ``radsat_qa``, ``sr_cloud_qa``) and
+#: Fmask/CFmask; a plain ``mask``.
 AUX_LAYERS: frozenset[str] = frozenset(
-    {"SCL", "AOT", "WVP", "TCI", "CLD", "SNW", "PVI", "QA60", "MSK_CLDPRB", "MSK_SNWPRB", "MSK_CLASSI"}
+    {"SCL", "AOT", "WVP", "TCI", "CLD", "SNW", "PVI", "QA60", "MSK_CLDPRB", "MSK_SNWPRB", "MSK_CLASSI",
+     "BQA", "QA_PIXEL", "QA_RADSAT", "SR_QA_AEROSOL", "ST_QA", "ST_CDIST", "PIXEL_QA", "RADSAT_QA", "SR_CLOUD_QA",
+     "SR_ATMOS_OPACITY", "FMASK", "CFMASK", "CFMASK_CONF", "MASK"}
 )
+
+_RESOLUTION_TAG = re.compile(r"_\d+(?:\.\d+)?M$")  # "SCL_20m", "AOT_10m" in Sentinel-2 L2A file names
+
+
+def is_aux_layer(stem: str) -> bool:
+    """Whether a file stem names an auxiliary layer (:data:`AUX_LAYERS`), not a spectral band.
+
+    The name matches alone or after a product prefix and ``_``; a trailing
+    resolution tag (``_20m``) is ignored. ``SCL``, ``T33UUB_..._SCL_20m``,
+    ``l8_BQA`` and ``LE70350322008118EDC00_fmask`` are auxiliary;
+    ``B04``, ``l8_B4`` and ``SR_B4`` are not.
+    """
+    name = _RESOLUTION_TAG.sub("", stem.upper())
+    return name in AUX_LAYERS or any(name.endswith("_" + aux) for aux in AUX_LAYERS)
+
+
+def aux_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The auxiliary layers (:func:`is_aux_layer`) that :func:`band_files` leaves out of a folder."""
+    return [f for f in band_files(folder, include_aux=True) if is_aux_layer(f.stem)]
 
 
 def band_files(folder: str | os.PathLike[str], *, include_aux: bool = False) -> list[Path]:
@@ -63,7 +90,7 @@ def band_files(folder: str | os.PathLike[str], *, include_aux: bool = False) -> 
     A band folder holds one single-band file per band, named after the
     band (``B02.tif``, ``B8A.tif``). Hidden files (``.``-prefixed, such as
     medsat_sr's temporary ``.part`` files) are skipped, and so are the
-    auxiliary layers of :data:`AUX_LAYERS` (``SCL.tif`` ...) unless
+    auxiliary layers (:func:`is_aux_layer`: ``SCL.tif``, ``l8_BQA.tif`` ...) unless
     ``include_aux``. Only the folder itself is searched, not subfolders.
 
     Args:
@@ -86,7 +113,7 @@ def band_files(folder: str | os.PathLike[str], *, include_aux: bool = False) -> 
         if f.suffix.lower() in SUFFIXES
         and not f.name.startswith(".")
         and f.is_file()
-        and (include_aux or f.stem.upper() not in AUX_LAYERS)
+        and (include_aux or not is_aux_layer(f.stem))
     ]
     return sorted(out, key=lambda f: band_sort_key(f.stem))
 
