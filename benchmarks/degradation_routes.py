@@ -68,14 +68,17 @@ DEGS = ("auto", "profile")
 
 
 def run_route(inp: Path, out: Path, config: str, degradation: str | None, *, iters: int, seed: int,
-              sets: tuple[str, ...] = (), **cubic: Any) -> dict[str, Any]:
-    """One ``upscale --config`` run (fixed iteration budget) or cubic (``config`` ``"cubic"``); the trust record."""
+              sets: tuple[str, ...] = (), run_dir: Path | None = None, **cubic: Any) -> dict[str, Any]:
+    """One ``upscale --config`` run (fixed iteration budget) or cubic (``config`` ``"cubic"``); the trust record.
+
+    ``run_dir``: where the fit keeps its checkpoints (``--run-dir``), for a script that scores them again.
+    """
     if config == "cubic":
         res = upscale(str(inp), output=str(out), method="cubic", progress=False, **cubic)
     else:
         over = [f"train.max_iterations={iters}", f"train.seed={seed}", *sets]
         res = upscale(str(inp), output=str(out), config=config, overrides=over, degradation=degradation,
-                      budget=3600.0, progress=False)
+                      budget=3600.0, progress=False, run_dir=run_dir)
     return res.record
 
 
