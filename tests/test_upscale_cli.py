@@ -85,6 +85,15 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, argv):
     assert not (tmp_path / "out.nii.gz").exists() and not (tmp_path / "out.tif").exists()
 
 
+@pytest.mark.parametrize("scale", ["0.5", "0.5,0.5"])
+def test_a_raster_scale_under_one_is_refused_as_a_downsampling(tmp_path, capsys, scale):
+    """A raster's --scale 0.5 is refused at the door in the volumes' words (it failed deep in the PSF set-up)."""
+    code, _, err = _run(capsys, str(_tif(tmp_path / "in.tif")), "-o", str(tmp_path / "out.tif"), "--method", "cubic",
+                        "--scale", scale)
+    assert code == 2 and "would downsample; upscale needs factors >= 1" in err, err
+    assert not (tmp_path / "out.tif").exists()
+
+
 def test_unwritable_output_exits_3_and_leaves_nothing(tmp_path, capsys):
     import os
 

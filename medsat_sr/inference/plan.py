@@ -166,11 +166,14 @@ def check_scale_bound(scale: Any) -> None:
     """Refuse factors above :data:`medsat_sr.config.MAX_SCALE` before any memory is allocated.
 
     Raises:
-        ConfigError: a factor is not a positive finite number or exceeds the maximum.
+        ConfigError: a factor is not a positive finite number or exceeds the maximum, or every
+            factor is under 1 (a downsampling, refused as a volume's target spacing is).
     """
     values = np.atleast_1d(np.asarray(scale, dtype=np.float64)) if not isinstance(scale, str) else None
     if values is None or not np.all(np.isfinite(values)) or np.any(values <= 0):
         raise ConfigError(f"scale must be positive finite numbers, got {scale!r}")
+    if values.max() < 1 - SCALE_RTOL:
+        raise ConfigError(f"scale {values.tolist()} would downsample; upscale needs factors >= 1")
     if np.any(values > MAX_SCALE):
         raise ConfigError(f"scale {values.tolist()} exceeds the maximum factor {MAX_SCALE:g} per axis")
 
