@@ -190,6 +190,7 @@ def test_a_long_error_keeps_its_remedy() -> None:
            "resample onto an orthogonal grid as dcm2niix's tilt correction does")
     text = _short(msg)
     assert text.startswith("/data/dicom/ct_head_ge_tilt_dcm_qa_ct [series 1.2.826") and "gantry tilt 18.5° (" in text
+    assert text.count("(") == text.count(")") and " ...); pass resample" in text  # the cut parenthesis is closed
     assert text.endswith("; pass resample=True (--resample) to resample onto an orthogonal grid as dcm2niix's tilt "
                          "correction does (--debug for the rest)")
     assert len(text) <= 320

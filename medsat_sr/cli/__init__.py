@@ -182,12 +182,17 @@ def _short(message: str, limit: int = MAX_ERROR_CHARS) -> str:
         room = limit + 60 - _length(clauses[-1]) + len(first) - _length(first)  # paths do not count
         if room >= 60:
             head = first[: first.rfind(" ", 0, room) if " " in first[:room] else room].rstrip(" ,;(")
-            return f"{head} ...; {clauses[-1]} (--debug for the rest)"
+            return f"{_elided(head)}; {clauses[-1]} (--debug for the rest)"
     head_n = int(0.6 * limit) + len(text) - _length(text)  # paths do not count
     head = text[: text.rfind(" ", 0, head_n) if " " in text[:head_n] else head_n].rstrip(" ,;(")
     tail_at = text.find(" ", len(text) - int(0.35 * limit))
     tail = text[tail_at + 1 :] if tail_at > len(head) else ""
-    return f"{head} ... {tail} (--debug for the rest)" if tail else f"{head} ... (--debug for the rest)"
+    return f"{_elided(head)} {tail} (--debug for the rest)" if tail else f"{_elided(head)} (--debug for the rest)"
+
+
+def _elided(head: str) -> str:
+    """``head`` cut short: `` ...``, and a parenthesis it left open closed (``(slices 15 to 28 ...)``)."""
+    return head + " ..." + ")" * max(head.count("(") - head.count(")"), 0)
 
 
 def _report(args: argparse.Namespace, text: str, **fields: object) -> None:
