@@ -88,7 +88,8 @@ def expand_inputs(
 
     A path that exists is one input (a folder is one DICOM series or one
     band folder). Otherwise, text with glob characters (``*?[``) is
-    expanded (``**`` recurses), sorted; a pattern that matches nothing gives
+    expanded (``**`` recurses; a trailing ``/`` matches folders only, as in
+    the shell), sorted; a pattern that matches nothing gives
     one spec with ``error`` set. A path that does not exist is kept: it
     fails when run, with the reader's message.
 
@@ -110,7 +111,9 @@ def expand_inputs(
             "scale": scale,
         }
         if not p.exists() and glob.has_magic(text):
-            matches = sorted(glob.glob(str(p), recursive=True))
+            # a trailing separator ("scenes/*/") matches folders only, as in the shell (Path drops it)
+            folders_only = text.endswith(("/", os.sep))
+            matches = sorted(glob.glob(str(p) + ("/" if folders_only else ""), recursive=True))
             if not matches:
                 out.append(
                     InputSpec(

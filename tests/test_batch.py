@@ -496,3 +496,15 @@ def test_write_error_from_the_journal_stops_the_run_cleanly(tmp_path: Path, monk
     monkeypatch.setattr(batch_journal._Journal, "write", full)
     with pytest.raises(WriteError, match="No space left"):
         run_batch(tiles, tmp_path / "out", method="cubic", scale=2)
+
+
+def test_a_glob_with_a_trailing_slash_matches_folders_only(tmp_path: Path) -> None:
+    """``'scenes/*/'`` (the README's batch of band folders) takes the folders, not a LICENSE beside them."""
+    from medsat_sr.batch_inputs import expand_inputs
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "LICENSE").write_text("x")
+    got = expand_inputs([str(tmp_path) + "/*/"])
+    assert sorted(s.path.name for s in got) == ["a", "b"] and all(s.error is None for s in got)
+    assert sorted(s.path.name for s in expand_inputs([str(tmp_path) + "/*"])) == ["LICENSE", "a", "b"]
