@@ -92,13 +92,17 @@ def _describe_raster_file(path: Path) -> dict[str, Any]:
     import rasterio
     from rasterio.errors import RasterioIOError
 
+    from medsat_sr.io.geotiff_read import alpha_bands
+
     try:
         with rasterio.open(path) as src:
             t = src.transform
-            return {
+            alpha = alpha_bands(src) if src.count > 1 else []
+            names = [d or f"band{i + 1}" for i, d in enumerate(src.descriptions)]
+            out = {
                 "kind": "raster",
-                "shape": [src.count, src.height, src.width],
-                "channels": [d or f"band{i + 1}" for i, d in enumerate(src.descriptions)],
+                "shape": [src.count - len(alpha), src.height, src.width],
+                "channels": [n for i, n in enumerate(names) if i + 1 not in alpha],
                 "dtype": src.dtypes[0],
                 "pixel_size": [float(np.hypot(t.a, t.d)), float(np.hypot(t.b, t.e))],
                 "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
@@ -112,6 +116,9 @@ def _describe_raster_file(path: Path) -> dict[str, Any]:
                 "layout": src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT"),
                 "overviews": src.overviews(1),
             }
+            if alpha:
+                out["alpha"] = f"band {alpha[0]} ({names[alpha[0] - 1]}): read as the validity mask, not as a band"
+            return out
     except RasterioIOError as exc:
         raise FormatError(f"{path}: not a readable GeoTIFF: {exc}") from exc
 

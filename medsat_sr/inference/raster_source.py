@@ -190,10 +190,7 @@ def file_reader(
     datasets: list[Any], indexes: list[list[int]], nodata: float | None, scaled: bool
 ) -> tuple[Callable, Callable, bool]:
     """Window reader and sampler over open datasets, stacked in order (values as :func:`geotiff.read` gives)."""
-    masked = []
-    for ds in datasets:
-        flags = ds.mask_flag_enums[0]
-        masked.append(any(f.name == "per_dataset" for f in flags) and not any(f.name in ("nodata", "alpha") for f in flags))
+    masked = [geotiff_read.has_dataset_mask(ds, geotiff_read.alpha_bands(ds)) for ds in datasets]
     nan_nodata = nodata is not None and math.isnan(nodata)
 
     def convert(ds: Any, raw: np.ndarray, idx: list[int]) -> np.ndarray:
@@ -255,7 +252,7 @@ def file_groups(path: Path, kind: str, files: FileSet) -> list[Group]:
     entries: list[tuple[str, dict[str, Any], list[Path], list[list[int]]]] = []
     if kind == "geotiff":
         head = geotiff_read.read(path, window=((0, 1), (0, 1)))
-        entries.append(("image", dict(head.meta), [path], [list(range(1, len(head.meta[Key.BAND_NAMES]) + 1))]))
+        entries.append(("image", dict(head.meta), [path], [list(head.meta[Key.HEADER]["band_indexes"])]))
     else:
         head_set = geotiff_bandset.read_bandset(path, window=first_pixel_window(path))
         for gname, img in head_set.groups.items():

@@ -19,8 +19,11 @@ Reading (:func:`read`) gives a raster (see :mod:`medsat_sr.image`):
   the file); ``scales``/``offsets``: per band, ``None`` when all are 1/0;
   ``source_dtype``; ``header``: a plain dict of what the writer needs
   (see :func:`read`).
-* ``valid_mask``: for files with an internal (per-dataset) mask only, a
-  ``(H, W)`` bool array of the window, ``True`` where valid.
+* ``valid_mask``: for files with an internal (per-dataset) mask or an alpha
+  band only, a ``(H, W)`` bool array of the window, ``True`` where valid.
+  An alpha band (an RGBA orthophoto's fourth band) is that mask, not data:
+  it is left out of the bands unless ``bands`` names it
+  (``header["alpha_band"]`` says which it was).
 
 PixelIsPoint: GDAL reads ``AREA_OR_POINT=Point`` GeoTIFFs and shifts the
 geotransform by half a pixel so it still maps pixel *corners*; on write,
@@ -51,7 +54,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from monai.data import MetaTensor
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
@@ -106,10 +109,52 @@ def as_window(window: Window | Sequence[Sequence[int]] | None) -> Window | None:
     return Window(col_off, row_off, width, height)
 
 
-def _band_indexes(src: Any, bands: Sequence[int | str] | None, path: Path) -> list[int]:
+#: Share of an alpha band's (sampled) pixels that must be 0 or the dtype's maximum for it to be read as a mask.
+ALPHA_MASK_SHARE = 0.99
+
+
+def alpha_bands(src: Any) -> list[int]:
+    """The 1-based indexes of an open dataset's alpha bands (RGBA orthophotos): a validity mask, not data.
+
+    A band is one when GDAL masks the dataset with it (colour interpretation
+    ``alpha`` and mask flags ``alpha``, so no nodata value overrides it) and
+    its values look like a mask: at least :data:`ALPHA_MASK_SHARE` of them
+    (read at up to 256 x 256) are 0 or the dtype's maximum. GDAL's GTiff
+    driver marks the fourth band of any 4-band byte file written without
+    ``PHOTOMETRIC`` as alpha, so the NIR band of an RGBN file without nodata
+    carries the same flags; its values tell it apart.
+    """
+    out = []
+    for i, c in enumerate(src.colorinterp):
+        if c != ColorInterp.alpha or "alpha" not in {f.name for f in src.mask_flag_enums[0]}:
+            continue
+        dt = np.dtype(src.dtypes[i])
+        if dt.kind not in "ui":
+            continue
+        h, w = min(src.height, 256), min(src.width, 256)
+        v = src.read(i + 1, out_shape=(h, w), resampling=Resampling.nearest)
+        if np.isin(v, (0, np.iinfo(dt).max)).mean() >= ALPHA_MASK_SHARE:
+            out.append(i + 1)
+    return out
+
+
+def has_dataset_mask(src: Any, alpha: Sequence[int]) -> bool:
+    """Whether an open dataset keeps its validity in a mask: an internal mask, or an alpha band of ``alpha``.
+
+    ``alpha``: what :func:`alpha_bands` found. A nodata value is read from
+    the pixels instead (GDAL flags it too), and a band GDAL would take for
+    alpha that does not look like a mask is data, not a mask.
+    """
+    flags = {f.name for f in src.mask_flag_enums[0]}
+    if "nodata" in flags or "per_dataset" not in flags:
+        return False
+    return bool(alpha) or "alpha" not in flags
+
+
+def _band_indexes(src: Any, bands: Sequence[int | str] | None, path: Path, alpha: Sequence[int] = ()) -> list[int]:
     names = [d or f"band{i + 1}" for i, d in enumerate(src.descriptions)]
-    if bands is None:
-        return list(range(1, src.count + 1))
+    if bands is None:  # every band but an alpha band (``alpha``), which is read as the validity mask
+        return [i for i in range(1, src.count + 1) if i not in alpha] or list(range(1, src.count + 1))
     if isinstance(bands, (str, int)):
         bands = [bands]
     out: list[int] = []
@@ -181,7 +226,7 @@ def _nodata_mask(raw: np.ndarray, nodata: float | None) -> np.ndarray:
     return raw == nodata
 
 
-def _header(src: Any, indexes: list[int], win: Window) -> dict[str, Any]:
+def _header(src: Any, indexes: list[int], win: Window, alpha: Sequence[int]) -> dict[str, Any]:
     ims = src.tags(ns="IMAGE_STRUCTURE")
     ci = list(src.colorinterp)
     header: dict[str, Any] = {
@@ -203,6 +248,7 @@ def _header(src: Any, indexes: list[int], win: Window) -> dict[str, Any]:
         "overviews": list(src.overviews(indexes[0])),
         "area_or_point": src.tags().get("AREA_OR_POINT", "Area"),
         "band_indexes": list(indexes),
+        "alpha_band": next((i for i in alpha if i not in indexes), None),  # read as valid_mask
         "source_shape": (int(src.height), int(src.width)),
         "window": (int(win.row_off), int(win.col_off), int(win.height), int(win.width)),
     }
@@ -215,7 +261,8 @@ def _header(src: Any, indexes: list[int], win: Window) -> dict[str, Any]:
 def _read_open(src: Any, path: Path, win: Window | None, bands: Sequence[int | str] | None) -> MetaTensor:
     if src.driver != "GTiff":
         raise FormatError(f"{path}: GDAL reads this file as {src.driver}, expected a GeoTIFF (GTiff)")
-    indexes = _band_indexes(src, bands, path)
+    alpha = alpha_bands(src)
+    indexes = _band_indexes(src, bands, path, alpha)
     if src.transform.is_identity and src.gcps[0]:
         raise GeometryError(
             f"{path}: georeferenced by {len(src.gcps[0])} ground control points, not a geotransform; "
@@ -247,8 +294,7 @@ def _read_open(src: Any, path: Path, win: Window | None, bands: Sequence[int | s
         data = raw.astype(np.float32, copy=False)
 
     extra: dict[str, Any] = {}
-    flags = src.mask_flag_enums[indexes[0] - 1]
-    if any(f.name == "per_dataset" for f in flags) and not any(f.name in ("nodata", "alpha") for f in flags):
+    if has_dataset_mask(src, alpha):
         extra["valid_mask"] = _read_mask(src, win)
 
     names = [src.descriptions[i - 1] or f"band{i}" for i in indexes]
@@ -263,7 +309,7 @@ def _read_open(src: Any, path: Path, win: Window | None, bands: Sequence[int | s
         source_dtype=source_dtype,
         source_format="geotiff",
         source_path=str(path),
-        header=_header(src, indexes, win),
+        header=_header(src, indexes, win, alpha),
         **extra,
     )
 
