@@ -264,3 +264,26 @@ def test_config_mri_isotropic_x2_keeps_the_fov_exactly(tmp_path, capsys, as_dico
     rec = json.loads(Path(str(out) + ".json").read_text())
     assert rec["config"]["name"] == "mri_isotropic_x2" and not rec["fallback"]["applied"]
     assert rec["validation"]["members"][0]["source"].startswith("self-supervised")
+
+
+def _paletted(path: Path) -> Path:
+    labels = np.random.default_rng(0).integers(0, 5, (1, 40, 30)).astype(np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", width=30, height=40, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=Affine(10, 0, 500000, 0, -10, 5200000)) as dst:
+        dst.write(labels)
+        dst.write_colormap(1, {k: (40 * k, 255 - 40 * k, 0, 255) for k in range(5)})
+    return path
+
+
+@pytest.mark.parametrize("how", [["--method", "cubic", "--scale", "2"], ["--config", "multiband_x2"]])
+def test_a_paletted_raster_is_refused_except_by_nearest(tmp_path, capsys, how):
+    """Class labels (a land-cover map with a colour table): cubic made up class 5, a fit 'super-resolved' labels."""
+    src = _paletted(tmp_path / "landcover.tif")
+    code, _, err = _run(capsys, str(src), "-o", str(tmp_path / "out.tif"), *how)
+    assert code == 2 and "landcover.tif: a paletted raster" in err and "--method nearest" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out.tif").exists()
+    code, _, err = _run(capsys, str(src), "-o", str(tmp_path / "nn.tif"), "--method", "nearest", "--scale", "2")
+    assert code == 0, err
+    with rasterio.open(tmp_path / "nn.tif") as o, rasterio.open(src) as i:
+        assert set(np.unique(o.read(1))) <= set(np.unique(i.read(1))) and o.colorinterp[0].name == "palette"
+        assert o.colormap(1)[3] == i.colormap(1)[3]

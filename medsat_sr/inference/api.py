@@ -160,6 +160,7 @@ from medsat_sr.inference.raster import upscale_raster
 from medsat_sr.inference.record import TrustRecord, remove_output
 from medsat_sr.inference.request import (
     Source,
+    check_labels,
     check_request,
     fit_input,
     fit_member,
@@ -334,6 +335,7 @@ def upscale(
     t0 = time.perf_counter()
     src = read_source(image, read_options)
     check_request(src, cfg, fmt, opts, target_spacing=target_spacing, out_path=out_path)
+    check_labels(src, method)
     timings["read"] = time.perf_counter() - t0
     if not items and method is None and fit is None and cfg is not None:
         t0 = time.perf_counter()

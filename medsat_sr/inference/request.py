@@ -28,7 +28,7 @@ from medsat_sr.inference.members import resolve_device
 from medsat_sr.inference.options import UpscaleOptions, resolve_options
 from medsat_sr.inference.plan import check_fit_route, check_input_size
 from medsat_sr.inference.shipped import fit_on_input
-from medsat_sr.io import detect_format, geotiff_bandset, output_format
+from medsat_sr.io import detect_format, geotiff_bandset, geotiff_read, output_format
 from medsat_sr.io import read as io_read
 from medsat_sr.overrides import parse_override
 from medsat_sr.trust import sha256_path
@@ -153,6 +153,25 @@ def check_request(src: Source, cfg: JobConfig | None, fmt: str | None, opts: Ups
         raise ConfigError("DICOM stores integers; use --dtype source for a DICOM output (or write .nii.gz for float32)")
     if not src.is_volume and fmt == "nifti":
         raise FormatError(f"{out_path}: a raster is written to a .tif file (or a band folder for band sets)")
+
+
+def check_labels(src: Source, method: str | None) -> None:
+    """A paletted raster holds class labels: only nearest-neighbour upsampling keeps them labels.
+
+    Raises:
+        ConfigError: a paletted raster with any other method, a model or a config.
+    """
+    if src.is_volume or method == "nearest" or src.kind != "geotiff":
+        return
+    if src.path is not None:
+        paletted = geotiff_read.is_paletted(src.path)
+    else:
+        header = (src.raster.meta.get(Key.HEADER) or {}) if isinstance(src.raster, MetaTensor) else {}
+        paletted = (header.get("colorinterp") or [None])[0] == "palette"
+    if paletted:
+        raise ConfigError(f"{src.path or 'the raster'}: a paletted raster (a colour table over class labels, such as a "
+                          "land-cover map): interpolating or super-resolving labels makes up classes; upscale it "
+                          "with --method nearest")
 
 
 def _check_grids(folder: Path, cfg: JobConfig) -> None:

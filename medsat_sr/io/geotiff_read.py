@@ -138,6 +138,12 @@ def alpha_bands(src: Any) -> list[int]:
     return out
 
 
+def is_paletted(path: str | os.PathLike[str]) -> bool:
+    """Whether a GeoTIFF's first band is paletted (a colour table over class labels, such as a land-cover map)."""
+    with gdal_env(), rasterio.open(path) as src:
+        return bool(src.colorinterp[0] == ColorInterp.palette)
+
+
 def has_dataset_mask(src: Any, alpha: Sequence[int]) -> bool:
     """Whether an open dataset keeps its validity in a mask: an internal mask, or an alpha band of ``alpha``.
 
