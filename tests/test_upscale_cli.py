@@ -287,3 +287,18 @@ def test_a_paletted_raster_is_refused_except_by_nearest(tmp_path, capsys, how):
     with rasterio.open(tmp_path / "nn.tif") as o, rasterio.open(src) as i:
         assert set(np.unique(o.read(1))) <= set(np.unique(i.read(1))) and o.colorinterp[0].name == "palette"
         assert o.colormap(1)[3] == i.colormap(1)[3]
+
+
+def test_an_output_that_names_the_input_is_refused_and_the_input_kept(tmp_path, capsys, monkeypatch):
+    """``-o`` equal to the input (or a link to it) replaced the data with the upscaled copy."""
+    src = _tif(tmp_path / "scene.tif")
+    before = src.read_bytes()
+    (tmp_path / "link.tif").symlink_to(src)
+    monkeypatch.chdir(tmp_path)
+    for inp, out in (("scene.tif", "./scene.tif"), ("link.tif", str(src))):
+        code, _, err = _run(capsys, inp, "-o", out, "--method", "cubic", "--scale", "2")
+        assert code == 2 and "the output would overwrite the input" in err, err
+    nii = _nifti(tmp_path / "t1.nii.gz")
+    code, _, err = _run(capsys, str(nii), "-o", str(nii), "--method", "cubic", "--scale", "2")
+    assert code == 2 and "would overwrite the input" in err
+    assert src.read_bytes() == before and not (tmp_path / "scene.tif.json").exists()

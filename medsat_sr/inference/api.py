@@ -210,7 +210,7 @@ def _upscale_multi(inputs: list[Path], *, config: Any, overrides: Sequence[str],
     """Several inputs into one output: the multi-input route of the config or the inputs' kind."""
     cfg = load_config(config, list(overrides)) if config is not None else None
     opts, _ = request_options(cfg, overrides, options)
-    out_path, fmt = output_target(output, opts)
+    out_path, fmt = output_target(output, opts, inputs)
     req = MultiRequest(inputs=inputs, cfg=cfg, method=method, opts=opts, out_path=out_path, fmt=fmt,
                        run_dir=Path(run_dir) if run_dir else None, **request)
     req.read_options = dict(req.read_options or {})
@@ -330,7 +330,7 @@ def upscale(
     deg_over = degradation_override(opts.degradation)  # --degradation auto|profile|FILE (#14), checked before any fit
     if deg_over is not None and cfg is not None:
         cfg = with_degradation(cfg, deg_over)
-    out_path, fmt = output_target(output, opts)
+    out_path, fmt = output_target(output, opts, [image])
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     src = read_source(image, read_options)

@@ -33,7 +33,8 @@ from medsat_sr.io import read as io_read
 from medsat_sr.overrides import parse_override
 from medsat_sr.trust import sha256_path
 
-__all__ = ["Source", "read_source", "request_options", "output_target", "check_request", "fit_input", "fit_member"]
+__all__ = ["Source", "read_source", "request_options", "output_target", "check_not_input", "check_request", "check_labels",
+           "fit_input", "fit_member"]
 
 
 @dataclass
@@ -124,11 +125,16 @@ def request_options(cfg: JobConfig | None, overrides: Sequence[str], given: Mapp
     return opts.model_copy(update={"device": device, "precision": precision}), others
 
 
-def output_target(output: Any, opts: UpscaleOptions) -> tuple[Path | None, str | None]:
-    """The output path and its format (``cog`` when asked for a GeoTIFF), checked writable; ``(None, None)``: none."""
+def output_target(output: Any, opts: UpscaleOptions, inputs: Sequence[Any] = ()) -> tuple[Path | None, str | None]:
+    """The output path and its format (``cog`` when asked for a GeoTIFF), checked writable; ``(None, None)``: none.
+
+    Raises:
+        ConfigError: the output names one of ``inputs`` (paths; images in memory are skipped).
+    """
     if output is None:
         return None, None
     out_path = Path(output)
+    check_not_input(out_path, inputs)
     fmt = output_format(out_path, None if opts.format == "auto" else opts.format)
     if opts.cog and fmt == "geotiff":
         fmt = "cog"
@@ -153,6 +159,21 @@ def check_request(src: Source, cfg: JobConfig | None, fmt: str | None, opts: Ups
         raise ConfigError("DICOM stores integers; use --dtype source for a DICOM output (or write .nii.gz for float32)")
     if not src.is_volume and fmt == "nifti":
         raise FormatError(f"{out_path}: a raster is written to a .tif file (or a band folder for band sets)")
+
+
+def check_not_input(output: Any, inputs: Sequence[Any]) -> None:
+    """Refuse an output that names one of the inputs (through links too): a typo would replace the data.
+
+    Raises:
+        ConfigError: it does (``inputs`` that are images in memory are skipped).
+    """
+    out = Path(output)
+    for item in inputs:
+        if not isinstance(item, (str, os.PathLike)):
+            continue
+        p = Path(item)
+        if (os.path.samefile(p, out) if p.exists() and out.exists() else p.resolve() == out.resolve()):
+            raise ConfigError(f"{out}: the output would overwrite the input; write it under another name")
 
 
 def check_labels(src: Source, method: str | None) -> None:

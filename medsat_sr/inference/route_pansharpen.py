@@ -36,6 +36,7 @@ import rasterio
 from medsat_sr._version import __version__
 from medsat_sr.errors import ConfigError, DataError, GeometryError
 from medsat_sr.inference.plan import Decision
+from medsat_sr.inference.request import check_not_input
 from medsat_sr.inference.result import UpscaleResult
 from medsat_sr.io.geotiff_write import open_writer
 from medsat_sr.pansharpen import classical
@@ -293,6 +294,7 @@ def upscale_with_options(image: Any, output: Any, *, method: str | None, config:
         image = image[0]
     if not isinstance(image, (str, os.PathLike)) or output is None:
         raise ConfigError("pan-sharpening reads files and writes a GeoTIFF: give a path and an output")
+    check_not_input(output, [image, *([pan] if pan is not None else [])])
     fitting = {k: options[k] for k in ("budget", "from_scratch") if options.get(k) not in (None, False)}
     if fitting and config is None:
         raise ConfigError(f"--{', --'.join(k.replace('_', '-') for k in fitting)}: only a learned pan-sharpening "
