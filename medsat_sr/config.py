@@ -55,25 +55,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BeforeValidator,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, model_validator
 
 from medsat_sr._resources import builtin_names, builtin_path, looks_like_path, read_yaml, suggest
 from medsat_sr._schema import (
-    SizeValue,
     OverrideOf,
     Problem,
     StrictModel,
@@ -83,11 +74,32 @@ from medsat_sr._schema import (
     raise_problems,
     unknown_keys,
 )
+from medsat_sr.config_checks import cross_checks, group_ratio
+from medsat_sr.config_sections import (  # re-exported: the sections of a JobConfig
+    MAX_SCALE,
+    MODEL_NAMES,
+    AdversarialConfig,
+    BandsConfig,
+    DataConfig,
+    EarlyStoppingConfig,
+    InferenceConfig,
+    LossTerm,
+    ModelConfig,
+    OutputConfig,
+    PairSpec,
+    ScaleValue,
+    ScheduleConfig,
+    TrainConfig,
+    _degradation_word,
+    _is_number,
+    _nums,
+    _parse_spacing,
+)
 from medsat_sr.domain_specs import DegradationSpec, MetricSpec, Normalisation
 from medsat_sr.domains import DomainProfile, load_domain
 from medsat_sr.errors import ConfigError
 from medsat_sr.geometry import snap_scale
-from medsat_sr.inference.options import InferenceOptions, OutputOptions
+from medsat_sr.inference.options import TEMPLATE_FIELDS  # noqa: F401  (re-exported)
 from medsat_sr.multistack.options import MultiStackOptions
 from medsat_sr.overrides import apply_overrides as _apply_overrides, parse_override
 from medsat_sr.revisit.options import RevisitOptions
@@ -113,339 +125,6 @@ __all__ = [
     "MODEL_NAMES",
     "TEMPLATE_FIELDS",
 ]
-
-#: The largest accepted scale factor on any axis.
-MAX_SCALE = 16.0
-
-#: Architectures known when :mod:`medsat_sr.models` cannot be imported.
-MODEL_NAMES = ("srresnet", "edsr", "rcan", "dcsrn", "guided", "unguided")
-
-#: Model arguments that come from the data and the config, not from ``model.kwargs``.
-RESERVED_MODEL_KWARGS = ("spatial_dims", "in_channels", "out_channels", "scale", "guide_channels")
-
-from medsat_sr.inference.options import TEMPLATE_FIELDS  # noqa: E402  (re-exported)
-
-Precision = Literal["fp32", "bf16", "auto"]
-
-
-def _known_models() -> list[str]:
-    try:  # a broken or half-written models package must not break config loading
-        from medsat_sr.models import MODELS
-    except Exception:  # noqa: BLE001
-        return list(MODEL_NAMES)
-    return sorted(MODELS)
-
-
-def _nums(values: Sequence[float]) -> str:
-    """Numbers for a message: ``[0.5, 0.5, 5]`` (4 significant digits, no float noise)."""
-    return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-# =============================================================== field types
-def _parse_scale(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    if _is_number(value):
-        v = float(value)
-        if not 1.0 < v <= MAX_SCALE:
-            raise ValueError(
-                f"must be > 1 and <= {MAX_SCALE:g} (or a per-axis list, or 'auto'), got {value!r}"
-            )
-        return v
-    if isinstance(value, (list, tuple)):
-        if len(value) not in (2, 3) or not all(_is_number(v) for v in value):
-            raise ValueError(f"a per-axis scale is a list of 2 or 3 numbers, got {value!r}")
-        vs = [float(v) for v in value]
-        if any(not 1.0 <= v <= MAX_SCALE for v in vs) or max(vs) <= 1.0:
-            raise ValueError(
-                f"per-axis factors must be in [1, {MAX_SCALE:g}] with at least one > 1, got {value!r}"
-            )
-        return vs
-    raise ValueError(f"expected a number > 1, a per-axis list or 'auto', got {value!r}")
-
-
-#: ``scale``: a number > 1, a per-axis list, or ``"auto"``.
-ScaleValue = Annotated[float | list[float] | Literal["auto"], BeforeValidator(_parse_scale)]
-
-
-def _degradation_word(value: Any) -> Any:
-    """``degradation: auto`` / ``profile``: shorthand for ``{estimate: auto}`` / ``{estimate: profile}`` (#14)."""
-    if value in ("auto", "profile"):
-        return {"estimate": value}
-    return value
-
-
-def _parse_spacing(value: Any) -> Any:
-    if value is None:
-        return None
-    if _is_number(value):
-        if float(value) <= 0:
-            raise ValueError(f"must be > 0 mm, got {value!r}")
-        return float(value)
-    if (
-        isinstance(value, (list, tuple))
-        and len(value) == 3
-        and all(_is_number(v) and float(v) > 0 for v in value)
-    ):
-        return [float(v) for v in value]
-    raise ValueError(f"expected a spacing in mm (> 0) or a list of 3, got {value!r}")
-
-
-
-
-
-def _as_list(value: Any) -> Any:
-    if isinstance(value, (str, os.PathLike)):
-        return [os.fspath(value)]
-    return value
-
-
-PathList = Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_as_list)]
-
-
-# =============================================================== sections
-class PairSpec(StrictModel):
-    """An explicit low/high-resolution pair for supervised training."""
-
-    lr: str = Field(min_length=1)
-    hr: str = Field(min_length=1)
-
-
-class DataConfig(StrictModel):
-    """Where the data come from and how patches are sampled.
-
-    Attributes:
-        inputs: input paths (files, folders, globs). For ``supervised``: the
-            high-resolution references; for ``self_supervised`` and
-            ``finetune``: the images to learn from (the upscale INPUT is
-            added by the CLI).
-        validation: held-out references (supervised); empty = hold out
-            ``val_fraction`` of the training data.
-        pairs: explicit LR/HR pairs (supervised), instead of synthetic
-            degradation.
-        val_fraction: fraction held out for validation when ``validation``
-            is empty (self-supervised: of the image's slices/area).
-        min_valid_fraction: patches with less valid (not nodata) and
-            foreground content than this are rejected.
-        background_probability: probability of drawing a patch anywhere,
-            so background patches stay rare but present.
-        series: DICOM series to read when a folder holds several.
-    """
-
-    inputs: PathList = Field(default_factory=list)
-    validation: PathList = Field(default_factory=list)
-    pairs: list[PairSpec] = Field(default_factory=list)
-    val_fraction: float = Field(0.1, ge=0, le=0.5)
-    min_valid_fraction: float = Field(0.5, ge=0, le=1)
-    background_probability: float = Field(0.1, ge=0, le=1)
-    series: str | None = None
-
-
-class ModelConfig(StrictModel):
-    """The network.
-
-    Attributes:
-        name: a key of :data:`medsat_sr.models.MODELS`; ``None`` takes the
-            domain profile's ``default_model``.
-        spatial_dims: 2 (images, or slice-wise on volumes as in SMORE) or 3
-            (volumetric); ``None``: 2 for rasters, 3 for volumes.
-        kwargs: architecture arguments (``features``, ``n_blocks``, ...),
-            checked by ``build_model``. Channel counts and scale come from
-            the data and the config and may not be set here.
-    """
-
-    name: str | None = None
-    spatial_dims: Literal[2, 3] | None = None
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        names = _known_models()
-        if v not in names:
-            raise ValueError(f"unknown model {v!r}{suggest(v, names)} (available: {', '.join(names)})")
-        return v
-
-    @field_validator("kwargs")
-    @classmethod
-    def _kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for key in v:
-            if key in RESERVED_MODEL_KWARGS:
-                raise ValueError(f"{key!r} is set from the data and the config, remove it from model.kwargs")
-            if not str(key).isidentifier():
-                raise ValueError(f"argument names are identifiers, got {key!r}")
-        return v
-
-
-class LossTerm(StrictModel):
-    """One term of the training loss: ``weight * loss``."""
-
-    name: Literal["l1", "charbonnier", "mse", "ssim"]
-    weight: float = Field(1.0, gt=0, le=1000)
-    eps: float | None = Field(None, gt=0, le=1)
-
-    @model_validator(mode="after")
-    def _eps(self) -> LossTerm:
-        if self.eps is not None and self.name != "charbonnier":
-            raise located("eps", f"only the charbonnier loss takes eps, not {self.name!r}")
-        return self
-
-
-class ScheduleConfig(StrictModel):
-    """Learning-rate schedule.
-
-    Attributes:
-        name: ``constant``, ``cosine`` (to ``min_lr`` at the last iteration),
-            ``step`` (times ``gamma`` every ``step_size`` iterations) or
-            ``plateau`` (times ``gamma`` after ``patience`` validations
-            without improvement).
-        warmup_iterations: linear warm-up from 0.
-        min_lr: floor of ``cosine``.
-    """
-
-    name: Literal["constant", "cosine", "step", "plateau"] = "cosine"
-    warmup_iterations: int = Field(0, ge=0)
-    min_lr: float = Field(0.0, ge=0)
-    step_size: int | None = Field(None, ge=1)
-    gamma: float = Field(0.5, gt=0, le=1)
-    patience: int = Field(5, ge=1)
-
-    @model_validator(mode="after")
-    def _step(self) -> ScheduleConfig:
-        if self.name == "step" and self.step_size is None:
-            raise located("step_size", "the 'step' schedule needs step_size")
-        if self.name != "step" and self.step_size is not None:
-            raise located("step_size", f"only used by the 'step' schedule (name is {self.name!r})")
-        return self
-
-
-class EarlyStoppingConfig(StrictModel):
-    """Stop when validation PSNR has not improved by ``min_delta`` dB for ``patience`` validations."""
-
-    enabled: bool = True
-    patience: int = Field(10, ge=1)
-    min_delta: float = Field(0.0, ge=0)
-
-
-class AdversarialConfig(StrictModel):
-    """Optional adversarial loss: ``pixel losses + weight * adversarial`` (off by default).
-
-    Attributes:
-        enabled: turn it on.
-        weight: lambda of the adversarial term.
-        discriminator: arguments of ``build_discriminator("patch", ...)``.
-        lr: discriminator learning rate (default: ``train.lr``).
-        start_iteration: iterations of pixel-loss-only training first.
-    """
-
-    enabled: bool = False
-    weight: float = Field(1e-3, gt=0, le=1)
-    discriminator: dict[str, Any] = Field(default_factory=dict)
-    lr: float | None = Field(None, gt=0, le=1)
-    start_iteration: int = Field(0, ge=0)
-
-
-class TrainConfig(StrictModel):
-    """Training: mode, budget, optimisation and transfer settings.
-
-    Attributes:
-        mode: ``supervised`` (references degraded by the profile's model,
-            or ``data.pairs``), ``self_supervised`` (SMORE/ECLARE for thick
-            slices, Wald's protocol for rasters: learns from the input
-            alone) or ``finetune`` (starts from ``init``).
-        max_iterations: iteration budget (>= 1).
-        max_minutes: wall-clock budget (> 0); training stops at whichever
-            budget ends first.
-        batch_size: patches per iteration.
-        patch_size: high-resolution patch size (per axis or one for all).
-        lr: Adam learning rate, in ``(0, 1]``.
-        weight_decay: AdamW weight decay.
-        schedule: learning-rate schedule.
-        losses: weighted sum of ``l1``, ``charbonnier``, ``mse``, ``ssim``.
-        precision: ``fp32``, ``bf16`` (``torch.autocast``) or ``auto``: bf16
-            where the device runs it natively, else fp32
-            (:func:`medsat_sr.hardware.resolve_precision`).
-        val_every: validate every N iterations.
-        early_stopping: stop on a validation plateau.
-        seed: random seed.
-        init: checkpoint to start from (``finetune`` only; ``--init``).
-        finetune_pairs: how ``finetune`` makes its pairs: ``self_supervised``
-            (default) or ``supervised``.
-        freeze_blocks: ``finetune``: freeze the head and the first N blocks,
-            or ``"body"`` (all but the reconstruction).
-        adversarial: the optional adversarial loss.
-        grad_clip: clip the gradient norm.
-    """
-
-    mode: Literal["supervised", "self_supervised", "finetune"] = "self_supervised"
-    max_iterations: int = Field(2000, ge=1)
-    max_minutes: float = Field(10.0, gt=0)
-    batch_size: int = Field(16, ge=1, le=4096)
-    patch_size: SizeValue = 48
-    lr: float = Field(2e-4, gt=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    losses: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="l1")], min_length=1)
-    precision: Precision = "fp32"
-    val_every: int = Field(100, ge=1)
-    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
-    seed: int = Field(0, ge=0)
-    init: str | None = None
-    finetune_pairs: Literal["self_supervised", "supervised"] | None = None
-    freeze_blocks: Annotated[int, Field(ge=0)] | Literal["body"] = 0
-    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
-    grad_clip: float | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _modes(self) -> TrainConfig:
-        names = [term.name for term in self.losses]
-        for i, n in enumerate(names):
-            if n in names[:i]:
-                raise located(f"losses.{i}.name", f"loss {n!r} is listed twice")
-        if self.mode != "finetune":
-            if self.init is not None:
-                raise located(
-                    "init", f"a starting checkpoint is only used with mode 'finetune' (mode is {self.mode!r})"
-                )
-            if self.freeze_blocks != 0:
-                raise located("freeze_blocks", f"only used with mode 'finetune' (mode is {self.mode!r})")
-            if self.finetune_pairs is not None:
-                raise located("finetune_pairs", f"only used with mode 'finetune' (mode is {self.mode!r})")
-        if self.schedule.min_lr > self.lr:
-            raise located(
-                "schedule.min_lr", f"must not exceed lr ({self.lr:g}), got {self.schedule.min_lr:g}"
-            )
-        return self
-
-
-class BandsConfig(StrictModel):
-    """Which raster bands are sharpened and which guide (band or group names of the profile).
-
-    Attributes:
-        targets: bands the model sharpens; ``None``: all bands (or, with
-            band groups, the groups whose role is ``target``).
-        guides: fine bands given to the ``guided`` model at full resolution.
-        others: coarse bands in neither list: ``cubic`` (GDAL cubic onto
-            the output grid) or ``drop``. Bands already on the output grid
-            pass through unchanged.
-    """
-
-    targets: list[str] | None = None
-    guides: list[str] = Field(default_factory=list)
-    others: Literal["cubic", "drop"] = "cubic"
-
-
-#: The ``inference:`` and ``output:`` sections are the upscale options, declared once in
-#: :mod:`medsat_sr.inference.options`.
-InferenceConfig = InferenceOptions
-OutputConfig = OutputOptions
-
 
 # =============================================================== the job
 class JobConfig(StrictModel):
@@ -560,7 +239,7 @@ class JobConfig(StrictModel):
         if isinstance(self.scale, list):
             return tuple(self.scale)
         if self.profile.kind == "raster":
-            r = _group_ratio(self)
+            r = group_ratio(self)
             if r is None:
                 raise ConfigError(
                     f"{self._source}: scale: auto on rasters needs bands.targets and bands.guides with known resolutions"
@@ -657,24 +336,6 @@ def _merge(base: Any, over: Any, *, replace_on: str | None = None) -> Any:
     return copy.deepcopy(over)
 
 
-def _group_ratio(cfg: JobConfig) -> float | None:
-    """Resolution of the target bands over that of the guide bands, when both are known."""
-    p = cfg.profile if cfg._profile is not None else None
-    if p is None or p.bands is None or not cfg.bands.guides:
-        return None
-    targets = cfg.target_bands()
-    if not targets:
-        return None
-    try:
-        rt = p.resolution_of(targets)
-        rg = p.resolution_of(cfg.bands.guides)
-    except ConfigError:
-        return None
-    if rt is None or rg is None:
-        return None
-    return rt / rg
-
-
 def _effective_profile(
     cfg: JobConfig, base_dir: str | os.PathLike[str] | None
 ) -> tuple[DomainProfile | None, list[Problem]]:
@@ -722,130 +383,6 @@ def with_degradation(cfg: JobConfig, override: Mapping[str, Any]) -> JobConfig:
     profile, problems = _effective_profile(out, base_dir=None)
     raise_problems(problems, source=cfg._source, what="config")
     out._profile = profile
-    return out
-
-
-def _cross_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
-    """Rules that need the domain profile: axes and sizes, outputs, then the model and bands."""
-    out = _axis_checks(cfg, p) + _output_checks(cfg, p)
-    return out + _model_and_band_checks(cfg, p, blocking=bool(out))
-
-
-def _axis_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
-    """Scale, spacing, model dimensions, patch and tile sizes against the domain's kind and degradation."""
-    out: list[Problem] = []
-    raster = p.kind == "raster"
-    ndim = 2 if raster else 3
-    if isinstance(cfg.scale, list) and len(cfg.scale) != ndim:
-        out.append(
-            Problem("scale", f"a {p.kind} has {ndim} spatial axes; give {ndim} factors, got {cfg.scale}")
-        )
-    if cfg.target_spacing is not None and raster:
-        out.append(Problem("target_spacing", "is for volumes; rasters use scale"))
-    sd = cfg.model.spatial_dims
-    if raster and sd == 3:
-        out.append(Problem("model.spatial_dims", "rasters use 2D models, got 3"))
-    dims = sd if sd is not None else ndim
-    if isinstance(cfg.train.patch_size, list) and len(cfg.train.patch_size) != dims:
-        out.append(
-            Problem(
-                "train.patch_size", f"the model is {dims}D; give {dims} sizes, got {cfg.train.patch_size}"
-            )
-        )
-    if isinstance(cfg.inference.tile_size, list) and len(cfg.inference.tile_size) not in (
-        {2} if raster else {2, 3}
-    ):
-        out.append(
-            Problem(
-                "inference.tile_size",
-                f"give {'2' if raster else '2 or 3'} sizes, got {cfg.inference.tile_size}",
-            )
-        )
-    if p.degradation.model == "slice_profile":
-        if isinstance(cfg.scale, float):
-            out.append(
-                Problem(
-                    "scale",
-                    f"domain {p.name!r} degrades by slice_profile, which acts on one axis: for thick slices use "
-                    f"scale: auto or a per-axis list such as [1, 1, 4]; for isotropic x{cfg.scale:g} set degradation.model: psf",
-                )
-            )
-        elif isinstance(cfg.scale, list) and sum(f > 1 for f in cfg.scale) > 1:
-            out.append(
-                Problem(
-                    "scale",
-                    f"the slice_profile degradation acts on one axis; got factors > 1 on several: {cfg.scale}",
-                )
-            )
-    return out
-
-
-def _output_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
-    """The output format against the domain's kind."""
-    out: list[Problem] = []
-    raster = p.kind == "raster"
-    fmt = cfg.output.format
-    if raster and fmt in ("nifti", "dicom"):
-        out.append(Problem("output.format", f"{fmt!r} is for volumes; rasters are written as geotiff"))
-    if not raster and fmt == "geotiff":
-        out.append(
-            Problem("output.format", "'geotiff' is for rasters; volumes are written as nifti or dicom")
-        )
-    if not raster and cfg.output.cog:
-        out.append(Problem("output.cog", "a COG is a raster output; the domain is a volume"))
-    return out
-
-
-def _model_and_band_checks(cfg: JobConfig, p: DomainProfile, *, blocking: bool) -> list[Problem]:
-    """The model name and the band roles (targets, guides, their resolution ratio against the scale).
-
-    The band-set rules need valid band names and no earlier problem (``blocking``).
-    """
-    out: list[Problem] = []
-    raster = p.kind == "raster"
-    name = cfg.model.name or p.default_model
-    if name is None:
-        out.append(Problem("model.name", f"required: domain {p.name!r} names no default model"))
-    elif cfg.model.name is None and name not in _known_models():
-        out.append(Problem("model.name", f"the domain's default model {name!r} is not available"))
-    if not raster:
-        if cfg.bands.targets is not None or cfg.bands.guides:
-            out.append(Problem("bands", "band roles are for rasters; the domain is a volume"))
-        if name == "guided":
-            out.append(Problem("model.name", "the guided model is for rasters with guide bands"))
-        return out
-    for key in ("targets", "guides"):
-        names = getattr(cfg.bands, key) or []
-        for i, n in enumerate(names):
-            try:
-                p.expand_bands([n])
-            except ConfigError as exc:
-                out.append(Problem(f"bands.{key}.{i}", str(exc)))
-    if out or blocking:
-        return out
-    targets = cfg.target_bands() or []
-    guides = cfg.guide_bands()
-    both = sorted(set(targets) & set(guides))
-    if both:
-        out.append(Problem("bands.guides", f"bands {both} are also targets"))
-    if name == "guided" and not guides:
-        out.append(Problem("bands.guides", "the guided model needs guide bands (e.g. guides: [10m])"))
-    if guides and name != "guided":
-        out.append(Problem("bands.guides", f"guide bands are used by the 'guided' model, not {name!r}"))
-    ratio = _group_ratio(cfg)
-    if cfg.scale == "auto" and ratio is None:
-        out.append(
-            Problem("scale", "auto on rasters needs bands.targets and bands.guides with known resolutions")
-        )
-    if ratio is not None and cfg.scale != "auto":
-        factors = cfg.scale if isinstance(cfg.scale, list) else [cfg.scale, cfg.scale]
-        if any(abs(f - ratio) > 1e-6 for f in factors):
-            out.append(
-                Problem(
-                    "scale",
-                    f"the target bands are {ratio:g}x coarser than the guide bands; scale must be {ratio:g} (or auto), got {cfg.scale}",
-                )
-            )
     return out
 
 
@@ -911,7 +448,7 @@ def _build(data: dict[str, Any], source: str, base_dir: Path | None) -> JobConfi
     raise_problems(problems, source=source, what="config")
     assert profile is not None
     cfg._profile = profile
-    raise_problems(_cross_checks(cfg, profile), source=source, what="config")
+    raise_problems(cross_checks(cfg, profile), source=source, what="config")
     return cfg
 
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 import medsat_sr.config
+import medsat_sr.config_sections
 from medsat_sr._resources import data_dir
 from medsat_sr.config import (
     MAX_SCALE,
@@ -65,7 +66,7 @@ def test_every_builtin_config_loads_and_keeps_the_fixed_keys(name):
     assert 0 < cfg.train.max_minutes <= 10  # modest budgets
     assert cfg.train.mode in ("supervised", "self_supervised", "finetune")
     multi = any(getattr(cfg, k, None) is not None for k in ("revisit", "multistack"))  # multi-input routes: no single-image model
-    assert cfg.model.name in medsat_sr.config._known_models() or (multi and cfg.model.name is None)
+    assert cfg.model.name in medsat_sr.config_sections._known_models() or (multi and cfg.model.name is None)
     assert cfg.scale == "auto" or isinstance(cfg.scale, (float, list))
     assert cfg.profile.name == cfg.domain
     # resolved() is JSON and carries the merged profile

@@ -55,6 +55,8 @@ LAYERS: dict[str, int] = {
     "medsat_sr.models": 1,
     "medsat_sr.domains": 1,
     "medsat_sr.config": 1,
+    "medsat_sr.config_sections": 1,  # the sections of a job config (data, model, train, bands ...)
+    "medsat_sr.config_checks": 1,  # the config rules that need the domain profile
     "medsat_sr.overrides": 1,  # --set overrides: parsing and applying dotted keys to a config mapping
     "medsat_sr.domain_specs": 1,  # the domain profile's pydantic sections (bands, normalisation, degradation, metrics)
     "medsat_sr.normalise": 1,  # fits a profile's normalisation spec (imports domains)
@@ -117,6 +119,7 @@ LAYER_NAMES: dict[int, str] = {
 ALLOWED_UP: frozenset[tuple[str, str]] = frozenset(
     {
         ("medsat_sr.config", "medsat_sr.inference.options"),
+        ("medsat_sr.config_sections", "medsat_sr.inference.options"),
         ("medsat_sr.config", "medsat_sr.multistack.options"),
         ("medsat_sr.config", "medsat_sr.revisit.options"),
     }
