@@ -139,9 +139,15 @@ def alpha_bands(src: Any) -> list[int]:
 
 
 def is_paletted(path: str | os.PathLike[str]) -> bool:
-    """Whether a GeoTIFF's first band is paletted (a colour table over class labels, such as a land-cover map)."""
-    with gdal_env(), rasterio.open(path) as src:
-        return bool(src.colorinterp[0] == ColorInterp.palette)
+    """Whether a GeoTIFF's first band is paletted (a colour table over class labels, such as a land-cover map).
+
+    A file GDAL cannot open is not (the reader then says what is wrong with it).
+    """
+    try:
+        with gdal_env(), rasterio.open(path) as src:
+            return bool(src.colorinterp[0] == ColorInterp.palette)
+    except RASTERIO_ERRORS:
+        return False
 
 
 def has_dataset_mask(src: Any, alpha: Sequence[int]) -> bool:
