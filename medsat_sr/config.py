@@ -75,6 +75,7 @@ from medsat_sr._schema import (
     unknown_keys,
 )
 from medsat_sr.config_checks import cross_checks, group_ratio
+from medsat_sr.config_sections import __all__ as _SECTIONS
 from medsat_sr.config_sections import (  # re-exported: the sections of a JobConfig
     MAX_SCALE,
     MODEL_NAMES,
@@ -104,26 +105,15 @@ from medsat_sr.multistack.options import MultiStackOptions
 from medsat_sr.overrides import apply_overrides as _apply_overrides, parse_override
 from medsat_sr.revisit.options import RevisitOptions
 
-__all__ = [
+__all__ = [  # and the sections of a job config, re-exported from config_sections
     "JobConfig",
-    "DataConfig",
-    "PairSpec",
-    "ModelConfig",
-    "TrainConfig",
-    "LossTerm",
-    "ScheduleConfig",
-    "EarlyStoppingConfig",
-    "AdversarialConfig",
-    "BandsConfig",
-    "InferenceConfig",
-    "OutputConfig",
     "load_config",
     "list_configs",
     "parse_override",
     "apply_overrides",
-    "MAX_SCALE",
-    "MODEL_NAMES",
+    "with_degradation",
     "TEMPLATE_FIELDS",
+    *_SECTIONS,
 ]
 
 # =============================================================== the job

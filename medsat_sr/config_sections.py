@@ -33,7 +33,6 @@ __all__ = [
     "OutputConfig",
     "MAX_SCALE",
     "MODEL_NAMES",
-    "RESERVED_MODEL_KWARGS",
 ]
 
 
