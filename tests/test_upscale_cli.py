@@ -302,3 +302,21 @@ def test_an_output_that_names_the_input_is_refused_and_the_input_kept(tmp_path, 
     code, _, err = _run(capsys, str(nii), "-o", str(nii), "--method", "cubic", "--scale", "2")
     assert code == 2 and "would overwrite the input" in err
     assert src.read_bytes() == before and not (tmp_path / "scene.tif.json").exists()
+
+
+def test_a_folder_output_never_replaces_files_it_did_not_write(tmp_path, capsys):
+    """A DICOM series output replaces its whole folder: a folder holding anything else (another series, notes)
+    is refused and kept; an earlier run's output folder, and an empty folder, are written."""
+    nii = str(_nifti(tmp_path / "t1.nii.gz"))
+    other = tmp_path / "patient2"
+    other.mkdir()
+    (other / "IM0001.dcm").write_bytes(b"not ours")
+    code, _, err = _run(capsys, nii, "-o", str(other), "--method", "cubic", "--scale", "2")
+    assert code == 2 and "holds files that no earlier run wrote there (IM0001.dcm)" in err, err
+    assert sorted(p.name for p in other.iterdir()) == ["IM0001.dcm"]
+    out = tmp_path / "sr_series"
+    out.mkdir()  # empty: fine
+    for _ in range(2):  # the second run replaces the first run's series (its record says it wrote it)
+        code, _, err = _run(capsys, nii, "-o", str(out), "--method", "cubic", "--scale", "2")
+        assert code == 0, err
+    assert len(list(out.glob("*.dcm"))) == 16

@@ -10,6 +10,7 @@ to a GeoTIFF, a config for the other kind) before a fit costs minutes.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from medsat_sr.inference.shipped import fit_on_input
 from medsat_sr.io import detect_format, geotiff_bandset, geotiff_read, output_format
 from medsat_sr.io import read as io_read
 from medsat_sr.overrides import parse_override
-from medsat_sr.trust import sha256_path
+from medsat_sr.trust import sha256_path, sidecar_path
 
 __all__ = ["Source", "read_source", "request_options", "output_target", "check_not_input", "check_request", "check_labels",
            "fit_input", "fit_member"]
@@ -135,6 +136,7 @@ def output_target(output: Any, opts: UpscaleOptions, inputs: Sequence[Any] = ())
         return None, None
     out_path = Path(output)
     check_not_input(out_path, inputs)
+    check_folder_output(out_path)
     fmt = output_format(out_path, None if opts.format == "auto" else opts.format)
     if opts.cog and fmt == "geotiff":
         fmt = "cog"
@@ -174,6 +176,33 @@ def check_not_input(output: Any, inputs: Sequence[Any]) -> None:
         p = Path(item)
         if (os.path.samefile(p, out) if p.exists() and out.exists() else p.resolve() == out.resolve()):
             raise ConfigError(f"{out}: the output would overwrite the input; write it under another name")
+
+
+def check_folder_output(out_path: Path) -> None:
+    """Refuse to replace a folder that holds files medsat_sr did not write (a DICOM series or band folder output).
+
+    A folder output replaces the whole folder. An empty folder, or one whose
+    trust record (``FOLDER.json`` beside it) names it as its output (an
+    earlier run's), may go; anything else would be lost with it.
+
+    Raises:
+        ConfigError: the folder holds other files.
+    """
+    if not out_path.is_dir():
+        return
+    entries = sorted(e.name for e in out_path.iterdir())
+    if not entries:
+        return
+    try:
+        record = json.loads(sidecar_path(out_path).read_text())
+        written = Path((record.get("output") or {}).get("path") or "")  # as given then: relative to that run's folder
+        if written.name and written.name == out_path.resolve().name:
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    raise ConfigError(f"{out_path}: the folder exists and holds files that no earlier run wrote there ({shown}); "
+                      "a folder output replaces the whole folder: give a new or empty folder")
 
 
 def check_labels(src: Source, method: str | None) -> None:
