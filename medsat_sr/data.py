@@ -168,7 +168,13 @@ def _prepare(image: Any, cfg: Any, *, normaliser: Normaliser | None = None, chan
                 if sub.meta.get(k) is not None:
                     sub.meta[k] = [sub.meta[k][i] for i in channels]
         nodata = p.nodata if (getattr(image, "meta", {}) or {}).get(Key.NODATA) is None else None
-        normaliser = Normaliser.fit(sub, p.normalisation, nodata=nodata)
+        try:
+            normaliser = Normaliser.fit(sub, p.normalisation, nodata=nodata)
+        except DataError as exc:  # an empty or all-nodata input: say which
+            name = _source_name(image)
+            if name is None or name in str(exc):
+                raise
+            raise DataError(f"{name}: {exc}") from exc
     meta = dict(getattr(image, "meta", None) or {})
     vm = valid_mask(t, nodata=meta.get(Key.NODATA) if meta.get(Key.NODATA) is not None else p.nodata,
                     mask=meta.get("valid_mask"))

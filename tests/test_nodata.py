@@ -147,3 +147,11 @@ def test_a_nir_band_that_gdal_calls_alpha_stays_a_band(tmp_path: Path, nodata: i
     img = read(path)
     assert img.shape[0] == 4 and img.meta[Key.HEADER]["alpha_band"] is None
     assert img.meta.get("valid_mask") is None
+
+
+def test_an_all_nodata_raster_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """A window off the scene (all nodata) failed with "channel(s) [0]: no valid values ..." and no file name."""
+    path = _raster(tmp_path / "offscene.tif", np.zeros((64, 64), dtype=bool))
+    with pytest.raises(DataError, match=r"offscene\.tif: channel\(s\) \[0\]: no valid values") as exc:
+        make_training_set(read(path), load_config("multiband_x2", ["train.patch_size=32"]))
+    assert isinstance(exc.value, OSError)
