@@ -187,10 +187,13 @@ class FileSet:
 
 
 def file_reader(
-    datasets: list[Any], indexes: list[list[int]], nodata: float | None, scaled: bool
+    datasets: list[Any], indexes: list[list[int]], nodata: float | None, scaled: bool, alphas: list[list[int]]
 ) -> tuple[Callable, Callable, bool]:
-    """Window reader and sampler over open datasets, stacked in order (values as :func:`geotiff.read` gives)."""
-    masked = [geotiff_read.has_dataset_mask(ds, geotiff_read.alpha_bands(ds)) for ds in datasets]
+    """Window reader and sampler over open datasets, stacked in order (values as :func:`geotiff.read` gives).
+
+    ``alphas``: each dataset's alpha bands read as its mask (the reader's ``header["alpha_band"]``).
+    """
+    masked = [geotiff_read.has_dataset_mask(ds, a) for ds, a in zip(datasets, alphas)]
     nan_nodata = nodata is not None and math.isnan(nodata)
 
     def convert(ds: Any, raw: np.ndarray, idx: list[int]) -> np.ndarray:
@@ -249,22 +252,24 @@ def file_groups(path: Path, kind: str, files: FileSet) -> list[Group]:
     band names, grouping, scale/offset and header are exactly the reader's);
     the pixels are then read window by window from datasets kept open.
     """
-    entries: list[tuple[str, dict[str, Any], list[Path], list[list[int]]]] = []
+    entries: list[tuple[str, dict[str, Any], list[Path], list[list[int]], list[list[int]]]] = []
     if kind == "geotiff":
         head = geotiff_read.read(path, window=((0, 1), (0, 1)))
-        entries.append(("image", dict(head.meta), [path], [list(head.meta[Key.HEADER]["band_indexes"])]))
-    else:
+        h = head.meta[Key.HEADER]
+        alpha = [] if h.get("alpha_band") is None else [int(h["alpha_band"])]
+        entries.append(("image", dict(head.meta), [path], [list(h["band_indexes"])], [alpha]))
+    else:  # one band per file: never an alpha mask (the reader keeps a lone band as data)
         head_set = geotiff_bandset.read_bandset(path, window=first_pixel_window(path))
         for gname, img in head_set.groups.items():
             paths = [Path(f) for f in img.meta[Key.HEADER]["files"]]
-            entries.append((gname, dict(img.meta), paths, [[1]] * len(paths)))
+            entries.append((gname, dict(img.meta), paths, [[1]] * len(paths), [[]] * len(paths)))
     groups: list[Group] = []
-    for gname, meta, paths, idx in entries:
+    for gname, meta, paths, idx, alphas in entries:
         dss = [files.open(p) for p in paths]
         ds0 = dss[0]
         if any((ds.height, ds.width) != (ds0.height, ds0.width) for ds in dss[1:]):
             raise GeometryError(f"{path}: the files of band group {gname} differ in size")
-        reader, sampler, masked = file_reader(dss, idx, meta.get(Key.NODATA), meta.get(Key.SCALES) is not None)
+        reader, sampler, masked = file_reader(dss, idx, meta.get(Key.NODATA), meta.get(Key.SCALES) is not None, alphas)
         header = dict(meta.get(Key.HEADER) or {})
         header["source_shape"] = (int(ds0.height), int(ds0.width))
         header["window"] = (0, 0, int(ds0.height), int(ds0.width))
