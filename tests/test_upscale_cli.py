@@ -289,6 +289,58 @@ def test_a_paletted_raster_is_refused_except_by_nearest(tmp_path, capsys, how):
         assert o.colormap(1)[3] == i.colormap(1)[3]
 
 
+def _label_volume(path: Path, intent: str = "label") -> Path:
+    labels = np.zeros((24, 20, 8), np.uint8)
+    labels[4:14, 3:12, 1:6], labels[10:20, 8:18, 3:8] = 3, 7
+    img = nib.Nifti1Image(labels, np.diag([1.0, 1.0, 3.0, 1.0]))
+    img.header.set_intent(intent)
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("how", [["--method", "cubic", "--scale", "1,1,3"], ["--model", "mri_isotropic_x2"]])
+def test_a_nifti_label_map_is_refused_except_by_nearest(tmp_path, capsys, how):
+    """A segmentation marked NIFTI_INTENT_LABEL: cubic made up classes 1-6 between 0, 3 and 7 and kept the intent."""
+    src = _label_volume(tmp_path / "seg.nii.gz")
+    code, _, err = _run(capsys, str(src), "-o", str(tmp_path / "out.nii.gz"), *how)
+    assert code == 2 and "seg.nii.gz: a label map (NIfTI intent 'label'" in err and "--method nearest" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out.nii.gz").exists()
+    code, _, err = _run(capsys, str(src), "-o", str(tmp_path / "nn.nii.gz"), "--method", "nearest", "--scale", "1,1,3")
+    assert code == 0, err
+    out = nib.load(tmp_path / "nn.nii.gz")
+    assert set(np.unique(np.asarray(out.dataobj)).tolist()) == {0, 3, 7} and out.header.get_intent()[0] == "label"
+    assert out.shape == (24, 20, 24)
+
+
+def test_an_unmarked_integer_label_map_is_written_with_a_warning(tmp_path, capsys, caplog):
+    """Most segmentations carry no intent: they are upscaled as asked, and the log says what to do."""
+    src = _label_volume(tmp_path / "seg.nii.gz", intent="none")
+    with caplog.at_level("WARNING", logger="medsat_sr.inference"):
+        code, _, err = _run(capsys, str(src), "-o", str(tmp_path / "out.nii.gz"), "--method", "cubic", "--scale", "2")
+    assert code == 0, err
+    assert "holds only 3 distinct values (0, 3, 7)" in caplog.text and "--method nearest" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medsat_sr.inference"):
+        _run(capsys, str(_nifti(tmp_path / "t1.nii.gz")), "-o", str(tmp_path / "t1_x2.nii.gz"), "--method", "cubic",
+             "--scale", "2")
+    assert "distinct values" not in caplog.text  # an image's intensities are not labels
+
+
+def test_nan_voxels_stay_nan_and_do_not_spread(tmp_path, capsys):
+    """A float volume with NaN where there is no data (masked maps): the output had the NaN set to 0 and
+    interpolated, so the mask was lost; now the output is NaN exactly on the nearest-upsampled mask."""
+    data = (np.random.default_rng(1).random((20, 18, 8)) * 100 + 50).astype(np.float32)
+    data[:6], data[12:, 10:, 5:] = np.nan, np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "map.nii.gz"))
+    code, _, err = _run(capsys, str(tmp_path / "map.nii.gz"), "-o", str(tmp_path / "out.nii.gz"), "--method", "cubic",
+                        "--scale", "2")
+    assert code == 0, err
+    out = np.asarray(nib.load(tmp_path / "out.nii.gz").dataobj)
+    expect = np.isnan(data).repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    assert out.shape == expect.shape and np.array_equal(np.isnan(out), expect)
+    assert np.isfinite(out[~expect]).all() and out[~expect].max() < 200
+
+
 def test_an_output_that_names_the_input_is_refused_and_the_input_kept(tmp_path, capsys, monkeypatch):
     """``-o`` equal to the input (or a link to it) replaced the data with the upscaled copy."""
     src = _tif(tmp_path / "scene.tif")

@@ -11,12 +11,14 @@ to a GeoTIFF, a config for the other kind) before a fit costs minutes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.data import MetaTensor
 
 from medsat_sr._atomic import check_writable
@@ -29,13 +31,19 @@ from medsat_sr.inference.members import resolve_device
 from medsat_sr.inference.options import UpscaleOptions, resolve_options
 from medsat_sr.inference.plan import check_fit_route, check_input_size
 from medsat_sr.inference.shipped import fit_on_input
-from medsat_sr.io import detect_format, geotiff_bandset, geotiff_read, output_format
+from medsat_sr.io import detect_format, geotiff_bandset, geotiff_read, nifti_header, output_format
 from medsat_sr.io import read as io_read
 from medsat_sr.overrides import parse_override
 from medsat_sr.trust import sha256_path, sidecar_path
 
 __all__ = ["Source", "read_source", "request_options", "output_target", "check_not_input", "check_request", "check_labels",
            "fit_input", "fit_member"]
+
+logger = logging.getLogger("medsat_sr.inference")
+
+#: Values sampled, and the most distinct ones, for the label-map warning on unmarked integer volumes.
+_LABEL_SAMPLE = 1 << 20
+_LABEL_MAX_CLASSES = 64
 
 
 @dataclass
@@ -206,12 +214,24 @@ def check_folder_output(out_path: Path) -> None:
 
 
 def check_labels(src: Source, method: str | None) -> None:
-    """A paletted raster holds class labels: only nearest-neighbour upsampling keeps them labels.
+    """A label map holds classes: only nearest-neighbour upsampling keeps them labels.
+
+    Label maps are known by their format's own mark: a raster's colour table, a NIfTI's intent code
+    ``NIFTI_INTENT_LABEL`` (1002).
 
     Raises:
-        ConfigError: a paletted raster with any other method, a model or a config.
+        ConfigError: a label map with any other method, a model or a config.
     """
-    if src.is_volume or method == "nearest" or src.kind != "geotiff":
+    if method == "nearest":
+        return
+    if src.is_volume:
+        if nifti_header.is_label_map(src.volume.meta.get(Key.HEADER)):
+            raise ConfigError(f"{src.path or 'the volume'}: a label map (NIfTI intent 'label', such as a "
+                              "segmentation): interpolating or super-resolving labels makes up classes; upscale it "
+                              "with --method nearest")
+        _warn_if_labels(src)
+        return
+    if src.kind != "geotiff":
         return
     if src.path is not None:
         paletted = geotiff_read.is_paletted(src.path)
@@ -222,6 +242,20 @@ def check_labels(src: Source, method: str | None) -> None:
         raise ConfigError(f"{src.path or 'the raster'}: a paletted raster (a colour table over class labels, such as a "
                           "land-cover map): interpolating or super-resolving labels makes up classes; upscale it "
                           "with --method nearest")
+
+
+def _warn_if_labels(src: Source) -> None:
+    """Warn when an integer volume unmarked as labels holds few distinct values (most segmentations are unmarked)."""
+    meta = src.volume.meta
+    if not str(meta.get(Key.SOURCE_DTYPE) or "float").startswith(("uint", "int")):
+        return
+    flat = src.volume.as_tensor().reshape(-1)
+    sample = flat[:: max(1, flat.numel() // _LABEL_SAMPLE)]
+    values = torch.unique(sample)
+    if 2 < values.numel() <= _LABEL_MAX_CLASSES and bool((values >= 0).all()):
+        listed = ", ".join(f"{v:g}" for v in values[:6].tolist()) + (", ..." if values.numel() > 6 else "")
+        logger.warning("%s holds only %d distinct values (%s): if it is a label map, interpolation makes up "
+                       "classes; upscale it with --method nearest", src.path or "the volume", values.numel(), listed)
 
 
 def _check_grids(folder: Path, cfg: JobConfig) -> None:

@@ -20,7 +20,7 @@ from monai.inferers import sliding_window_inference
 
 from medsat_sr._version import __version__
 from medsat_sr import degrade
-from medsat_sr.baselines import resample_volume
+from medsat_sr.baselines import resample_volume, upsample_mask
 from medsat_sr.domains import profile_for
 from medsat_sr.errors import ConfigError, GeometryError
 from medsat_sr.fusion import Ensemble, Member, fit_weights
@@ -256,6 +256,13 @@ _GEOMETRY_KEYS = (Key.KIND, Key.SPACING, Key.ORIENTATION, Key.SOURCE_DTYPE, Key.
                   "spatial_shape", "original_channel_dim", "filename_or_obj")
 
 
+def _restore_missing(mean: torch.Tensor, missing: torch.Tensor, out_shape: Sequence[int]) -> torch.Tensor:
+    """NaN again where the input had no data (its NaN/inf mask, nearest-upsampled to the output grid)."""
+    gone = torch.from_numpy(np.ascontiguousarray(upsample_mask(missing.numpy(), out_shape)))
+    mean[gone] = float("nan")
+    return mean
+
+
 def _as_volume(values: torch.Tensor, aff: np.ndarray, volume: MetaTensor) -> MetaTensor:
     extra = {k: v for k, v in volume.meta.items() if k not in _GEOMETRY_KEYS}
     m = volume.meta
@@ -284,9 +291,10 @@ def upscale_volume(*, src: Any, mem: Any, decision: Any, method: str | None, sca
     out_shape, eff = scaled_shape(shape, s), effective_scale(shape, s)
     aff = scale_affine(np.asarray(volume.affine, dtype=np.float64), eff)
     x = volume.as_tensor().float()
-    if not torch.isfinite(x).all():
-        logger.warning("%s: the volume has non-finite values; they are set to 0 before upscaling",
-                       volume.meta.get(Key.SOURCE_PATH) or "input")
+    missing = ~torch.isfinite(x)
+    if missing.any():
+        logger.warning("%s: %d voxels are NaN or infinite (no data); they are set to 0 for upscaling and are NaN "
+                       "again in the output", volume.meta.get(Key.SOURCE_PATH) or "input", int(missing.sum()))
         x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     var, weights_info = None, None
     if decision.use_model:
@@ -294,6 +302,9 @@ def upscale_volume(*, src: Any, mem: Any, decision: Any, method: str | None, sca
     else:
         mean = torch.from_numpy(resample_volume(x, out_shape, method or "cubic"))
         run_info = {"route": "classical", "method": method or "cubic"}
+    if missing.any():
+        mean = _restore_missing(mean, missing, out_shape)
+        var = None if var is None else _restore_missing(var, missing, out_shape)
     run_info["scale"] = {"requested": list(s), "effective": eff.tolist()}
     if per_volume and decision.use_model:
         run_info["per_volume"] = {"volumes": int(volume.shape[0]),

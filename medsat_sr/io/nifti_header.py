@@ -30,7 +30,10 @@ from nibabel.wrapstruct import WrapStructError
 from medsat_sr.errors import DataError, FormatError, GeometryError
 from medsat_sr.geometry import check_affine
 
-__all__ = ["NiftiLayout", "inspect", "read_header", "best_affine", "parse_errors", "format_error"]
+__all__ = ["NiftiLayout", "inspect", "read_header", "best_affine", "is_label_map", "parse_errors", "format_error"]
+
+#: NIFTI_INTENT_LABEL: "the voxel values are indexes into a label set" (nifti1.h).
+INTENT_LABEL = 1002
 
 logger = logging.getLogger("medsat_sr.io.nifti")
 
@@ -71,6 +74,11 @@ def best_affine(hdr: Any) -> np.ndarray:
     fixed = hdr.copy()
     fixed.check_fix(logger=_QUIET, error_level=logging.CRITICAL + 1)
     return np.asarray(fixed.get_best_affine(), dtype=np.float64)
+
+
+def is_label_map(hdr: Any) -> bool:
+    """Whether a NIfTI header marks its voxels as class labels (intent code ``NIFTI_INTENT_LABEL``)."""
+    return isinstance(hdr, nib.Nifti1Header) and int(hdr["intent_code"]) == INTENT_LABEL
 
 
 def read_header(path: str | os.PathLike[str]) -> Any:
