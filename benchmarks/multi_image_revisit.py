@@ -45,7 +45,7 @@ from medsat_sr.config import load_config  # noqa: E402
 from medsat_sr.inference.multi import MultiRequest  # noqa: E402
 from medsat_sr.inference.options import resolve_options  # noqa: E402
 from medsat_sr.inference.route_revisit import run  # noqa: E402
-from medsat_sr.metrics import cpsnr, cssim  # noqa: E402
+from medsat_sr.metrics_shift import cpsnr, cssim  # noqa: E402
 from medsat_sr.revisit.fuse import fuse  # noqa: E402
 from medsat_sr.revisit.simulate import load_mask_pool, simulate_revisit  # noqa: E402
 from medsat_sr.revisit.weights import load_fusion  # noqa: E402

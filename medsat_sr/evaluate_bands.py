@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsat_sr import baselines, degrade, metrics
+from medsat_sr import baselines, degrade, metrics, metrics_bands
 from medsat_sr.config import load_config
 from medsat_sr.errors import ConfigError, DataError
 from medsat_sr.geometry import scale_transform
@@ -75,8 +75,8 @@ def _scores(sr: np.ndarray, ref: np.ndarray, valid: np.ndarray, names: Sequence[
         psnr[n] = metrics.psnr(sr[k], ref[k], data_range=rng, mask=valid)
     return {
         "rmse": rmse, "psnr": psnr,
-        "sam_deg": metrics.sam(sr, ref, mask=valid) if len(names) > 1 else None,
-        "ergas": metrics.ergas(sr, ref, scale=float(si), mask=valid),
+        "sam_deg": metrics_bands.sam(sr, ref, mask=valid) if len(names) > 1 else None,
+        "ergas": metrics_bands.ergas(sr, ref, scale=float(si), mask=valid),
     }
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from medsat_sr import baselines, metrics
+from medsat_sr import baselines, metrics, metrics_bands
 from medsat_sr.errors import ConfigError, DataError
 from medsat_sr.evaluate_cases import Case, _spatial_valid
 from medsat_sr.image import Key
@@ -232,18 +232,18 @@ def score(
     if band_names is not None and len(band_names) == sr.shape[0]:
         names = [str(b) for b in band_names]
     pb: dict[str, Any] = {"names": names, "data_range": [float(v) for v in band_ranges]}
-    pb["psnr"] = metrics.per_band(metrics.psnr, sr, ref, data_range=list(band_ranges), mask=mask)
-    pb["rmse"] = metrics.per_band(metrics.rmse, sr, ref, mask=mask)
-    pb["mae"] = metrics.per_band(metrics.mae, sr, ref, mask=mask)
-    pb["ssim"] = _ssim_or_none(metrics.per_band, metrics.ssim, sr, ref, data_range=list(band_ranges), mask=mask,
+    pb["psnr"] = metrics_bands.per_band(metrics.psnr, sr, ref, data_range=list(band_ranges), mask=mask)
+    pb["rmse"] = metrics_bands.per_band(metrics.rmse, sr, ref, mask=mask)
+    pb["mae"] = metrics_bands.per_band(metrics.mae, sr, ref, mask=mask)
+    pb["ssim"] = _ssim_or_none(metrics_bands.per_band, metrics.ssim, sr, ref, data_range=list(band_ranges), mask=mask,
                                sigma=ssim_sigma) or [None] * sr.shape[0]
     out["per_band"] = pb
     out["psnr_band_mean"] = float(np.mean(pb["psnr"]))
     if sr.shape[0] >= 2:
-        out["sam"] = metrics.sam(sr, ref, mask=mask)
+        out["sam"] = metrics_bands.sam(sr, ref, mask=mask)
     if scale is not None:
         try:
-            e = metrics.ergas(sr, ref, scale=float(scale), mask=mask)
+            e = metrics_bands.ergas(sr, ref, scale=float(scale), mask=mask)
             if ergas_h_over_l is not None:  # rescale to the recorded convention
                 e = e * float(ergas_h_over_l) * float(scale)
             out["ergas"] = e

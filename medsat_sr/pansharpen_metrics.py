@@ -7,8 +7,8 @@ original multispectral image after both inputs were degraded by the ratio):
   quality index to 2^n bands (Alparone et al. 2004 for Q4; Garzelli and
   Nencini 2009 for Q2n), averaged over non-overlapping ``block`` x ``block``
   blocks (32 by default, as in both papers);
-* SAM and ERGAS: :func:`medsat_sr.metrics.sam` (degrees) and
-  :func:`medsat_sr.metrics.ergas` (``scale`` = the pan-sharpening ratio, 2
+* SAM and ERGAS: :func:`medsat_sr.metrics_bands.sam` (degrees) and
+  :func:`medsat_sr.metrics_bands.ergas` (``scale`` = the pan-sharpening ratio, 2
   for Landsat 8/9: ERGAS uses h/l = 1/ratio).
 
 Full resolution (no reference):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from medsat_sr.errors import ConfigError
-from medsat_sr.metrics import cpsnr, cssim
+from medsat_sr.metrics_shift import cpsnr, cssim
 
 
 def _hand_case() -> tuple[np.ndarray, np.ndarray]:

@@ -45,6 +45,8 @@ LAYERS: dict[str, int] = {
     "medsat_sr.degradation_auto": 2,
     "medsat_sr.baselines": 0,
     "medsat_sr.metrics": 0,
+    "medsat_sr.metrics_bands": 0,  # SAM, ERGAS, per-band scores
+    "medsat_sr.metrics_shift": 0,  # cPSNR, cSSIM (PROBA-V)
     "medsat_sr.pansharpen_metrics": 0,  # pan-sharpening indices: Q2n, QNR, HQNR (#17)
     "medsat_sr.image": 0,
     "medsat_sr.samples": 0,  # a data package (sample files only)

@@ -14,7 +14,8 @@ from scipy import ndimage as ndi
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from medsat_sr.errors import ConfigError
-from medsat_sr.metrics import ergas, mae, mse, per_band, psnr, rmse, sam, ssim, ssim_slices
+from medsat_sr.metrics import mae, mse, psnr, rmse, ssim, ssim_slices
+from medsat_sr.metrics_bands import ergas, per_band, sam
 
 SK_SSIM = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
 

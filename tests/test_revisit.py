@@ -17,7 +17,7 @@ from medsat_sr.errors import ConfigError, DataError, GeometryError
 from medsat_sr.inference.multi import MultiRequest
 from medsat_sr.inference.options import resolve_options
 from medsat_sr.inference.route_revisit import run
-from medsat_sr.metrics import cpsnr
+from medsat_sr.metrics_shift import cpsnr
 from medsat_sr.revisit.frames import read_frames, select_dates
 from medsat_sr.revisit.fuse import fuse
 from medsat_sr.revisit.masks import decode, kind_for_name, nodata_valid

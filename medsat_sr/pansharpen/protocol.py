@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from medsat_sr import metrics
+from medsat_sr import metrics_bands
 from medsat_sr import pansharpen_metrics as pm
 from medsat_sr.pansharpen.classical import Pair
 from medsat_sr.pansharpen.grid import decimated_shape, lowpass_decimate
@@ -42,8 +42,8 @@ def reduced_scores(fused: np.ndarray, ref: np.ndarray, ratio: int, valid: np.nda
     """
     return {
         "q2n": pm.q2n(fused, ref, block=block, mask=valid),
-        "sam": metrics.sam(fused, ref, mask=valid) if fused.shape[0] >= 2 else None,
-        "ergas": metrics.ergas(fused, ref, scale=float(ratio), mask=valid),
+        "sam": metrics_bands.sam(fused, ref, mask=valid) if fused.shape[0] >= 2 else None,
+        "ergas": metrics_bands.ergas(fused, ref, scale=float(ratio), mask=valid),
     }
 
 

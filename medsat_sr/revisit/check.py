@@ -9,7 +9,7 @@ at the run's factor, with random sub-pixel shifts, the sensor PSF, noise and
 the input's own clear masks (so the clouds, shadows and SLC-off stripes of
 the check are those of the run). Every candidate method fuses them with
 :func:`medsat_sr.revisit.fuse.fuse` (estimated shifts, as in the run), and
-each is scored with :func:`medsat_sr.metrics.cpsnr` against the scene.
+each is scored with :func:`medsat_sr.metrics_shift.cpsnr` against the scene.
 
 The check is small (the scene is cropped to at most :data:`MAX_SIDE`
 pixels a side) and seeded, so a run is reproducible.
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from medsat_sr.metrics import cpsnr
+from medsat_sr.metrics_shift import cpsnr
 from medsat_sr.revisit.fuse import fuse
 from medsat_sr.revisit.network import RevisitNet
 from medsat_sr.revisit.register import fill_masked

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medsat_sr.metrics import cpsnr
+from medsat_sr.metrics_shift import cpsnr
 from medsat_sr.revisit.classical import aligned_stack, masked_median
 from medsat_sr.revisit.fuse import band_norm, fuse, harmonise
 from medsat_sr.revisit.network import RevisitNet
