@@ -20,7 +20,7 @@ from pathlib import Path
 
 from medsat_sr.errors import WriteError
 
-__all__ = ["atomic_path", "atomic_dir", "check_writable", "current_umask"]
+__all__ = ["atomic_path", "atomic_dir", "write_bytes", "check_writable", "current_umask"]
 
 _FILE_MODE = 0o666
 _DIR_MODE = 0o777
@@ -97,6 +97,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_path` (complete or absent, the umask's mode).
+
+    Raises:
+        WriteError: the folder is not writable or the write failed.
+    """
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 @contextlib.contextmanager

@@ -94,6 +94,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.evaluate_cases": 4,  # evaluation cases: reference -> degraded input, crops, hold-outs
     "medsat_sr.evaluate_scoring": 4,  # evaluation scoring: metric settings, data ranges, masks, scores
     "medsat_sr.report": 4,
+    "medsat_sr.report_figures": 4,  # the report's PNG figures
     "medsat_sr.report_plain": 4,
     "medsat_sr.demo": 4,
     "medsat_sr.info": 4,

@@ -136,7 +136,7 @@ def test_headline_is_plain(report: tuple[Path, object]) -> None:
 
 def test_raster_panel_has_coordinates_and_scale(report: tuple[Path, object]) -> None:
     """The raster panel names its CRS and crop corners (CRS units); the scale bar uses the pixel size."""
-    from medsat_sr.report import _views
+    from medsat_sr.report_figures import _views
 
     _, ev = report
     v = _views(ev.files[1])
@@ -151,7 +151,7 @@ def test_raster_panel_has_coordinates_and_scale(report: tuple[Path, object]) -> 
 
 def test_profile_band_names_replace_placeholders() -> None:
     """A file without band descriptions gets the domain profile's band names (rgbn_aerial: red ... nir)."""
-    from medsat_sr.report import _views
+    from medsat_sr.report_figures import _views
 
     ras = crop_image(read(SAMPLES / "rgbn_aerial_5m.tif"), [0, 0], [64, 64])
     assert ras.meta["band_names"] == ["band1", "band2", "band3", "band4"]
@@ -191,7 +191,7 @@ def test_isotropic_volume_panel_is_an_axial_slice(tmp_path: Path) -> None:
     mni = read(SAMPLES / "mni_icbm152_t1_2009a.nii.gz")
     vol = crop_image(mni, [60, 70, 50], [124, 150, 110])
     ev = evaluate([vol], "mri_isotropic_x2", methods="cubic", names=["iso"], progress=False)
-    from medsat_sr.report import _views, panel_figure
+    from medsat_sr.report_figures import _views, panel_figure
 
     v = _views(ev.files[0])
     assert v["description"].startswith("axial slice k=") and "anterior up" in v["description"]
