@@ -43,17 +43,15 @@ from medsat_sr.psf import (
     _norm_axis,
     _number,
     _positions,
-    add_noise,
-    decimate,
     fwhm_to_sigma,
     gaussian_kernel1d,
     mtf_to_sigma,
     output_size,
-    psf_decimate,
     sigma_to_fwhm,
     sigma_to_mtf,
     slice_profile,
 )
+from medsat_sr.psf_decimate import add_noise, decimate, psf_decimate
 
 __all__ = [
     "FWHM_PER_SIGMA",

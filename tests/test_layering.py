@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.geometry": 0,
     "medsat_sr.degrade": 0,
     "medsat_sr.psf": 0,  # the degradation operators: Gaussian/box PSFs, decimation, slice profiles, noise
+    "medsat_sr.psf_decimate": 0,  # sensor PSF + decimation, noise
     "medsat_sr.kspace": 0,  # k-space truncation (MR acquisition at a lower matrix)
     "medsat_sr.peak_memory": 0,  # peak resident memory of a block of work
     "medsat_sr.hardware": 0,  # precision auto: bf16 only where the CPU (or CUDA) runs it natively

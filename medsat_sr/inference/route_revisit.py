@@ -44,7 +44,7 @@ from medsat_sr.image import Key, make_raster
 from medsat_sr.inference.multi import MULTI_ROUTES, MultiRequest, MultiResult
 from medsat_sr.inference.plan import Decision
 from medsat_sr.io import geotiff_write
-from medsat_sr.psf import psf_decimate
+from medsat_sr.psf_decimate import psf_decimate
 from medsat_sr.revisit.check import simulated_check
 from medsat_sr.revisit.frames import Frame, read_frames, select_dates, stack
 from medsat_sr.revisit.fuse import METHODS, Fused, fuse

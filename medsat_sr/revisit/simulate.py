@@ -35,7 +35,7 @@ from scipy import ndimage as ndi
 
 from medsat_sr.baselines import upsample_mask
 from medsat_sr.errors import DataError
-from medsat_sr.psf import psf_decimate
+from medsat_sr.psf_decimate import psf_decimate
 from medsat_sr.revisit.masks import decode, kind_for_name
 
 __all__ = ["Revisit", "load_mask_pool", "draw_mask", "simulate_revisit", "robust_range"]
