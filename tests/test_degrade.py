@@ -11,7 +11,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from medsat_sr import data as data_mod
+from medsat_sr import pair_makers
 from medsat_sr import evaluate as evaluate_mod
 from medsat_sr import geometry
 from medsat_sr.config import load_config
@@ -615,10 +615,10 @@ def _texture(shape, seed=0) -> torch.Tensor:
 def test_three_callers_identical_volume_slice_profile() -> None:
     cfg = load_config("mri_thick_slice", ["scale=[1, 1, 4]", "train.patch_size=16"])
     vol = make_volume(_texture((1, 24, 20, 32)), np.eye(4))
-    prep = data_mod._prepare(vol, cfg)
+    prep = pair_makers._prepare(vol, cfg)
     x = prep.data
     # training pairs: the supervised slice-wise source degrades the whole volume along axis 2
-    src = data_mod._slicewise_source(prep, cfg, supervised=True, holdout=False)
+    src = pair_makers._slicewise_source(prep, cfg, supervised=True, holdout=False)
     lr_train = src._lr[2]
     # evaluation protocol
     lr_eval, _, rec = evaluate_mod.degrade_reference(x, cfg.profile, [1.0, 1.0, 4.0], spacing=[1.0, 1.0, 1.0])
@@ -638,7 +638,7 @@ def test_three_callers_identical_raster_without_mtf() -> None:
     names = ["b1", "b2", "b3"]
     valid = np.ones((32, 40), bool)
     valid[5, 7] = False
-    lr_train, m_train = data_mod._lowres(x, cfg, [2, 2], names, valid)
+    lr_train, m_train = pair_makers._lowres(x, cfg, [2, 2], names, valid)
     lr_eval, m_eval, rec = evaluate_mod.degrade_reference(x, profile, [2.0, 2.0], band_names=names, valid=valid)
     lr_check, m_check = _consistency_calls(x, {}, (2.0, 2.0), profile, names, valid)
     assert torch.equal(lr_train, lr_eval) and torch.equal(lr_eval, lr_check)
@@ -657,7 +657,7 @@ def test_three_callers_identical_band_set() -> None:
     groups = {"10m": (["B02", "B03", "B04", "B08"], 2.0), "20m": (["B05", "B11", "B99"], 4.0)}  # B99: no MTF
     for seed, (names, ratio) in enumerate(groups.values()):
         x = _texture((len(names), 32, 32), seed)
-        lr_train, _ = data_mod._lowres(x, cfg, [ratio, ratio], names)
+        lr_train, _ = pair_makers._lowres(x, cfg, [ratio, ratio], names)
         lr_eval, _, rec = evaluate_mod.degrade_reference(x, profile, [ratio, ratio], band_names=names)
         lr_check = _consistency_calls(x, {}, (ratio, ratio), profile, names)
         assert torch.equal(lr_train, lr_eval) and torch.equal(lr_eval, lr_check)

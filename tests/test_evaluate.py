@@ -121,7 +121,7 @@ def test_superior_axis_follows_the_affine() -> None:
 
 # ------------------------------------------------------------------ degradation: the training code
 def test_raster_degradation_is_the_training_degradation() -> None:
-    from medsat_sr.data import _lowres
+    from medsat_sr.pair_makers import _lowres
 
     rng = np.random.default_rng(1)
     ref = _raster(rng.uniform(0, 255, size=(3, 32, 40)))

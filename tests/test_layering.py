@@ -67,6 +67,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.pansharpen": 1,  # pan-sharpening: sensors, grids, classical methods (#17)
     # 2: learning
     "medsat_sr.data": 2,
+    "medsat_sr.pair_makers": 2,  # normalised images and the pair sources built from them
     "medsat_sr.sampling": 2,  # patch sampling and held-out splits
     "medsat_sr.pair_sources": 2,  # (LR, HR) patch sources: slice-profile, aligned; the patch dataset
     "medsat_sr.engine": 2,  # the MONAI trainer and evaluator of a fit and their event handlers
