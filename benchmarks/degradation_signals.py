@@ -51,7 +51,7 @@ import degradation_cases as dc  # noqa: E402
 import landsat_cases as lc  # noqa: E402
 import s2_nir_cases as s2n  # noqa: E402
 from degradation_routes import run_route  # noqa: E402
-from medsat_sr import checkpoint, config, data, degradation_auto, engine, estimate  # noqa: E402
+from medsat_sr import checkpoint, config, data, degradation_auto, estimate, train_batch  # noqa: E402
 from medsat_sr.io import read  # noqa: E402
 
 OUT = HERE / "results" / "degradation_signals.txt"
@@ -106,9 +106,9 @@ def _range_scores(model: torch.nn.Module, img: Any, cfg: Any, mtf: float) -> tup
     net, cub = PSNRMetric(max_val=ts.data_range), PSNRMetric(max_val=ts.data_range)
     with torch.no_grad():
         for b, c in zip(ts.val, ts.val_cubic):
-            x, y, args, kw = engine._prepare_batch(b)
-            net(engine.only_valid(model(x.float(), *args, **kw), b), y)
-            cub(engine.only_valid(c, b), y)
+            x, y, args, kw = train_batch.prepare_batch(b)
+            net(train_batch.only_valid(model(x.float(), *args, **kw), b), y)
+            cub(train_batch.only_valid(c, b), y)
     return float(net.aggregate()), float(cub.aggregate())
 
 

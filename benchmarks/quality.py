@@ -456,7 +456,7 @@ def interleaved_steps(states: dict[str, Any], steps: int, warmup: int = 2) -> tu
     Returns:
         ``({precision: [seconds, ...]}, output voxels/pixels of one batch)``.
     """
-    from medsat_sr.train import _prepare_batch
+    from medsat_sr.train import prepare_batch
 
     times: dict[str, list[float]] = {k: [] for k in states}
     order = list(states)
@@ -467,7 +467,7 @@ def interleaved_steps(states: dict[str, Any], steps: int, warmup: int = 2) -> tu
             batch = next(it)
             st.net.train()
             t0 = time.perf_counter()
-            x, y, args, kw = _prepare_batch(batch, st.device)
+            x, y, args, kw = prepare_batch(batch, st.device)
             st.optimizer.zero_grad(set_to_none=True)
             loss = st.loss(st.net(x, *args, **kw), y)
             loss.backward()

@@ -87,13 +87,12 @@ from torch import nn
 from medsat_sr.engine import (
     PrecisionWrapper,
     TrainState,
-    _es_threshold,
-    _prepare_batch,
     build_trainer,
-    only_valid,
     read_inputs,
     resolve_device,
 )
+from medsat_sr.engine_handlers import _es_threshold
+from medsat_sr.train_batch import only_valid, prepare_batch
 from medsat_sr.losses import CharbonnierLoss, CombinedLoss, build_loss
 from medsat_sr.normalise import Normaliser
 from medsat_sr.run_folder import (
@@ -119,7 +118,7 @@ __all__ = [
     "read_inputs",
     "only_valid",
     "_es_threshold",
-    "_prepare_batch",
+    "prepare_batch",
     # re-exported from medsat_sr.losses and medsat_sr.run_folder
     "build_loss",
     "CharbonnierLoss",

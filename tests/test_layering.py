@@ -70,7 +70,9 @@ LAYERS: dict[str, int] = {
     "medsat_sr.pair_makers": 2,  # normalised images and the pair sources built from them
     "medsat_sr.sampling": 2,  # patch sampling and held-out splits
     "medsat_sr.pair_sources": 2,  # (LR, HR) patch sources: slice-profile, aligned; the patch dataset
-    "medsat_sr.engine": 2,  # the MONAI trainer and evaluator of a fit and their event handlers
+    "medsat_sr.engine": 2,  # the MONAI trainer and evaluator of a fit
+    "medsat_sr.engine_handlers": 2,  # the fit's ignite handlers
+    "medsat_sr.train_batch": 2,  # a batch as the networks and scores take it
     "medsat_sr.model_start": 2,  # the network a fit starts from (fresh, a checkpoint, the first of several that fits)
     "medsat_sr.losses": 2,  # training losses (pixel, SSIM, combined)
     "medsat_sr.run_folder": 2,  # a training run's files: checkpoints, resume state, metrics.csv, curves.png
