@@ -113,14 +113,15 @@ def mni(budget: Budget) -> Any:
 
 def _run(name: str, case: Any, cfg: Any) -> Any:
     """One evaluation method on the case (the protocol's own runner)."""
-    from medsat_sr.evaluate import _run_method
+    from medsat_sr.evaluate_methods import _run_method
 
     return _run_method(name, case, cfg, checkpoint=None, run_dir=None, progress=False)
 
 
 def _slicewise(case: Any, cfg2d: Any) -> Any:
     """2D EDSR in-plane (fitted on axial planes of the input), cubic B-spline through-plane."""
-    from medsat_sr.evaluate import MethodRun, PeakMemory, _grid_matches
+    from medsat_sr.evaluate import PeakMemory
+    from medsat_sr.evaluate_methods import MethodRun, _grid_matches
     from medsat_sr.inference import upscale
     from medsat_sr.train import fit
 
