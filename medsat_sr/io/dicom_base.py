@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from medsat_sr.errors import DataError, FormatError, MedsatError
@@ -173,3 +175,15 @@ def _close(a: np.ndarray | None, b: np.ndarray | None, tol: float) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return bool(np.allclose(a, b, rtol=0.0, atol=tol, equal_nan=True))
+def _put(ds: Dataset, keyword: str, value: Any) -> None:
+    """Set ``keyword`` with a new element (never mutating one shared with another data set)."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # pragma: no cover - programming error
+        raise KeyError(keyword)
+    ds[tag] = DataElement(tag, dictionary_VR(tag), value)
+
+
+def _default(ds: Dataset, keyword: str, value: Any) -> None:
+    """Set ``keyword`` only when it is missing or empty."""
+    if keyword not in ds or ds[keyword].value in (None, ""):
+        _put(ds, keyword, value)
