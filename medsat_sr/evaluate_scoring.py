@@ -28,7 +28,8 @@ from monai.data import MetaTensor
 
 from medsat_sr import baselines, metrics, metrics_bands
 from medsat_sr.errors import ConfigError, DataError
-from medsat_sr.evaluate_cases import Case, _spatial_valid
+from medsat_sr.evaluate_cases import Case
+from medsat_sr.evaluate_degrade import _spatial_valid
 from medsat_sr.image import Key
 from medsat_sr.normalise import Normaliser
 from medsat_sr.report_plain import is_generic_band_name

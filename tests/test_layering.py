@@ -97,6 +97,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.batch_plan": 4,  # one task per input: output names, job hash, the resume checks
     "medsat_sr.batch_execute": 4,  # one batch item's job and the executors (inline, Dask)
     "medsat_sr.evaluate_methods": 4,  # which methods an evaluation runs, and one run on a case
+    "medsat_sr.evaluate_degrade": 4,  # a case's input: the reference degraded by the profile's recipe
     "medsat_sr.evaluate_cases": 4,  # evaluation cases: reference -> degraded input, crops, hold-outs
     "medsat_sr.evaluate_scoring": 4,  # evaluation scoring: metric settings, data ranges, masks, scores
     "medsat_sr.report": 4,
