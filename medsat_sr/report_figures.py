@@ -45,6 +45,14 @@ def _plt() -> Any:
 
 
 
+def _save_png(plt: Any, fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a PNG at :data:`FIGURE_DPI`, atomically, and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=FIGURE_DPI)
+    plt.close(fig)
+    return write_bytes(path, buf.getvalue())
+
+
 def _world_axis(affine: np.ndarray, axis: int) -> int:
     col = np.abs(np.asarray(affine, dtype=np.float64)[:3, axis])
     return int(np.argmax(col))
@@ -304,12 +312,7 @@ def panel_figure(fr: Any, path: str | os.PathLike[str]) -> Path:
     if v["corners"]:
         note = v["corners"] + " " + note
     fig.text(0.01, 0.01, note, fontsize=8, wrap=True)
-    p = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=FIGURE_DPI)
-    plt.close(fig)
-    write_bytes(p, buf.getvalue())
-    return p
+    return _save_png(plt, fig, path)
 
 
 def gain_figure(evaluation: Any, path: str | os.PathLike[str]) -> Path | None:
@@ -341,12 +344,7 @@ def gain_figure(evaluation: Any, path: str | os.PathLike[str]) -> Path | None:
         ax.margins(y=0.2)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    p = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=FIGURE_DPI)
-    plt.close(fig)
-    write_bytes(p, buf.getvalue())
-    return p
+    return _save_png(plt, fig, path)
 
 
 def curves_figure(fit: Any, path: str | os.PathLike[str], *, title: str = "") -> Path | None:
@@ -385,9 +383,4 @@ def curves_figure(fit: Any, path: str | os.PathLike[str], *, title: str = "") ->
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    p = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=FIGURE_DPI)
-    plt.close(fig)
-    write_bytes(p, buf.getvalue())
-    return p
+    return _save_png(plt, fig, path)

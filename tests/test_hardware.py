@@ -93,9 +93,10 @@ def test_tuned_allocator_reuses_freed_tensor_memory_instead_of_faulting_it_in_ag
     if not tuned:
         pytest.skip("this libc has no glibc mallopt")
     _, default_faults = _page_faults("default")
-    # 24 fresh 16 MiB feature maps fault in about 85 000 pages by default; reused heap blocks, almost none
-    assert default_faults > 40_000
-    assert faults < 2_000
+    # 24 fresh 16 MiB feature maps fault in about 85 000 pages by default (fewer where the kernel backs some with
+    # huge pages: 37 000 seen on a loaded machine); reused heap blocks, almost none
+    assert default_faults > 10_000, default_faults
+    assert faults < 2_000 and faults * 15 < default_faults, (faults, default_faults)
 
 
 def test_the_users_own_malloc_settings_are_left_alone() -> None:
