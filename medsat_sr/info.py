@@ -35,8 +35,13 @@ def _crs_label(crs: Any) -> str | None:
     return f"EPSG:{epsg}" if epsg else c.to_string()
 
 
+#: What ``info`` says of a NIfTI label map (upscale refuses it except by nearest).
+_NIFTI_LABELS = "a label map (NIfTI intent 'label'): upscaled only by --method nearest"
+
+
 def _describe_image(img: MetaTensor) -> dict[str, Any]:
     from medsat_sr.image import Key, is_volume
+    from medsat_sr.io.nifti_header import is_label_map
 
     meta = img.meta
     out: dict[str, Any] = {
@@ -56,6 +61,8 @@ def _describe_image(img: MetaTensor) -> dict[str, Any]:
         for extra in ("gantry_tilt_deg", "series_uid", "series_description", "modality", "resampled"):
             if extra in meta:
                 out[extra] = meta[extra]
+        if is_label_map(meta.get(Key.HEADER)):
+            out["labels"] = _NIFTI_LABELS
     else:
         out.update(
             pixel_size=[round(v, 9) for v in meta[Key.SPACING]],
@@ -71,7 +78,7 @@ def _describe_image(img: MetaTensor) -> dict[str, Any]:
 def _describe_nifti(path: Path) -> dict[str, Any]:
     """What :func:`medsat_sr.io.nifti.read` gives, from the validated header alone (no torch, no voxel data)."""
     from medsat_sr.geometry import spacing_and_orientation
-    from medsat_sr.io.nifti_header import inspect
+    from medsat_sr.io.nifti_header import inspect, is_label_map
 
     lay = inspect(path)
     spacing, orientation = spacing_and_orientation(lay.affine)
@@ -85,6 +92,7 @@ def _describe_nifti(path: Path) -> dict[str, Any]:
         "orientation": orientation,
         "affine": lay.affine.round(6).tolist(),
         "intensity": {"slope": lay.slope, "intercept": lay.intercept},
+        **({"labels": _NIFTI_LABELS} if is_label_map(lay.header) else {}),
     }
 
 
@@ -118,6 +126,8 @@ def _describe_raster_file(path: Path) -> dict[str, Any]:
             }
             if alpha:
                 out["alpha"] = f"band {alpha[0]} ({names[alpha[0] - 1]}): read as the validity mask, not as a band"
+            if src.count == 1 and src.colorinterp[0].name == "palette":
+                out["labels"] = "a paletted raster (a colour table over class labels): upscaled only by --method nearest"
             return out
     except RasterioIOError as exc:
         raise FormatError(f"{path}: not a readable GeoTIFF: {exc}") from exc

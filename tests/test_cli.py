@@ -274,6 +274,31 @@ def test_real_process_prints_no_traceback_unless_debug(tmp_path: Path) -> None:
     assert p.returncode != 0 and "Traceback" in p.stderr and "DataError" in p.stderr
 
 
+def test_a_closed_output_pipe_exits_quietly(tmp_path: Path) -> None:
+    """`medsat-sr info x | head -1`: the reader went away; this printed 'internal error: BrokenPipeError'."""
+    f = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(f))
+    p = subprocess.Popen([sys.executable, "-m", "medsat_sr", "info", str(f)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    p.stdout.close()  # before the child (still importing) writes anything
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141 and err == "", err
+
+
+def test_info_names_label_maps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A NIfTI label map and a paletted raster: upscale refuses both except by nearest, and info says so first."""
+    seg = nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4))
+    seg.header.set_intent("label")
+    nib.save(seg, str(tmp_path / "seg.nii.gz"))
+    with rasterio.open(tmp_path / "lc.tif", "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8") as dst:
+        dst.write(np.zeros((1, 8, 8), np.uint8))
+        dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 0, 0, 255)})
+    for name, text in (("seg.nii.gz", "a label map (NIfTI intent 'label')"), ("lc.tif", "a paletted raster")):
+        assert main(["info", str(tmp_path / name)]) == 0
+        out = capsys.readouterr().out
+        assert f"labels: {text}" in out and "only by --method nearest" in out, out
+
+
 # ------------------------------------------------------------------ startup: what each entry point imports
 _LOADED = """
 import json, sys

@@ -5,7 +5,7 @@ options or bad configuration (any :class:`~medsat_sr.errors.MedsatError`
 except write failures, and an invalid flag value); 3 an output could not be
 written; 4 ``batch`` only: the batch ran but at least one input failed (the
 failed inputs are listed on stderr and in ``OUT_DIR/batch.jsonl``); 130
-interrupted. Errors print one line, ``medsat-sr: error: <file>: <problem>``;
+interrupted; 141 the reader of standard output went away (``| head``), quietly. Errors print one line, ``medsat-sr: error: <file>: <problem>``;
 ``--debug`` adds the traceback.
 
 Startup is kept short on purpose: each command module (:data:`COMMANDS`)
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from types import ModuleType
@@ -49,6 +50,7 @@ EXIT_BAD_INPUT = 2
 EXIT_WRITE = 3
 EXIT_PARTIAL = 4  # batch: some inputs failed
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141  # 128 + SIGPIPE, as `yes | head` gives
 
 #: Command name -> the module that implements it (in the order of ``--help``).
 COMMANDS: dict[str, str] = {
@@ -224,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _report(args, "medsat-sr: interrupted", event="interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `medsat-sr info x | head`: the rest of the output has no reader; say nothing
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return EXIT_PIPE
     except MedsatError as exc:
         if args.debug:
             raise
