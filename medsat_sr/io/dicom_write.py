@@ -243,13 +243,27 @@ def _checked_volume(
     if min(c, nx, ny, nz) < 1 or max(nx, ny) > 65535:
         raise FormatError(f"cannot write a DICOM series of shape {data.shape}: rows and columns must be 1..65535")
     if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        raise FormatError(f"volume has {bad} NaN or infinite values; DICOM stores integers")
+        data = _fill_missing(data, folder)
     affine = np.asarray(image.affine, dtype=np.float64)
     if affine.shape != (4, 4):
         raise GeometryError(f"a volume affine must be 4x4, got {affine.shape}")
     check_affine(affine, what=str(folder))
     return data, affine
+
+
+def _fill_missing(data: np.ndarray, folder: str | os.PathLike[str]) -> np.ndarray:
+    """``data`` with its NaN/inf (no data) set to the lowest finite value: DICOM stores integers.
+
+    Raises:
+        FormatError: no voxel is finite.
+    """
+    bad = ~np.isfinite(data)
+    if bad.all():
+        raise FormatError(f"{folder}: every voxel is NaN or infinite; there is nothing to write")
+    low = float(data[~bad].min())
+    logger.warning("%s: %d voxels are NaN or infinite (no data); DICOM stores integers, so they are written as the "
+                   "volume's lowest value, %.6g", folder, int(bad.sum()), low)
+    return np.where(bad, np.asarray(low, dtype=data.dtype), data)
 
 
 def _slice_geometry(affine: np.ndarray, folder: str | os.PathLike[str]) -> _SliceGeometry:

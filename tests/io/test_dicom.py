@@ -712,8 +712,8 @@ def test_writer_refuses_bad_input(tmp_path: Path) -> None:
         dicom.write(raster, tmp_path / "r")
     vol = synthetic_volume()
     bad = vol.clone()
-    bad[0, 1, 1, 1] = float("nan")
-    with pytest.raises(FormatError, match="1 NaN or infinite values"):
+    bad[:] = float("nan")
+    with pytest.raises(FormatError, match="nan: every voxel is NaN or infinite"):
         dicom.write(bad, tmp_path / "nan")
     sheared = synthetic_volume()
     aff = np.asarray(sheared.affine).copy()
@@ -727,6 +727,22 @@ def test_writer_refuses_bad_input(tmp_path: Path) -> None:
     with pytest.raises(WriteError, match="does not exist"):
         dicom.write(vol, tmp_path / "no" / "parent")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]  # nothing half-written left behind
+
+
+def test_writer_writes_nan_as_the_lowest_value(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """NaN (no data, as a masked NIfTI map keeps through upscale) was refused; DICOM stores integers, so it is
+    written as the volume's lowest value (air in CT, background in MR), with a warning naming the folder."""
+    vol = synthetic_volume()
+    bad = vol.clone()
+    bad[0, 1, 1, 1], bad[0, 2, 2, 2] = float("nan"), float("inf")
+    with caplog.at_level(logging.WARNING, logger="medsat_sr.io.dicom"):
+        out = dicom.write(bad, tmp_path / "nan")
+    assert "nan: 2 voxels are NaN or infinite (no data)" in caplog.text
+    back = dicom.read(out).numpy()
+    low = float(np.nanmin(np.where(np.isfinite(bad.numpy()), bad.numpy(), np.nan)))
+    assert back[0, 1, 1, 1] == back[0, 2, 2, 2] == low
+    ok = np.isfinite(bad.numpy())
+    np.testing.assert_array_equal(back[ok], bad.numpy()[ok])
 
 
 def test_writer_sheared_affine_written_slice_by_slice(tmp_path: Path) -> None:
