@@ -291,6 +291,9 @@ def _read_open(src: Any, path: Path, win: Window | None, bands: Sequence[int | s
     if len(dtypes) > 1:  # GTiff cannot do this, other GDAL drivers can
         raise FormatError(f"{path}: bands have different dtypes {sorted(dtypes)}; expected one")
     source_dtype = src.dtypes[indexes[0] - 1]
+    if source_dtype.startswith("complex"):
+        raise FormatError(f"{path}: complex samples ({source_dtype}, such as SAR single-look complex data); "
+                          "super-resolution takes real values: write the amplitude or intensity first")
     raw = _read_window(src, indexes, win, _fill_value(nodata, source_dtype))
 
     scales = [float(src.scales[i - 1]) for i in indexes]

@@ -607,3 +607,18 @@ def test_write_dispatch_and_raster_from_scratch(tmp_path: Path) -> None:
     shutil.copy(out, tmp_path / "copy.tif")
     again = medsat_sr.read(tmp_path / "copy.tif")
     assert again.meta[Key.BAND_NAMES] == ["vv", "vh"]
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex_int16"])
+def test_complex_samples_are_refused_at_the_door_naming_the_file(tmp_path: Path, dtype: str) -> None:
+    """SAR single-look complex data: read as the real part (the imaginary part silently dropped), then refused at
+    write time with a message that named no file. Now refused on reading, in both the whole and windowed reads."""
+    from medsat_sr.io import geotiff_read
+
+    path = tmp_path / "slc.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=1, dtype=dtype, crs="EPSG:32633",
+                       transform=Affine(10, 0, 500000, 0, -10, 5200000)) as dst:
+        dst.write(np.ones((1, 16, 16), np.complex64))
+    for window in (None, Window(0, 0, 8, 8)):
+        with pytest.raises(FormatError, match=r"slc\.tif: complex samples .*amplitude or intensity"):
+            geotiff_read.read(path, window=window)
