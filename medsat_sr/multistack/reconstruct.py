@@ -126,7 +126,8 @@ def reference_of(stacks: Sequence[Stack], opts: MultiStackOptions) -> int:
 def mean_of_cubic(ops: Sequence[StackOperator], grid: Grid, scales: Sequence[float] | None = None) -> torch.Tensor:
     """The baseline: registered stacks interpolated by cubic B-spline onto ``grid`` and averaged.
 
-    Each stack is divided by its intensity scale; voxels no stack covers are 0.
+    Each stack is divided by its intensity scale; voxels no stack covers (or where every covering stack has no
+    data: NaN in the input) are 0.
     """
     total = np.zeros(grid.shape, dtype=np.float64)
     count = np.zeros(grid.shape, dtype=np.float64)
@@ -134,6 +135,9 @@ def mean_of_cubic(ops: Sequence[StackOperator], grid: Grid, scales: Sequence[flo
         m = np.linalg.inv(op.stack.affine) @ np.linalg.inv(op.motion.numpy()) @ grid.affine
         vol = resample_affine(op.stack.data.numpy(), m, grid.shape, order=3)
         ok = np.isfinite(vol)
+        if op.stack.valid is not None:  # no data where the stack was NaN: it takes no part there
+            ok &= resample_affine(op.stack.valid.numpy().astype(np.float32), m, grid.shape, order=1,
+                                  outside=0.0) > 0.5
         total[ok] += vol[ok] / (scales[k] if scales is not None else 1.0)
         count[ok] += 1
     return torch.from_numpy((total / np.maximum(count, 1)).astype(np.float32))

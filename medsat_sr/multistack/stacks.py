@@ -17,6 +17,7 @@ plus a margin.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,8 @@ from medsat_sr.image import Key, make_volume
 from medsat_sr.psf import fwhm_to_sigma
 
 __all__ = ["Stack", "Grid", "make_stack", "output_grid", "limit_to_grid", "orthonormal", "resample_mask"]
+
+logger = logging.getLogger("medsat_sr.multistack")
 
 
 @dataclass
@@ -48,6 +51,8 @@ class Stack:
         source: the volume the stack was made from (for its meta), if any.
         within: ``(X, Y, Z)`` bool, the voxels inside the output region
             (:func:`limit_to_grid`), or ``None`` (all).
+        valid: ``(X, Y, Z)`` bool, the voxels with data (``False`` where the
+            input was NaN or infinite: no data), or ``None`` (all).
     """
 
     data: torch.Tensor
@@ -59,6 +64,7 @@ class Stack:
     name: str
     source: MetaTensor | None = field(default=None, repr=False)
     within: torch.Tensor | None = field(default=None, repr=False)
+    valid: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -86,8 +92,9 @@ class Stack:
         return tuple(int(v) for v in self.data.shape)  # type: ignore[return-value]
 
     def roi(self) -> torch.Tensor:
-        """The voxels that take part in the fit: the mask (or all voxels) inside the output region."""
+        """The voxels that take part in the fit: the mask (or all voxels) with data, inside the output region."""
         roi = self.mask if self.mask is not None else torch.ones(self.shape, dtype=torch.bool)
+        roi = roi if self.valid is None else roi & self.valid
         return roi if self.within is None else roi & self.within
 
 
@@ -165,10 +172,16 @@ def make_stack(volume: MetaTensor, mask: MetaTensor | None = None, *, name: str 
     m = resample_mask(mask, affine, data.shape) if mask is not None else None
     if m is not None and not bool(m.any()):
         raise DataError(f"{label}: the mask is empty")
-    data = torch.nan_to_num(data, nan=0.0)
-    norm = _robust_norm(data, m, label)
+    valid = torch.isfinite(data)
+    norm = _robust_norm(data, m, label)  # over the finite values
+    if bool(valid.all()):
+        valid = None
+    else:
+        logger.warning("%s: %d voxels are NaN or infinite (no data); they take no part in registration, "
+                       "reconstruction or the mean of the stacks", label, int((~valid).sum()))
+        data = torch.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
     return Stack(data=data / norm, affine=affine, mask=m, slice_axis=axis, thickness=th, norm=norm,
-                 name=label, source=volume)
+                 name=label, source=volume, valid=valid)
 
 
 def orthonormal(affine: np.ndarray) -> np.ndarray:
