@@ -100,7 +100,7 @@ def _describe_raster_file(path: Path) -> dict[str, Any]:
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    from medsat_sr.io.geotiff_read import alpha_bands
+    from medsat_sr.io.geotiff_read import alpha_bands, paletted
 
     try:
         with rasterio.open(path) as src:
@@ -126,7 +126,7 @@ def _describe_raster_file(path: Path) -> dict[str, Any]:
             }
             if alpha:
                 out["alpha"] = f"band {alpha[0]} ({names[alpha[0] - 1]}): read as the validity mask, not as a band"
-            if src.count == 1 and src.colorinterp[0].name == "palette":
+            if paletted(src):
                 out["labels"] = "a paletted raster (a colour table over class labels): upscaled only by --method nearest"
             return out
     except RasterioIOError as exc:

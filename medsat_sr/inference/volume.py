@@ -292,7 +292,8 @@ def upscale_volume(*, src: Any, mem: Any, decision: Any, method: str | None, sca
     aff = scale_affine(np.asarray(volume.affine, dtype=np.float64), eff)
     x = volume.as_tensor().float()
     missing = ~torch.isfinite(x)
-    if missing.any():
+    has_missing = bool(missing.any())
+    if has_missing:
         logger.warning("%s: %d voxels are NaN or infinite (no data); they are set to 0 for upscaling and are NaN "
                        "again in the output", volume.meta.get(Key.SOURCE_PATH) or "input", int(missing.sum()))
         x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
@@ -302,7 +303,7 @@ def upscale_volume(*, src: Any, mem: Any, decision: Any, method: str | None, sca
     else:
         mean = torch.from_numpy(resample_volume(x, out_shape, method or "cubic"))
         run_info = {"route": "classical", "method": method or "cubic"}
-    if missing.any():
+    if has_missing:
         mean = _restore_missing(mean, missing, out_shape)
         var = None if var is None else _restore_missing(var, missing, out_shape)
     run_info["scale"] = {"requested": list(s), "effective": eff.tolist()}

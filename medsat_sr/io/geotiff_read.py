@@ -145,9 +145,14 @@ def is_paletted(path: str | os.PathLike[str]) -> bool:
     """
     try:
         with gdal_env(), rasterio.open(path) as src:
-            return bool(src.colorinterp[0] == ColorInterp.palette)
+            return paletted(src)
     except RASTERIO_ERRORS:
         return False
+
+
+def paletted(src: Any) -> bool:
+    """Whether an open dataset's first band is paletted (the rule of :func:`is_paletted`)."""
+    return bool(src.colorinterp[0] == ColorInterp.palette)
 
 
 def has_dataset_mask(src: Any, alpha: Sequence[int]) -> bool:
