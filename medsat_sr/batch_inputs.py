@@ -22,6 +22,7 @@ from typing import Any
 from medsat_sr._schema import check_path
 from medsat_sr.config import JobConfig
 from medsat_sr.errors import ConfigError, DataError
+from medsat_sr.io import RASTER_SUFFIXES
 
 __all__ = ["InputSpec", "expand_inputs", "read_manifest", "MANIFEST_COLUMNS"]
 
@@ -37,7 +38,6 @@ MANIFEST_COLUMNS = {
 }
 
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".dcm")
-_RASTER_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass
@@ -68,7 +68,7 @@ class InputSpec:
 
 def _strip_ext(name: str) -> tuple[str, str]:
     low = name.lower()
-    for suf in _VOLUME_SUFFIXES + _RASTER_SUFFIXES:
+    for suf in _VOLUME_SUFFIXES + RASTER_SUFFIXES:
         if low.endswith(suf) and len(name) > len(suf):
             return name[: -len(suf)], name[-len(suf):]
     return name, ""

@@ -18,7 +18,7 @@ from typing import Any
 
 from medsat_sr.baselines import METHODS
 from medsat_sr.batch_execute import Task, _one_line, _sha
-from medsat_sr.batch_inputs import _RASTER_SUFFIXES, InputSpec, _strip_ext
+from medsat_sr.batch_inputs import InputSpec, _strip_ext
 from medsat_sr.config import JobConfig, OutputConfig, load_config
 from medsat_sr.errors import ConfigError, MedsatError
 from medsat_sr.inference.multi import is_fusion_method
@@ -72,7 +72,7 @@ def _output_ext(path: Path, kind: str, fmt: str) -> str:
         return _strip_ext(path.name)[1].lower() if path.name.lower().endswith((".nii", ".nii.gz")) else ".nii.gz"
     if kind == "geotiff":
         ext = _strip_ext(path.name)[1].lower()
-        return ext if ext in _RASTER_SUFFIXES else ".tif"
+        return ext if ext in (".tif", ".tiff") else ".tif"  # JPEG 2000 and VRT inputs give a GeoTIFF
     return ""  # DICOM series folder, band folder
 
 
@@ -87,7 +87,7 @@ def output_name(template: str, path: Path, *, kind: str, index: int, name: str, 
         name: the config's name.
         fmt: ``output.format`` (``auto`` keeps the input's format; a COG is a ``.tif``).
     """
-    stem = path.name if path.is_dir() else _strip_ext(path.name)[0]
+    stem = (path.name.removesuffix(".SAFE") or path.name) if path.is_dir() else _strip_ext(path.name)[0]
     ext = _output_ext(path, kind, fmt)
     return template.format(stem=stem, ext=ext, name=name, index=index)
 

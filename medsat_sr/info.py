@@ -177,7 +177,7 @@ def describe(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
         for f in files:
             d = _describe_raster_file(f)
             key = f"{d['pixel_size'][0]:g} x {d['pixel_size'][1]:g}, {d['shape'][1]}x{d['shape'][2]}, {d['crs']}"
-            groups.setdefault(key, []).append(f.stem)
+            groups.setdefault(key, []).append(geotiff_bandset.band_name(f))
         out["groups"] = [{"grid": k, "bands": v} for k, v in groups.items()]
         aux = geotiff_bandset.aux_files(p)
         if aux:

@@ -20,7 +20,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Show what the reader sees: shape, spacing or pixel size, orientation or CRS, bands, "
         "dtype, nodata, intensity mapping; for a DICOM folder, every series found.",
     )
-    p.add_argument("path", help="file or folder (DICOM series folder, NIfTI, GeoTIFF, band folder)")
+    p.add_argument("path", help="file or folder (DICOM series folder, NIfTI, GeoTIFF, JPEG 2000, VRT, band folder, "
+                                "Sentinel-2 .SAFE)")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_reader_flags(p)
     p.set_defaults(func=run)

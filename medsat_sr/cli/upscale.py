@@ -39,8 +39,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "upscale",
         help=HELP,
-        description="Upscale INPUT (DICOM series folder, NIfTI, GeoTIFF or band folder) into OUTPUT with exactly one of "
-        "--config (self-supervised: fit on the input, then apply), --model (repeatable: weighted ensemble) or --method. "
+        description="Upscale INPUT (DICOM series folder, NIfTI, GeoTIFF, JPEG 2000 or VRT, band folder or "
+        "Sentinel-2 .SAFE) into OUTPUT with exactly one of --config (self-supervised: fit on the input, then "
+        "apply), --model (repeatable: weighted ensemble) or --method. "
         "The output format follows the suffix (.nii, .nii.gz, .tif, .tiff); no suffix: a derived DICOM series "
         "(volumes) or a band folder (band sets). Rasters are streamed. A JSON trust record OUTPUT.json is written "
         "next to the output.",

@@ -456,7 +456,7 @@ def upscale_raster(*, src: Any, mem: Any, decision: Any, method: str | None, sca
     """
     files = FileSet()
     try:
-        groups = groups_of(src, files)
+        groups = groups_of(src, files, getattr(profile, "nodata", None))  # the profile's where the file declares none
         if fmt == "dicom" and len(groups) == 1 and src.kind != "bandset":
             raise FormatError(f"{out_path}: a raster is written to a .tif file (a folder output is for band sets)")
         targets, guides = band_roles(cfg, mem.fit_meta, mem.members, profile)

@@ -10,6 +10,7 @@ not on the scene.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from medsat_sr.image import Key, make_raster
 from medsat_sr.io import geotiff_bandset, geotiff_read
 from medsat_sr.inference.options import DEFAULT_TILE_RASTER
 from medsat_sr.io.geotiff_gdal import RASTERIO_ERRORS, gdal_env
+
+logger = logging.getLogger("medsat_sr.inference")
 
 #: Largest side (pixels) of the decimated read used for raster statistics
 #: (percentiles and band medians; a million pixels per band is ample).
@@ -123,14 +126,27 @@ def valid_of(data: np.ndarray, nodata: float | None, mask: np.ndarray | None) ->
     return valid
 
 
-def memory_group(name: str, img: MetaTensor) -> Group:
-    """A group over an image already in memory (nodata and ``valid_mask`` give the validity)."""
+def _nodata_or(meta: dict[str, Any], fallback: float | None, name: str) -> float | None:
+    """The file's nodata; else ``fallback`` (the profile's), which ``meta`` then declares for the output."""
+    nodata = meta.get(Key.NODATA)
+    if nodata is None and fallback is not None:
+        logger.info("%s (%s): declares no nodata; the profile's %g is nodata, as in the fit",
+                    meta.get(Key.SOURCE_PATH), name, fallback)
+        nodata = meta[Key.NODATA] = float(fallback)
+    return nodata
+
+
+def memory_group(name: str, img: MetaTensor, nodata: float | None = None) -> Group:
+    """A group over an image already in memory (nodata and ``valid_mask`` give the validity).
+
+    ``nodata`` is the value used where the file declares none (the profile's).
+    """
     meta = dict(img.meta)
     meta.pop("affine", None)
     data = img.detach().cpu().as_subclass(torch.Tensor).numpy()
     if data.dtype != np.float32:
         data = data.astype(np.float32)
-    nodata = meta.get(Key.NODATA)
+    nodata = _nodata_or(meta, nodata, name)
     vm = meta.get("valid_mask")
     vm = None if vm is None else np.asarray(vm, dtype=bool)
 
@@ -176,7 +192,7 @@ class FileSet:
         try:
             ds = rasterio.open(path)
         except RASTERIO_ERRORS as exc:
-            raise FormatError(f"{path}: cannot read GeoTIFF: {exc}") from exc
+            raise FormatError(f"{path}: cannot read raster: {exc}") from exc
         self.datasets.append(ds)
         return ds
 
@@ -245,12 +261,13 @@ def file_reader(
     return reader, sampler, any(masked)
 
 
-def file_groups(path: Path, kind: str, files: FileSet) -> list[Group]:
+def file_groups(path: Path, kind: str, files: FileSet, nodata: float | None = None) -> list[Group]:
     """Streamed groups of a GeoTIFF (one) or of a band folder (one per grid, finest first).
 
     The meta of each group is what the reader gives for a tiny window (so
     band names, grouping, scale/offset and header are exactly the reader's);
     the pixels are then read window by window from datasets kept open.
+    ``nodata`` is the value used where the files declare none (the profile's).
     """
     entries: list[tuple[str, dict[str, Any], list[Path], list[list[int]], list[list[int]]]] = []
     if kind == "geotiff":
@@ -269,13 +286,14 @@ def file_groups(path: Path, kind: str, files: FileSet) -> list[Group]:
         ds0 = dss[0]
         if any((ds.height, ds.width) != (ds0.height, ds0.width) for ds in dss[1:]):
             raise GeometryError(f"{path}: the files of band group {gname} differ in size")
-        reader, sampler, masked = file_reader(dss, idx, meta.get(Key.NODATA), meta.get(Key.SCALES) is not None, alphas)
+        meta[Key.SOURCE_PATH] = str(path)
+        nd = _nodata_or(meta, nodata, gname)
+        reader, sampler, masked = file_reader(dss, idx, nd, meta.get(Key.SCALES) is not None, alphas)
         header = dict(meta.get(Key.HEADER) or {})
         header["source_shape"] = (int(ds0.height), int(ds0.width))
         header["window"] = (0, 0, int(ds0.height), int(ds0.width))
         meta[Key.HEADER] = header
         meta[Key.TRANSFORM] = tuple(float(v) for v in tuple(ds0.transform)[:6])
-        meta[Key.SOURCE_PATH] = str(path)
         meta.pop("valid_mask", None)
         meta.pop("affine", None)
         groups.append(
@@ -316,11 +334,15 @@ def first_pixel_window(folder: Path) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 
-def groups_of(src: Any, files: FileSet) -> list[Group]:
-    """The groups of a read source: in memory (a raster or a BandSet), else streamed from its file(s)."""
+def groups_of(src: Any, files: FileSet, nodata: float | None = None) -> list[Group]:
+    """The groups of a read source: in memory (a raster or a BandSet), else streamed from its file(s).
+
+    ``nodata`` is the value used where the input declares none (the domain
+    profile's: a Sentinel-2 SAFE band declares none, and its 0 is nodata).
+    """
     if src.raster is not None:
         if isinstance(src.raster, MetaTensor):
-            return [memory_group("image", src.raster)]
-        return [memory_group(n, g) for n, g in src.raster.groups.items()]
+            return [memory_group("image", src.raster, nodata)]
+        return [memory_group(n, g, nodata) for n, g in src.raster.groups.items()]
     with gdal_env():
-        return file_groups(src.path, src.kind, files)
+        return file_groups(src.path, src.kind, files, nodata)

@@ -5,7 +5,9 @@
 * a folder holding DICOM files -> :mod:`medsat_sr.io.dicom` (one series);
 * a folder of GeoTIFF band files -> a :class:`~medsat_sr.image.BandSet`;
 * ``.nii`` / ``.nii.gz`` (or a NIfTI header) -> :mod:`medsat_sr.io.nifti`;
-* ``.tif`` / ``.tiff`` (or TIFF magic) -> :mod:`medsat_sr.io.geotiff`;
+* ``.tif`` / ``.tiff`` (or TIFF magic), ``.jp2`` (or the JPEG 2000
+  signature) and ``.vrt`` -> :mod:`medsat_sr.io.geotiff` (GDAL reads all
+  three; outputs are GeoTIFF);
 * ``.dcm`` or a file with the ``DICM`` preamble -> DICOM (multi-frame or a
   single slice).
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:  # the package itself imports no torch: `medsat-sr info` on a 
 
     from medsat_sr.image import BandSet
 
-__all__ = ["read", "write", "detect_format", "output_format", "FORMATS"]
+__all__ = ["read", "write", "detect_format", "output_format", "FORMATS", "RASTER_SUFFIXES"]
 
 #: Output formats and the suffixes that select them.
 FORMATS: dict[str, tuple[str, ...]] = {
@@ -44,6 +46,16 @@ FORMATS: dict[str, tuple[str, ...]] = {
 _READ_FORMATS = ("dicom", "nifti", "geotiff", "bandset")
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_JP2_MAGIC = (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")  # JP2 signature box; raw J2K codestream
+
+#: Suffixes of the raster files :func:`read` takes (GDAL drivers
+#: :data:`medsat_sr.io.geotiff_read.READ_DRIVERS`): GeoTIFF, JPEG 2000, VRT.
+RASTER_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".jp2", ".vrt")
+
+#: Input suffixes and the reader they select (a file's content decides first).
+_READ_SUFFIXES: dict[str, str] = {
+    ".nii": "nifti", ".nii.gz": "nifti", ".dcm": "dicom", **dict.fromkeys(RASTER_SUFFIXES, "geotiff"),
+}
 
 
 def _suffix(path: Path) -> str:
@@ -59,7 +71,7 @@ def _sniff_file(path: Path) -> str | None:
             head = fh.read(352)
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror}") from exc
-    if head[:4] in _TIFF_MAGIC:
+    if head[:4] in _TIFF_MAGIC or head.startswith(_JP2_MAGIC) or head.lstrip().startswith(b"<VRTDataset"):
         return "geotiff"
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
@@ -109,14 +121,14 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         raise FormatError(f"{p}: file is empty")
     sniffed = _sniff_file(p)
     suffix = _suffix(p)
-    by_suffix = {".nii": "nifti", ".nii.gz": "nifti", ".tif": "geotiff", ".tiff": "geotiff", ".dcm": "dicom"}.get(suffix)
+    by_suffix = _READ_SUFFIXES.get(suffix)
     if sniffed is not None:
         return sniffed
     if by_suffix is not None:
         return by_suffix
     raise FormatError(
         f"{p}: unknown format (suffix {suffix or 'none'!r}); expected a DICOM folder or file, "
-        ".nii/.nii.gz, or .tif/.tiff"
+        ".nii/.nii.gz, or a raster (.tif/.tiff, .jp2, .vrt)"
     )
 
 

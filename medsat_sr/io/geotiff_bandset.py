@@ -43,13 +43,16 @@ from medsat_sr.io.geotiff_gdal import RASTERIO_ERRORS, _describe, gdal_env
 from medsat_sr.io.geotiff_read import as_window, read
 from medsat_sr.io.geotiff_write import _write
 
-__all__ = ["read_bandset", "write_bandset", "band_files", "band_grids", "check_nested", "is_aux_layer", "aux_files",
-           "AUX_LAYERS", "SUFFIXES"]
+__all__ = ["read_bandset", "write_bandset", "band_files", "band_grids", "band_name", "check_nested", "is_aux_layer",
+           "aux_files", "AUX_LAYERS", "SUFFIXES"]
 
 logger = logging.getLogger("medsat_sr.io.geotiff")  # the name users and tests know (caplog)
 
-#: File suffixes of GeoTIFF files (case-insensitive).
-SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
+#: File suffixes of band files (case-insensitive): GeoTIFF, and JPEG 2000 as
+#: in a Sentinel-2 SAFE granule's ``IMG_DATA`` folder. A ``.vrt`` is read as
+#: one input, not as a band of a folder (a folder's VRT is usually a stack of
+#: the bands beside it).
+SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".jp2")
 
 #: Names (upper case) of per-band files that are not spectral bands, alone or
 #: after a product prefix (``l8_BQA``, ``LE07_..._fmask``): Sentinel-2 scene
@@ -65,6 +68,24 @@ AUX_LAYERS: frozenset[str] = frozenset(
 )
 
 _RESOLUTION_TAG = re.compile(r"_\d+(?:\.\d+)?M$")  # "SCL_20m", "AOT_10m" in Sentinel-2 L2A file names
+
+#: A Sentinel-2 SAFE granule's band file: ``T33UUB_20170527T100031_B02`` (L1C),
+#: ``T33UUB_20170527T100031_B02_10m`` (L2A), or the pre-2016 long names ending
+#: ``..._T33UUB_B02``: the tile, the sensing time, the band, the resolution.
+_SAFE_BAND = re.compile(r"(?:.*_)?T\d{2}[A-Z]{3}_(?:\d{8}T\d{6}_)?(?P<band>B\d{2}|B8A)(?:_[126]0m)?", re.IGNORECASE)
+
+
+def band_name(path: str | os.PathLike[str]) -> str:
+    """The band a band file holds: its stem, or the band of a Sentinel-2 SAFE file name.
+
+    ``B02.tif`` and ``l8_B4.tif`` are named by their stems;
+    ``T33UUB_20170527T100031_B02.jp2`` and ``T33UUB_20170527T100031_B8A_20m.jp2``
+    (a SAFE granule's ``IMG_DATA``) are ``B02`` and ``B8A``, the names the
+    Sentinel-2 profiles and configs use.
+    """
+    stem = Path(path).stem
+    m = _SAFE_BAND.fullmatch(stem)
+    return m.group("band").upper() if m else stem
 
 
 def is_aux_layer(stem: str) -> bool:
@@ -84,22 +105,68 @@ def aux_files(folder: str | os.PathLike[str]) -> list[Path]:
     return [f for f in band_files(folder, include_aux=True) if is_aux_layer(f.stem)]
 
 
+def _flat_band_files(folder: Path, include_aux: bool) -> list[Path]:
+    return [
+        f
+        for f in folder.iterdir()
+        if f.suffix.lower() in SUFFIXES
+        and not f.name.startswith(".")
+        and f.is_file()
+        and (include_aux or not is_aux_layer(f.stem))
+    ]
+
+
+#: A Sentinel-2 L2A granule's ``IMG_DATA`` resolution folders, finest first.
+_L2A_RESOLUTIONS = ("R10m", "R20m", "R60m")
+
+
+def _safe_band_files(folder: Path, include_aux: bool) -> list[Path]:
+    """The bands of a Sentinel-2 SAFE product, its granule or its ``IMG_DATA`` folder; ``[]`` for other folders.
+
+    ``X.SAFE/`` and ``X.SAFE/GRANULE/<id>/`` lead to the granule's ``IMG_DATA``
+    (a product of one granule, as ESA delivers them). An L2A ``IMG_DATA``
+    holds ``R10m``, ``R20m`` and ``R60m``: each band is taken at its native
+    resolution, the finest folder that holds it (``B05`` from ``R20m``; the
+    ``R20m`` and ``R60m`` copies of finer bands are resampled by ESA, not
+    bands of their own).
+    """
+    if (folder / "GRANULE").is_dir():
+        granules = sorted(g for g in (folder / "GRANULE").iterdir() if (g / "IMG_DATA").is_dir())
+        if len(granules) != 1:
+            return []
+        folder = granules[0]
+    if (folder / "IMG_DATA").is_dir():
+        folder = folder / "IMG_DATA"
+        flat = _flat_band_files(folder, include_aux)
+        if flat:
+            return flat
+    chosen: dict[str, Path] = {}
+    for res in _L2A_RESOLUTIONS:
+        if (folder / res).is_dir():
+            for f in _flat_band_files(folder / res, include_aux):
+                chosen.setdefault(band_name(f), f)
+    return list(chosen.values())
+
+
 def band_files(folder: str | os.PathLike[str], *, include_aux: bool = False) -> list[Path]:
-    """The GeoTIFF files of a band folder, in band order.
+    """The band files of a band folder, in band order.
 
     A band folder holds one single-band file per band, named after the
     band (``B02.tif``, ``B8A.tif``). Hidden files (``.``-prefixed, such as
     medsat_sr's temporary ``.part`` files) are skipped, and so are the
     auxiliary layers (:func:`is_aux_layer`: ``SCL.tif``, ``l8_BQA.tif`` ...) unless
-    ``include_aux``. Only the folder itself is searched, not subfolders.
+    ``include_aux``. Only the folder itself is searched, not subfolders,
+    except in a Sentinel-2 SAFE layout (a ``.SAFE`` product, its granule, or an
+    L2A ``IMG_DATA`` with ``R10m``/``R20m``/``R60m``), where each band is
+    taken at its native resolution.
 
     Args:
         folder: the folder.
         include_aux: also return auxiliary layers.
 
     Returns:
-        The files, sorted with :func:`band_sort_key` on their stems; empty
-        when there are none.
+        The files, sorted with :func:`band_sort_key` on their band names
+        (:func:`band_name`); empty when there are none.
 
     Raises:
         DataError: ``folder`` is not a folder.
@@ -107,15 +174,8 @@ def band_files(folder: str | os.PathLike[str], *, include_aux: bool = False) -> 
     p = Path(folder)
     if not p.is_dir():
         raise DataError(f"{p}: not a folder")
-    out = [
-        f
-        for f in p.iterdir()
-        if f.suffix.lower() in SUFFIXES
-        and not f.name.startswith(".")
-        and f.is_file()
-        and (include_aux or not is_aux_layer(f.stem))
-    ]
-    return sorted(out, key=lambda f: band_sort_key(f.stem))
+    out = _flat_band_files(p, include_aux) or _safe_band_files(p, include_aux)
+    return sorted(out, key=lambda f: band_sort_key(band_name(f)))
 
 
 def _headers(folder: str | os.PathLike[str]) -> list[tuple[Path, Affine, tuple[int, int], Any]]:
@@ -127,7 +187,7 @@ def _headers(folder: str | os.PathLike[str]) -> list[tuple[Path, Affine, tuple[i
                 with rasterio.open(f) as src:
                     out.append((f, src.transform, (src.height, src.width), src.crs))
             except RASTERIO_ERRORS as exc:
-                raise FormatError(f"{f}: cannot read GeoTIFF: {_describe(exc)} (is the file truncated or corrupt?)") from exc
+                raise FormatError(f"{f}: cannot read raster: {_describe(exc)} (is the file truncated or corrupt?)") from exc
     return out
 
 
@@ -146,7 +206,7 @@ def band_grids(folder: str | os.PathLike[str]) -> list[list[str]]:
         DataError: ``folder`` is not a folder.
         FormatError: a file cannot be read.
     """
-    return [[f.stem for f in files] for _, files in _grids(_headers(folder))]
+    return [[band_name(f) for f in files] for _, files in _grids(_headers(folder))]
 
 
 def check_nested(folder: str | os.PathLike[str]) -> None:
@@ -226,9 +286,9 @@ def _check_nested(folder: Path, grids: list[tuple[Affine, list[Path]]], crs: Any
         if all(abs(v - round(v)) < 1e-6 for v in vals):
             continue
         fname, name = _group_name(fine, crs), _group_name(t, crs)
-        stems = " ".join(f.stem for f in fine_files)
+        stems = " ".join(band_name(f) for f in fine_files)
         raise GeometryError(
-            f"{folder}: the {name} grid ({' '.join(f.stem for f in files[:4])}{' ...' if len(files) > 4 else ''}) does "
+            f"{folder}: the {name} grid ({' '.join(band_name(f) for f in files[:4])}{' ...' if len(files) > 4 else ''}) does "
             f"not nest in the {fname} grid ({stems}): its pixel corners fall {c0 % 1:.3g} x {r0 % 1:.3g} pixels off "
             f"it (pixel {c1 - c0:.4g} x {r1 - r0:.4g} of them; a Landsat Level-1 pan sits half a pixel off on "
             f"purpose), and band sets are never resampled; pan-sharpen (--config landsat_pansharpen) or leave {stems} out"
@@ -249,7 +309,8 @@ def read_bandset(
     ``"10x20m"`` for non-square pixels; ``"_2"`` etc. appended when two grids
     share a pixel size), finest first. Bands within a group follow
     :func:`band_sort_key` (``B01 ... B08 B8A B09 ... B12``). Band name = file
-    stem. Nothing is resampled.
+    stem, or the band of a Sentinel-2 SAFE file name (:func:`band_name`).
+    Nothing is resampled.
 
     Args:
         folder: the band folder.
@@ -274,11 +335,11 @@ def read_bandset(
     p = Path(folder)
     files = band_files(p, include_aux=include_aux)
     if not files:
-        raise FormatError(f"{p}: no GeoTIFF band files (.tif/.tiff) in this folder")
-    stems = [f.stem for f in files]
+        raise FormatError(f"{p}: no band files (.tif/.tiff or .jp2) in this folder")
+    stems = [band_name(f) for f in files]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
-        raise FormatError(f"{p}: several files for band(s) {dupes} (e.g. .tif and .tiff)")
+        raise FormatError(f"{p}: several files for band(s) {dupes} (e.g. .tif and .jp2)")
     if bands is not None:
         if isinstance(bands, str):
             bands = [bands]
@@ -286,7 +347,7 @@ def read_bandset(
         if unknown:
             aux = "" if include_aux else " (auxiliary layers need include_aux=True)"
             raise ConfigError(f"{p}: no band(s) {unknown}; bands are {stems}{aux}")
-        files = [f for f in files if f.stem in set(bands)]
+        files = [f for f in files if band_name(f) in set(bands)]
     win = as_window(window)
 
     # grid of every file
@@ -303,7 +364,7 @@ def read_bandset(
                         )
                     info.append((f, src.transform, (src.height, src.width), src.crs, src.nodata))
             except RASTERIO_ERRORS as exc:
-                raise FormatError(f"{f}: cannot read GeoTIFF: {_describe(exc)} (is the file truncated or corrupt?)") from exc
+                raise FormatError(f"{f}: cannot read raster: {_describe(exc)} (is the file truncated or corrupt?)") from exc
     crs0 = info[0][3]
     if any((c is None) != (crs0 is None) or (c is not None and c != crs0) for _, _, _, c, _ in info):
         listing = ", ".join(f"{f.name}: {c.to_string() if c else None}" for f, _, _, c, _ in info)
@@ -327,7 +388,7 @@ def read_bandset(
             listing = ", ".join(f"{f.name}: {nodata_of[f]}" for f in gfiles)
             raise FormatError(f"{p}: bands of the {name} group have different nodata values ({listing})")
         gwin = None if win is None else _group_window(win, grids[0][0], transform, name)
-        gfiles = sorted(gfiles, key=lambda f: band_sort_key(f.stem))
+        gfiles = sorted(gfiles, key=lambda f: band_sort_key(band_name(f)))
         images = [read(f, window=gwin) for f in gfiles]
         out[name] = _stack_group(images, gfiles)
     return BandSet(groups=out, source_path=str(p))
@@ -336,7 +397,7 @@ def read_bandset(
 def _stack_group(images: list[MetaTensor], files: list[Path]) -> MetaTensor:
     first = images[0].meta
     data = np.concatenate([np.asarray(im.as_tensor().numpy()) for im in images], axis=0)
-    names = [f.stem for f in files]
+    names = [band_name(f) for f in files]
     scaled = any(im.meta[Key.SCALES] is not None for im in images)
     scales = [im.meta[Key.SCALES][0] if im.meta[Key.SCALES] else 1.0 for im in images] if scaled else None
     offsets = [im.meta[Key.OFFSETS][0] if im.meta[Key.OFFSETS] else 0.0 for im in images] if scaled else None

@@ -1,5 +1,8 @@
 """GeoTIFF / COG reader: one file, whole or a window, as a raster.
 
+Also reads JPEG 2000 (Sentinel-2 SAFE bands) and VRT files through the same
+GDAL route (:data:`READ_DRIVERS`); the module keeps its GeoTIFF name.
+
 Holds :func:`read`, :func:`as_window` and the window, band-selection, nodata
 and header helpers behind them. Used by :mod:`medsat_sr.io.geotiff_bandset`
 (one file per band), :mod:`medsat_sr.revisit` and :mod:`medsat_sr.inference`;
@@ -62,9 +65,15 @@ from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError
 from medsat_sr.image import make_raster
 from medsat_sr.io.geotiff_gdal import RASTERIO_ERRORS, _describe, gdal_env
 
-__all__ = ["read", "as_window"]
+__all__ = ["read", "as_window", "READ_DRIVERS"]
 
 logger = logging.getLogger("medsat_sr.io.geotiff")  # the name users and tests know (caplog)
+
+#: The GDAL drivers :func:`read` takes: GeoTIFF and COG; JPEG 2000, the
+#: format of Sentinel-2's SAFE products (``GRANULE/*/IMG_DATA/*_B02.jp2``);
+#: and GDAL's virtual rasters (``gdalbuildvrt`` mosaics and band stacks).
+#: Their suffixes are :data:`medsat_sr.io.RASTER_SUFFIXES`. Outputs are always GeoTIFF.
+READ_DRIVERS: frozenset[str] = frozenset({"GTiff", "JP2OpenJPEG", "VRT"})
 
 
 def _check_readable(path: Path) -> None:
@@ -276,8 +285,9 @@ def _header(src: Any, indexes: list[int], win: Window, alpha: Sequence[int]) -> 
 
 
 def _read_open(src: Any, path: Path, win: Window | None, bands: Sequence[int | str] | None) -> MetaTensor:
-    if src.driver != "GTiff":
-        raise FormatError(f"{path}: GDAL reads this file as {src.driver}, expected a GeoTIFF (GTiff)")
+    if src.driver not in READ_DRIVERS:
+        raise FormatError(f"{path}: GDAL reads this file as {src.driver}; medsat_sr reads GeoTIFF, JPEG 2000 "
+                          "and VRT rasters (convert it first: gdal_translate -of GTiff)")
     alpha = alpha_bands(src)
     indexes = _band_indexes(src, bands, path, alpha)
     if src.transform.is_identity and src.gcps[0]:
@@ -372,4 +382,5 @@ def read(
         with gdal_env(), rasterio.open(p) as src:
             return _read_open(src, p, win, bands)
     except RASTERIO_ERRORS as exc:
-        raise FormatError(f"{p}: cannot read GeoTIFF: {_describe(exc)} (is the file truncated or corrupt?)") from exc
+        hint = "does every file the VRT names exist?" if p.suffix.lower() == ".vrt" else "is the file truncated or corrupt?"
+        raise FormatError(f"{p}: cannot read raster: {_describe(exc)} ({hint})") from exc

@@ -1,0 +1,244 @@
+"""Rasters GDAL reads besides GeoTIFF: JPEG 2000 (Sentinel-2 SAFE bands) and VRT.
+
+Inputs only: outputs stay GeoTIFF. The fixtures are written with rasterio
+directly; a lossless JPEG 2000 holds exactly the GeoTIFF's values, so every
+result must equal the GeoTIFF route's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import Affine
+
+from medsat_sr.batch_plan import output_name
+from medsat_sr.cli import main
+from medsat_sr.errors import FormatError
+from medsat_sr.io import detect_format, geotiff, geotiff_bandset
+from medsat_sr.io.geotiff_bandset import band_name
+
+_T10 = Affine(10, 0, 500000, 0, -10, 5000000)
+_T20 = Affine(20, 0, 500000, 0, -20, 5000000)
+
+
+def _scene(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """Smooth uint16 reflectance-like bands (a random field, blurred), with a 0 collar."""
+    rng = np.random.default_rng(seed)
+    c, h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    data = np.stack([1000 + 800 * np.sin(xx / (3 + b) + rng.random() * 6) * np.cos(yy / (4 + b))
+                     + rng.normal(0, 40, (h, w)) for b in range(c)])
+    data = np.clip(data, 1, 4000).astype(np.uint16)
+    data[:, :, :3] = 0
+    return data
+
+
+def _write(path: Path, data: np.ndarray, transform: Affine = _T10, **extra) -> Path:
+    driver = "JP2OpenJPEG" if path.suffix == ".jp2" else "GTiff"
+    profile = dict(driver=driver, count=data.shape[0], height=data.shape[1], width=data.shape[2],
+                   dtype=str(data.dtype), crs="EPSG:32633", transform=transform, **extra)
+    if driver == "JP2OpenJPEG":
+        profile.update(QUALITY=100, REVERSIBLE="YES")  # lossless: the same values as the GeoTIFF
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    for aux in path.parent.glob(path.name + ".aux.xml"):
+        aux.unlink()  # a real SAFE band has none: nodata only where the file itself says it
+    return path
+
+
+def _vrt(path: Path, source: Path) -> Path:
+    """A VRT holding every band of ``source``, with its nodata (what gdalbuildvrt writes for one file)."""
+    with rasterio.open(source) as src:
+        t, n, (h, w), dtype = src.transform, src.count, src.shape, src.dtypes[0]
+        crs, nodata = src.crs.to_wkt(), src.nodata
+    gdal_type = {"uint16": "UInt16", "uint8": "Byte"}[dtype]
+    bands = "".join(
+        f'<VRTRasterBand dataType="{gdal_type}" band="{b}">'
+        + ("" if nodata is None else f"<NoDataValue>{nodata:g}</NoDataValue>")
+        + "<SimpleSource>"
+        f'<SourceFilename relativeToVRT="1">{source.name}</SourceFilename><SourceBand>{b}</SourceBand>'
+        "</SimpleSource></VRTRasterBand>"
+        for b in range(1, n + 1)
+    )
+    path.write_text(f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}"><SRS>{crs}</SRS>'
+                    f"<GeoTransform>{t.c},{t.a},{t.b},{t.f},{t.d},{t.e}</GeoTransform>{bands}</VRTDataset>")
+    return path
+
+
+def test_jpeg2000_and_vrt_files_read_as_the_geotiff_they_hold(tmp_path: Path) -> None:
+    data = _scene((3, 40, 36))
+    tif = _write(tmp_path / "scene.tif", data)
+    jp2 = _write(tmp_path / "scene.jp2", data)
+    vrt = _vrt(tmp_path / "mosaic.vrt", tif)
+    ref = geotiff.read(tif)
+    for path in (jp2, vrt):
+        assert detect_format(path) == "geotiff"
+        img = geotiff.read(path)
+        np.testing.assert_array_equal(img.numpy(), ref.numpy())
+        assert img.meta["transform"] == ref.meta["transform"]
+        assert rasterio.crs.CRS.from_user_input(img.meta["crs"]) == rasterio.crs.CRS.from_user_input(ref.meta["crs"])
+        window = geotiff.read(path, window=((5, 25), (30, 46)))  # past the right edge: filled, as for a GeoTIFF
+        np.testing.assert_array_equal(window.numpy(), geotiff.read(tif, window=((5, 25), (30, 46))).numpy())
+    # the content decides before the suffix, as for TIFF and NIfTI
+    renamed = tmp_path / "scene.dat"
+    renamed.write_bytes(jp2.read_bytes())
+    assert detect_format(renamed) == "geotiff"
+
+
+def test_a_vrt_with_a_missing_source_is_refused_naming_the_vrt_and_the_missing_file(tmp_path: Path) -> None:
+    src = _write(tmp_path / "tile.tif", _scene((1, 16, 16)))
+    vrt = _vrt(tmp_path / "mosaic.vrt", src)
+    src.unlink()
+    with pytest.raises(FormatError) as exc:
+        geotiff.read(vrt)
+    msg = str(exc.value)
+    assert msg.startswith(f"{vrt}: cannot read raster") and "tile.tif" in msg and "VRT names" in msg
+    assert isinstance(exc.value, ValueError)
+
+
+def test_other_gdal_formats_are_refused_naming_the_driver_and_the_way_out(tmp_path: Path) -> None:
+    png = tmp_path / "photo.tif"  # a PNG under a GeoTIFF name: GDAL opens it by its content
+    with rasterio.open(png, "w", driver="PNG", width=8, height=8, count=1, dtype="uint8",
+                       transform=_T10, crs="EPSG:32633") as dst:
+        dst.write(np.ones((1, 8, 8), np.uint8))
+    with pytest.raises(FormatError, match=r"photo\.tif: GDAL reads this file as PNG; medsat_sr reads GeoTIFF, "
+                                          r"JPEG 2000 and VRT rasters \(convert it first: gdal_translate"):
+        geotiff.read(png)
+    with pytest.raises(FormatError, match=r"unknown format \(suffix '\.png'\).*\.jp2, \.vrt"):
+        detect_format(png.rename(tmp_path / "photo.png"))
+
+
+@pytest.mark.parametrize(
+    ("stem", "band"),
+    [
+        ("T33UUB_20170527T100031_B02", "B02"),  # L1C
+        ("T33UUB_20170527T100031_B8A_20m", "B8A"),  # L2A, with its resolution
+        ("t33uub_20170527t100031_b12_60m", "B12"),
+        ("S2A_OPER_MSI_L1C_TL_SGS__20160101T101400_A002_T33UUB_B05", "B05"),  # pre-2016 long names
+        ("T33UUB_20170527T100031_TCI", "T33UUB_20170527T100031_TCI"),  # not a band: left as it is
+        ("B02", "B02"),
+        ("l8_B4", "l8_B4"),  # Landsat: its own names (they would match Sentinel-2's B4 otherwise)
+        ("LC08_L1TP_044034_20170105_B4", "LC08_L1TP_044034_20170105_B4"),
+    ],
+)
+def test_a_safe_file_name_gives_its_band(stem: str, band: str) -> None:
+    assert band_name(Path(f"{stem}.jp2")) == band
+
+
+_PRODUCT = "S2A_MSI{level}_20170527T100031_N0205_R122_T33UUB_20170527T100033.SAFE"
+
+
+def _safe_product(root: Path, level: str = "L1C") -> Path:
+    """A Sentinel-2 product laid out as ESA delivers it, four 10 m and two 20 m bands and the true-colour image.
+
+    L1C: every band in ``IMG_DATA``. L2A: ``IMG_DATA/R10m`` and ``R20m``, where
+    ``R20m`` also holds 20 m copies of the 10 m bands (ESA resamples them) and
+    the scene classification; a band must be read at its native resolution.
+    """
+    product = root / _PRODUCT.format(level=level)
+    img = product / "GRANULE" / f"{level}_T33UUB_A010022_20170527T100033" / "IMG_DATA"
+    fine, coarse = _scene((4, 24, 24), seed=1), _scene((2, 12, 12), seed=2)
+    r10, r20, tag10, tag20 = (img, img, "", "") if level == "L1C" else (img / "R10m", img / "R20m", "_10m", "_20m")
+    for folder in (r10, r20):
+        folder.mkdir(parents=True, exist_ok=True)
+    (product / "MTD_MSIL1C.xml").write_text("<metadata/>")
+    for i, b in enumerate(("B02", "B03", "B04", "B08")):
+        _write(r10 / f"T33UUB_20170527T100031_{b}{tag10}.jp2", fine[i : i + 1])
+        if level == "L2A" and b != "B08":  # the resampled copies
+            _write(r20 / f"T33UUB_20170527T100031_{b}{tag20}.jp2", fine[i : i + 1, ::2, ::2], _T20)
+    for i, b in enumerate(("B11", "B8A")):
+        _write(r20 / f"T33UUB_20170527T100031_{b}{tag20}.jp2", coarse[i : i + 1], _T20)
+    _write(r10 / f"T33UUB_20170527T100031_TCI{tag10}.jp2", np.zeros((3, 24, 24), np.uint8))
+    if level == "L2A":
+        _write(r20 / "T33UUB_20170527T100031_SCL_20m.jp2", np.full((1, 12, 12), 4, np.uint8), _T20)
+    return product
+
+
+@pytest.mark.parametrize("level", ["L1C", "L2A"])
+def test_a_sentinel2_safe_product_reads_as_its_bands_at_their_native_resolution(tmp_path: Path, level: str) -> None:
+    product = _safe_product(tmp_path, level)
+    granule = next((product / "GRANULE").iterdir())
+    expected = {"10m": ["B02", "B03", "B04", "B08"], "20m": ["B8A", "B11"]}
+    for folder in (product, granule, granule / "IMG_DATA"):
+        assert detect_format(folder) == "bandset"
+        bs = geotiff.read_bandset(folder)
+        assert {name: img.meta["band_names"] for name, img in bs.groups.items()} == expected
+        np.testing.assert_array_equal(bs.groups["10m"].numpy()[0], _scene((4, 24, 24), seed=1)[0])
+    b8a = geotiff.read_bandset(product, bands=["B8A"]).groups["20m"]
+    np.testing.assert_array_equal(b8a.numpy()[0], _scene((2, 12, 12), seed=2)[1])
+    aux = {band_name(f) for f in geotiff_bandset.aux_files(product)}
+    assert {a.split("_")[2] for a in aux} == ({"TCI"} if level == "L1C" else {"TCI", "SCL"})
+
+
+def test_upscale_takes_jpeg2000_and_vrt_inputs_and_writes_the_geotiff_route_s_result(tmp_path: Path, capsys) -> None:
+    data = _scene((2, 30, 26))
+    tif = _write(tmp_path / "scene.tif", data, nodata=0)
+    jp2 = _write(tmp_path / "scene.jp2", data)
+    vrt = _vrt(tmp_path / "scene.vrt", tif)
+    outs = {}
+    for src in (tif, jp2, vrt):
+        out = tmp_path / f"{src.suffix[1:]}_x2.tif"
+        assert main(["upscale", str(src), "-o", str(out), "--method", "cubic", "--scale", "2", "-q"]) == 0
+        with rasterio.open(out) as dst, rasterio.open(src) as s:
+            assert dst.driver == "GTiff" and dst.bounds == s.bounds and dst.crs == s.crs
+            assert dst.res == (s.res[0] / 2, s.res[1] / 2) and dst.dtypes[0] == "uint16"
+            outs[src.suffix] = dst.read()
+    # the VRT keeps the source's nodata (its collar is masked); the JPEG 2000 declares none, so its
+    # collar is data, as a real SAFE band's is without the profile: compare away from the collar
+    np.testing.assert_array_equal(outs[".vrt"], outs[".tif"])
+    np.testing.assert_array_equal(outs[".jp2"][:, :, 12:], outs[".tif"][:, :, 12:])
+    # JPEG 2000 is read, not written
+    code = main(["upscale", str(tif), "-o", str(tmp_path / "out.jp2"), "--method", "cubic", "--scale", "2"])
+    assert code == 2 and "unknown output suffix '.jp2'" in capsys.readouterr().err
+    assert not (tmp_path / "out.jp2").exists()
+
+
+def test_batch_names_the_output_of_a_jpeg2000_or_vrt_input_as_a_geotiff() -> None:
+    path = Path("T33UUB_20170527T100031_B02.jp2")
+    assert output_name("{stem}_sr{ext}", path, kind="geotiff", index=0, name="x") == \
+        "T33UUB_20170527T100031_B02_sr.tif"
+    assert output_name("{stem}_sr{ext}", Path("mosaic.vrt"), kind="geotiff", index=0, name="x") == "mosaic_sr.tif"
+
+
+def test_batch_names_the_output_of_a_safe_product_after_the_product(tmp_path: Path) -> None:
+    product = _safe_product(tmp_path)
+    name = output_name("{stem}_sr{ext}", product, kind="bandset", index=0, name="x")
+    assert name == product.name.removesuffix(".SAFE") + "_sr"  # a band folder, as for any band folder input
+
+
+def _s2_folder(folder: Path, suffix: str, nodata: float | None) -> Path:
+    """The ten bands the Sentinel-2 model takes, 160 x 160 at 10 m and 80 x 80 at 20 m, with a 0 collar."""
+    folder.mkdir()
+    fine, coarse = _scene((4, 160, 160), seed=3), _scene((6, 80, 80), seed=4)
+    extra = {} if nodata is None else {"nodata": nodata}
+    for i, b in enumerate(("B02", "B03", "B04", "B08")):
+        _write(folder / f"T33UUB_20170527T100031_{b}{suffix}", fine[i : i + 1], **extra)
+    for i, b in enumerate(("B05", "B06", "B07", "B8A", "B11", "B12")):
+        _write(folder / f"T33UUB_20170527T100031_{b}{suffix}", coarse[i : i + 1], _T20, **extra)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_band_that_declares_no_nodata_takes_the_profile_s_on_the_model_route(tmp_path: Path) -> None:
+    # ESA's JPEG 2000 bands declare no nodata; the Sentinel-2 profiles say 0 is nodata, and the fit masks it.
+    # The model route must mask it too, and declare it: the same output as the GeoTIFFs that declare 0.
+    safe = _s2_folder(tmp_path / "IMG_DATA", ".jp2", None)
+    tifs = _s2_folder(tmp_path / "tifs", ".tif", 0)
+    outs = {}
+    for name, folder in (("safe", safe), ("tifs", tifs)):
+        out = tmp_path / f"{name}.tif"
+        assert main(["upscale", str(folder), "-o", str(out), "--model", "sentinel2_20m_to_10m", "-q",
+                     "--tile-size", "64"]) == 0
+        with rasterio.open(out) as dst:
+            assert dst.nodata == 0
+            outs[name] = dst.read()
+    np.testing.assert_array_equal(outs["safe"], outs["tifs"])
+    assert not outs["safe"][:, :, :3].any()  # the collar (3 pixels at 10 m) stays nodata, with no ringing into it
+    # a --method route has no profile: the file is read as it is, and the output declares no nodata
+    out = tmp_path / "cubic.tif"
+    assert main(["upscale", str(safe), "-o", str(out), "--method", "cubic", "-q"]) == 0
+    with rasterio.open(out) as dst:
+        assert dst.nodata is None
