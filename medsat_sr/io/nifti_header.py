@@ -112,6 +112,8 @@ def read_header(path: str | os.PathLike[str]) -> Any:
                 klass: Any = nib.Nifti1Header
             elif 540 in (size_le, size_be):
                 klass = nib.Nifti2Header
+            elif head[:2] == b"\x1f\x8b":  # ImageOpener decompresses by suffix only
+                raise FormatError(f"{p}: gzip-compressed, but named .nii; rename it to {p.name}.gz")
             else:
                 raise FormatError(f"{p}: not a NIfTI file (sizeof_hdr is {size_le}, expected 348 or 540)")
             fh.seek(0)

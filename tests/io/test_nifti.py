@@ -427,6 +427,16 @@ def test_garbage_is_format_error(tmp_path: Path) -> None:
         nifti.read(short)
 
 
+def test_a_gzipped_file_named_nii_is_refused_with_the_name_to_give_it(tmp_path: Path) -> None:
+    raw = np.arange(8 * 8 * 4, dtype=np.int16).reshape(8, 8, 4)
+    good = save_raw(tmp_path / "scan.nii.gz", raw, base_header(raw.shape, "int16"))
+    misnamed = tmp_path / "scan.nii"
+    misnamed.write_bytes(good.read_bytes())
+    for read in (nifti.read, medsat_sr.read):
+        with pytest.raises(FormatError, match=r"scan\.nii: gzip-compressed, but named \.nii; rename it to scan\.nii\.gz"):
+            read(misnamed)
+
+
 def test_write_into_missing_folder_is_write_error(scaled_file: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     img = nifti.read(scaled_file[0])
     with pytest.raises(WriteError, match="does not exist"):
