@@ -188,3 +188,17 @@ def test_a_landsat_level1_folder_lists_its_bands_in_band_order(shared_data: Path
     grids = band_grids(shared_data / L8)
     assert grids[0] == ["l8_B8"]
     assert grids[1] == ["l8_B1", "l8_B2", "l8_B3", "l8_B4", "l8_B5", "l8_B6", "l8_B7", "l8_B9", "l8_B10", "l8_B11"]
+
+
+def test_a_landsat_level2_folder_reads_its_reflectance_bands_and_matches_their_profile(tmp_path: Path) -> None:
+    """A Collection 2 Level-2 product folder: SR_B1-B7 beside the surface-temperature and quality layers."""
+    from medsat_sr.domains import profile_for
+    from medsat_sr.io.geotiff_bandset import band_grids
+
+    prefix = "LC08_L2SP_044034_20200601_20200824_02_T1_"
+    others = ("ST_B10", "ST_ATRAN", "ST_DRAD", "ST_EMIS", "ST_EMSD", "ST_TRAD", "ST_URAD", "ST_QA", "ST_CDIST",
+              "QA_PIXEL", "QA_RADSAT", "SR_QA_AEROSOL")
+    folder = _one_grid(tmp_path, tuple(prefix + n for n in (*[f"SR_B{i}" for i in range(1, 8)], *others)))
+    assert band_grids(folder) == [[f"{prefix}SR_B{i}" for i in range(1, 8)]]
+    (img,) = read(folder).groups.values()
+    assert profile_for(img).name == "landsat8_9"  # the thermal layers no longer hide the product's profile

@@ -60,11 +60,17 @@ SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".jp2")
 #: cloud/snow probabilities and masks; Landsat Collection 1 and 2 quality
 #: layers (``BQA``, ``QA_PIXEL``, ``QA_RADSAT``, ``SR_QA_AEROSOL``, ``ST_QA``,
 #: ``ST_CDIST``, the older ``pixel_qa``, ``radsat_qa``, ``sr_cloud_qa``) and
-#: Fmask/CFmask; a plain ``mask``.
+#: Fmask/CFmask; a plain ``mask``. Also the Collection 2 Level-2 surface
+#: temperature layers that sit beside the reflectance bands in the same
+#: folder: ``ST_B10`` (kelvin, from the 100 m thermal band, resampled to 30 m
+#: by USGS: a product of its own, upscaled alone if wanted) and its
+#: intermediates ``ST_ATRAN``, ``ST_DRAD``, ``ST_EMIS``, ``ST_EMSD``,
+#: ``ST_TRAD``, ``ST_URAD``; the folder's bands are then ``SR_B1`` ... ``SR_B7``.
 AUX_LAYERS: frozenset[str] = frozenset(
     {"SCL", "AOT", "WVP", "TCI", "CLD", "SNW", "PVI", "QA60", "MSK_CLDPRB", "MSK_SNWPRB", "MSK_CLASSI",
      "BQA", "QA_PIXEL", "QA_RADSAT", "SR_QA_AEROSOL", "ST_QA", "ST_CDIST", "PIXEL_QA", "RADSAT_QA", "SR_CLOUD_QA",
-     "SR_ATMOS_OPACITY", "FMASK", "CFMASK", "CFMASK_CONF", "MASK"}
+     "SR_ATMOS_OPACITY", "FMASK", "CFMASK", "CFMASK_CONF", "MASK",
+     "ST_B10", "ST_ATRAN", "ST_DRAD", "ST_EMIS", "ST_EMSD", "ST_TRAD", "ST_URAD"}
 )
 
 _RESOLUTION_TAG = re.compile(r"_\d+(?:\.\d+)?M$")  # "SCL_20m", "AOT_10m" in Sentinel-2 L2A file names
