@@ -43,8 +43,8 @@ from medsat_sr.io.geotiff_gdal import RASTERIO_ERRORS, _describe, gdal_env
 from medsat_sr.io.geotiff_read import as_window, read
 from medsat_sr.io.geotiff_write import _write
 
-__all__ = ["read_bandset", "write_bandset", "band_files", "band_grids", "band_name", "check_nested", "is_aux_layer",
-           "aux_files", "AUX_LAYERS", "SUFFIXES"]
+__all__ = ["read_bandset", "write_bandset", "band_files", "band_grids", "band_name", "grid_files", "check_nested",
+           "is_aux_layer", "aux_files", "AUX_LAYERS", "SUFFIXES"]
 
 logger = logging.getLogger("medsat_sr.io.geotiff")  # the name users and tests know (caplog)
 
@@ -205,6 +205,16 @@ def _grids(heads: list[tuple[Path, Affine, tuple[int, int], Any]]) -> list[tuple
     return [(Affine(*k[1]), groups[k]) for k in sorted(groups)]
 
 
+def grid_files(folder: str | os.PathLike[str]) -> list[list[Path]]:
+    """The band files of a band folder grouped by grid (transform and size), finest first; headers only.
+
+    Raises:
+        DataError: ``folder`` is not a folder.
+        FormatError: a file cannot be read.
+    """
+    return [files for _, files in _grids(_headers(folder))]
+
+
 def band_grids(folder: str | os.PathLike[str]) -> list[list[str]]:
     """The band names of a band folder grouped by grid (transform and size), finest first; headers only.
 
@@ -212,7 +222,7 @@ def band_grids(folder: str | os.PathLike[str]) -> list[list[str]]:
         DataError: ``folder`` is not a folder.
         FormatError: a file cannot be read.
     """
-    return [[band_name(f) for f in files] for _, files in _grids(_headers(folder))]
+    return [[band_name(f) for f in files] for files in grid_files(folder)]
 
 
 def check_nested(folder: str | os.PathLike[str]) -> None:

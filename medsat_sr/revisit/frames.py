@@ -42,14 +42,14 @@ import numpy as np
 import rasterio
 
 from medsat_sr.errors import ConfigError, DataError, GeometryError
-from medsat_sr.io import geotiff_read
+from medsat_sr.io import geotiff_bandset, geotiff_read
 from medsat_sr.revisit.masks import decode, kind_for_name, nodata_valid
 
 __all__ = ["Frame", "read_frames", "frame_date", "parse_window", "select_dates", "stack"]
 
 logger = logging.getLogger("medsat_sr.revisit")
 
-_SUFFIXES = (".tif", ".tiff")
+_SUFFIXES = geotiff_bandset.SUFFIXES  # GeoTIFF and JPEG 2000
 _LANDSAT_ID = re.compile(r"L[CEOTM]\d\d{3}\d{3}(\d{4})(\d{3})")
 _ISO = re.compile(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)")
 _COMPACT = re.compile(r"(?<!\d)((?:19|20)\d{2})(\d{2})(\d{2})(?!\d)")
@@ -107,8 +107,12 @@ def _images(folder: Path) -> list[Path]:
     return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in _SUFFIXES and not f.name.startswith("."))
 
 
-def _read_frame(name: str, bands: list[Path], quality: Path | None, kind: str | None) -> Frame:
-    """Read the band files (one or several bands each) and the quality layer of one frame."""
+def _read_frame(name: str, bands: list[Path], quality: Path | None, kind: str | None,
+                nodata: float | None = None) -> Frame:
+    """Read the band files (one or several bands each) and the quality layer of one frame.
+
+    ``nodata`` is the value used where a file declares none (0 for a Sentinel-2 product's bands).
+    """
     if not bands:
         raise DataError(f"{name}: the frame has a quality layer but no image band")
     imgs = [geotiff_read.read(p) for p in bands]
@@ -119,7 +123,8 @@ def _read_frame(name: str, bands: list[Path], quality: Path | None, kind: str | 
     data = np.concatenate([np.asarray(img.as_tensor()) for img in imgs]).astype(np.float32)
     valid = np.ones(data.shape[1:], dtype=bool)
     for img in imgs:
-        valid &= nodata_valid(np.asarray(img.as_tensor()), img.meta.get("nodata"))
+        declared = img.meta.get("nodata")
+        valid &= nodata_valid(np.asarray(img.as_tensor()), nodata if declared is None else declared)
         if img.meta.get("valid_mask") is not None:
             valid &= np.asarray(img.meta["valid_mask"], dtype=bool)
     if quality is not None:
@@ -127,17 +132,45 @@ def _read_frame(name: str, bands: list[Path], quality: Path | None, kind: str | 
             if (src.height, src.width) != data.shape[1:]:
                 raise GeometryError(f"{quality}: quality layer {src.height}x{src.width} does not match its frame {data.shape[1:]}")
             valid &= decode(kind or "qm", src.read(1))
+    meta = dict(first)
+    meta["band_names"] = _band_names(bands, imgs)
+    date = frame_date(name) or frame_date(bands[0].stem, bands[0])
+    return Frame(data=data, valid=valid, name=name, date=date, mask_kind=kind if quality else None, meta=meta,
+                 paths=bands + ([quality] if quality else []))
+
+
+def _band_names(bands: list[Path], imgs: list[Any]) -> list[str]:
+    """One name per band: a Sentinel-2 file's band (``B02``), else the stems less their shared prefix."""
+    if len(bands) > 1 and all(geotiff_bandset.band_name(p) != p.stem for p in bands):
+        return [geotiff_bandset.band_name(p) for p in bands]
     names: list[str] = []
     prefix = os.path.commonprefix([p.stem for p in bands]) if len(bands) > 1 else ""
     prefix = prefix[: max(prefix.rfind(c) for c in "_-.") + 1]  # cut at a separator: "X_b3", "X_b4" -> "b3", "b4"
     for p, img in zip(bands, imgs):
         bn = img.meta.get("band_names") or []
         names += [p.stem[len(prefix):].lstrip("_-.") or p.stem if len(bands) > 1 and img.shape[0] == 1 else n for n in bn]
-    meta = dict(first)
-    meta["band_names"] = names
-    date = frame_date(name, bands[0])
-    return Frame(data=data, valid=valid, name=name, date=date, mask_kind=kind if quality else None, meta=meta,
-                 paths=bands + ([quality] if quality else []))
+    return names
+
+
+def _is_sentinel2(folder: Path) -> bool:
+    """Whether ``folder`` holds Sentinel-2 product bands (:func:`~medsat_sr.io.geotiff_bandset.band_name`)."""
+    return any(geotiff_bandset.band_name(f) != f.stem for f in geotiff_bandset.band_files(folder))
+
+
+def _sentinel2_frame(folder: Path) -> Frame | None:
+    """A Sentinel-2 product (SAFE, its granule or ``IMG_DATA``) as one frame: the bands of its finest grid.
+
+    A frame is one grid, so the 20 m and 60 m bands are left out (with a
+    warning); the product's 0 is nodata. ``None`` when ``folder`` holds no
+    Sentinel-2 band files.
+    """
+    if not _is_sentinel2(folder):
+        return None
+    grids = geotiff_bandset.grid_files(folder)
+    if len(grids) > 1:
+        logger.warning("%s: a frame is one grid: fusing its finest bands (%s); the %d coarser band(s) are left out",
+                       folder, " ".join(geotiff_bandset.band_name(f) for f in grids[0]), sum(map(len, grids[1:])))
+    return _read_frame(folder.name, grids[0], None, None, nodata=0.0)
 
 
 def _split_quality(files: list[Path]) -> tuple[list[Path], Path | None, str | None]:
@@ -161,12 +194,16 @@ def _sidecar_quality(path: Path) -> tuple[Path | None, str | None]:
 
 
 def _frames_of_folder(folder: Path) -> list[Frame]:
-    subs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and _images(d))
+    s2 = _sentinel2_frame(folder)
+    if s2 is not None:
+        return [s2]
+    subs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and
+                  (_images(d) or _is_sentinel2(d)))
     files = _images(folder)
     if subs and not files:
-        return [_read_frame(d.name, *_split_quality(_images(d))) for d in subs]
+        return [_sentinel2_frame(d) or _read_frame(d.name, *_split_quality(_images(d))) for d in subs]
     if not files:
-        raise DataError(f"{folder}: no GeoTIFF frames in this folder or its subfolders")
+        raise DataError(f"{folder}: no GeoTIFF or JPEG 2000 frames in this folder or its subfolders")
     by_date: dict[dt.date | None, list[Path]] = {}
     for f in files:
         by_date.setdefault(frame_date(f.stem), []).append(f)

@@ -242,3 +242,25 @@ def test_a_band_that_declares_no_nodata_takes_the_profile_s_on_the_model_route(t
     assert main(["upscale", str(safe), "-o", str(out), "--method", "cubic", "-q"]) == 0
     with rasterio.open(out) as dst:
         assert dst.nodata is None
+
+
+def test_sentinel2_products_are_revisit_frames_of_their_finest_bands(tmp_path: Path, caplog) -> None:
+    from medsat_sr.revisit.frames import read_frames
+
+    first = _safe_product(tmp_path / "a", "L2A")
+    second = tmp_path / "b" / first.name.replace("20170527T100031", "20170606T100031", 1)
+    second.parent.mkdir()
+    first.rename(second)  # the same granule, a later pass (the date is in the product's name)
+    first = _safe_product(tmp_path / "a", "L2A")
+    with caplog.at_level("WARNING", logger="medsat_sr.revisit"):
+        frames = read_frames([second, first])
+    assert [f.date.isoformat() for f in frames] == ["2017-05-27", "2017-06-06"]  # sorted by date
+    for f in frames:
+        assert f.meta["band_names"] == ["B02", "B03", "B04", "B08"] and f.data.shape == (4, 24, 24)
+        assert not f.valid[:, :3].any() and f.valid[:, 3:].all()  # the 0 collar is nodata, as ESA says
+    assert "the 2 coarser band(s) are left out" in caplog.text
+    # a folder of products is a folder of dates
+    (tmp_path / "dates").mkdir()
+    for f in (first, second):
+        f.rename(tmp_path / "dates" / f.name)
+    assert len(read_frames([tmp_path / "dates"])) == 2
