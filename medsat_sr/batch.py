@@ -99,6 +99,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medsat_sr import zoo
 from medsat_sr.batch_execute import (
     Task,
     _check_workers,
@@ -465,11 +466,12 @@ def run_batch(
     t_start = time.perf_counter()
     job = job or upscale_job
     workers = _check_workers(workers, torch_threads)
-    models = [str(Path(os.path.abspath(Path(m).expanduser()))) for m in models]
+    # a shipped model's name stays a name: upscale scores it on each input, with the config it serves
+    models = [str(m) if zoo.is_shipped(str(m)) else str(Path(os.path.abspath(Path(m).expanduser()))) for m in models]
     pan_route = check_method(method, models, config)
     base_config = load_base_config(config, overrides, method, models)
     scale_v = scale_value(scale)
-    model_hashes = [_checkpoint_id(m) for m in models]
+    model_hashes = [_checkpoint_id(str(zoo.checkpoint(m)) if zoo.is_shipped(m) else m) for m in models]
 
     specs = _collect_specs(inputs, manifest)
     check_classical_scale(specs, method=method, pan_route=pan_route, base_config=base_config, scale=scale_v)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medsat_sr import checkpoint
+from medsat_sr import checkpoint, zoo
 from medsat_sr._version import __version__
 from medsat_sr.batch_inputs import _strip_ext
 from medsat_sr.checkpoint import checkpoint_paths, model_hash, read_metadata
@@ -180,7 +180,9 @@ def upscale_job(task: Task) -> dict[str, Any]:
     members = None
     if task.models:
         device = _device_of(task)
-        members = [_member(p, h, device) for p, h in zip(task.models, task.model_hashes, strict=True)]
+        # a shipped model goes by its name: upscale then applies it as `upscale --model NAME` does
+        members = [p if zoo.is_shipped(p) else _member(p, h, device)
+                   for p, h in zip(task.models, task.model_hashes, strict=True)]
     result = upscale(
         task.input,
         output=task.output,

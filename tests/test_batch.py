@@ -508,3 +508,21 @@ def test_a_glob_with_a_trailing_slash_matches_folders_only(tmp_path: Path) -> No
     got = expand_inputs([str(tmp_path) + "/*/"])
     assert sorted(s.path.name for s in got) == ["a", "b"] and all(s.error is None for s in got)
     assert sorted(s.path.name for s in expand_inputs([str(tmp_path) + "/*"])) == ["LICENSE", "a", "b"]
+
+
+def test_a_shipped_model_named_in_batch_runs_as_upscale_model_name_does(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """``batch --model NAME`` (the tile-grid use of #15's shipped models) took NAME for a checkpoint path."""
+    (tile,) = make_tiles(tmp_path / "in", n=1, size=(128, 128))
+    code, out, err = run_cli(capsys, "batch", str(tile), "-o", str(tmp_path / "out"), "--model", "multiband_x2", "-q")
+    assert code == 0, err
+    single = tmp_path / "single.tif"
+    code, _, err = run_cli(capsys, "upscale", str(tile), "-o", str(single), "--model", "multiband_x2", "-q")
+    assert code == 0, err
+    batched = tmp_path / "out" / "tile0_sr.tif"
+    with rasterio.open(batched) as a, rasterio.open(single) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+    record = json.loads(batched.with_name("tile0_sr.tif.json").read_text())
+    single_record = json.loads(single.with_name("single.tif.json").read_text())
+    assert record["decision"]["model_score"] == single_record["decision"]["model_score"]  # scored on the input
+    assert record["decision"]["source"] == single_record["decision"]["source"]
