@@ -63,6 +63,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, model_validator
 
+from medsat_sr import zoo
 from medsat_sr._resources import builtin_names, builtin_path, looks_like_path, read_yaml, suggest
 from medsat_sr._schema import (
     OverrideOf,
@@ -400,6 +401,10 @@ def _absolute(value: str, base: Path) -> str:
     return str(p if p.is_absolute() else base / p)
 
 
+def _checkpoint_exists(path: str) -> bool:
+    return Path(path).exists() or Path(path + ".json").exists()
+
+
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     """Make relative paths written in a config file relative to its folder (in place)."""
     d = data.get("data")
@@ -419,7 +424,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
                             pair[k] = _absolute(pair[k], base)
     t = data.get("train")
     if isinstance(t, dict) and isinstance(t.get("init"), str) and t["init"]:
-        t["init"] = _absolute(t["init"], base)
+        local = _absolute(t["init"], base)
+        if not (zoo.is_shipped(t["init"]) and not _checkpoint_exists(local)):  # a shipped model's name stays a name
+            t["init"] = local
     dom = data.get("domain")
     if isinstance(dom, str) and looks_like_path(dom):
         data["domain"] = _absolute(dom, base)

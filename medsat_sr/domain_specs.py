@@ -415,7 +415,8 @@ class MetricSpec(StrictModel):
             (``max - min`` of the reference, per band when ``per_band``),
             ``"window"`` (the HU window width; CT), ``"percentile"`` (the
             reference's ``p_high - p_low`` with the profile's percentiles)
-            or ``"fixed"`` (``data_range_value``, in physical units).
+            or ``"fixed"`` (``data_range_value``, in values as read: 255
+            for 8-bit imagery, whatever the normalisation).
         data_range_value: the range for ``"fixed"``.
         per_band: report per band/channel as well as the mean (rasters).
         mask: the mask of masked metrics.

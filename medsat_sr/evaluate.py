@@ -459,7 +459,7 @@ def _score_case(cfg: Any, case: Case, runs: Mapping[str, MethodRun]) -> FileResu
         m_r = v_r
     ref_m = conv(_crop_region(ref_raw, region, border))
     raw_r = _crop_region(ref_raw, region, border)
-    dr, dr_bands, dr_rule = _data_ranges(cfg, ref_m, raw_r, v_r)
+    dr, dr_bands, dr_rule = _data_ranges(cfg, ref_m, raw_r, v_r, conv)
     ms = metric_settings(cfg, case)
     eh = ms.get("ergas", {}).get("h_over_l")
     results: dict[str, dict[str, Any]] = {}

@@ -111,14 +111,24 @@ def _robust_range(values: np.ndarray, low: float, high: float) -> float:
     return float(hi - lo) if hi > lo else 1.0
 
 
-def _data_ranges(cfg: Any, ref_m: np.ndarray, ref_raw: np.ndarray, valid: np.ndarray) -> tuple[float, list[float], str]:
-    """Overall and per-band data range in metric units, and how they were obtained."""
+def _data_ranges(cfg: Any, ref_m: np.ndarray, ref_raw: np.ndarray, valid: np.ndarray,
+                 conv: Any = None) -> tuple[float, list[float], str]:
+    """Overall and per-band data range in metric units, and how they were obtained.
+
+    ``conv`` maps values as read to metric units (:func:`_units_transform`); a
+    ``fixed`` range is given in values as read (255 for 8-bit imagery), as
+    training's validation takes it (:func:`medsat_sr.normalise.data_range`).
+    """
     spec = cfg.profile.metrics
     norm = cfg.profile.normalisation
     c = ref_m.shape[0]
     if spec.data_range == "fixed":
-        v = float(spec.data_range_value)
-        return v, [v] * c, f"fixed {v:g} (metrics.data_range_value, in metric units)"
+        raw = float(spec.data_range_value)
+        per = [raw] * c
+        if conv is not None:  # the range of values as read, mapped: the linear mapping's scale per band
+            per = [abs(float(v)) for v in (conv(np.full((c, 1), raw)) - conv(np.zeros((c, 1))))[:, 0]]
+        v = float(np.mean(per))
+        return v, per, f"fixed {raw:g} in values as read (metrics.data_range_value), {v:g} in metric units"
     if spec.data_range == "window":
         v = float(norm.max) - float(norm.min)
         return v, [v] * c, f"HU window width {norm.max:g} - ({norm.min:g}) = {v:g}"

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medsat_sr import zoo
 from medsat_sr.errors import ModelError
 
 __all__ = ["first_fitting_init", "discriminator"]
@@ -56,7 +57,10 @@ def _scale_misfit(init: Any, old: Sequence[float], new: Sequence[float], cfg: An
 
 
 def _init_model(cfg: Any, ts: Any, init: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """The generator: fresh, or from a checkpoint (adapted to the data, frozen as configured)."""
+    """The generator: fresh, or from a checkpoint (adapted to the data, frozen as configured).
+
+    ``init`` may name a shipped model (``--init multiband_x2``), as ``--model`` may.
+    """
     from medsat_sr.checkpoint import load_checkpoint
     from medsat_sr.models import adapt_channels, build_model, freeze_blocks, freeze_body
 
@@ -67,7 +71,7 @@ def _init_model(cfg: Any, ts: Any, init: Any, device: torch.device) -> tuple[nn.
     if isinstance(init, nn.Module):  # a copy: freezing and fine-tuning never touch the caller's module
         model, meta = copy.deepcopy(init), {"source": "module"}
     else:
-        model, meta = load_checkpoint(init, device="cpu")
+        model, meta = load_checkpoint(zoo.checkpoint(init) if zoo.is_shipped(init) else init, device="cpu")
     info["init"] = str(init) if not isinstance(init, nn.Module) else "module"
     cfg_kw = getattr(model, "config", {}).get("kwargs", {})
     arch = getattr(model, "config", {}).get("name", name)

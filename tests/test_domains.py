@@ -164,7 +164,7 @@ def test_landsat_aerial_and_multiband_scaling():
     naip = load_domain("rgbn_aerial")
     assert naip.band_names == ["red", "green", "blue", "nir"]
     assert naip.normalisation.scale_offset() == (pytest.approx(1 / 255), 0.0)
-    assert naip.metrics.data_range == "fixed" and naip.metrics.data_range_value == 1.0
+    assert naip.metrics.data_range == "fixed" and naip.metrics.data_range_value == 255.0  # 8-bit, values as read
     mb = load_domain("multiband")
     assert mb.band_names is None and mb.kind == "raster"
     assert mb.expand_bands(["anything"]) == ["anything"]  # any band names

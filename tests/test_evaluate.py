@@ -337,3 +337,18 @@ def test_cli_evaluate_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     code = main(["evaluate", "--config", "multiband_x2", str(AERIAL), "-o", str(tmp_path / "r"), "--methods", "bicubic"])
     assert code == 2 and "unknown method 'bicubic'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing left behind on bad input
+
+
+def test_a_fixed_data_range_means_the_same_in_evaluation_and_in_training_validation() -> None:
+    """rgbn_aerial's fixed range (255, values as read) is 1.0 in both places: training read it as 1/255 of that."""
+    from medsat_sr.evaluate_scoring import _data_ranges, _units_transform
+    from medsat_sr.normalise import Normaliser, data_range
+
+    cfg = load_config({"name": "aerial", "domain": "rgbn_aerial", "scale": 2})
+    ref = make_raster(np.full((4, 8, 8), 100, np.float32), (1.0, 0.0, 0.0, 0.0, -1.0, 0.0), crs="EPSG:32614")
+    conv, _ = _units_transform(cfg.profile, ref)
+    raw = np.asarray(ref.as_tensor(), dtype=np.float64)
+    dr, per, rule = _data_ranges(cfg, conv(raw), raw, np.ones((8, 8), bool), conv)
+    assert dr == pytest.approx(1.0) and per == pytest.approx([1.0] * 4) and rule.startswith("fixed 255 in values as read")
+    norm = Normaliser.fit(ref, cfg.profile.normalisation)
+    assert data_range(cfg.profile.metrics, torch.zeros(4, 8, 8), norm) == pytest.approx(dr)
