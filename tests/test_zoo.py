@@ -410,3 +410,21 @@ def test_an_explicit_max_minutes_is_the_fine_tune_budget(aerial: Path, tmp_path:
     assert _budget_from_set(cfg, ["train.max_minutes=2"], {})["budget"] == pytest.approx(120.0)
     assert _budget_from_set(cfg, ["train.max_minutes=2"], {"budget": 30.0})["budget"] == 30.0  # --budget wins
     assert "budget" not in _budget_from_set(cfg, ["train.lr=0.001"], {})  # the config's own minutes: not a request
+
+
+def test_train_init_takes_a_shipped_model_by_its_name(aerial: Path, tmp_path: Path) -> None:
+    """``train --init NAME``: the shipped weights are the start, as for ``upscale --model NAME``."""
+    run = tmp_path / "run"
+    code, _, err = cli("train", "--config", "multiband_x2", "--init", "multiband_x2", "-o", str(run),
+                       *FEW, "-q", str(aerial))
+    assert code == 0, err
+    trained, meta = load_checkpoint(run / "last")
+    shipped, _ = load_checkpoint(zoo.checkpoint("multiband_x2"))
+    assert meta["config"]["train"]["init"] == "multiband_x2"
+    for (name, a), b in zip(trained.state_dict().items(), shipped.state_dict().values(), strict=True):
+        assert (a - b).abs().max() < 0.01, name  # three small steps from the shipped weights, not from random ones
+    # a config file may name it too, when no checkpoint of that name sits beside the file
+    cfg_file = tmp_path / "ft.yaml"
+    cfg_file.write_text("name: ft\ndomain: multiband\nscale: 2\nmodel: {name: edsr, kwargs: {features: 64, n_blocks: 8}}\n"
+                        "train: {mode: finetune, init: multiband_x2}\n")
+    assert load_config(cfg_file).train.init == "multiband_x2"
