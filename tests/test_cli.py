@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -184,6 +185,9 @@ def _bad_inputs(tmp: Path, shared: Path | None) -> dict[str, tuple[Path, str]]:
     cases["corrupt TIFF"] = (tmp / "corrupt.tif", "corrupt.tif")
     (tmp / "image.xyz").write_bytes(b"hello world" * 10)
     cases["unknown suffix"] = (tmp / "image.xyz", "unknown format")
+    with zipfile.ZipFile(tmp / "S2A_MSIL2A_X.SAFE.zip", "w") as z:  # as the Copernicus hub delivers a product
+        z.writestr("S2A_MSIL2A_X.SAFE/MTD_MSIL2A.xml", "<x/>")
+    cases["zipped product"] = (tmp / "S2A_MSIL2A_X.SAFE.zip", "a zip archive; extract it first")
     if shared is not None:
         src = shared / MR_SERIES
         files = sorted(src.glob("*.dcm"))

@@ -84,6 +84,24 @@ def _sniff_file(path: Path) -> str | None:
     return None
 
 
+def _archive_kind(path: Path) -> str | None:
+    """``"zip"``, ``"tar"``, ``"gzip"`` or ``"7z"`` for an archive (by its content), else ``None``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(265)
+    except OSError:
+        return None
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[257:262] == b"ustar":
+        return "tar"
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:6] == b"7z\xbc\xaf\x27\x1c":
+        return "7z"
+    return None
+
+
 #: The formats read as volumes (the others are rasters).
 VOLUME_FORMATS = frozenset({"nifti", "dicom"})
 
@@ -126,6 +144,10 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return sniffed
     if by_suffix is not None:
         return by_suffix
+    archive = _archive_kind(p)
+    if archive is not None:
+        raise FormatError(f"{p}: a {archive} archive; extract it first and give what it holds (a Sentinel-2 .SAFE or "
+                          "Landsat product folder, a DICOM folder, the image files)")
     raise FormatError(
         f"{p}: unknown format (suffix {suffix or 'none'!r}); expected a DICOM folder or file, "
         ".nii/.nii.gz, or a raster (.tif/.tiff, .jp2, .vrt)"
