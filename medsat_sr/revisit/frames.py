@@ -153,8 +153,16 @@ def _band_names(bands: list[Path], imgs: list[Any]) -> list[str]:
 
 
 def _is_sentinel2(folder: Path) -> bool:
-    """Whether ``folder`` holds Sentinel-2 product bands (:func:`~medsat_sr.io.geotiff_bandset.band_name`)."""
-    return any(geotiff_bandset.band_name(f) != f.stem for f in geotiff_bandset.band_files(folder))
+    """Whether ``folder`` holds one Sentinel-2 product's bands (:func:`~medsat_sr.io.geotiff_bandset.band_name`).
+
+    One product: each band once, one date. Files of several passes named as
+    ESA names them (``T33UUB_20200101T..._B04``, ``T33UUB_20200111T..._B04``)
+    are a folder of dates, a frame each.
+    """
+    files = geotiff_bandset.band_files(folder)
+    names = [geotiff_bandset.band_name(f) for f in files]
+    return (any(n != f.stem for n, f in zip(names, files)) and len(set(names)) == len(names)
+            and len({frame_date(f.stem) for f in files}) == 1)
 
 
 def _sentinel2_frame(folder: Path) -> Frame | None:

@@ -264,3 +264,15 @@ def test_sentinel2_products_are_revisit_frames_of_their_finest_bands(tmp_path: P
     for f in (first, second):
         f.rename(tmp_path / "dates" / f.name)
     assert len(read_frames([tmp_path / "dates"])) == 2
+
+
+def test_one_band_of_several_passes_named_as_esa_names_it_is_a_folder_of_dates(tmp_path: Path) -> None:
+    from medsat_sr.revisit.frames import read_frames
+
+    folder = tmp_path / "b04"
+    folder.mkdir()
+    for k, day in enumerate(("20170527", "20170606", "20170616")):
+        _write(folder / f"T33UUB_{day}T100031_B04.tif", _scene((1, 24, 24), seed=k), nodata=0)
+    frames = read_frames([folder])
+    assert [f.date.isoformat() for f in frames] == ["2017-05-27", "2017-06-06", "2017-06-16"]
+    assert all(f.data.shape == (1, 24, 24) for f in frames)
