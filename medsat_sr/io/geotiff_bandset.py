@@ -222,7 +222,12 @@ def read_bandset(
     stems = [band_name(f) for f in files]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
-        raise FormatError(f"{p}: several files for band(s) {dupes} (e.g. .tif and .jp2)")
+        same = sorted(f.name for f in files if band_name(f) == dupes[0])
+        raise FormatError(
+            f"{p}: several files for band {dupes[0]} ({', '.join(same[:3])}{' ...' if len(same) > 3 else ''}); "
+            "a band folder holds each band once: passes of several dates are fused as revisits (upscale "
+            "--config revisit_x2, or --method median), or give the files to `batch`"
+        )
     if bands is not None:
         if isinstance(bands, str):
             bands = [bands]

@@ -276,3 +276,7 @@ def test_one_band_of_several_passes_named_as_esa_names_it_is_a_folder_of_dates(t
     frames = read_frames([folder])
     assert [f.date.isoformat() for f in frames] == ["2017-05-27", "2017-06-06", "2017-06-16"]
     assert all(f.data.shape == (1, 24, 24) for f in frames)
+    # as a band folder it holds B04 three times: refused, naming the files and the revisit routes
+    with pytest.raises(FormatError, match=r"several files for band B04 \(T33UUB_20170527T100031_B04\.tif, .*"
+                                          r"fused as revisits \(upscale --config revisit_x2, or --method median\)"):
+        geotiff.read_bandset(folder)
