@@ -7,7 +7,8 @@ the code that makes the training pairs), so the target bands (20 m) come
 down to 40 m and the guide bands (10 m) to 20 m. Each method restores the
 target bands on the 20 m grid and is scored against the original 20 m bands:
 
-* ``cubic``: the profile's classical baseline on the degraded target bands;
+* ``cubic``: the profile's classical baseline on the degraded target bands,
+  and ``lanczos`` (GDAL's) when asked for;
 * each ``--model`` checkpoint: :func:`medsat_sr.inference.upscale` of the
   degraded band set (the guided route, with the degraded guide bands).
 
@@ -80,12 +81,17 @@ def _scores(sr: np.ndarray, ref: np.ndarray, valid: np.ndarray, names: Sequence[
     }
 
 
+#: ``--methods`` names a band set is scored with, and their baselines (``None``: the profile's own).
+_CLASSICAL: dict[str, str | None] = {"cubic": None, "lanczos": "gdal_lanczos"}
+
+
 def evaluate_bandset(
     path: str | os.PathLike[str],
     config: Any,
     *,
     models: Sequence[str | os.PathLike[str]] = (),
     overrides: Sequence[str] = (),
+    methods: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Score cubic and each checkpoint on a band set by Wald's protocol (module docstring).
 
@@ -94,6 +100,8 @@ def evaluate_bandset(
         config: a guided config (``bands.targets`` and ``bands.guides``), e.g. ``sentinel2_20m_to_10m``.
         models: checkpoints of that route to score besides cubic.
         overrides: ``--set`` items.
+        methods: ``--methods`` names: ``cubic`` (always scored) and ``lanczos``;
+            the others are refused, naming what a band set is scored with.
 
     Returns:
         ``{"file", "scale", "bands", "grid", "methods": {name: {"rmse", "psnr", "sam_deg", "ergas"}}}``.
@@ -102,6 +110,10 @@ def evaluate_bandset(
         ConfigError: not a guided config, or a non-integer scale.
         DataError: not a band set, or bands missing.
     """
+    unknown = [m for m in methods if m not in _CLASSICAL]
+    if unknown:
+        raise ConfigError(f"--methods {','.join(unknown)}: a band set is scored with {' and '.join(_CLASSICAL)}, and "
+                          "each --model checkpoint (a shipped model's name, or your own fit: train, then --model RUN/best)")
     bs = read(path)
     if not isinstance(bs, BandSet):
         raise DataError(f"{path}: not a band set (a folder of per-band GeoTIFFs such as B02.tif, B05.tif)")
@@ -132,8 +144,9 @@ def evaluate_bandset(
     out: dict[str, Any] = {"file": str(path), "scale": si, "bands": list(targets), "grid": [h, w], "baseline": base,
                            "protocol": f"Wald: every group degraded x{si} by the {cfg.profile.name} profile; "
                            f"targets restored onto the {tg} grid and scored there", "methods": {}}
-    cubic = baselines.upsample(base, lr_t, [si, si], (h, w))
-    out["methods"]["cubic"] = _scores(np.asarray(torch.as_tensor(cubic).numpy()), ref, valid, targets, si)
+    for name in ("cubic", *(m for m in _CLASSICAL if m in methods and m != "cubic")):
+        classical = baselines.upsample(_CLASSICAL[name] or base, lr_t, [si, si], (h, w))
+        out["methods"][name] = _scores(np.asarray(torch.as_tensor(classical).numpy()), ref, valid, targets, si)
     for ckpt in models:
         res = upscale(low, model=ckpt, config=cfg, progress=False)
         img = res.image

@@ -87,3 +87,15 @@ def test_shipped_model_is_scored_on_a_real_sentinel2_crop(shared_data: Path, tmp
     assert set(model["rmse"]) == set(cubic["rmse"]) == set(B20) and r["grid"] == [64, 64]
     assert all(np.isfinite(v) and v > 0 for v in [*model["rmse"].values(), model["sam_deg"], model["ergas"]])
     assert model["ergas"] != cubic["ergas"]  # the guided network ran (its output is not the cubic one)
+
+
+def test_methods_asked_for_are_scored_or_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--methods cubic,lanczos`` scored cubic alone, without a word; ``model`` was ignored the same way."""
+    folder = _smooth_set(tmp_path / "s2")
+    r = evaluate_bandset(folder, "sentinel2_20m_to_10m", methods=["cubic", "lanczos"])
+    assert list(r["methods"]) == ["cubic", "lanczos"]
+    assert r["methods"]["lanczos"]["rmse"] != r["methods"]["cubic"]["rmse"]
+    code = main(["evaluate", str(folder), "--config", "sentinel2_20m_to_10m", "--methods", "cubic,model",
+                 "-o", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--methods model: a band set is scored with cubic and lanczos, and each --model" in err

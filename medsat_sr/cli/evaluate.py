@@ -102,8 +102,9 @@ def _run_band_sets(args: argparse.Namespace) -> int:
     from medsat_sr._atomic import atomic_path
     from medsat_sr.evaluate_bands import evaluate_bandset, format_bandset_result
 
-    results = [evaluate_bandset(r, args.config, models=list(args.model or []), overrides=list(args.set or []))
-               for r in args.references]
+    methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
+    results = [evaluate_bandset(r, args.config, models=list(args.model or []), overrides=list(args.set or []),
+                                methods=methods) for r in args.references]
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "metrics.json") as tmp:
