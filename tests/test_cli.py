@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import rasterio
 
+import medsat_sr.samples
 from medsat_sr.cli import main
 
 MR = Path("dicom/mr_t1_2d_sag_thick_dcm_qa_decubitus_HFS")
@@ -134,6 +135,19 @@ def test_convert_geotiff_to_cog(shared_data: Path, tmp_path: Path, capsys: pytes
         assert b.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert (a.crs, a.transform, a.nodata, a.dtypes) == (b.crs, b.transform, b.nodata, b.dtypes)
         np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_convert_to_a_format_of_the_other_kind_is_refused_naming_both_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A raster into .nii.gz (or a volume into .tif) failed in the writer with a message that named no file."""
+    vol = _nifti(tmp_path / "t1.nii.gz", np.eye(4))
+    raster = Path(medsat_sr.samples.__file__).parent / "rgbn_aerial_5m.tif"
+    for src, dst, want in ((vol, tmp_path / "t1.tif", "t1.nii.gz is a volume; write it as .nii.gz or a folder"),
+                           (raster, tmp_path / "aerial.nii.gz", "rgbn_aerial_5m.tif is a raster; write it as .tif")):
+        code, _, err = run(capsys, "convert", str(src), "-o", str(dst))
+        assert code == 2 and err.startswith(f"medsat-sr: error: {dst}: ") and want in err, err
+        assert not dst.exists()
 
 
 @pytest.mark.shared_data

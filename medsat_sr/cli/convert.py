@@ -41,7 +41,14 @@ def run(args: argparse.Namespace) -> int:
     """Read ``args.input`` and write it to ``args.output``; return the exit code."""
     from medsat_sr.io import output_format, read, write
 
+    from medsat_sr.errors import ConfigError
+    from medsat_sr.io import VOLUME_FORMATS, detect_format
+
     fmt = output_format(args.output, args.format)  # validate before the (slow) read
+    volume_in, volume_out = detect_format(args.input) in VOLUME_FORMATS, fmt in VOLUME_FORMATS
+    if fmt != "dicom" and volume_in != volume_out:  # no suffix: a DICOM series for a volume, a band folder for bands
+        kind, to = ("volume", ".nii.gz or a folder (DICOM series)") if volume_in else ("raster", ".tif (--format cog)")
+        raise ConfigError(f"{args.output}: {args.input} is a {kind}; write it as {to}")
     image = read(args.input, **reader_options(args))
     opts: dict[str, object] = {}
     if args.dtype != "source":
