@@ -19,7 +19,7 @@ from pathlib import Path
 from medsat_sr.domains import band_sort_key  # band order comes from the sensor profiles' band_patterns
 from medsat_sr.errors import DataError
 
-__all__ = ["band_files", "band_name", "is_aux_layer", "aux_files", "AUX_LAYERS", "SUFFIXES"]
+__all__ = ["band_files", "band_name", "is_aux_layer", "aux_files", "AUX_LAYERS", "SAFE_NODATA", "SUFFIXES"]
 
 #: File suffixes of band files (case-insensitive): GeoTIFF, and JPEG 2000 as
 #: in a Sentinel-2 SAFE granule's ``IMG_DATA`` folder. A ``.vrt`` is read as
@@ -45,6 +45,11 @@ AUX_LAYERS: frozenset[str] = frozenset(
      "SR_ATMOS_OPACITY", "FMASK", "CFMASK", "CFMASK_CONF", "MASK",
      "ST_B10", "ST_ATRAN", "ST_DRAD", "ST_EMIS", "ST_EMSD", "ST_TRAD", "ST_URAD"}
 )
+
+#: The nodata value of a Sentinel-2 product's bands. ESA's product specification
+#: makes DN 0 NODATA (``<Special_Values>`` in ``MTD_MSIL1C.xml``/``MTD_MSIL2A.xml``);
+#: the JPEG 2000 files themselves declare none, so the reader declares it for them.
+SAFE_NODATA = 0.0
 
 _RESOLUTION_TAG = re.compile(r"_\d+(?:\.\d+)?M$")  # "SCL_20m", "AOT_10m" in Sentinel-2 L2A file names
 

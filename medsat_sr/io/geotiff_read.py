@@ -63,6 +63,7 @@ from rasterio.windows import Window
 
 from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError
 from medsat_sr.image import make_raster
+from medsat_sr.io.bandset_files import SAFE_NODATA, band_name
 from medsat_sr.io.geotiff_gdal import RASTERIO_ERRORS, _describe, gdal_env
 
 __all__ = ["read", "as_window", "READ_DRIVERS"]
@@ -302,6 +303,8 @@ def _read_open(src: Any, path: Path, win: Window | None, bands: Sequence[int | s
     if win is None:
         win = Window(0, 0, src.width, src.height)
     nodata = src.nodata
+    if nodata is None and band_name(path) != path.stem:
+        nodata = SAFE_NODATA  # a Sentinel-2 product's band: 0 is nodata by ESA's specification, not by the file
     dtypes = {src.dtypes[i - 1] for i in indexes}
     if len(dtypes) > 1:  # GTiff cannot do this, other GDAL drivers can
         raise FormatError(f"{path}: bands have different dtypes {sorted(dtypes)}; expected one")

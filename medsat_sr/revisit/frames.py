@@ -107,12 +107,8 @@ def _images(folder: Path) -> list[Path]:
     return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in _SUFFIXES and not f.name.startswith("."))
 
 
-def _read_frame(name: str, bands: list[Path], quality: Path | None, kind: str | None,
-                nodata: float | None = None) -> Frame:
-    """Read the band files (one or several bands each) and the quality layer of one frame.
-
-    ``nodata`` is the value used where a file declares none (0 for a Sentinel-2 product's bands).
-    """
+def _read_frame(name: str, bands: list[Path], quality: Path | None, kind: str | None) -> Frame:
+    """Read the band files (one or several bands each) and the quality layer of one frame."""
     if not bands:
         raise DataError(f"{name}: the frame has a quality layer but no image band")
     imgs = [geotiff_read.read(p) for p in bands]
@@ -123,8 +119,7 @@ def _read_frame(name: str, bands: list[Path], quality: Path | None, kind: str | 
     data = np.concatenate([np.asarray(img.as_tensor()) for img in imgs]).astype(np.float32)
     valid = np.ones(data.shape[1:], dtype=bool)
     for img in imgs:
-        declared = img.meta.get("nodata")
-        valid &= nodata_valid(np.asarray(img.as_tensor()), nodata if declared is None else declared)
+        valid &= nodata_valid(np.asarray(img.as_tensor()), img.meta.get("nodata"))
         if img.meta.get("valid_mask") is not None:
             valid &= np.asarray(img.meta["valid_mask"], dtype=bool)
     if quality is not None:
@@ -169,7 +164,7 @@ def _sentinel2_frame(folder: Path) -> Frame | None:
     """A Sentinel-2 product (SAFE, its granule or ``IMG_DATA``) as one frame: the bands of its finest grid.
 
     A frame is one grid, so the 20 m and 60 m bands are left out (with a
-    warning); the product's 0 is nodata. ``None`` when ``folder`` holds no
+    warning); the product's 0 is nodata (the reader says so). ``None`` when ``folder`` holds no
     Sentinel-2 band files.
     """
     if not _is_sentinel2(folder):
@@ -178,7 +173,7 @@ def _sentinel2_frame(folder: Path) -> Frame | None:
     if len(grids) > 1:
         logger.warning("%s: a frame is one grid: fusing its finest bands (%s); the %d coarser band(s) are left out",
                        folder, " ".join(geotiff_bandset.band_name(f) for f in grids[0]), sum(map(len, grids[1:])))
-    return _read_frame(folder.name, grids[0], None, None, nodata=0.0)
+    return _read_frame(folder.name, grids[0], None, None)  # the reader declares a product's 0 as nodata
 
 
 def _split_quality(files: list[Path]) -> tuple[list[Path], Path | None, str | None]:

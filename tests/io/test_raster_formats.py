@@ -78,6 +78,7 @@ def test_jpeg2000_and_vrt_files_read_as_the_geotiff_they_hold(tmp_path: Path) ->
         assert detect_format(path) == "geotiff"
         img = geotiff.read(path)
         np.testing.assert_array_equal(img.numpy(), ref.numpy())
+        assert img.meta["nodata"] is None  # not a Sentinel-2 product's band: nothing declared, nothing assumed
         assert img.meta["transform"] == ref.meta["transform"]
         assert rasterio.crs.CRS.from_user_input(img.meta["crs"]) == rasterio.crs.CRS.from_user_input(ref.meta["crs"])
         window = geotiff.read(path, window=((5, 25), (30, 46)))  # past the right edge: filled, as for a GeoTIFF
@@ -166,7 +167,10 @@ def test_a_sentinel2_safe_product_reads_as_its_bands_at_their_native_resolution(
         assert detect_format(folder) == "bandset"
         bs = geotiff.read_bandset(folder)
         assert {name: img.meta["band_names"] for name, img in bs.groups.items()} == expected
+        assert all(img.meta["nodata"] == 0 for img in bs.groups.values())  # ESA's NODATA, which the files omit
         np.testing.assert_array_equal(bs.groups["10m"].numpy()[0], _scene((4, 24, 24), seed=1)[0])
+    one = geotiff.read(next(granule.rglob("*_B8A*.jp2")))  # a product's band read alone
+    assert one.meta["nodata"] == 0
     b8a = geotiff.read_bandset(product, bands=["B8A"]).groups["20m"]
     np.testing.assert_array_equal(b8a.numpy()[0], _scene((2, 12, 12), seed=2)[1])
     aux = {band_name(f) for f in geotiff_bandset.aux_files(product)}
@@ -209,39 +213,44 @@ def test_batch_names_the_output_of_a_safe_product_after_the_product(tmp_path: Pa
     assert name == product.name.removesuffix(".SAFE") + "_sr"  # a band folder, as for any band folder input
 
 
-def _s2_folder(folder: Path, suffix: str, nodata: float | None) -> Path:
+def _s2_folder(folder: Path, prefix: str, suffix: str, nodata: float | None) -> Path:
     """The ten bands the Sentinel-2 model takes, 160 x 160 at 10 m and 80 x 80 at 20 m, with a 0 collar."""
     folder.mkdir()
     fine, coarse = _scene((4, 160, 160), seed=3), _scene((6, 80, 80), seed=4)
     extra = {} if nodata is None else {"nodata": nodata}
     for i, b in enumerate(("B02", "B03", "B04", "B08")):
-        _write(folder / f"T33UUB_20170527T100031_{b}{suffix}", fine[i : i + 1], **extra)
+        _write(folder / f"{prefix}{b}{suffix}", fine[i : i + 1], **extra)
     for i, b in enumerate(("B05", "B06", "B07", "B8A", "B11", "B12")):
-        _write(folder / f"T33UUB_20170527T100031_{b}{suffix}", coarse[i : i + 1], _T20, **extra)
+        _write(folder / f"{prefix}{b}{suffix}", coarse[i : i + 1], _T20, **extra)
     return folder
 
 
-@pytest.mark.slow
-def test_a_band_that_declares_no_nodata_takes_the_profile_s_on_the_model_route(tmp_path: Path) -> None:
-    # ESA's JPEG 2000 bands declare no nodata; the Sentinel-2 profiles say 0 is nodata, and the fit masks it.
-    # The model route must mask it too, and declare it: the same output as the GeoTIFFs that declare 0.
-    safe = _s2_folder(tmp_path / "IMG_DATA", ".jp2", None)
-    tifs = _s2_folder(tmp_path / "tifs", ".tif", 0)
-    outs = {}
-    for name, folder in (("safe", safe), ("tifs", tifs)):
-        out = tmp_path / f"{name}.tif"
-        assert main(["upscale", str(folder), "-o", str(out), "--model", "sentinel2_20m_to_10m", "-q",
-                     "--tile-size", "64"]) == 0
-        with rasterio.open(out) as dst:
-            assert dst.nodata == 0
-            outs[name] = dst.read()
-    np.testing.assert_array_equal(outs["safe"], outs["tifs"])
-    assert not outs["safe"][:, :, :3].any()  # the collar (3 pixels at 10 m) stays nodata, with no ringing into it
-    # a --method route has no profile: the file is read as it is, and the output declares no nodata
-    out = tmp_path / "cubic.tif"
-    assert main(["upscale", str(safe), "-o", str(out), "--method", "cubic", "-q"]) == 0
+def _upscale(folder: Path, out: Path, *how: str) -> tuple[float | None, np.ndarray]:
+    assert main(["upscale", str(folder), "-o", str(out), *how, "-q", "--tile-size", "64"]) == 0
     with rasterio.open(out) as dst:
-        assert dst.nodata is None
+        return dst.nodata, dst.read()
+
+
+@pytest.mark.slow
+def test_nodata_a_file_does_not_declare_comes_from_the_product_or_the_profile(tmp_path: Path) -> None:
+    declared = _s2_folder(tmp_path / "declared", "", ".tif", 0)
+    model = ("--model", "sentinel2_20m_to_10m")
+    nodata, ref = _upscale(declared, tmp_path / "declared.tif", *model)
+    assert nodata == 0 and not ref[:, :, :3].any()  # the collar (3 pixels at 10 m) stays nodata, no ringing into it
+    # bands that declare nothing: the Sentinel-2 profile's 0 on the model route (the fit already masked it)
+    plain = _s2_folder(tmp_path / "plain", "", ".tif", None)
+    nodata, out = _upscale(plain, tmp_path / "plain.tif", *model)
+    assert nodata == 0
+    np.testing.assert_array_equal(out, ref)
+    # ... but not on a --method route, which has no profile: the file is read as it is
+    assert _upscale(plain, tmp_path / "plain_cubic.tif", "--method", "cubic")[0] is None
+    # a SAFE product's bands: 0 is nodata by ESA's specification, on every route
+    safe = _s2_folder(tmp_path / "IMG_DATA", "T33UUB_20170527T100031_", ".jp2", None)
+    nodata, out = _upscale(safe, tmp_path / "safe.tif", *model)
+    assert nodata == 0
+    np.testing.assert_array_equal(out, ref)
+    nodata, cubic = _upscale(safe, tmp_path / "safe_cubic.tif", "--method", "cubic")
+    assert nodata == 0 and not cubic[:, :, :3].any()
 
 
 def test_sentinel2_products_are_revisit_frames_of_their_finest_bands(tmp_path: Path, caplog) -> None:
