@@ -100,7 +100,7 @@ def _describe_raster_file(path: Path) -> dict[str, Any]:
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    from medsat_sr.io.geotiff_read import alpha_bands, paletted
+    from medsat_sr.io.geotiff_read import alpha_bands, file_nodata, paletted
 
     try:
         with rasterio.open(path) as src:
@@ -116,7 +116,7 @@ def _describe_raster_file(path: Path) -> dict[str, Any]:
                 "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
                 "crs": _crs_label(src.crs),
                 "bounds": list(src.bounds),
-                "nodata": src.nodata,
+                "nodata": file_nodata(src, path),
                 "scales": list(src.scales),
                 "offsets": list(src.offsets),
                 "block_shape": list(src.block_shapes[0]),

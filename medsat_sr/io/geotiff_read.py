@@ -66,7 +66,7 @@ from medsat_sr.image import make_raster
 from medsat_sr.io.bandset_files import SAFE_NODATA, band_name
 from medsat_sr.io.geotiff_gdal import RASTERIO_ERRORS, _describe, gdal_env
 
-__all__ = ["read", "as_window", "READ_DRIVERS"]
+__all__ = ["read", "as_window", "file_nodata", "READ_DRIVERS"]
 
 logger = logging.getLogger("medsat_sr.io.geotiff")  # the name users and tests know (caplog)
 
@@ -75,6 +75,17 @@ logger = logging.getLogger("medsat_sr.io.geotiff")  # the name users and tests k
 #: and GDAL's virtual rasters (``gdalbuildvrt`` mosaics and band stacks).
 #: Their suffixes are :data:`medsat_sr.io.RASTER_SUFFIXES`. Outputs are always GeoTIFF.
 READ_DRIVERS: frozenset[str] = frozenset({"GTiff", "JP2OpenJPEG", "VRT"})
+
+
+def file_nodata(src: Any, path: Path) -> float | None:
+    """The nodata value of an open file: what it declares, or ESA's 0 for a Sentinel-2 product's band.
+
+    A SAFE product's JPEG 2000 bands declare none; ESA's product
+    specification makes DN 0 NODATA (:data:`~medsat_sr.io.bandset_files.SAFE_NODATA`).
+    """
+    if src.nodata is None and band_name(path) != path.stem:
+        return SAFE_NODATA
+    return src.nodata
 
 
 def _check_readable(path: Path) -> None:
@@ -302,9 +313,7 @@ def _read_open(src: Any, path: Path, win: Window | None, bands: Sequence[int | s
         logger.warning("%s: no CRS; reading with crs=None (transform kept as stored)", path)
     if win is None:
         win = Window(0, 0, src.width, src.height)
-    nodata = src.nodata
-    if nodata is None and band_name(path) != path.stem:
-        nodata = SAFE_NODATA  # a Sentinel-2 product's band: 0 is nodata by ESA's specification, not by the file
+    nodata = file_nodata(src, path)
     dtypes = {src.dtypes[i - 1] for i in indexes}
     if len(dtypes) > 1:  # GTiff cannot do this, other GDAL drivers can
         raise FormatError(f"{path}: bands have different dtypes {sorted(dtypes)}; expected one")

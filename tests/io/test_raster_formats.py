@@ -17,6 +17,7 @@ from rasterio.transform import Affine
 from medsat_sr.batch_plan import output_name
 from medsat_sr.cli import main
 from medsat_sr.errors import FormatError
+from medsat_sr.info import describe
 from medsat_sr.io import detect_format, geotiff, geotiff_bandset
 from medsat_sr.io.geotiff_bandset import band_name
 
@@ -169,8 +170,8 @@ def test_a_sentinel2_safe_product_reads_as_its_bands_at_their_native_resolution(
         assert {name: img.meta["band_names"] for name, img in bs.groups.items()} == expected
         assert all(img.meta["nodata"] == 0 for img in bs.groups.values())  # ESA's NODATA, which the files omit
         np.testing.assert_array_equal(bs.groups["10m"].numpy()[0], _scene((4, 24, 24), seed=1)[0])
-    one = geotiff.read(next(granule.rglob("*_B8A*.jp2")))  # a product's band read alone
-    assert one.meta["nodata"] == 0
+    band = next(granule.rglob("*_B8A*.jp2"))  # a product's band read alone
+    assert geotiff.read(band).meta["nodata"] == 0 and describe(band)["nodata"] == 0  # info says what read does
     b8a = geotiff.read_bandset(product, bands=["B8A"]).groups["20m"]
     np.testing.assert_array_equal(b8a.numpy()[0], _scene((2, 12, 12), seed=2)[1])
     aux = {band_name(f) for f in geotiff_bandset.aux_files(product)}
