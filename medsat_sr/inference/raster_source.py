@@ -338,7 +338,8 @@ def groups_of(src: Any, files: FileSet, nodata: float | None = None) -> list[Gro
     """The groups of a read source: in memory (a raster or a BandSet), else streamed from its file(s).
 
     ``nodata`` is the value used where the input declares none (the domain
-    profile's: a Sentinel-2 SAFE band declares none, and its 0 is nodata).
+    profile's: a Sentinel-2 GeoTIFF exported without a nodata tag, say; a
+    SAFE product's bands get ESA's 0 from the reader itself).
     """
     if src.raster is not None:
         if isinstance(src.raster, MetaTensor):
