@@ -76,6 +76,8 @@ class Group:
             extra: dict[str, Any] = {}
             if self.masked:
                 extra["valid_mask"] = valid.all(axis=0)
+            if self.meta.get("processing_baseline"):  # a Sentinel-2 product's DN offset (normalise.Normaliser.fit)
+                extra["processing_baseline"] = self.meta["processing_baseline"]
             t = self.transform
             fy, fx = self.height / h, self.width / w
             img = make_raster(

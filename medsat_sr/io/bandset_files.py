@@ -19,7 +19,8 @@ from pathlib import Path
 from medsat_sr.domains import band_sort_key  # band order comes from the sensor profiles' band_patterns
 from medsat_sr.errors import DataError
 
-__all__ = ["band_files", "band_name", "is_aux_layer", "aux_files", "AUX_LAYERS", "SAFE_NODATA", "SUFFIXES"]
+__all__ = ["band_files", "band_name", "safe_baseline", "is_aux_layer", "aux_files", "AUX_LAYERS", "SAFE_NODATA",
+           "SUFFIXES"]
 
 #: File suffixes of band files (case-insensitive): GeoTIFF, and JPEG 2000 as
 #: in a Sentinel-2 SAFE granule's ``IMG_DATA`` folder. A ``.vrt`` is read as
@@ -50,6 +51,35 @@ AUX_LAYERS: frozenset[str] = frozenset(
 #: makes DN 0 NODATA (``<Special_Values>`` in ``MTD_MSIL1C.xml``/``MTD_MSIL2A.xml``);
 #: the JPEG 2000 files themselves declare none, so the reader declares it for them.
 SAFE_NODATA = 0.0
+
+_BASELINE_XML = re.compile(rb"<PROCESSING_BASELINE>\s*(\d{2}\.\d{2})\s*</PROCESSING_BASELINE>")
+_BASELINE_NAME = re.compile(r"^S2[ABCD]_MSIL(?:1C|2A)_\d{8}T\d{6}_N(\d{2})(\d{2})_", re.IGNORECASE)
+_PRODUCT_XML = ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml")
+
+
+def safe_baseline(path: str | os.PathLike[str]) -> str | None:
+    """The processing baseline (``"04.00"``) of the Sentinel-2 product a band file sits in, if it can be told.
+
+    From the product's ``MTD_MSIL1C.xml`` / ``MTD_MSIL2A.xml``
+    (``<PROCESSING_BASELINE>``), else from the ``.SAFE`` folder's name
+    (``..._N0400_...``), searching up to five folders above the file. From
+    baseline 04.00 (January 2022) ESA adds 1000 to every DN; the Sentinel-2
+    profiles' ``baseline_offsets`` take it off, and need the baseline for it.
+    """
+    folder = Path(path).resolve().parent
+    for d in [folder, *list(folder.parents)[:5]]:
+        for name in _PRODUCT_XML:
+            xml = d / name
+            if xml.is_file():
+                with open(xml, "rb") as fh:
+                    m = _BASELINE_XML.search(fh.read(1 << 20))  # the general info block comes first
+                if m:
+                    return m.group(1).decode()
+        m = _BASELINE_NAME.match(d.name)
+        if m:
+            return f"{m.group(1)}.{m.group(2)}"
+    return None
+
 
 _RESOLUTION_TAG = re.compile(r"_\d+(?:\.\d+)?M$")  # "SCL_20m", "AOT_10m" in Sentinel-2 L2A file names
 

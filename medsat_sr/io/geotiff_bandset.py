@@ -299,6 +299,9 @@ def _stack_group(images: list[MetaTensor], files: list[Path]) -> MetaTensor:
     masks = [im.meta.get("valid_mask") for im in images if im.meta.get("valid_mask") is not None]
     if masks:
         extra["valid_mask"] = np.logical_and.reduce(masks)
+    baselines = {im.meta.get("processing_baseline") for im in images} - {None}
+    if len(baselines) == 1:  # a Sentinel-2 product's bands (bandset_files.safe_baseline)
+        extra["processing_baseline"] = baselines.pop()
     return make_raster(
         data,
         first[Key.TRANSFORM],

@@ -63,7 +63,7 @@ from rasterio.windows import Window
 
 from medsat_sr.errors import ConfigError, DataError, FormatError, GeometryError
 from medsat_sr.image import make_raster
-from medsat_sr.io.bandset_files import SAFE_NODATA, band_name
+from medsat_sr.io.bandset_files import SAFE_NODATA, band_name, safe_baseline
 from medsat_sr.io.geotiff_gdal import RASTERIO_ERRORS, _describe, gdal_env
 
 __all__ = ["read", "as_window", "file_nodata", "READ_DRIVERS"]
@@ -338,6 +338,8 @@ def _read_open(src: Any, path: Path, win: Window | None, bands: Sequence[int | s
     extra: dict[str, Any] = {}
     if has_dataset_mask(src, alpha):
         extra["valid_mask"] = _read_mask(src, win)
+    if band_name(path) != path.stem and (baseline := safe_baseline(path)) is not None:
+        extra["processing_baseline"] = baseline  # a Sentinel-2 product's band: its DN offset follows the baseline
 
     names = [src.descriptions[i - 1] or f"band{i}" for i in indexes]
     return make_raster(

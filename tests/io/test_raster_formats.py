@@ -216,7 +216,7 @@ def test_batch_names_the_output_of_a_safe_product_after_the_product(tmp_path: Pa
 
 def _s2_folder(folder: Path, prefix: str, suffix: str, nodata: float | None) -> Path:
     """The ten bands the Sentinel-2 model takes, 160 x 160 at 10 m and 80 x 80 at 20 m, with a 0 collar."""
-    folder.mkdir()
+    folder.mkdir(parents=True)
     fine, coarse = _scene((4, 160, 160), seed=3), _scene((6, 80, 80), seed=4)
     extra = {} if nodata is None else {"nodata": nodata}
     for i, b in enumerate(("B02", "B03", "B04", "B08")):
@@ -290,3 +290,39 @@ def test_one_band_of_several_passes_named_as_esa_names_it_is_a_folder_of_dates(t
     with pytest.raises(FormatError, match=r"several files for band B04 \(T33UUB_20170527T100031_B04\.tif, .*"
                                           r"fused as revisits \(upscale --config revisit_x2, or --method median\)"):
         geotiff.read_bandset(folder)
+
+
+@pytest.mark.parametrize(("where", "baseline"), [("xml", "05.09"), ("name", "04.00"), ("none", None)])
+def test_a_safe_band_knows_its_product_s_processing_baseline(tmp_path: Path, where: str, baseline: str | None) -> None:
+    from medsat_sr.io.bandset_files import safe_baseline
+
+    name = {"xml": _PRODUCT.format(level="L2A"), "name": _PRODUCT.format(level="L2A").replace("N0205", "N0400"),
+            "none": "my_copy"}[where]
+    img = tmp_path / name / "GRANULE" / "L2A_T33UUB_A010022_20170527T100033" / "IMG_DATA" / "R20m"
+    img.mkdir(parents=True)
+    band = _write(img / "T33UUB_20170527T100031_B05_20m.jp2", _scene((1, 12, 12)), _T20)
+    if where == "xml":  # the product's own record wins over its name (N0205 here)
+        (tmp_path / name / "MTD_MSIL2A.xml").write_text(
+            "<n1:Level-2A_User_Product><n1:General_Info><Product_Info>"
+            "<PROCESSING_BASELINE>05.09</PROCESSING_BASELINE></Product_Info></n1:General_Info></n1:Level-2A_User_Product>")
+    assert safe_baseline(band) == baseline
+    assert geotiff.read(band).meta.get("processing_baseline") == baseline
+
+
+def test_a_streamed_product_s_sample_carries_its_baseline_to_the_normaliser(tmp_path: Path) -> None:
+    """The streamed route fits a checkpoint's normaliser on a decimated sample, which must keep the baseline."""
+    from medsat_sr.domains import load_domain
+    from medsat_sr.inference.raster_source import FileSet, file_groups
+    from medsat_sr.normalise import Normaliser
+
+    folder = _s2_folder(tmp_path / _PRODUCT.format(level="L1C").replace("N0205", "N0400") / "GRANULE" / "g" / "IMG_DATA",
+                        "T33UUB_20170527T100031_", ".jp2", None)
+    files = FileSet()
+    try:
+        groups = file_groups(folder, "bandset", files)
+        sample = groups[1].subset([0, 1])
+    finally:
+        files.close()
+    assert sample.meta["processing_baseline"] == "04.00"
+    norm = Normaliser.fit(sample, load_domain("sentinel2_l1c").normalisation)
+    assert norm.offset == pytest.approx([-0.1, -0.1])  # (DN - 1000) / 10000
