@@ -471,7 +471,7 @@ def run_batch(
     pan_route = check_method(method, models, config)
     base_config = load_base_config(config, overrides, method, models)
     scale_v = scale_value(scale)
-    model_hashes = [_checkpoint_id(str(zoo.checkpoint(m)) if zoo.is_shipped(m) else m) for m in models]
+    model_hashes = [_checkpoint_id(zoo.resolve(m)) for m in models]
 
     specs = _collect_specs(inputs, manifest)
     check_classical_scale(specs, method=method, pan_route=pan_route, base_config=base_config, scale=scale_v)

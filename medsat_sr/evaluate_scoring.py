@@ -112,7 +112,7 @@ def _robust_range(values: np.ndarray, low: float, high: float) -> float:
 
 
 def _data_ranges(cfg: Any, ref_m: np.ndarray, ref_raw: np.ndarray, valid: np.ndarray,
-                 conv: Any = None) -> tuple[float, list[float], str]:
+                 conv: Any) -> tuple[float, list[float], str]:
     """Overall and per-band data range in metric units, and how they were obtained.
 
     ``conv`` maps values as read to metric units (:func:`_units_transform`); a
@@ -124,9 +124,8 @@ def _data_ranges(cfg: Any, ref_m: np.ndarray, ref_raw: np.ndarray, valid: np.nda
     c = ref_m.shape[0]
     if spec.data_range == "fixed":
         raw = float(spec.data_range_value)
-        per = [raw] * c
-        if conv is not None:  # the range of values as read, mapped: the linear mapping's scale per band
-            per = [abs(float(v)) for v in (conv(np.full((c, 1), raw)) - conv(np.zeros((c, 1))))[:, 0]]
+        # the range of values as read, mapped: the linear mapping's scale per band
+        per = [abs(float(v)) for v in (conv(np.full((c, 1), raw)) - conv(np.zeros((c, 1))))[:, 0]]
         v = float(np.mean(per))
         return v, per, f"fixed {raw:g} in values as read (metrics.data_range_value), {v:g} in metric units"
     if spec.data_range == "window":

@@ -71,7 +71,7 @@ def _init_model(cfg: Any, ts: Any, init: Any, device: torch.device) -> tuple[nn.
     if isinstance(init, nn.Module):  # a copy: freezing and fine-tuning never touch the caller's module
         model, meta = copy.deepcopy(init), {"source": "module"}
     else:
-        model, meta = load_checkpoint(zoo.checkpoint(init) if zoo.is_shipped(init) else init, device="cpu")
+        model, meta = load_checkpoint(zoo.resolve(init), device="cpu")
     info["init"] = str(init) if not isinstance(init, nn.Module) else "module"
     cfg_kw = getattr(model, "config", {}).get("kwargs", {})
     arch = getattr(model, "config", {}).get("name", name)

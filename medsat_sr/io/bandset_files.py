@@ -12,6 +12,7 @@ sets, and re-exports these names.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -66,7 +67,12 @@ def safe_baseline(path: str | os.PathLike[str]) -> str | None:
     baseline 04.00 (January 2022) ESA adds 1000 to every DN; the Sentinel-2
     profiles' ``baseline_offsets`` take it off, and need the baseline for it.
     """
-    folder = Path(path).resolve().parent
+    return _baseline_above(Path(path).resolve().parent)
+
+
+@functools.lru_cache(maxsize=64)
+def _baseline_above(folder: Path) -> str | None:
+    """:func:`safe_baseline` of the files in ``folder`` (read once per folder: every band, every window, asks)."""
     for d in [folder, *list(folder.parents)[:5]]:
         for name in _PRODUCT_XML:
             xml = d / name

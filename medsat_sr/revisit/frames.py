@@ -160,15 +160,12 @@ def _is_sentinel2(folder: Path) -> bool:
             and len({frame_date(f.stem) for f in files}) == 1)
 
 
-def _sentinel2_frame(folder: Path) -> Frame | None:
-    """A Sentinel-2 product (SAFE, its granule or ``IMG_DATA``) as one frame: the bands of its finest grid.
+def _sentinel2_frame(folder: Path) -> Frame:
+    """A Sentinel-2 product (:func:`_is_sentinel2`) as one frame: the bands of its finest grid.
 
     A frame is one grid, so the 20 m and 60 m bands are left out (with a
-    warning); the product's 0 is nodata (the reader says so). ``None`` when ``folder`` holds no
-    Sentinel-2 band files.
+    warning); the product's 0 is nodata (the reader says so).
     """
-    if not _is_sentinel2(folder):
-        return None
     grids = geotiff_bandset.grid_files(folder)
     if len(grids) > 1:
         logger.warning("%s: a frame is one grid: fusing its finest bands (%s); the %d coarser band(s) are left out",
@@ -197,14 +194,15 @@ def _sidecar_quality(path: Path) -> tuple[Path | None, str | None]:
 
 
 def _frames_of_folder(folder: Path) -> list[Frame]:
-    s2 = _sentinel2_frame(folder)
-    if s2 is not None:
-        return [s2]
-    subs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and
-                  (_images(d) or _is_sentinel2(d)))
+    if _is_sentinel2(folder):
+        return [_sentinel2_frame(folder)]
+    dirs = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    products = {d for d in dirs if _is_sentinel2(d)}
+    subs = sorted(d for d in dirs if d in products or _images(d))
     files = _images(folder)
     if subs and not files:
-        return [_sentinel2_frame(d) or _read_frame(d.name, *_split_quality(_images(d))) for d in subs]
+        return [_sentinel2_frame(d) if d in products else _read_frame(d.name, *_split_quality(_images(d)))
+                for d in subs]
     if not files:
         raise DataError(f"{folder}: no GeoTIFF or JPEG 2000 frames in this folder or its subfolders")
     by_date: dict[dt.date | None, list[Path]] = {}

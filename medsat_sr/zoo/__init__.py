@@ -116,6 +116,11 @@ def is_shipped(item: Any) -> bool:
     return item in names()
 
 
+def resolve(item: Any) -> Any:
+    """``item`` as a checkpoint: a shipped model's name becomes its checkpoint stem, anything else is kept."""
+    return str(checkpoint(item)) if is_shipped(item) else item
+
+
 def starting_points(config_name: str | None) -> list[str]:
     """The shipped models that can start a fit of the job config ``config_name``, the preferred first.
 
