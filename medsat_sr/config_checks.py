@@ -93,7 +93,24 @@ def _axis_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
                     f"the slice_profile degradation acts on one axis; got factors > 1 on several: {cfg.scale}",
                 )
             )
-    return out
+    return out + _factors_checks(cfg, p)
+
+
+def _factors_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
+    """``data.factors``: supervised slice-profile training of a network that interpolates first."""
+    if not cfg.data.factors:
+        return []
+    why = []
+    if p.degradation.model != "slice_profile":
+        why.append(f"domain {p.name!r} degrades by {p.degradation.model}, not slice_profile")
+    if cfg.train.mode != "supervised":
+        why.append(f"train.mode is {cfg.train.mode!r}, not supervised (an input's own factor is fixed)")
+    if cfg.model.kwargs.get("upsample") != "pre":
+        why.append("the network must interpolate first (model.kwargs.upsample: pre) to take every factor")
+    if not why:
+        return []
+    return [Problem("data.factors", "several training factors are for supervised thick-slice training of one "
+                    "any-factor network; here " + "; ".join(why))]
 
 
 def _output_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:

@@ -155,6 +155,13 @@ class DataConfig(StrictModel):
         background_probability: probability of drawing a patch anywhere,
             so background patches stay rare but present.
         series: DICOM series to read when a folder holds several.
+        factors: supervised thick-slice training at several through-plane
+            factors (e.g. ``[1.5, 2, 3, 4, 6, 8]``): each reference gives
+            pairs at every factor, each batch at one of them, drawn evenly, so
+            that one network serves them all (VDSR's multi-scale training). The
+            network must interpolate first (``model.kwargs.upsample: pre``);
+            ``scale``'s own factor is always one of them, and the one the
+            network is built and named for.
     """
 
     inputs: PathList = Field(default_factory=list)
@@ -164,6 +171,7 @@ class DataConfig(StrictModel):
     min_valid_fraction: float = Field(0.5, ge=0, le=1)
     background_probability: float = Field(0.1, ge=0, le=1)
     series: str | None = None
+    factors: list[Annotated[float, Field(gt=1, le=16)]] | None = Field(None, min_length=1)
 
 
 class ModelConfig(StrictModel):

@@ -303,34 +303,51 @@ def _image_sources(items: Sequence[Any], cfg: Any, *, mode: str, validation: Seq
     if mode == "supervised" and not val_list and len(items) > 1:
         train_imgs, val_list = items[:-1], items[-1:]
     hold_single = mode == "self_supervised" or not val_list
+    factors = _training_factors(cfg) if mode == "supervised" and slicewise else [None]
     for img in train_imgs:
         if not (is_volume(img) or is_raster(img)):
             raise DataError(f"cannot train on {type(img).__name__}; expected a volume or a raster")
         tb = cfg.target_bands()
         prep = _prepare(img, cfg, channels=_target_channels(img, tb))
-        src = _image_source(prep, cfg, slicewise=slicewise, supervised=mode == "supervised", holdout=hold_single)
-        src.name = _source_name(img)
-        got.train.append(src)
-        if hold_single:
-            got.val.append(src)
+        for f in factors:
+            src = _image_source(prep, cfg, slicewise=slicewise, supervised=mode == "supervised", holdout=hold_single,
+                                factor=f)
+            src.name = _source_name(img)
+            got.train.append(src)
+            if hold_single:
+                got.val.append(src)
         if got.first_prep is None:
             got.first_prep = prep
             got.names = list(tb) if tb else _names(img, prep.data.shape[0])
     for img in val_list:
         prep = _prepare(img, cfg)
-        src = _image_source(prep, cfg, slicewise=slicewise, supervised=True, holdout=False)
-        src.name = _source_name(img)
-        _validate_whole(src)
-        got.val.append(src)
+        for f in factors:
+            src = _image_source(prep, cfg, slicewise=slicewise, supervised=True, holdout=False, factor=f)
+            src.name = _source_name(img)
+            _validate_whole(src)
+            got.val.append(src)
     return got
 
 
-def _check_layout(sources: Sequence[PairSource], val_sources: Sequence[PairSource]) -> PairSource:
+def _training_factors(cfg: Any) -> list[float | None]:
+    """The through-plane factors of supervised slice-profile pairs: ``None`` (the config's) first, then ``data.factors``.
+
+    The first source sets the network's nominal scale, so the config's own
+    factor leads; the others are drawn as often (:class:`PatchPairDataset`).
+    """
+    extra = [float(f) for f in (cfg.data.factors or [])]
+    own = [float(f) for f in cfg.scale if float(f) > 1.0] if isinstance(cfg.scale, list) else []
+    return [None] + [f for f in extra if not (own and abs(f - own[0]) < 1e-6)]
+
+
+def _check_layout(sources: Sequence[PairSource], val_sources: Sequence[PairSource], *,
+                  multi_factor: bool = False) -> PairSource:
     """Check that all sources share one network layout and the training ones one scale.
 
     Args:
         sources: the training sources.
         val_sources: the validation sources.
+        multi_factor: the sources hold several factors on purpose (``data.factors``).
 
     Returns:
         The reference source: the first training source, else the first validation one.
@@ -344,7 +361,7 @@ def _check_layout(sources: Sequence[PairSource], val_sources: Sequence[PairSourc
             ref.spatial_dims, ref.in_channels, ref.out_channels, ref.guide_channels
         ):
             raise DataError("the inputs do not share one channel layout; train on images of one kind")
-    if len(sources) > 1:
+    if len(sources) > 1 and not multi_factor:
         scales = {tuple(round(f, 6) for f in s.model_scale) for s in sources}
         if len(scales) > 1:
             raise DataError(f"the inputs need different scale factors {sorted(scales)}; train on one kind of scan")
@@ -406,6 +423,8 @@ def _training_info(
         "min_valid_fraction": float(cfg.data.min_valid_fraction),
         "background_probability": float(cfg.data.background_probability),
     })
+    if cfg.data.factors and kind == "slicewise":  # one network trained at several factors (data.factors)
+        info["factors"] = sorted({round(float(f), 6) for f in [info.get("factor") or 0, *cfg.data.factors]} - {0.0})
     if estimate_rec is not None:
         info["degradation_estimate"] = estimate_rec
     return info
@@ -457,7 +476,7 @@ def make_training_set(
     if first_prep is None:
         raise ConfigError(f"{cfg.source}: no training data")
     names = got.names or _names(first_prep.image, first_prep.data.shape[0])
-    ref = _check_layout(got.train, got.val)
+    ref = _check_layout(got.train, got.val, multi_factor=bool(cfg.data.factors))
     val_batches, cubic_batches, n_val = _validation_batches(got.val, cfg)
     refs = torch.cat([b["label"].reshape(-1) for b in val_batches])
     dr = _data_range(cfg.profile.metrics, refs, first_prep.normaliser)

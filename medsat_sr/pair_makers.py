@@ -133,7 +133,9 @@ def _names(image: Any, n: int) -> list[str]:
     return list(names) if names and len(names) == n else [f"ch{i}" for i in range(n)]
 
 
-def _slicewise_source(prep: _Prepared, cfg: Any, *, supervised: bool, holdout: bool) -> SliceProfileSource:
+def _slicewise_source(prep: _Prepared, cfg: Any, *, supervised: bool, holdout: bool,
+                      factor: float | None = None) -> SliceProfileSource:
+    """Slice-profile pairs of one volume; ``factor`` (supervised) replaces the config's through-plane factor."""
     image = prep.image
     p = cfg.profile
     spec = p.degradation.slice_profile
@@ -148,6 +150,9 @@ def _slicewise_source(prep: _Prepared, cfg: Any, *, supervised: bool, holdout: b
                 f"(e.g. scale: [1, 1, 4]), got {numbers_text(scale)}"
             )
         t = ups[0]
+        if factor is not None:
+            scale = [float(v) for v in scale]
+            scale[t] = float(factor)
         target = spacing[t]
         # the reference is the high-resolution volume; its thick slices are simulated: no thickness to read
         rec = degrade.recipe(p, [float(v) for v in scale], spacing=spacing)
@@ -388,7 +393,8 @@ def _target_channels(img: Any, bands: Sequence[str]) -> list[int] | None:
     return [have.index(b) for b in bands]
 
 
-def _image_source(prep: _Prepared, cfg: Any, *, slicewise: bool, supervised: bool, holdout: bool) -> PairSource:
+def _image_source(prep: _Prepared, cfg: Any, *, slicewise: bool, supervised: bool, holdout: bool,
+                  factor: float | None = None) -> PairSource:
     """One prepared image's source: slice-profile (thick slices) or aligned.
 
     Args:
@@ -397,10 +403,11 @@ def _image_source(prep: _Prepared, cfg: Any, *, slicewise: bool, supervised: boo
         slicewise: whether the degradation is a slice profile.
         supervised: supervised pairs (slice-profile only).
         holdout: whether the source holds out a validation block.
+        factor: the through-plane factor of supervised slice-profile pairs (default: the config's).
 
     Returns:
         The source.
     """
     if slicewise:
-        return _slicewise_source(prep, cfg, supervised=supervised, holdout=holdout)
+        return _slicewise_source(prep, cfg, supervised=supervised, holdout=holdout, factor=factor)
     return _aligned_source(prep, cfg, holdout=holdout)

@@ -254,6 +254,40 @@ def test_supervised_thick_slice_from_references() -> None:
     assert b["image"].shape == (2, 1, 4, 16) and b["label"].shape == (2, 1, 16, 16)
 
 
+def test_supervised_thick_slice_at_several_factors() -> None:
+    """``data.factors``: one source per factor, the config's first; batches at each factor, one network for all."""
+    from medsat_sr.errors import ConfigError
+    from medsat_sr.models import build_model
+
+    ref = make_volume(texture((48, 40, 44), 4)[None] * 100 + 10, np.eye(4))
+    over = ["train.mode=supervised", "scale=[1, 1, 4]", "train.patch_size=24", "train.batch_size=2",
+            "model.kwargs={features: 8, n_blocks: 1, upsample: pre}"]
+    cfg = load_config("mri_thick_slice", [*over, "data.factors=[2, 4, 6]"])
+    ts = make_training_set([ref], cfg)
+    assert [s.factor for s in ts.sources] == [4.0, 2.0, 6.0]  # the config's own factor leads, and is not repeated
+    assert ts.model_scale == (4.0, 1.0)
+    seen = {}
+    for _ in range(40):
+        b = ts.train.next_batch()
+        seen[b["image"].shape[2]] = tuple(b["output_size"])
+    # low-res lengths for x6, x4 and x2 of a 24-pixel patch, each with its own output size
+    assert sorted(seen) == [4, 6, 12] and seen[12] == (24, 24) and seen[4] == (24, 24)
+    net = build_model("edsr", spatial_dims=2, in_channels=1, out_channels=1, scale=ts.model_scale,
+                      **cfg.model.kwargs)
+    for n_lr, size in seen.items():
+        assert net(torch.zeros(1, 1, n_lr, 24), output_size=size).shape == (1, 1, *size)
+    # the validation covers every factor: three times the items of one
+    one = make_training_set([ref], load_config("mri_thick_slice", over))
+    assert len(ts.val) > len(one.val) and ts.info["val_items"] == 3 * one.info["val_items"]
+
+    with pytest.raises(ConfigError, match=r"data.factors.*upsample: pre"):
+        load_config("mri_thick_slice", ["train.mode=supervised", "scale=[1, 1, 4]", "data.factors=[2, 3]"])
+    with pytest.raises(ConfigError, match=r"data.factors.*not supervised"):
+        load_config("mri_thick_slice", ["model.kwargs={upsample: pre}", "data.factors=[2, 3]"])
+    with pytest.raises(ConfigError, match=r"data.factors.*not slice_profile"):
+        load_config("multiband_x2", ["train.mode=supervised", "model.kwargs={upsample: pre}", "data.factors=[3]"])
+
+
 def test_explicit_pairs_and_grid_check() -> None:
     hr = raster(bands=2, h=64, w=64)
     lr_data = degrade.psf_decimate(hr.as_tensor(), 2, sigma=1.0)

@@ -231,12 +231,34 @@ def test_the_slice_orientations_option_reaches_the_slicewise_route_and_its_recor
     img = _volume((1, 14, 12, 5))
     net = _net(2, 1, (3, 1), seed=1, upsample="pre")
     for given, used in (("auto", 1), (1, 1), (2, 2)):  # auto: a model applied without a fit runs one orientation
-        res = upscale(img, model=net, slice_orientations=given)
+        res = upscale(img, model=net, slice_orientations=given, precision="fp32")  # bf16 CPUs: compare in fp32
         assert res.record["settings"]["orientations"] == used
         want, _ = apply_slicewise(net, img.as_tensor().float(), 2, (14, 12, 15), orientations=used)
         assert np.allclose(res.image.as_tensor().numpy(), want.numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="slice_orientations"):
         upscale(img, model=net, slice_orientations=3)
+
+
+def test_a_slice_model_trained_at_several_factors_makes_the_volume_isotropic(tmp_path):
+    """With no scale asked for, a data.factors checkpoint brings the thick axis to the finest spacing."""
+    from medsat_sr.checkpoint import save_checkpoint
+
+    img = _volume((1, 14, 12, 5))  # spacing 1.1 x 0.9 x 2.5 mm (the affine's columns): x2.78 to 0.9 mm
+    net = _net(2, 1, (4, 1), seed=1, upsample="pre")
+    save_checkpoint(tmp_path / "single", net, {"task": {"factor": 4.0}})
+    save_checkpoint(tmp_path / "multi", net, {"task": {"factor": 4.0, "factors": [2.0, 4.0, 6.0]}})
+    single = upscale(img, model=str(tmp_path / "single"))
+    assert single.image.shape[1:] == (14, 12, 20)  # trained at x4 alone: its own factor, as before
+    multi = upscale(img, model=str(tmp_path / "multi"))
+    assert multi.image.shape[1:] == (14, 12, 14)  # round(5 x 2.78)
+    assert np.linalg.norm(np.asarray(multi.image.affine)[:3, 2]) == pytest.approx(2.5 * 5 / 14, rel=1e-3)
+    assert multi.record["settings"]["scale"]["requested"][2] == pytest.approx(2.5 / 0.9, rel=2e-3)
+    assert upscale(img, model=str(tmp_path / "multi"), scale=[1, 1, 4]).image.shape[1:] == (14, 12, 20)
+    from medsat_sr.image import make_volume
+
+    iso = make_volume(np.ones((1, 8, 8, 8), np.float32), np.eye(4), source_dtype="float32")
+    with pytest.raises(ConfigError, match="the volume is isotropic.*give --scale or --target-spacing"):
+        upscale(iso, model=str(tmp_path / "multi"))
 
 
 def test_2d_model_on_a_volume_runs_slicewise_with_uncertainty(tmp_path):

@@ -62,7 +62,8 @@ def _requested_volume_scale(img: MetaTensor, scale: Any, target_spacing: Any, cf
 
 
 def volume_scale(
-    img: MetaTensor, model_scale: Sequence[float] | None, scale: Any, target_spacing: Any, cfg: Any
+    img: MetaTensor, model_scale: Sequence[float] | None, scale: Any, target_spacing: Any, cfg: Any,
+    *, any_factor: bool = False,
 ) -> tuple[tuple[float, ...], int | None, str | None]:
     """Per-axis scale of a volume and, for 2D models, the axis and route.
 
@@ -71,6 +72,9 @@ def volume_scale(
         model_scale: the network's scale (2 or 3 factors), ``None`` for a classical method.
         scale, target_spacing: what the caller asked for, if anything.
         cfg: the job config (its ``scale``), or ``None``.
+        any_factor: the 2D slice network was trained to run at any factor
+            (``data.factors``): with nothing asked for, the thick axis is brought to
+            the finest spacing (isotropic), not multiplied by its nominal factor.
 
     Returns:
         ``(scale, axis, route)``: route ``"slicewise"`` (a slice network,
@@ -120,6 +124,11 @@ def volume_scale(
     thick = int(np.argmax(spacing))
     s = [1.0, 1.0, 1.0]
     s[thick] = max(ms)
+    if any_factor:
+        s[thick] = snap_scale([spacing[thick] / min(spacing)])[0]
+        if s[thick] <= 1 + SCALE_RTOL:
+            raise ConfigError(f"{where}: the volume is isotropic ({_fmt(spacing)} mm), so a slice model that takes any "
+                              "factor has no thick axis to upscale; give --scale or --target-spacing")
     return tuple(s), thick, "slicewise"
 
 

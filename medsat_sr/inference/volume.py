@@ -271,6 +271,12 @@ def _as_volume(values: torch.Tensor, aff: np.ndarray, volume: MetaTensor) -> Met
                        source_path=m.get(Key.SOURCE_PATH), header=m.get(Key.HEADER), **extra)
 
 
+def _trained_at_any_factor(member: Any) -> bool:
+    """A slice network that interpolates first and was trained at several factors (``data.factors``)."""
+    task = (member.info.get("_meta") or {}).get("task") or {}
+    return getattr(member.model, "upsample", None) == "pre" and len(task.get("factors") or []) > 1
+
+
 def upscale_volume(*, src: Any, mem: Any, decision: Any, method: str | None, scale: Any, opts: Any, profile: Any,
                    cfg: Any, out_path: Path | None, fmt: str | None, progress: bool, target_spacing: Any,
                    series_description: str | None) -> dict[str, Any]:
@@ -282,7 +288,9 @@ def upscale_volume(*, src: Any, mem: Any, decision: Any, method: str | None, sca
     """
     volume = src.volume
     members = mem.members
-    s, thick, route2d = volume_scale(volume, members[0].scale if members else None, scale, target_spacing, cfg)
+    any_factor = bool(members) and all(_trained_at_any_factor(m) for m in members)
+    s, thick, route2d = volume_scale(volume, members[0].scale if members else None, scale, target_spacing, cfg,
+                                     any_factor=any_factor)
     per_volume = check_takes(members, int(volume.shape[0]), volume.meta.get(Key.SOURCE_PATH) or "the volume",
                              kind="volume")
     for m in members:
