@@ -218,6 +218,23 @@ def test_upscale_ends_with_a_verdict_line(tmp_path: Path, capsys: pytest.Capture
     assert last.startswith(f"{PREFIX} {out}: cubic") and last.endswith(f"record {out}.json")
 
 
+def test_a_checkpoint_applied_as_it_is_says_its_scores_are_not_from_this_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--model PATH`` reports its training's validation, not a score on the input, and says so."""
+    from medsat_sr.checkpoint import save_checkpoint
+    from medsat_sr.models import build_model
+
+    net = build_model("edsr", spatial_dims=2, in_channels=2, scale=2, features=4, n_blocks=1)
+    save_checkpoint(tmp_path / "m", net, {"metrics": {"val_psnr": 31.0, "val_psnr_cubic": 30.0}})
+    out = tmp_path / "x2.tif"
+    assert main(["upscale", str(_raster(tmp_path / "in.tif")), "-o", str(out), "--model", str(tmp_path / "m")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "+1.00 dB vs GDAL cubic on its training's held-out data, not this input's (31.00 vs 30.00 dB)" in last, last
+    fit = {"method": "model", "decision": {"model_score": 31.0, "classical_score": 30.0, "source": "self-supervised fit"}}
+    assert "vs cubic on held-out pixels (31.00 vs 30.00 dB)" in record_verdict(fit)
+
+
 def test_batch_gives_a_verdict_per_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a, b = _raster(tmp_path / "a.tif"), _raster(tmp_path / "b.tif")
     assert main(["batch", str(a), str(b), "-o", str(tmp_path / "out"), "--method", "cubic", "--scale", "2"]) == 0

@@ -26,6 +26,9 @@ __all__ = ["verdict_line", "record_verdict", "PREFIX"]
 #: What every verdict line starts with (easy to grep in a batch log).
 PREFIX = "verdict:"
 
+#: Where a decision's scores come from (its ``source``), when not from the input's own held-out pixels.
+SCORED_ON = {"checkpoint metrics": "its training's held-out data, not this input's"}
+
 
 def _score(value: Any) -> float | None:
     """A finite float, or ``None``."""
@@ -53,6 +56,7 @@ def verdict_line(
     caution: str | None = None,
     interp_score: float | None = None,
     margin_db: float | None = None,
+    scored_on: str = "held-out pixels",
 ) -> str:
     """The verdict of one written product, in one line.
 
@@ -76,6 +80,8 @@ def verdict_line(
             the classical result but not this path.
         margin_db: the least gain (dB) the network needed (``min_gain_db``);
             a fallback's line names it.
+        scored_on: where the scores were measured: the input's held-out pixels,
+            or (a checkpoint applied as it is) the held-out data of its training.
 
     Returns:
         ``"verdict: <output>: <what>; <fallback>[; caution: <caution>]; record <path>"``.
@@ -84,11 +90,11 @@ def verdict_line(
     m, c = _score(model_score), _score(classical_score)
     if m is not None and c is not None:
         if unit == "ERGAS":
-            versus = f"ERGAS {m:.3f} vs {c:.3f} for {base} on held-out pixels (lower is better)"
+            versus = f"ERGAS {m:.3f} vs {c:.3f} for {base} on {scored_on} (lower is better)"
         elif unit == "ratio":
-            versus = f"{m / c:.2f}x {base} on held-out pixels ({m:.3g} vs {c:.3g})" if c else f"{m:.3g} vs {base} {c:.3g}"
+            versus = f"{m / c:.2f}x {base} on {scored_on} ({m:.3g} vs {c:.3g})" if c else f"{m:.3g} vs {base} {c:.3g}"
         else:
-            versus = f"{m - c:+.2f} dB vs {base} on held-out pixels ({m:.2f} vs {c:.2f} dB)"
+            versus = f"{m - c:+.2f} dB vs {base} on {scored_on} ({m:.2f} vs {c:.2f} dB)"
     else:
         versus = None
     if classical is None:
@@ -154,6 +160,7 @@ def record_verdict(
         caution=d.get("caution") if isinstance(d.get("caution"), str) else None,
         interp_score=d.get("interp_score") if fell_back else None,
         margin_db=d.get("margin_db") if fell_back else None,
+        scored_on=SCORED_ON.get(str(d.get("source")), "held-out pixels"),
         # a classical method asked for on any route (resampling, pan-sharpening, revisit fusion): no model in play
         classical=(d.get("use_model") is False and not d.get("fell_back") and d.get("model_score") is None) or None,
     )
