@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/model_speed"))
     p.add_argument("--out", type=Path, default=RESULTS / "model_speed.txt",
                    help="results file (default results/model_speed.txt; name another machine's run apart)")
+    p.add_argument("--models", help="comma list: time only the rows of these models (default: all)")
     a = p.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     lines = [f"upscale --model NAME (no fitting), fresh process each run, median of {a.runs}; "
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
              "truth: PSNR in the head mask against the 1 mm UIH T1 (MR rows)", "",
              f"{'model':20s} {'input':>16s} {'output':>16s} {'wall s':>7s} {'truth dB':>9s}  verdict"]
     rows = inputs(a.work)
+    if a.models:
+        keep = {m.strip() for m in a.models.split(",")}
+        rows = [r for r in rows if r.model in keep]
     cubic = None
     for row in rows:
         seconds, rec, verdict, image = time_row(row, a.work, a.runs)

@@ -209,19 +209,27 @@ def score_on_input(checkpoint: str | Path, cfg: Any, fit_input: Any, name: str) 
     return out
 
 
-#: A shipped model asked for a factor this many times above or below the one it was trained at is warned about.
+#: A shipped model asked for a factor this many times above or below the ones it was trained at is warned about.
 FAR_FACTOR = 1.5
 
 
+def trained_factors(name: str) -> list[float]:
+    """The through-plane factors the shipped model ``name`` was trained at (its card; empty when it says none)."""
+    deg = zoo.card(name).get("degradation") or {}
+    got = deg.get("factors") or ([deg["factor"]] if deg.get("factor") else [])
+    return sorted(float(f) for f in got)
+
+
 def warn_far_factor(name: str, cfg: Any, volume: Any) -> None:
-    """Say, before the scoring, when the volume's factor is far from the one the shipped model was trained at."""
-    trained = (zoo.card(name).get("degradation") or {}).get("factor")
+    """Say, before the scoring, when the volume's factor is far from those the shipped model was trained at."""
+    trained = trained_factors(name)
     if not trained:
         return
     need = max(float(f) for f in cfg.scale_for([float(v) for v in volume.meta[Key.SPACING]]))
-    if max(need / float(trained), float(trained) / need) < FAR_FACTOR:
+    if trained[0] / FAR_FACTOR < need < trained[-1] * FAR_FACTOR:
         return
+    at = f"x{trained[0]:g}" if len(trained) == 1 else f"x{trained[0]:g} to x{trained[-1]:g}"
     where = volume.meta.get(Key.SOURCE_PATH) or "the volume"
-    logger.warning("%s: %s was trained at x%g through-plane and this input needs x%.3g, far from it: it may not "
+    logger.warning("%s: %s was trained at %s through-plane and this input needs x%.3g, far from it: it may not "
                    "beat cubic here (the run then falls back); --config %s fine-tunes it on the input",
-                   where, name, float(trained), need, cfg.name)
+                   where, name, at, need, cfg.name)
