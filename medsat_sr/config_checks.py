@@ -104,13 +104,12 @@ def _factors_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:
     if p.degradation.model != "slice_profile":
         why.append(f"domain {p.name!r} degrades by {p.degradation.model}, not slice_profile")
     if cfg.train.mode != "supervised":
-        why.append(f"train.mode is {cfg.train.mode!r}, not supervised (an input's own factor is fixed)")
+        why.append(f"train.mode is {cfg.train.mode!r}, not supervised")
     if cfg.model.kwargs.get("upsample") != "pre":
-        why.append("the network must interpolate first (model.kwargs.upsample: pre) to take every factor")
+        why.append("model.kwargs needs upsample: pre")
     if not why:
         return []
-    return [Problem("data.factors", "several training factors are for supervised thick-slice training of one "
-                    "any-factor network; here " + "; ".join(why))]
+    return [Problem("data.factors", "is for supervised thick-slice training of an any-factor network; " + "; ".join(why))]
 
 
 def _output_checks(cfg: JobConfig, p: DomainProfile) -> list[Problem]:

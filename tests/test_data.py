@@ -280,7 +280,7 @@ def test_supervised_thick_slice_at_several_factors() -> None:
     one = make_training_set([ref], load_config("mri_thick_slice", over))
     assert len(ts.val) > len(one.val) and ts.info["val_items"] == 3 * one.info["val_items"]
 
-    with pytest.raises(ConfigError, match=r"data.factors.*upsample: pre"):
+    with pytest.raises(ConfigError, match=r"data.factors.*needs upsample: pre"):
         load_config("mri_thick_slice", ["train.mode=supervised", "scale=[1, 1, 4]", "data.factors=[2, 3]"])
     with pytest.raises(ConfigError, match=r"data.factors.*not supervised"):
         load_config("mri_thick_slice", ["model.kwargs={upsample: pre}", "data.factors=[2, 3]"])
