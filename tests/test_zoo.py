@@ -329,6 +329,8 @@ def test_starting_points_put_the_configs_own_network_before_the_any_factor_one()
     # the any-factor model is trained at a range of factors (data.factors), and its checkpoint says which
     factors = zoo.card("mri_thick_slice")["degradation"]["factors"]
     assert factors[0] <= 1.5 and factors[-1] >= 8 and 4.0 in factors
+    code, out, _ = cli("models", "mri_thick_slice")
+    assert code == 0 and "  factors      x1.5, x2, x2.5, x3, x4, x5, x6, x8 (one per batch;" in out, out
     assert zoo.starting_points("multiband_x2") == ["multiband_x2"]
     assert zoo.starting_points("no_such_config") == [] and zoo.for_config(None) is None
 

@@ -64,6 +64,9 @@ def _card_text(c: dict[str, Any]) -> str:
         lines.append(f"    attribute  {s.get('attribution')}")
     deg = c.get("degradation") or {}
     lines.append(f"  degradation  {deg.get('recipe') or deg.get('model')}")
+    if deg.get("factors"):  # one network trained at several factors (data.factors); validated at each
+        lines.append(f"  factors      x{', x'.join(f'{float(f):g}' for f in deg['factors'])} (one per batch; "
+                     "the recipe above is at the nominal factor, the validation a mean over all)")
     b = c.get("budget") or {}
     lines.append(f"  budget       {b.get('iterations')} iterations, {b.get('seconds')} s ({b.get('machine')})")
     v = c.get("validation") or {}
