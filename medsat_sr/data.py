@@ -397,7 +397,7 @@ def _validation_batches(
 
 def _training_info(
     ref: PairSource, cfg: Any, *, mode: str, kind: str, n_val: int, data_range: float,
-    estimate_rec: dict[str, Any] | None,
+    estimate_rec: dict[str, Any] | None, factors: list[float] | None = None,
 ) -> dict[str, Any]:
     """How the pairs were made, as recorded in the checkpoint.
 
@@ -409,6 +409,7 @@ def _training_info(
         n_val: the number of validation items.
         data_range: the PSNR/SSIM data range in network units.
         estimate_rec: the degradation estimate or check, or None.
+        factors: the through-plane factors of a multi-factor training set (``data.factors``), or None.
 
     Returns:
         The info mapping.
@@ -423,8 +424,8 @@ def _training_info(
         "min_valid_fraction": float(cfg.data.min_valid_fraction),
         "background_probability": float(cfg.data.background_probability),
     })
-    if cfg.data.factors and kind == "slicewise":  # one network trained at several factors (data.factors)
-        info["factors"] = sorted({round(float(f), 6) for f in [info.get("factor") or 0, *cfg.data.factors]} - {0.0})
+    if factors is not None:
+        info["factors"] = factors
     if estimate_rec is not None:
         info["degradation_estimate"] = estimate_rec
     return info
@@ -481,7 +482,9 @@ def make_training_set(
     refs = torch.cat([b["label"].reshape(-1) for b in val_batches])
     dr = _data_range(cfg.profile.metrics, refs, first_prep.normaliser)
     train = PatchPairDataset(got.train, cfg.train.batch_size, seed=seed)
-    info = _training_info(ref, cfg, mode=mode, kind=got.kind, n_val=n_val, data_range=dr, estimate_rec=estimate_rec)
+    factors = sorted({round(float(s.factor), 6) for s in got.train}) if cfg.data.factors else None
+    info = _training_info(ref, cfg, mode=mode, kind=got.kind, n_val=n_val, data_range=dr, estimate_rec=estimate_rec,
+                          factors=factors)
     return TrainingSet(
         kind=got.kind,
         train=train,

@@ -123,12 +123,10 @@ def volume_scale(
         return requested, up[0], "slicewise"
     thick = int(np.argmax(spacing))
     s = [1.0, 1.0, 1.0]
-    s[thick] = max(ms)
-    if any_factor:
-        s[thick] = snap_scale([spacing[thick] / min(spacing)])[0]
-        if s[thick] <= 1 + SCALE_RTOL:
-            raise ConfigError(f"{where}: the volume is isotropic ({_fmt(spacing)} mm), so a slice model that takes any "
-                              "factor has no thick axis to upscale; give --scale or --target-spacing")
+    s[thick] = snap_scale([spacing[thick] / min(spacing)])[0] if any_factor else max(ms)
+    if any_factor and s[thick] <= 1 + SCALE_RTOL:
+        raise ConfigError(f"{where}: the volume is isotropic ({_fmt(spacing)} mm), so a slice model that takes any "
+                          "factor has no thick axis to upscale; give --scale or --target-spacing")
     return tuple(s), thick, "slicewise"
 
 

@@ -213,7 +213,7 @@ def score_on_input(checkpoint: str | Path, cfg: Any, fit_input: Any, name: str) 
 FAR_FACTOR = 1.5
 
 
-def trained_factors(name: str) -> list[float]:
+def _trained_factors(name: str) -> list[float]:
     """The through-plane factors the shipped model ``name`` was trained at (its card; empty when it says none)."""
     deg = zoo.card(name).get("degradation") or {}
     got = deg.get("factors") or ([deg["factor"]] if deg.get("factor") else [])
@@ -222,7 +222,7 @@ def trained_factors(name: str) -> list[float]:
 
 def warn_far_factor(name: str, cfg: Any, volume: Any) -> None:
     """Say, before the scoring, when the volume's factor is far from those the shipped model was trained at."""
-    trained = trained_factors(name)
+    trained = _trained_factors(name)
     if not trained:
         return
     need = max(float(f) for f in cfg.scale_for([float(v) for v in volume.meta[Key.SPACING]]))
