@@ -228,12 +228,12 @@ def test_config_on_a_4d_series_fits_one_channel_and_runs_on_each_volume(tmp_path
 def test_a_shipped_model_for_other_bands_is_refused_before_it_is_scored(
     aerial: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medsat_sr.inference import api
+    from medsat_sr.inference import scoring
 
     def never(*_a: object, **_k: object) -> dict:
         raise AssertionError("scored a model that does not take the input")
 
-    monkeypatch.setattr(api, "score_on_input", never)
+    monkeypatch.setattr(scoring, "score_on_input", never)
     with rasterio.open(aerial) as a:
         profile, bands = a.profile, a.read([1, 2, 3])
     profile.update(count=3)

@@ -151,8 +151,8 @@ from medsat_sr.config import JobConfig, load_config, with_degradation
 from medsat_sr.degradation_auto import MIN_CONFIDENCE
 from medsat_sr.errors import ConfigError
 from medsat_sr.fusion import Member
-from medsat_sr.image import BandSet, Key
-from medsat_sr.inference.members import check_takes, collect_members, domain_of
+from medsat_sr.image import BandSet
+from medsat_sr.inference.members import collect_members, domain_of
 from medsat_sr.inference.multi import MultiRequest, is_fusion_method, run_multi
 from medsat_sr.inference.options import UpscaleOptions, degradation_override
 from medsat_sr.inference.plan import Decision, check_scale_bound, decide
@@ -162,7 +162,6 @@ from medsat_sr.inference.request import (
     Source,
     check_labels,
     check_request,
-    fit_input,
     fit_member,
     output_target,
     read_source,
@@ -170,7 +169,8 @@ from medsat_sr.inference.request import (
 )
 from medsat_sr.inference.result import UpscaleResult
 from medsat_sr.inference.route_pansharpen import is_pansharpen, upscale_with_options
-from medsat_sr.inference.shipped import as_checkpoints, score_on_input, serves, shipped_names, warn_far_factor
+from medsat_sr.inference.scoring import score_checkpoint, score_model
+from medsat_sr.inference.shipped import as_checkpoints, serves, shipped_names
 from medsat_sr.inference.volume import upscale_volume
 from medsat_sr.trust import write_record
 
@@ -342,10 +342,17 @@ def upscale(
         fit = fit_member(src, cfg, run_dir, progress, scale, target_spacing, opts)
         timings["fit"] = time.perf_counter() - t0
     mem = collect_members(items, fit, weights, opts.device)
-    if shipped and cfg is not None and len(items) == 1 and fit is None:  # a shipped model, no fit: scored on the input
+    if len(items) == 1 and fit is None and method is None:  # one model applied as it is: scored on the input
         t0 = time.perf_counter()
-        mem.validations = [{"model": 0, **_score_shipped(src, mem, cfg, items[0], shipped[0], scale, target_spacing)}]
-        timings["score_on_input"] = time.perf_counter() - t0
+        if shipped and cfg is not None:
+            got: Any = score_model(src, mem, cfg, items[0], f"shipped model {shipped[0]!r}", scale=scale,
+                                   target_spacing=target_spacing, shipped=shipped[0])
+        else:
+            by_path = cfg is None and not shipped and isinstance(items[0], (str, os.PathLike))
+            got = score_checkpoint(src, mem, items[0], scale, target_spacing) if by_path else None
+        if got is not None:
+            mem.validations = [{"model": 0, **got}]
+            timings["score_on_input"] = time.perf_counter() - t0
     cfg = _measured(cfg, mem.fit_meta)
     profile = _profile(cfg, mem.members)
     decision = _decide(src, mem, profile, opts)
@@ -369,23 +376,6 @@ def _config_name(config: Any) -> str | None:
     if config is None or isinstance(config, (str, os.PathLike)):
         return None if config is None else os.fspath(config)
     return getattr(config, "name", None)
-
-
-def _score_shipped(src: Any, mem: Any, cfg: JobConfig, checkpoint: Any, name: str, scale: Any,
-                   target_spacing: Any) -> dict[str, Any]:
-    """A shipped model, unchanged, on the input's own held-out split; one for other channels is refused first."""
-    own = fit_input(src, cfg, scale, target_spacing)
-    note = ""
-    if isinstance(own, MetaTensor):
-        kind = "volume" if src.is_volume else "raster"
-        if src.is_volume and scale is None and target_spacing is None:
-            warn_far_factor(name, cfg, own)
-        if check_takes(mem.members, int(own.shape[0]), src.path or own.meta.get(Key.SOURCE_PATH) or f"the {kind}",
-                       kind=kind, names=own.meta.get(Key.BAND_NAMES)):  # a 4D series: scored on its first volume
-            note = f", on volume 0 of {int(own.shape[0])} (the decision holds for all)"
-            own = own[0:1]
-    got = score_on_input(checkpoint, cfg, own, name)
-    return {**got, "source": got["source"] + note}
 
 
 def _measured(cfg: JobConfig | None, fit_meta: Mapping[str, Any]) -> JobConfig | None:

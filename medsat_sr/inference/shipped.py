@@ -36,7 +36,6 @@ from monai.data import MetaTensor
 
 from medsat_sr import zoo
 from medsat_sr.config import load_config
-from medsat_sr.engine import build_trainer
 from medsat_sr.errors import ModelError
 from medsat_sr.image import BandSet, Key, is_volume
 from medsat_sr.inference.options import DEFAULT_FINETUNE_SECONDS
@@ -45,7 +44,7 @@ from medsat_sr.train import fit as train_fit
 logger = logging.getLogger("medsat_sr.inference")
 
 __all__ = ["FINETUNE_LR_FACTOR", "FINETUNE_LR_FACTORS", "FINETUNE_VAL_EVERY", "shipped_names", "as_checkpoints", "serves",
-           "fit_on_input", "fit_items", "finetune_overrides", "score_on_input", "SERIES_FIT_VOLUMES"]
+           "fit_on_input", "fit_items", "finetune_overrides", "warn_far_factor", "SERIES_FIT_VOLUMES"]
 
 #: The fine-tuning learning rate as a fraction of the config's (the shipped weights are close already).
 FINETUNE_LR_FACTOR = 0.5
@@ -184,29 +183,6 @@ def fit_on_input(fit_input: Any, cfg: Any, opts: Any, *, run_dir: Any, progress:
     if series:
         fr.metadata["start"]["series"] = series
     return fr
-
-
-def score_on_input(checkpoint: str | Path, cfg: Any, fit_input: Any, name: str) -> dict[str, Any]:
-    """Score a shipped model, unchanged, on the input's own held-out split against the classical result.
-
-    The split, the pairs, the metric and the data range are those of a
-    self-supervised fit of ``cfg`` on ``fit_input`` (its validation at
-    iteration 0), so the decision reads it like a fit's validation.
-
-    Returns:
-        A validation entry for :func:`medsat_sr.inference.plan.decide`.
-
-    Raises:
-        ModelError: the model does not fit the input's pairs.
-    """
-    _, _, state = build_trainer(cfg, None, images=[fit_input], init=str(checkpoint), progress=False)
-    state.validate(0)  # type: ignore[attr-defined]
-    row = state.history[-1]
-    out = {"val_psnr": float(row["val_psnr"]), "val_psnr_cubic": float(state.cubic["val_psnr_cubic"]),
-           "source": f"shipped model {name!r} (no fitting) on the input's own held-out split"}
-    if state.cubic.get("val_psnr_interp") is not None:
-        out["val_psnr_interp"] = float(state.cubic["val_psnr_interp"])
-    return out
 
 
 #: A shipped model asked for a factor this many times above or below the ones it was trained at is warned about.

@@ -271,7 +271,7 @@ def _as_volume(values: torch.Tensor, aff: np.ndarray, volume: MetaTensor) -> Met
                        source_path=m.get(Key.SOURCE_PATH), header=m.get(Key.HEADER), **extra)
 
 
-def _trained_at_any_factor(member: Any) -> bool:
+def trained_at_any_factor(member: Any) -> bool:
     """A slice network that interpolates first and was trained at several factors (``data.factors``)."""
     task = (member.info.get("_meta") or {}).get("task") or {}
     return getattr(member.model, "upsample", None) == "pre" and len(task.get("factors") or []) > 1
@@ -288,7 +288,7 @@ def upscale_volume(*, src: Any, mem: Any, decision: Any, method: str | None, sca
     """
     volume = src.volume
     members = mem.members
-    any_factor = bool(members) and all(_trained_at_any_factor(m) for m in members)
+    any_factor = bool(members) and all(trained_at_any_factor(m) for m in members)
     s, thick, route2d = volume_scale(volume, members[0].scale if members else None, scale, target_spacing, cfg,
                                      any_factor=any_factor)
     per_volume = check_takes(members, int(volume.shape[0]), volume.meta.get(Key.SOURCE_PATH) or "the volume",
