@@ -93,7 +93,7 @@ def test_a_checkpoint_by_path_that_loses_on_the_input_falls_back_whatever_its_tr
     assert code == 0, err
     rec = json.loads(out.with_name(out.name + ".json").read_text())
     d = rec["decision"]
-    assert "model 'untrained.json' (no fitting) on the input's own held-out split" in d["source"], d
+    assert f"model {str(ckpt)!r} (no fitting) on the input's own held-out split" in d["source"], d
     assert d["model_score"] < d["classical_score"] and not d["use_model"] and rec["method"] != "model", d
     assert d["model_score"] != FLATTERING["val_psnr"] and "score_on_input" in rec["timings"]
     verdict = [ln for ln in stdout.splitlines() if ln.startswith("verdict:")]
@@ -107,7 +107,7 @@ def test_a_good_checkpoint_by_path_is_kept_on_its_score_on_the_input(thick: Path
     ckpt = save_checkpoint(tmp_path / "copy", model, meta)
     res = upscale(str(thick), model=str(ckpt), output=tmp_path / "o.nii.gz", progress=False)
     d = res.decision
-    assert d.use_model and "model 'copy.json' (no fitting)" in d.source, d
+    assert d.use_model and f"model {str(ckpt)!r} (no fitting)" in d.source, d
     assert d.model_score > d.classical_score and d.model_score != meta["metrics"]["val_psnr"]
 
 

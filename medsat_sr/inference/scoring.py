@@ -143,7 +143,7 @@ def score_checkpoint(src: Any, mem: Any, checkpoint: Any, scale: Any, target_spa
     meta = member.info.get("_meta") or {}
     if not isinstance(meta.get("config"), Mapping):  # a checkpoint made outside train/upscale: its own scores decide
         return None
-    what = f"model {Path(str(checkpoint)).name!r}"
+    what = f"model {str(checkpoint)!r}"
     try:
         s = None
         if src.is_volume:
