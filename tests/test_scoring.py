@@ -128,3 +128,21 @@ def test_a_checkpoint_whose_config_no_longer_loads_keeps_its_training_scores_and
     assert d["source"] == "checkpoint metrics" and d["use_model"], d
     verdict = [ln for ln in stdout.splitlines() if ln.startswith("verdict:")]
     assert "on its training's held-out data, not this input's" in verdict[0], stdout
+
+
+def test_batch_scores_a_checkpoint_by_path_on_each_input(thick: Path, tmp_path: Path) -> None:
+    """A batch loads the checkpoint once per process and still scores it on every input."""
+    ckpt = _untrained_x4(tmp_path)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (inputs / name).write_bytes(thick.read_bytes())
+    code, stdout, err = cli("batch", str(inputs / "*.nii.gz"), "-o", str(tmp_path / "out"), "--model", str(ckpt))
+    assert code == 0, err
+    for name in ("a", "b"):
+        rec = json.loads((tmp_path / "out" / f"{name}_sr.nii.gz.json").read_text())
+        d = rec["decision"]
+        assert f"model {str(ckpt)!r} (no fitting) on the input's own held-out split" in d["source"], d
+        assert not d["use_model"] and d["model_score"] < d["classical_score"], d
+    verdicts = [ln for ln in stdout.splitlines() if ln.startswith("verdict:")]
+    assert len(verdicts) == 2 and all("training's" not in v for v in verdicts), stdout

@@ -169,7 +169,7 @@ from medsat_sr.inference.request import (
 )
 from medsat_sr.inference.result import UpscaleResult
 from medsat_sr.inference.route_pansharpen import is_pansharpen, upscale_with_options
-from medsat_sr.inference.scoring import score_checkpoint, score_model
+from medsat_sr.inference.scoring import checkpoint_path, score_checkpoint, score_model
 from medsat_sr.inference.shipped import as_checkpoints, serves, shipped_names
 from medsat_sr.inference.volume import upscale_volume
 from medsat_sr.trust import write_record
@@ -348,8 +348,8 @@ def upscale(
             got: Any = score_model(src, mem, cfg, items[0], f"shipped model {shipped[0]!r}", scale=scale,
                                    target_spacing=target_spacing, shipped=shipped[0])
         else:
-            by_path = cfg is None and not shipped and isinstance(items[0], (str, os.PathLike))
-            got = score_checkpoint(src, mem, items[0], scale, target_spacing) if by_path else None
+            path = checkpoint_path(items[0]) if cfg is None and not shipped else None
+            got = score_checkpoint(src, mem, path, scale, target_spacing) if path else None
         if got is not None:
             mem.validations = [{"model": 0, **got}]
             timings["score_on_input"] = time.perf_counter() - t0

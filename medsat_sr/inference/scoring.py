@@ -21,6 +21,7 @@ verdict says they are not this input's.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from medsat_sr.inference.volume import trained_at_any_factor
 
 logger = logging.getLogger("medsat_sr.inference")
 
-__all__ = ["score_on_input", "score_model", "serving_config", "score_checkpoint"]
+__all__ = ["score_on_input", "score_model", "serving_config", "checkpoint_path", "score_checkpoint"]
 
 #: What a checkpoint's own training config loses to serve as the self-supervised config of an input.
 _SERVING_OVERRIDES = ("train.mode=self_supervised", "train.init=null", "train.freeze_blocks=0", "data.inputs=[]",
@@ -130,6 +131,14 @@ def serving_config(meta: Mapping[str, Any], scale: Sequence[float] | None = None
             cfg[key] = dict(dom[key])
     over = list(_SERVING_OVERRIDES) + ([f"scale={[float(v) for v in scale]}"] if scale is not None else [])
     return load_config(cfg, over)
+
+
+def checkpoint_path(item: Any) -> str | None:
+    """The checkpoint file behind a ``--model`` item: a path, or a member loaded from one (a batch's cache)."""
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    path = (getattr(item, "info", None) or {}).get("path")
+    return path if isinstance(path, str) else None
 
 
 def score_checkpoint(src: Any, mem: Any, checkpoint: Any, scale: Any, target_spacing: Any) -> dict[str, Any] | None:
