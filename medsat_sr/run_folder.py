@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from medsat_sr.errors import DataError, ModelError
+from medsat_sr.trust import jsonable
 
 if TYPE_CHECKING:
     from medsat_sr.engine import TrainState
@@ -121,7 +122,9 @@ def _save_resume_state(state: TrainState, iteration: int) -> None:
         "optimizer": data,
         "last_validated": state.last_validated,
     }
-    text = json.dumps(doc, indent=1, allow_nan=False, default=_json_default)
+    # a diverged fit validates to -inf or NaN (the history keeps them); JSON has neither: null, as best_* are
+    plain = json.loads(json.dumps(doc, default=_json_default))  # numpy and tensors to numbers; +-inf/NaN parse back
+    text = json.dumps(jsonable(plain), indent=1, allow_nan=False)
     with atomic_path(state.run_dir / STATE_JSON) as tmp:
         tmp.write_text(text, encoding="utf-8")
 

@@ -192,6 +192,25 @@ def test_resume_continues_from_last_iteration(tmp_path: Path) -> None:
         build_trainer(cfg, tmp_path / "empty", images=img, progress=False, resume=True)
 
 
+def test_a_diverged_fit_saves_its_resume_state_and_resumes(tmp_path: Path) -> None:
+    """A fit whose validation went to -inf or NaN (a diverging learning rate) wrote no resume state before: the
+    JSON writer refused non-finite numbers and ``upscale --run-dir`` ended in an internal error."""
+    from medsat_sr.run_folder import _save_resume_state
+
+    img = raster()
+    cfg = tiny_cfg("train.max_iterations=2", "train.val_every=2")
+    fit(img, cfg, run_dir=tmp_path, progress=False)
+    _, _, state = build_trainer(cfg, tmp_path, images=img, progress=False, resume=True)
+    state.history.append({"iteration": 3, "loss": math.inf, "val_psnr": -math.inf, "val_ssim": math.nan,
+                          "extra": np.float32(-np.inf)})
+    _save_resume_state(state, 3)
+    doc = json.loads((tmp_path / "last.state.json").read_text())
+    assert doc["iteration"] == 3
+    assert doc["history"][-1] == {"iteration": 3, "loss": None, "val_psnr": None, "val_ssim": None, "extra": None}
+    _, _, again = build_trainer(cfg, tmp_path, images=img, progress=False, resume=True)
+    assert again.start_iteration == 3 and again.history[-1]["val_psnr"] is None
+
+
 def test_finetune_with_frozen_blocks(tmp_path: Path) -> None:
     img = raster()
     base = fit(img, tiny_cfg("train.max_iterations=3", "train.val_every=3", "model.kwargs={features: 8, n_blocks: 2}"),
