@@ -111,19 +111,18 @@ def _save_resume_state(state: TrainState, iteration: int) -> None:
         "format": "medsat_sr.train_state/1",
         "iteration": int(iteration),
         "elapsed_seconds": state.elapsed(),
-        "best_val_psnr": None if not math.isfinite(state.best_psnr) else state.best_psnr,
-        "best_val_ssim": None if not math.isfinite(state.best_ssim) else state.best_ssim,
+        "best_val_psnr": state.best_psnr,  # -inf/NaN (nothing validated yet, a diverged fit) are written as null
+        "best_val_ssim": state.best_ssim,
         "best_iteration": state.best_iteration,
-        "plateau": {"factor": state.plateau_factor, "best": None if not math.isfinite(state.plateau_best)
-                    else state.plateau_best, "bad": state.plateau_bad},
+        "plateau": {"factor": state.plateau_factor, "best": state.plateau_best, "bad": state.plateau_bad},
         "early_stopping": _es_state(state.early_stopping),
         "history": state.history,
         "loss_trace": [[int(i), float(v)] for i, v in state.loss_trace if math.isfinite(v)],
         "optimizer": data,
         "last_validated": state.last_validated,
     }
-    # a diverged fit validates to -inf or NaN (the history keeps them); JSON has neither: null, as best_* are
-    plain = json.loads(json.dumps(doc, default=_json_default))  # numpy and tensors to numbers; +-inf/NaN parse back
+    # numpy and tensors to numbers, then -inf/NaN (a diverged fit's history and best_*) to null: JSON has neither
+    plain = json.loads(json.dumps(doc, default=_json_default))
     text = json.dumps(jsonable(plain), indent=1, allow_nan=False)
     with atomic_path(state.run_dir / STATE_JSON) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -344,12 +344,13 @@ def upscale(
     mem = collect_members(items, fit, weights, opts.device)
     if len(items) == 1 and fit is None and method is None:  # one model applied as it is: scored on the input
         t0 = time.perf_counter()
+        path = checkpoint_path(items[0])
+        got: Any = None
         if shipped and cfg is not None:
-            got: Any = score_model(src, mem, cfg, items[0], f"shipped model {shipped[0]!r}", scale=scale,
-                                   target_spacing=target_spacing, shipped=shipped[0])
-        else:
-            path = checkpoint_path(items[0]) if cfg is None and not shipped else None
-            got = score_checkpoint(src, mem, path, scale, target_spacing) if path else None
+            got = score_model(src, mem, cfg, items[0], f"shipped model {shipped[0]!r}", scale=scale,
+                              target_spacing=target_spacing, shipped=shipped[0])
+        elif cfg is None and not shipped and path:  # a checkpoint of the user's own, with no config given
+            got = score_checkpoint(src, mem, path, scale, target_spacing)
         if got is not None:
             mem.validations = [{"model": 0, **got}]
             timings["score_on_input"] = time.perf_counter() - t0
