@@ -95,6 +95,7 @@ from medsat_sr.config_sections import (  # re-exported: the sections of a JobCon
     _degradation_word,
     _is_number,
     _nums,
+    _domain_value,
     _parse_spacing,
 )
 from medsat_sr.domain_specs import DegradationSpec, MetricSpec, Normalisation
@@ -124,7 +125,9 @@ class JobConfig(StrictModel):
     Attributes:
         name: the config's name (default: its file stem).
         description: free text.
-        domain: domain profile name or path.
+        domain: domain profile name or path, or the profile itself as a
+            mapping (as :meth:`resolved` writes it: a checkpoint's config
+            loads again whatever profiles this install knows).
         scale: see the module docstring.
         target_spacing: output spacing in mm for ``scale: auto`` (volumes).
         data: inputs and patch sampling.
@@ -146,7 +149,7 @@ class JobConfig(StrictModel):
 
     name: str = ""
     description: str = ""
-    domain: str = Field(min_length=1)
+    domain: Annotated[str | dict[str, Any], BeforeValidator(_domain_value)]
     scale: ScaleValue
     target_spacing: Annotated[float | list[float] | None, BeforeValidator(_parse_spacing)] = None
     data: DataConfig = Field(default_factory=DataConfig)

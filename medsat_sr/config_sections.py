@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
@@ -98,6 +98,13 @@ def _degradation_word(value: Any) -> Any:
     if value in ("auto", "profile"):
         return {"estimate": value}
     return value
+
+
+def _domain_value(value: Any) -> Any:
+    """``domain``: a profile's name or YAML path, or the profile itself as a mapping (a checkpoint's record)."""
+    if (isinstance(value, str) and value.strip()) or isinstance(value, Mapping):
+        return value
+    raise ValueError(f"a domain profile name, a path to its YAML file, or the profile as a mapping; got {value!r}")
 
 
 def _parse_spacing(value: Any) -> Any:

@@ -79,9 +79,20 @@ def test_serving_config_refuses_a_checkpoint_without_a_loadable_config() -> None
     with pytest.raises(ConfigError, match="records no training config"):
         serving_config({"config": "mri_thick_slice"})
     _, meta = load_checkpoint(zoo.checkpoint("multiband_x2"))
-    meta["config"]["domain"]["name"] = "no_such_domain"
-    with pytest.raises(ConfigError, match="no_such_domain"):
+    meta["config"]["domain"]["blur_of_a_later_version"] = {"sigma": 1.0}
+    with pytest.raises(ConfigError, match="blur_of_a_later_version: unknown key"):
         serving_config(meta)
+
+
+def test_serving_config_loads_a_profile_this_install_does_not_know_from_the_checkpoint() -> None:
+    """A domain of the user's own (a YAML file not at hand) is rebuilt from the profile the checkpoint records."""
+    _, meta = load_checkpoint(zoo.checkpoint("multiband_x2"))
+    dom = meta["config"]["domain"]
+    dom["name"] = "our_aerial_camera"
+    dom["degradation"]["psf"]["mtf_nyquist"] = 0.17
+    cfg = serving_config(meta)
+    assert cfg.profile.name == "our_aerial_camera" and cfg.train.mode == "self_supervised"
+    assert cfg.profile.degradation.psf.mtf_nyquist == pytest.approx(0.17)
 
 
 def test_a_checkpoint_by_path_that_loses_on_the_input_falls_back_whatever_its_training_claims(
@@ -101,6 +112,20 @@ def test_a_checkpoint_by_path_that_loses_on_the_input_falls_back_whatever_its_tr
     assert nib.load(str(out)).shape == (48, 56, 48)
 
 
+def test_a_checkpoint_trained_on_a_users_own_profile_is_scored_on_the_input(thick: Path, tmp_path: Path) -> None:
+    """Its domain was a YAML file of the user's; the profile recorded in the checkpoint makes the pairs."""
+    _, meta = load_checkpoint(zoo.checkpoint("mri_thick_slice_x4"))
+    cfg = json.loads(json.dumps(meta["config"]))
+    cfg["domain"]["name"] = "our_scanner_t1"
+    ckpt = _untrained_x4(tmp_path, config=cfg)
+    out = tmp_path / "out.nii.gz"
+    code, stdout, err = cli("upscale", str(thick), "--model", str(ckpt), "-o", str(out))
+    assert code == 0, err
+    d = json.loads(out.with_name(out.name + ".json").read_text())["decision"]
+    assert "(no fitting) on the input's own held-out split" in d["source"] and not d["use_model"], d
+    assert "cannot be scored" not in err
+
+
 def test_a_good_checkpoint_by_path_is_kept_on_its_score_on_the_input(thick: Path, tmp_path: Path) -> None:
     model, meta = load_checkpoint(zoo.checkpoint("mri_thick_slice_x4"))
     meta = {k: v for k, v in meta.items() if k not in ("architecture", "weights")}
@@ -116,13 +141,13 @@ def test_a_checkpoint_whose_config_no_longer_loads_keeps_its_training_scores_and
 ) -> None:
     _, meta = load_checkpoint(zoo.checkpoint("mri_thick_slice_x4"))
     cfg = json.loads(json.dumps(meta["config"]))
-    cfg["domain"]["name"] = "a_domain_from_elsewhere"
+    cfg["domain"]["a_domain_key_from_elsewhere"] = 1
     ckpt = _untrained_x4(tmp_path, config=cfg)
     out = tmp_path / "out.nii.gz"
     with caplog.at_level(logging.WARNING, logger="medsat_sr.inference"):
         code, stdout, err = cli("upscale", str(thick), "--model", str(ckpt), "-o", str(out))
     assert code == 0, err
-    assert any("cannot be scored on this input" in r.getMessage() and "a_domain_from_elsewhere" in r.getMessage()
+    assert any("cannot be scored on this input" in r.getMessage() and "a_domain_key_from_elsewhere" in r.getMessage()
                for r in caplog.records), caplog.text
     d = json.loads(out.with_name(out.name + ".json").read_text())["decision"]
     assert d["source"] == "checkpoint metrics" and d["use_model"], d

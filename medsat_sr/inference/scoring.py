@@ -13,8 +13,8 @@ at iteration 0 (:func:`score_on_input`). The config that makes those pairs:
   data, whatever the input; scored on the input, a checkpoint that does not
   suit it falls back to the classical result like a shipped model.
 
-A checkpoint whose config cannot be rebuilt (none recorded, a domain that is
-no longer known, a multi-input config) keeps its training's scores, and the
+A checkpoint whose config cannot be rebuilt (none recorded, a profile or
+section that this version no longer accepts, a multi-input config) keeps its training's scores, and the
 verdict says they are not this input's.
 """
 
@@ -107,15 +107,17 @@ def serving_config(meta: Mapping[str, Any], scale: Sequence[float] | None = None
     """A checkpoint's own training config, made the self-supervised config of an input.
 
     The checkpoint records its config resolved (:meth:`JobConfig.resolved`:
-    the domain profile with the config's degradation, normalisation and
-    metrics merged in). The profile is named again and those three sections
-    become the config's overrides; training data, starting weights, freezing
-    and factors go; ``scale`` (a volume's per-axis scale, as the run applies
-    it) replaces the config's rule.
+    the domain profile, with the config's degradation, normalisation and
+    metrics merged in, in place of its name). That profile is the config's
+    domain again, as it was trained, so a profile of the user's own (a YAML
+    file that is not at hand) or one that a later version changed still
+    loads; training data, starting weights, freezing and factors go;
+    ``scale`` (a volume's per-axis scale, as the run applies it) replaces
+    the config's rule.
 
     Raises:
-        ConfigError: no config recorded, a multi-input one, or one that no longer loads (a domain that is
-            not known here).
+        ConfigError: no config recorded, a multi-input one, or one that no longer loads (a profile or
+            section this version does not accept).
     """
     data = meta.get("config")
     if not isinstance(data, Mapping) or not isinstance(data.get("domain"), Mapping):
@@ -123,12 +125,7 @@ def serving_config(meta: Mapping[str, Any], scale: Sequence[float] | None = None
     several = [k for k in ("revisit", "multistack") if data.get(k)]
     if several:
         raise ConfigError(f"the checkpoint's config is a multi-input one ({several[0]}), whose pairs need several inputs")
-    cfg = {k: v for k, v in data.items() if k != "domain"}
-    dom = data["domain"]
-    cfg["domain"] = dom.get("name")
-    for key in ("degradation", "normalisation", "metrics"):
-        if isinstance(dom.get(key), Mapping):
-            cfg[key] = dict(dom[key])
+    cfg = {**data, "domain": dict(data["domain"])}
     over = list(_SERVING_OVERRIDES) + ([f"scale={[float(v) for v in scale]}"] if scale is not None else [])
     return load_config(cfg, over)
 
