@@ -7,7 +7,7 @@ the factors (slice settings for thick-slice volumes), the degradation, noise, th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np

@@ -5,10 +5,12 @@ Used by :func:`medsat_sr.evaluate.evaluate`, which re-exports these names.
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +23,11 @@ from medsat_sr.inference import upscale
 from medsat_sr.peak_memory import PeakMemory
 from medsat_sr.report_plain import validation_trend
 from medsat_sr.train import fit
+
+if TYPE_CHECKING:  # annotations only
+    from monai.data import MetaTensor
+
+    from medsat_sr.evaluate_cases import Case
 
 __all__ = ["CLASSICAL", "MethodRun", "parse_methods"]
 

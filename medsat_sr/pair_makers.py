@@ -20,9 +20,9 @@ import torch
 from medsat_sr import degrade
 from medsat_sr.errors import ConfigError, DataError, GeometryError, numbers_text
 from medsat_sr.geometry import scale_affine, scale_transform
-from medsat_sr.image import Key, is_raster, is_volume
+from medsat_sr.image import BandSet, Key, is_raster, is_volume
 from medsat_sr.normalise import Normaliser, valid_mask
-from medsat_sr.pair_sources import AlignedSource, SliceProfileSource
+from medsat_sr.pair_sources import AlignedSource, PairSource, SliceProfileSource
 from medsat_sr.sampling import _ints, _is_int, _plain, foreground_mask
 
 __all__ = ["thick_axis"]
