@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import pickle
 import struct
@@ -371,6 +372,34 @@ def test_config_fine_tunes_the_first_shipped_model_that_fits(
     else:
         (skipped,) = m["start_skipped"]
         assert "'mri_thick_slice_x4' does not fit the input" in skipped and "scale" in skipped
+
+
+def test_a_renamed_copy_of_a_config_with_a_profile_of_its_own_starts_from_the_same_shipped_model(
+    thick_volumes: dict[int, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user's copy of mri_thick_slice (another name, the mri profile copied under another name) is fine-tuned
+    from the shipped x4 model with the built-in config's settings, not fitted from random weights for 10 minutes."""
+    from medsat_sr.inference.shipped import finetune_overrides, served_config
+
+    root = Path(__file__).resolve().parents[1]
+    prof = (root / "domains" / "mri.yaml").read_text().replace("name: mri\n", "name: our_scanner\n", 1)
+    (tmp_path / "our_scanner.yaml").write_text(prof)
+    text = (root / "configs" / "mri_thick_slice.yaml").read_text()
+    text = text.replace("name: mri_thick_slice\n", "name: our_thick\n", 1).replace("domain: mri\n", "domain: our_scanner.yaml\n", 1)
+    (tmp_path / "our_thick.yaml").write_text(text)
+    cfg = load_config(tmp_path / "our_thick.yaml")
+    assert cfg.name == "our_thick" and cfg.profile.name == "our_scanner"
+    assert served_config(cfg) == "mri_thick_slice"
+    assert finetune_overrides(cfg, 60.0, "mri_thick_slice") == finetune_overrides(load_config("mri_thick_slice"), 60.0)
+    assert served_config(load_config("ct_thick_slice")) is None  # another modality: nothing measured, no start
+    out = tmp_path / "sr.nii.gz"
+    with caplog.at_level(logging.INFO, logger="medsat_sr.inference"):
+        code, _, err = cli("upscale", str(thick_volumes[4]), "--config", str(tmp_path / "our_thick.yaml"),
+                           "--budget", "20", *FEW, "-o", str(out), "-q")
+    assert code == 0, err
+    m = record_of(out)["models"][0]
+    assert m["source"].startswith("fine-tuned from shipped model 'mri_thick_slice_x4'"), m["source"]
+    assert "has the recipe of the built-in config 'mri_thick_slice'" in caplog.text
 
 
 def test_config_fits_from_scratch_when_no_shipped_model_fits(

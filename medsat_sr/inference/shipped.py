@@ -44,7 +44,7 @@ from medsat_sr.train import fit as train_fit
 logger = logging.getLogger("medsat_sr.inference")
 
 __all__ = ["FINETUNE_LR_FACTOR", "FINETUNE_LR_FACTORS", "FINETUNE_VAL_EVERY", "shipped_names", "as_checkpoints", "serves",
-           "fit_on_input", "fit_items", "finetune_overrides", "warn_far_factor", "SERIES_FIT_VOLUMES"]
+           "fit_on_input", "fit_items", "finetune_overrides", "served_config", "warn_far_factor", "SERIES_FIT_VOLUMES"]
 
 #: The fine-tuning learning rate as a fraction of the config's (the shipped weights are close already).
 FINETUNE_LR_FACTOR = 0.5
@@ -89,11 +89,38 @@ def serves(name: str) -> str | None:
     return zoo.card(name).get("serves")
 
 
-def finetune_overrides(cfg: Any, seconds: float) -> list[str]:
-    """The ``--set`` items that turn ``cfg`` into a short fine-tune: budget, learning rate, no warm-up."""
+def _recipe(cfg: Any) -> tuple[Any, ...]:
+    """What a config's fit asks of starting weights: the domain's kind, modality and degradation, the network, guidance."""
+    p = cfg.profile
+    return (cfg.train.mode, p.kind, p.modality, p.degradation.model, cfg.model.name or p.default_model, cfg.spatial_dims,
+            cfg.guided(), cfg.revisit is None and cfg.multistack is None)
+
+
+def served_config(cfg: Any) -> str | None:
+    """The built-in config whose shipped models start a fit of ``cfg``: its own name, or one of the same recipe.
+
+    A config of the user's own that copies a built-in one under another name,
+    or with a profile of its own (same modality, degradation model and
+    network), starts where the built-in one does, with its fine-tune settings.
+    A new modality or network does not: nothing measured says which weights
+    would help it.
+    """
+    if zoo.starting_points(cfg.name):
+        return str(cfg.name)
+    served = sorted({str(zoo.card(n)["serves"]) for n in zoo.names() if zoo.card(n).get("serves")})
+    own = _recipe(cfg)
+    return next((name for name in served if _recipe(load_config(name)) == own), None)
+
+
+def finetune_overrides(cfg: Any, seconds: float, served: str | None = None) -> list[str]:
+    """The ``--set`` items that turn ``cfg`` into a short fine-tune: budget, learning rate, no warm-up.
+
+    ``served``: the built-in config whose measured learning-rate factor applies (default: ``cfg``'s own name).
+    """
+    factor = FINETUNE_LR_FACTORS.get(served or cfg.name, FINETUNE_LR_FACTOR)
     return [
         f"train.max_minutes={seconds / 60.0!r}",
-        f"train.lr={float(cfg.train.lr) * FINETUNE_LR_FACTORS.get(cfg.name, FINETUNE_LR_FACTOR)!r}",
+        f"train.lr={float(cfg.train.lr) * factor!r}",
         "train.schedule.warmup_iterations=0",
         f"train.val_every={min(int(cfg.train.val_every), FINETUNE_VAL_EVERY)}",
     ]
@@ -146,17 +173,22 @@ def fit_on_input(fit_input: Any, cfg: Any, opts: Any, *, run_dir: Any, progress:
         where it started (``shipped`` name or ``None``) and its budget.
     """
     points: list[str] = []
+    served: str | None = None
     if cfg.train.mode == "finetune":  # the config names its own starting checkpoint
         reason = f"the config's train.init {cfg.train.init}"
     elif opts.from_scratch:
         reason = "--from-scratch"
     else:
-        points = zoo.starting_points(cfg.name)
-        reason = f"no shipped model serves config {cfg.name!r}"
+        served = served_config(cfg)
+        points = zoo.starting_points(served)
+        reason = f"no shipped model serves config {cfg.name!r} or a built-in config of its recipe"
+        if points and served != cfg.name:
+            logger.info("config %r has the recipe of the built-in config %r: starting from its shipped model",
+                        cfg.name, served)
     items, series = fit_items(fit_input, cfg)
     if points:  # the preferred first; the first whose weights fit the input, on one training set
         seconds = float(opts.budget or DEFAULT_FINETUNE_SECONDS)
-        ft_cfg = load_config(cfg, finetune_overrides(cfg, seconds))
+        ft_cfg = load_config(cfg, finetune_overrides(cfg, seconds, served))
         paths = {str(zoo.checkpoint(n)): n for n in points}
         try:
             fr = train_fit(items, ft_cfg, run_dir=run_dir, progress=progress, init=list(paths))
