@@ -469,3 +469,13 @@ def test_train_init_takes_a_shipped_model_by_its_name(aerial: Path, tmp_path: Pa
     cfg_file.write_text("name: ft\ndomain: multiband\nscale: 2\nmodel: {name: edsr, kwargs: {features: 64, n_blocks: 8}}\n"
                         "train: {mode: finetune, init: multiband_x2}\n")
     assert load_config(cfg_file).train.init == "multiband_x2"
+
+
+def test_a_shipped_model_of_the_other_kind_is_refused_by_its_name(aerial: Path, tmp_path: Path) -> None:
+    """--model NAME brings its served config; the error names the model the user gave, not that config's file."""
+    out = tmp_path / "x.tif"
+    code, _, err = cli("upscale", str(aerial), "--model", "mri_thick_slice_x4", "-o", str(out))
+    assert code == 2 and "shipped model 'mri_thick_slice_x4' is for volumes, the input is a raster" in err, err
+    assert ".yaml" not in err and not out.exists()
+    code, _, err = cli("upscale", str(aerial), "--config", "mri_thick_slice", "-o", str(out))
+    assert code == 2 and "mri_thick_slice.yaml: the config is for volumes, the input is a raster" in err, err

@@ -334,7 +334,8 @@ def upscale(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     src = read_source(image, read_options)
-    check_request(src, cfg, fmt, opts, target_spacing=target_spacing, out_path=out_path)
+    label = f"shipped model {shipped[0]!r}" if shipped and config == serves(shipped[0]) else None
+    check_request(src, cfg, fmt, opts, target_spacing=target_spacing, out_path=out_path, cfg_label=label)
     check_labels(src, method)
     timings["read"] = time.perf_counter() - t0
     if not items and method is None and fit is None and cfg is not None:

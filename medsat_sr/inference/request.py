@@ -153,12 +153,17 @@ def output_target(output: Any, opts: UpscaleOptions, inputs: Sequence[Any] = ())
 
 
 def check_request(src: Source, cfg: JobConfig | None, fmt: str | None, opts: UpscaleOptions, *, target_spacing: Any,
-                   out_path: Path | None) -> None:
-    """Everything about input, config and writer that can be refused before any model work."""
+                   out_path: Path | None, cfg_label: str | None = None) -> None:
+    """Everything about input, config and writer that can be refused before any model work.
+
+    ``cfg_label`` names where ``cfg`` came from in an error (default: its source; a shipped model's name when the
+    config is the one it serves).
+    """
     if not src.is_volume and target_spacing is not None:
         raise ConfigError("target_spacing (--target-spacing) is for volumes; rasters take a scale (--scale)")
     if cfg is not None and (cfg.profile.kind == "volume") != src.is_volume:
-        raise ConfigError(f"{cfg.source}: the config is for {cfg.profile.kind}s, the input is a {'volume' if src.is_volume else 'raster'}")
+        what = cfg_label or f"{cfg.source}: the config"
+        raise ConfigError(f"{what} is for {cfg.profile.kind}s, the input is a {'volume' if src.is_volume else 'raster'}")
     if cfg is not None and src.kind == "bandset" and src.path is not None and cfg.train.mode == "self_supervised":
         _check_grids(Path(src.path), cfg)
     if fmt is None:
