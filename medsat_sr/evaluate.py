@@ -112,7 +112,7 @@ from medsat_sr.evaluate_cases import (
     prepare_case,
     superior_axis,
 )
-from medsat_sr.evaluate_methods import CLASSICAL, MethodRun, _model_names, _run_method, parse_methods
+from medsat_sr.evaluate_methods import CLASSICAL, MethodRun, _model_names, _run_method, parse_methods, training_overlap
 from medsat_sr.evaluate_scoring import (
     _band_ids,
     _crop_region,
@@ -422,6 +422,11 @@ def evaluate(
             runs[m] = _run_method(m, case, cfg, checkpoint=ckpts.get(m), run_dir=rd, progress=progress)
             logger.info("%s: %s done in %.1f s", case.name, m, runs[m].seconds)
         files.append(_score_case(cfg, case, runs))
+        for m, run in runs.items():
+            note = training_overlap(run, ckpts.get(m), case.path)
+            if note:
+                logger.warning("%s: %s: %s", case.name, m, note)
+                files[-1].methods[m]["training_overlap"] = note
 
     settings = {
         "config": cfg.name if hasattr(cfg, "name") else None,

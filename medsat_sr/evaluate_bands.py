@@ -19,6 +19,7 @@ band's reference range), SAM (degrees) and ERGAS.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,13 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsat_sr import baselines, degrade, metrics, metrics_bands
+from medsat_sr import baselines, degrade, metrics, metrics_bands, zoo
 from medsat_sr.config import load_config
 from medsat_sr.errors import ConfigError, DataError
 from medsat_sr.geometry import scale_transform
 from medsat_sr.image import BandSet, Key, make_raster
 from medsat_sr.inference import upscale
 from medsat_sr.io import read
+from medsat_sr.zoo.provenance import overlap_note
+
+logger = logging.getLogger("medsat_sr.evaluate")
 
 __all__ = ["evaluate_bandset", "format_bandset_result", "BORDER"]
 
@@ -156,6 +160,10 @@ def evaluate_bandset(
             raise DataError(f"{ckpt}: its output lacks the target bands {missing}")
         sr = img.as_tensor()[[names.index(n) for n in targets], :h, :w].float().numpy()
         out["methods"][Path(str(ckpt)).name] = _scores(sr, ref, valid, targets, si)
+        note = overlap_note([str(ckpt)] if zoo.is_shipped(ckpt) else [], path)
+        if note:
+            logger.warning("%s: %s", path, note)
+            out["methods"][Path(str(ckpt)).name]["training_overlap"] = note
     return out
 
 
@@ -168,4 +176,6 @@ def format_bandset_result(result: dict[str, Any]) -> list[str]:
     for m, r in result["methods"].items():
         sam = "-" if r["sam_deg"] is None else f"{r['sam_deg']:.3f}"
         lines.append(f"  {m:<22} {r['ergas']:7.3f} {sam:>8}  " + " ".join(f"{r['rmse'][b]:8.2f}" for b in bands))
+        if r.get("training_overlap"):
+            lines.append(f"    note: {r['training_overlap']}")
     return lines

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from medsat_sr import baselines
+from medsat_sr import baselines, zoo
 from medsat_sr._resources import suggest
 from medsat_sr.errors import ConfigError, DataError, GeometryError
 from medsat_sr.image import Key
@@ -23,13 +23,14 @@ from medsat_sr.inference import upscale
 from medsat_sr.peak_memory import PeakMemory
 from medsat_sr.report_plain import validation_trend
 from medsat_sr.train import fit
+from medsat_sr.zoo.provenance import overlap_note
 
 if TYPE_CHECKING:  # annotations only
     from monai.data import MetaTensor
 
     from medsat_sr.evaluate_cases import Case
 
-__all__ = ["CLASSICAL", "MethodRun", "parse_methods"]
+__all__ = ["CLASSICAL", "MethodRun", "parse_methods", "training_overlap"]
 
 #: The classical methods (:data:`medsat_sr.baselines.METHODS`).
 CLASSICAL: tuple[str, ...] = tuple(baselines.METHODS)
@@ -115,6 +116,13 @@ class MethodRun:
     info: dict[str, Any] = field(default_factory=dict)
     fit: Any = None
     record: dict[str, Any] | None = None
+
+
+def training_overlap(run: MethodRun, checkpoint: str | None, path: str | None) -> str | None:
+    """Whether the shipped model behind a method (given by name, or the start of its fit) was trained on ``path``."""
+    start = ((getattr(run.fit, "metadata", None) or {}).get("start") or {}).get("shipped")
+    named = [checkpoint] if checkpoint and zoo.is_shipped(checkpoint) else []
+    return overlap_note([*named, *([start] if start else [])], path)
 
 
 def _grid_matches(case: Case, out: MetaTensor) -> tuple[bool, float]:

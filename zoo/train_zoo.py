@@ -96,6 +96,7 @@ SPECS: dict[str, dict[str, Any]] = {
         "minutes": 4.0,
         "title": "Sentinel-2 20 m bands to 10 m, guided by the 10 m bands",
         "data": ["s2_29rkh"],
+        "read": ["B02", "B03", "B04", "B08", "B05", "B06", "B07", "B8A", "B11", "B12"],  # not the 60 m bands
     },
     "multiband_x2": {
         "config": "multiband_x2",
@@ -136,6 +137,25 @@ def _images(name: str) -> tuple[Any, list[Any] | None, str]:
     return [left], None, f"NAIP left half {list(left.shape[1:])} (columns [0, {int(left.shape[2])}))"
 
 
+def _sources(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The card's data sources, each with the identity of every file read (so a run can tell its input was one)."""
+    from medsat_sr.zoo.provenance import file_ids
+
+    def read(path: Path) -> bool:
+        return "read" not in spec or path.stem in spec["read"]
+
+    return [{**ds.SOURCES[k], "files": file_ids(sorted(p for p in ds.SHARED.glob(ds.SOURCES[k]["file"]) if read(p)))}
+            for k in spec["data"]]
+
+
+def refresh_sources(name: str, out: Path) -> None:
+    """Rewrite ``card.data.sources`` of a shipped model's JSON with :func:`_sources` (weights untouched)."""
+    path = out / f"{name}.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta["card"]["data"]["sources"] = _sources(SPECS[name])
+    path.write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
 def _card(name: str, spec: dict[str, Any], cfg: Any, fr: Any, desc: str, minutes: float) -> dict[str, Any]:
     from medsat_sr.degrade import describe
 
@@ -149,7 +169,7 @@ def _card(name: str, spec: dict[str, Any], cfg: Any, fr: Any, desc: str, minutes
         "title": spec["title"],
         "serves": spec.get("serves", spec["config"]),
         "trained_with": {"config": spec["config"], "overrides": spec["overrides"], "mode": cfg.train.mode},
-        "data": {"used": desc, "sources": [ds.SOURCES[k] for k in spec["data"]], "held_out": HELD_OUT[name]},
+        "data": {"used": desc, "sources": _sources(spec), "held_out": HELD_OUT[name]},
         "degradation": {"profile": cfg.profile.name, "model": str(cfg.profile.degradation.model), "recipe": degradation,
                         "pairs": task.get("pairs"), "factor": task.get("factor"),
                         **({"factors": task["factors"]} if task.get("factors") else {})},
@@ -191,12 +211,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(SPECS), help="comma list of " + ", ".join(SPECS))
     ap.add_argument("--minutes", type=float, help="training budget of each model (default: each model's own)")
     ap.add_argument("--out", type=Path, default=OUT, help="where to write (default medsat_sr/zoo)")
+    ap.add_argument("--refresh-sources", action="store_true",
+                    help="only rewrite the cards' data sources (file names, sizes, sha256); no training")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in SPECS]
     if unknown:
         ap.error(f"unknown models {unknown}; known: {list(SPECS)}")
+    if args.refresh_sources:
+        for n in names:
+            refresh_sources(n, args.out)
+        return 0
     for n in names:
         card = train_one(n, args.minutes or SPECS[n]["minutes"], args.out)
         print(json.dumps({"name": n, "validation": card["validation"], "budget": card["budget"]}, indent=1))

@@ -77,6 +77,8 @@ def _print_results(ev: Any, output: str) -> None:
                 f"  {m:<16} PSNR {r['psnr']:7.3f} dB, masked {r['psnr_masked']:7.3f} dB{g}, "
                 f"SSIM {r['ssim']:.4f}, {r['seconds']:.1f} s, peak {r['peak_rss_mb']:.0f} MiB"
             )
+            if r.get("training_overlap"):
+                print(f"    note: {r['training_overlap']}")
     print(f"report: {Path(output) / 'report.html'}")
 
 

@@ -173,6 +173,7 @@ from medsat_sr.inference.scoring import checkpoint_path, score_checkpoint, score
 from medsat_sr.inference.shipped import as_checkpoints, serves, shipped_names
 from medsat_sr.inference.volume import upscale_volume
 from medsat_sr.trust import write_record
+from medsat_sr.zoo.provenance import overlap_note
 
 __all__ = ["upscale", "UpscaleResult"]
 
@@ -357,7 +358,8 @@ def upscale(
             timings["score_on_input"] = time.perf_counter() - t0
     cfg = _measured(cfg, mem.fit_meta)
     profile = _profile(cfg, mem.members)
-    decision = _decide(src, mem, profile, opts)
+    starts = [*shipped, ((mem.fit_meta or {}).get("start") or {}).get("shipped")]
+    decision = _decide(src, mem, profile, opts, overlap_note([n for n in starts if n], src.path))
     run = dict(src=src, mem=mem, decision=decision, method=method, scale=scale, opts=opts, profile=profile,
                cfg=cfg, out_path=out_path, fmt=fmt, progress=progress)
     t0 = time.perf_counter()
@@ -393,16 +395,20 @@ def _measured(cfg: JobConfig | None, fit_meta: Mapping[str, Any]) -> JobConfig |
     return with_degradation(cfg, est["override"])
 
 
-def _decide(src: Any, mem: Any, profile: Any, opts: UpscaleOptions) -> Decision:
-    """The model-or-classical decision of a single-input run, with the degradation self-check in its reason."""
+def _decide(src: Any, mem: Any, profile: Any, opts: UpscaleOptions, overlap: str | None = None) -> Decision:
+    """The model-or-classical decision of a single-input run, with the degradation self-check in its reason.
+
+    ``overlap``: a shipped model in the run was trained on this input (:func:`medsat_sr.zoo.provenance.overlap_note`).
+    """
     decision = decide(mem.members, mem.validations, classical_method=_classical_name(src, profile),
                       margin_db=opts.min_gain_db, force=opts.force)
-    found = _degradation_findings((mem.fit_meta.get("task") or {}).get("degradation_estimate"))
+    found = [f for f in (_degradation_findings((mem.fit_meta.get("task") or {}).get("degradation_estimate")),
+                         (f"Training data: {overlap}.", overlap) if overlap else None) if f]
     if found:
-        note, caution = found
         head = f"{decision.reason.rstrip('. ')}. " if decision.reason else ""
         # the verdict line cautions only when the network's output is what was written
-        decision = replace(decision, reason=f"{head}{note}", caution=caution if decision.use_model else None)
+        decision = replace(decision, reason=head + " ".join(f[0] for f in found),
+                           caution="; ".join(f[1] for f in found) if decision.use_model else None)
     return decision
 
 

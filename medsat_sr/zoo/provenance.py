@@ -1,0 +1,100 @@
+"""Which inputs a shipped model was trained on: the files its card names, matched by size and sha256.
+
+A shipped model's card lists the files it was trained on
+(``card.data.sources[].files``: name, bytes and sha256 of each file read,
+validation blocks included; ``zoo/train_zoo.py`` writes them). An input that
+is one of those files, or a folder that holds one, is not independent of the
+model: its held-out split scores the model on data it has seen, so the run's
+verdict and ``evaluate`` say so. Files are compared by size first; only a
+file of a listed size is hashed. A copy that was cropped or re-encoded is
+not found: this catches the sample itself, not its derivatives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from medsat_sr import zoo
+
+__all__ = ["file_ids", "trained_on", "overlap_note"]
+
+#: Files of a folder input looked at (a band folder, a DICOM series); a larger folder is sampled no further.
+_MAX_FILES = 2000
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_ids(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    """``{"name", "bytes", "sha256"}`` of each file, for a model card."""
+    return [{"name": Path(p).name, "bytes": Path(p).stat().st_size, "sha256": _sha256(Path(p))} for p in paths]
+
+
+def _listed(card: Mapping[str, Any]) -> dict[int, dict[str, str]]:
+    """bytes -> {sha256: name} of the files a card lists."""
+    out: dict[int, dict[str, str]] = {}
+    for src in (card.get("data") or {}).get("sources") or []:
+        for f in (src.get("files") if isinstance(src, Mapping) else None) or []:
+            if isinstance(f, Mapping) and isinstance(f.get("bytes"), int) and isinstance(f.get("sha256"), str):
+                out.setdefault(int(f["bytes"]), {})[f["sha256"]] = str(f.get("name") or "?")
+    return out
+
+
+def _files(path: str | os.PathLike[str]) -> list[Path]:
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        return []
+    found: list[Path] = []
+    for root, _, names in os.walk(p):
+        found += [Path(root) / n for n in sorted(names)]
+        if len(found) >= _MAX_FILES:
+            break
+    return found[:_MAX_FILES]
+
+
+def trained_on(card: Mapping[str, Any], path: str | os.PathLike[str] | None) -> list[str]:
+    """The files of ``path`` (a file, or the files under a folder) that the card lists as training data.
+
+    Args:
+        card: a shipped model's card (:func:`medsat_sr.zoo.card`).
+        path: the input.
+
+    Returns:
+        Their names, in the input's order (empty when none, or when the card lists no files).
+    """
+    listed = _listed(card)
+    if not listed or path is None:
+        return []
+    hits = []
+    for f in _files(path):
+        try:
+            size = f.stat().st_size
+            if size in listed and _sha256(f) in listed[size]:
+                hits.append(f.name)
+        except OSError:
+            continue
+    return hits
+
+
+def overlap_note(names: Sequence[str], path: str | os.PathLike[str] | None) -> str | None:
+    """One sentence naming the shipped models among ``names`` that were trained on the input, or ``None``."""
+    said = []
+    for name in dict.fromkeys(n for n in names if n):
+        hits = trained_on(zoo.card(name), path)
+        if hits:
+            shown = ", ".join(hits[:3]) + (f" and {len(hits) - 3} more" if len(hits) > 3 else "")
+            said.append(f"shipped model {name!r} was trained on this input ({shown})")
+    if not said:
+        return None
+    return "; ".join(said) + ": its held-out score is not independent of its training"
