@@ -45,7 +45,6 @@ own session::
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -59,6 +58,7 @@ from torch import nn
 
 from medsat_sr._atomic import atomic_path
 from medsat_sr.errors import DataError, ModelError
+from medsat_sr.file_hash import sha256_of
 
 __all__ = [
     "save_checkpoint",
@@ -101,14 +101,10 @@ def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        return sha256_of(path)
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    return h.hexdigest()
 
 
 def model_hash(path: str | os.PathLike[str]) -> str:

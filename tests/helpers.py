@@ -1,4 +1,4 @@
-"""Shared test helpers: the dcm2niix oracle and voxel-grid comparisons.
+"""Shared test helpers: the dcm2niix oracle, voxel-grid comparisons and the CLI run in-process.
 
 Import from a test module with::
 
@@ -8,6 +8,8 @@ Import from a test module with::
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -16,7 +18,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-__all__ = ["run_dcm2niix", "dcm2niix_log", "corner_error", "grid_correspondence", "resample_reference"]
+__all__ = ["run_cli", "run_dcm2niix", "dcm2niix_log", "corner_error", "grid_correspondence", "resample_reference"]
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """``medsat-sr ARGV`` in this process: its exit code, stdout and stderr."""
+    from medsat_sr.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
 
 
 def run_dcm2niix(src: Path, outdir: Path, *extra: str) -> list[Path]:

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "medsat_sr.errors": 0,
     "medsat_sr._version": 0,
     "medsat_sr._atomic": 0,
+    "medsat_sr.file_hash": 0,  # sha256 of a file
     "medsat_sr._schema": 0,
     "medsat_sr._resources": 0,
     "medsat_sr.geometry": 0,

@@ -8,27 +8,18 @@ line, the record and ``evaluate`` say so.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from helpers import run_cli as cli
 
 from medsat_sr import zoo
-from medsat_sr.cli import main
 from medsat_sr.zoo.provenance import file_ids, overlap_note, trained_on
 
 SAMPLE = Path(__file__).resolve().parents[1] / "medsat_sr" / "samples" / "rgbn_aerial_5m.tif"
 NAIP = "geotiff/naip_4band_m_4709963_se_14_1_20180716_opengeos-data/m_4709963_se_14_1_20180716.tif"
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
 
 
 def _card_listing(path: Path) -> dict:

@@ -9,8 +9,6 @@ template made 4 mm thick (real anatomy; no ../shared data needed).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 from pathlib import Path
@@ -19,10 +17,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli as cli
 
 from medsat_sr import zoo
 from medsat_sr.checkpoint import load_checkpoint, save_checkpoint
-from medsat_sr.cli import main
 from medsat_sr.errors import ConfigError
 from medsat_sr.inference import upscale
 from medsat_sr.inference.scoring import serving_config
@@ -31,13 +29,6 @@ from medsat_sr.models import build_model
 MNI_SAMPLE = Path(__file__).resolve().parents[1] / "medsat_sr" / "samples" / "mni_icbm152_t1_2009a.nii.gz"
 #: What a flattering training record claims: far above cubic.
 FLATTERING = {"val_psnr": 60.0, "val_psnr_cubic": 30.0}
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

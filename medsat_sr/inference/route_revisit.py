@@ -26,7 +26,6 @@ median``, or one folder of dates) comes here through
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -39,6 +38,7 @@ from monai.data import MetaTensor
 
 from medsat_sr.checkpoint import checkpoint_paths, model_hash
 from medsat_sr.errors import ConfigError, DataError
+from medsat_sr.file_hash import sha256_of
 from medsat_sr.geometry import scale_transform
 from medsat_sr.image import Key, make_raster
 from medsat_sr.inference.multi import MULTI_ROUTES, MultiRequest, MultiResult
@@ -210,19 +210,11 @@ def _write(image: Any, req: MultiRequest, has_holes: bool) -> None:
     geotiff_write.write(image, req.out_path, cog=req.fmt == "cog" or req.opts.cog, dtype=dtype, compress=req.opts.compress)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _frame_info(f: Frame, used: bool, shift: Any = None) -> dict[str, Any]:
     info: dict[str, Any] = {"name": f.name, "date": f.date.isoformat() if f.date else None, "used": used,
                             "clear_fraction": round(f.clear_fraction, 4), "mask": f.mask_kind, "kind": "raster",
                             "shape": list(f.data.shape), "transform": list(f.meta.get(Key.TRANSFORM) or []),
-                            "paths": [str(p) for p in f.paths], "sha256": [_sha256(p) for p in f.paths]}
+                            "paths": [str(p) for p in f.paths], "sha256": [sha256_of(p) for p in f.paths]}
     if shift is not None:
         info["shift_px"] = [round(float(s), 4) for s in shift]
     return info

@@ -12,13 +12,13 @@ not found: this catches the sample itself, not its derivatives.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from medsat_sr import zoo
+from medsat_sr.file_hash import sha256_of
 
 __all__ = ["file_ids", "trained_on", "overlap_note"]
 
@@ -26,17 +26,9 @@ __all__ = ["file_ids", "trained_on", "overlap_note"]
 _MAX_FILES = 2000
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_ids(paths: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
     """``{"name", "bytes", "sha256"}`` of each file, for a model card."""
-    return [{"name": Path(p).name, "bytes": Path(p).stat().st_size, "sha256": _sha256(Path(p))} for p in paths]
+    return [{"name": Path(p).name, "bytes": Path(p).stat().st_size, "sha256": sha256_of(p)} for p in paths]
 
 
 def _listed(card: Mapping[str, Any]) -> dict[int, dict[str, str]]:
@@ -80,7 +72,7 @@ def trained_on(card: Mapping[str, Any], path: str | os.PathLike[str] | None) -> 
     for f in _files(path):
         try:
             size = f.stat().st_size
-            if size in listed and _sha256(f) in listed[size]:
+            if size in listed and sha256_of(f) in listed[size]:
                 hits.append(f.name)
         except OSError:
             continue
