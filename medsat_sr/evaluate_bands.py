@@ -160,7 +160,8 @@ def evaluate_bandset(
             raise DataError(f"{ckpt}: its output lacks the target bands {missing}")
         sr = img.as_tensor()[[names.index(n) for n in targets], :h, :w].float().numpy()
         out["methods"][Path(str(ckpt)).name] = _scores(sr, ref, valid, targets, si)
-        note = overlap_note([str(ckpt)] if zoo.is_shipped(ckpt) else [], path)
+        found = overlap_note([str(ckpt)] if zoo.is_shipped(ckpt) else [], path)
+        note = found[0] if found else None
         if note:
             logger.warning("%s: %s", path, note)
             out["methods"][Path(str(ckpt)).name]["training_overlap"] = note

@@ -122,7 +122,8 @@ def training_overlap(run: MethodRun, checkpoint: str | None, path: str | None) -
     """Whether the shipped model behind a method (given by name, or the start of its fit) was trained on ``path``."""
     start = ((getattr(run.fit, "metadata", None) or {}).get("start") or {}).get("shipped")
     named = [checkpoint] if checkpoint and zoo.is_shipped(checkpoint) else []
-    return overlap_note([*named, *([start] if start else [])], path)
+    found = overlap_note([*named, *([start] if start else [])], path)
+    return found[0] if found else None
 
 
 def _grid_matches(case: Case, out: MetaTensor) -> tuple[bool, float]:

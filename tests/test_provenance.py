@@ -67,7 +67,7 @@ def test_a_run_on_a_shipped_models_training_file_cautions_in_its_verdict(
     verdict = [ln for ln in stdout.splitlines() if ln.startswith("verdict:")][0]
     assert "caution: shipped model 'multiband_x2' was trained on this input (seen.tif)" in verdict, verdict
     reason = json.loads(out.with_name(out.name + ".json").read_text())["decision"]["reason"]
-    assert "Training data: shipped model 'multiband_x2' was trained on this input" in reason
+    assert "Training data: shipped model 'multiband_x2' was trained on this input (seen.tif): a score" in reason
     shutil.copy(SAMPLE, tmp_path / "renamed.tif")  # found by content, whatever its name
     code, stdout, err = cli("upscale", str(tmp_path / "renamed.tif"), "--model", "multiband_x2", "-o",
                             str(tmp_path / "renamed_sr.tif"))
@@ -92,8 +92,9 @@ def test_evaluate_notes_a_reference_the_model_was_trained_on(tmp_path: Path, mon
     assert len(noted) == 1 and "cubic" not in noted, methods.keys()
 
 
-def test_the_real_training_scene_is_recognised(shared_data: Path) -> None:
-    assert overlap_note(["multiband_x2"], shared_data / NAIP) == (
-        "shipped model 'multiband_x2' was trained on this input (m_4709963_se_14_1_20180716.tif): "
-        "its held-out score is not independent of its training")
+def test_the_real_training_scene_is_recognised_and_the_card_says_which_part_was_seen(shared_data: Path) -> None:
+    note, caution = overlap_note(["multiband_x2"], shared_data / NAIP)
+    assert caution == ("shipped model 'multiband_x2' was trained on this input (m_4709963_se_14_1_20180716.tif): "
+                       "a score on what it saw is not independent of its training")
+    assert "; its card: NAIP left half [724, 466] (columns [0, 466))" in note  # evaluate scores the right half
     assert overlap_note(["mri_thick_slice_x4", "multiband_x2"], shared_data / "geotiff/landsat7_rgb_rasterio") is None

@@ -395,7 +395,8 @@ def _measured(cfg: JobConfig | None, fit_meta: Mapping[str, Any]) -> JobConfig |
     return with_degradation(cfg, est["override"])
 
 
-def _decide(src: Any, mem: Any, profile: Any, opts: UpscaleOptions, overlap: str | None = None) -> Decision:
+def _decide(src: Any, mem: Any, profile: Any, opts: UpscaleOptions,
+            overlap: tuple[str, str] | None = None) -> Decision:
     """The model-or-classical decision of a single-input run, with the degradation self-check in its reason.
 
     ``overlap``: a shipped model in the run was trained on this input (:func:`medsat_sr.zoo.provenance.overlap_note`).
@@ -403,7 +404,7 @@ def _decide(src: Any, mem: Any, profile: Any, opts: UpscaleOptions, overlap: str
     decision = decide(mem.members, mem.validations, classical_method=_classical_name(src, profile),
                       margin_db=opts.min_gain_db, force=opts.force)
     found = [f for f in (_degradation_findings((mem.fit_meta.get("task") or {}).get("degradation_estimate")),
-                         (f"Training data: {overlap}.", overlap) if overlap else None) if f]
+                         (f"Training data: {overlap[0]}.", overlap[1]) if overlap else None) if f]
     if found:
         head = f"{decision.reason.rstrip('. ')}. " if decision.reason else ""
         # the verdict line cautions only when the network's output is what was written

@@ -79,14 +79,29 @@ def trained_on(card: Mapping[str, Any], path: str | os.PathLike[str] | None) -> 
     return hits
 
 
-def overlap_note(names: Sequence[str], path: str | os.PathLike[str] | None) -> str | None:
-    """One sentence naming the shipped models among ``names`` that were trained on the input, or ``None``."""
-    said = []
+def overlap_note(names: Sequence[str], path: str | os.PathLike[str] | None) -> tuple[str, str] | None:
+    """What to say when a shipped model among ``names`` was trained on the input, or ``None``.
+
+    A file is matched whole; the card says which part of it the model saw
+    (``card.data.used``: a crop, a half, a block for validation), which the
+    long form quotes, so a score on the part it did not see can be told
+    apart.
+
+    Returns:
+        ``(note, caution)``: the sentence for a record or a report, which
+        quotes the card's account of the data used, and the verdict line's
+        short form.
+    """
+    long, short = [], []
     for name in dict.fromkeys(n for n in names if n):
-        hits = trained_on(zoo.card(name), path)
+        card = zoo.card(name)
+        hits = trained_on(card, path)
         if hits:
             shown = ", ".join(hits[:3]) + (f" and {len(hits) - 3} more" if len(hits) > 3 else "")
-            said.append(f"shipped model {name!r} was trained on this input ({shown})")
-    if not said:
+            short.append(f"shipped model {name!r} was trained on this input ({shown})")
+            used = (card.get("data") or {}).get("used")
+            long.append(short[-1] + (f"; its card: {used}" if used else ""))
+    if not short:
         return None
-    return "; ".join(said) + ": its held-out score is not independent of its training"
+    tail = ": a score on what it saw is not independent of its training"
+    return "; ".join(long) + tail, "; ".join(short) + tail
