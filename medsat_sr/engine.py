@@ -49,6 +49,7 @@ from medsat_sr.model_start import discriminator, first_fitting_init
 from medsat_sr.models.upsample import interpolate
 from medsat_sr.train_batch import only_valid, prepare_batch
 from medsat_sr.run_folder import _restore
+from medsat_sr.zoo.provenance import file_ids, input_files
 
 __all__ = [
     "TrainState",
@@ -277,11 +278,16 @@ def build_trainer(
 
     from medsat_sr.data import make_training_set
 
+    from_files = images is None and pairs is None
     cfg, images, init, validation, pairs = _job_inputs(config, images, init, validation, pairs)
     dev = resolve_device(device)
     torch.manual_seed(int(cfg.train.seed))
     ts = make_training_set(images, cfg, validation=validation, pairs=pairs)
     state = _new_state(cfg, ts, images, init, dev, run_dir)
+    if from_files:  # its checkpoints name the files it learned from (a run on one of them then says so)
+        d = cfg.data
+        paths = [*d.inputs, *d.validation, *(p for pr in d.pairs for p in (pr.lr, pr.hr))]
+        state.metadata_base["training_files"] = file_ids(input_files(paths))
     trainer, evaluator = _engines(state)
     _attach_optimisation(state, trainer, evaluator)
     validate = _validator(state, evaluator)

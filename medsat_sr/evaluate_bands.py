@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsat_sr import baselines, degrade, metrics, metrics_bands, zoo
+from medsat_sr import baselines, degrade, metrics, metrics_bands
 from medsat_sr.config import load_config
 from medsat_sr.errors import ConfigError, DataError
+from medsat_sr.evaluate_methods import training_overlap
 from medsat_sr.geometry import scale_transform
 from medsat_sr.image import BandSet, Key, make_raster
 from medsat_sr.inference import upscale
 from medsat_sr.io import read
-from medsat_sr.zoo.provenance import overlap_note
 
 logger = logging.getLogger("medsat_sr.evaluate")
 
@@ -160,8 +160,7 @@ def evaluate_bandset(
             raise DataError(f"{ckpt}: its output lacks the target bands {missing}")
         sr = img.as_tensor()[[names.index(n) for n in targets], :h, :w].float().numpy()
         out["methods"][Path(str(ckpt)).name] = _scores(sr, ref, valid, targets, si)
-        found = overlap_note([str(ckpt)] if zoo.is_shipped(ckpt) else [], path)
-        note = found[0] if found else None
+        note = training_overlap(None, str(ckpt), path)
         if note:
             logger.warning("%s: %s", path, note)
             out["methods"][Path(str(ckpt)).name]["training_overlap"] = note

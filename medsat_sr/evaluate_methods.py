@@ -17,6 +17,7 @@ import torch
 
 from medsat_sr import baselines, zoo
 from medsat_sr._resources import suggest
+from medsat_sr.checkpoint import read_metadata
 from medsat_sr.errors import ConfigError, DataError, GeometryError
 from medsat_sr.image import Key
 from medsat_sr.inference import upscale
@@ -118,11 +119,15 @@ class MethodRun:
     record: dict[str, Any] | None = None
 
 
-def training_overlap(run: MethodRun, checkpoint: str | None, path: str | None) -> str | None:
-    """Whether the shipped model behind a method (given by name, or the start of its fit) was trained on ``path``."""
-    start = ((getattr(run.fit, "metadata", None) or {}).get("start") or {}).get("shipped")
-    named = [checkpoint] if checkpoint and zoo.is_shipped(checkpoint) else []
-    found = overlap_note([*named, *([start] if start else [])], path)
+def training_overlap(run: MethodRun | None, checkpoint: str | None, path: str | os.PathLike[str] | None) -> str | None:
+    """Whether the model behind a method was trained on ``path``: the note to report, or ``None``.
+
+    The model: a shipped one given by name, the shipped start of a fit, or a checkpoint of the user's own.
+    """
+    start = ((getattr(getattr(run, "fit", None), "metadata", None) or {}).get("start") or {}).get("shipped")
+    shipped = bool(checkpoint) and zoo.is_shipped(checkpoint)
+    own = [(str(checkpoint), read_metadata(checkpoint))] if checkpoint and not shipped and path else []
+    found = overlap_note([*([checkpoint] if shipped else []), *([start] if start else [])], path, own)
     return found[0] if found else None
 
 

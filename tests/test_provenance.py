@@ -16,7 +16,7 @@ import pytest
 from helpers import run_cli as cli
 
 from medsat_sr import zoo
-from medsat_sr.zoo.provenance import file_ids, overlap_note, trained_on
+from medsat_sr.zoo.provenance import file_ids, listed_files, overlap_note, trained_on
 
 SAMPLE = Path(__file__).resolve().parents[1] / "medsat_sr" / "samples" / "rgbn_aerial_5m.tif"
 NAIP = "geotiff/naip_4band_m_4709963_se_14_1_20180716_opengeos-data/m_4709963_se_14_1_20180716.tif"
@@ -29,7 +29,7 @@ def _card_listing(path: Path) -> dict:
 def test_trained_on_finds_the_file_itself_and_in_a_folder_but_not_a_changed_copy(tmp_path: Path) -> None:
     seen = tmp_path / "seen.tif"
     shutil.copy(SAMPLE, seen)
-    card = _card_listing(seen)
+    card = listed_files(_card_listing(seen))
     folder = tmp_path / "bands"
     (folder / "sub").mkdir(parents=True)
     shutil.copy(SAMPLE, folder / "sub" / "B05.tif")
@@ -41,7 +41,7 @@ def test_trained_on_finds_the_file_itself_and_in_a_folder_but_not_a_changed_copy
     assert trained_on(card, seen) == ["seen.tif"]
     assert trained_on(card, folder) == ["B05.tif"]
     assert trained_on(card, changed) == [] and trained_on(card, tmp_path / "absent.tif") == []
-    assert trained_on({"data": {"sources": [{"file": "x"}]}}, seen) == []  # a card that lists no files
+    assert trained_on(listed_files({"data": {"sources": [{"file": "x"}]}}), seen) == []  # a card that lists no files
 
 
 def test_every_shipped_card_lists_the_files_it_was_trained_on() -> None:
@@ -98,3 +98,26 @@ def test_the_real_training_scene_is_recognised_and_the_card_says_which_part_was_
                        "a score on what it saw is not independent of its training")
     assert "; its card: NAIP left half [724, 466] (columns [0, 466))" in note  # evaluate scores the right half
     assert overlap_note(["mri_thick_slice_x4", "multiband_x2"], shared_data / "geotiff/landsat7_rgb_rasterio") is None
+
+
+def test_a_checkpoint_of_the_users_own_names_its_training_files_and_a_run_on_one_says_so(tmp_path: Path) -> None:
+    """`medsat-sr train` records the files it read; upscale and evaluate on one of them (any name) say so."""
+    scene = tmp_path / "scene.tif"
+    shutil.copy(SAMPLE, scene)
+    tiny = ["--set", "model.kwargs={features: 8, n_blocks: 1}", "--set", "train.max_iterations=2",
+            "--set", "train.val_every=2"]
+    code, _, err = cli("train", str(scene), "-o", str(tmp_path / "run"), "--config", "multiband_x2", *tiny, "-q")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert meta["training_files"] == file_ids([scene])
+    again = tmp_path / "again.tif"
+    shutil.copy(SAMPLE, again)
+    ckpt = str(tmp_path / "run" / "best")
+    out = tmp_path / "sr.tif"
+    code, stdout, err = cli("upscale", str(again), "--model", ckpt, "-o", str(out), "--force")
+    assert code == 0, err
+    verdict = [ln for ln in stdout.splitlines() if ln.startswith("verdict:")][0]
+    assert f"caution: checkpoint {ckpt!r} was trained on this input (again.tif)" in verdict, verdict
+    code, stdout, err = cli("evaluate", str(again), "--config", "multiband_x2", "--model", ckpt,
+                            "-o", str(tmp_path / "rep"), "--no-figures")
+    assert code == 0 and f"note: checkpoint {ckpt!r} was trained on this input (again.tif)" in stdout, stdout

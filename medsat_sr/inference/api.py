@@ -358,8 +358,7 @@ def upscale(
             timings["score_on_input"] = time.perf_counter() - t0
     cfg = _measured(cfg, mem.fit_meta)
     profile = _profile(cfg, mem.members)
-    starts = [*shipped, ((mem.fit_meta or {}).get("start") or {}).get("shipped")]
-    decision = _decide(src, mem, profile, opts, overlap_note([n for n in starts if n], src.path))
+    decision = _decide(src, mem, profile, opts, _training_overlap(src, mem, shipped))
     run = dict(src=src, mem=mem, decision=decision, method=method, scale=scale, opts=opts, profile=profile,
                cfg=cfg, out_path=out_path, fmt=fmt, progress=progress)
     t0 = time.perf_counter()
@@ -393,6 +392,14 @@ def _measured(cfg: JobConfig | None, fit_meta: Mapping[str, Any]) -> JobConfig |
     if cfg is None or not est.get("used") or not est.get("override"):
         return cfg
     return with_degradation(cfg, est["override"])
+
+
+def _training_overlap(src: Any, mem: Any, shipped: Sequence[str]) -> tuple[str, str] | None:
+    """Whether a model of the run (shipped, the start of its fit, or a checkpoint of the user's own) saw the input."""
+    starts = [*shipped, ((mem.fit_meta or {}).get("start") or {}).get("shipped")]
+    own = [(str(m.info["path"]), m.info.get("_meta") or {}) for m in mem.members
+           if m.info.get("path") and not (m.info.get("_meta") or {}).get("card")]
+    return overlap_note([n for n in starts if n], src.path, own)
 
 
 def _decide(src: Any, mem: Any, profile: Any, opts: UpscaleOptions,
