@@ -36,8 +36,15 @@ from medsat_sr.errors import ConfigError, MedsatError, ModelError, WriteError
 from medsat_sr.fusion import Member
 from medsat_sr.inference import upscale
 from medsat_sr.inference.members import load_member
+from medsat_sr.io import detect_format, reader_options_of
 from medsat_sr.logs import naming
-from medsat_sr.trust import RECORD_FORMAT, now_iso, sha256_path, sidecar_path, write_record
+from medsat_sr.trust import (
+    RECORD_FORMAT,
+    now_iso,
+    sha256_path,
+    sidecar_path,
+    write_record,
+)
 
 __all__ = ["Task", "upscale_job", "model_cache_info", "MODEL_CACHE_SIZE", "SCHEDULER_TIMEOUT"]
 
@@ -169,6 +176,14 @@ def _member(path: str, sha: str, device: str) -> Any:
     return Member(model=cached.model, weight=cached.weight, name=cached.name, info=dict(cached.info))
 
 
+def _applicable(path: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The batch's reader options that this input's reader takes: ``--series`` applies to its DICOM inputs only."""
+    if not options or not os.path.exists(path):
+        return dict(options)  # nothing to sort, or a missing input: the reader says so
+    takes = reader_options_of(detect_format(path))
+    return {k: v for k, v in options.items() if k in takes}
+
+
 def upscale_job(task: Task) -> dict[str, Any]:
     """The default job: :func:`medsat_sr.inference.upscale` of one input into ``task.output``.
 
@@ -192,7 +207,7 @@ def upscale_job(task: Task) -> dict[str, Any]:
         scale=task.scale,
         config=task.config,
         overrides=list(task.overrides),
-        read_options=task.read_options,
+        read_options=_applicable(task.input, task.read_options),
         sidecar=False,
         progress=False,
     )

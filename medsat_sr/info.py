@@ -158,10 +158,11 @@ def describe(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
         that the reader refuses without ``resample`` because of a gantry tilt is described as ``--resample`` reads it, with
         ``needs_resample`` saying why.
     """
-    from medsat_sr.io import detect_format
+    from medsat_sr.io import check_read_options, detect_format
 
     p = Path(path)
     fmt = detect_format(p)
+    check_read_options(p, fmt, options)
     out: dict[str, Any] = {"path": str(p), "format": fmt}
     if fmt == "geotiff":
         out.update(_describe_raster_file(p))

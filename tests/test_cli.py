@@ -455,3 +455,24 @@ def test_full_parser_and_batch_option_flags() -> None:
     ]
     args = parser.parse_args(["batch", "in.tif", "-o", "out", "--method", "cubic"])
     assert option_overrides(args) == [] and not args.redo
+
+
+def test_a_dicom_reader_flag_on_another_input_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--series on a NIfTI file was an internal error (TypeError); --volume on a raster was silently ignored."""
+    samples = Path(medsat_sr.samples.__file__).parent
+    nifti, raster = samples / "mni_icbm152_t1_2009a.nii.gz", samples / "rgbn_aerial_5m.tif"
+    code, _, err = run(capsys, "convert", str(nifti), "-o", str(tmp_path / "x.nii.gz"), "--series", "2")
+    assert code == 2 and "--series does not apply to a NIfTI input (DICOM series options)" in err, err
+    assert "internal error" not in err and not (tmp_path / "x.nii.gz").exists()
+    code, _, err = run(capsys, "upscale", str(raster), "-o", str(tmp_path / "y.tif"), "--method", "cubic",
+                       "--scale", "2", "--volume", "1", "--resample")
+    assert code == 2 and "--volume, --resample do not apply to a raster input" in err, err
+    assert not (tmp_path / "y.tif").exists()
+    code, _, err = run(capsys, "info", str(raster), "--series", "1")
+    assert code == 2 and "--series does not apply to a raster input" in err, err
+    # a batch applies its reader flags to the inputs they fit (its DICOM ones), not to the others
+    code, out, err = run(capsys, "batch", str(raster), "-o", str(tmp_path / "b"), "--method", "cubic", "--scale", "2",
+                         "--series", "1")
+    assert code == 0 and (tmp_path / "b" / "rgbn_aerial_5m_sr.tif").exists(), err

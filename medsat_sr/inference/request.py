@@ -31,7 +31,14 @@ from medsat_sr.inference.members import resolve_device
 from medsat_sr.inference.options import UpscaleOptions, resolve_options
 from medsat_sr.inference.plan import check_fit_route, check_input_size
 from medsat_sr.inference.shipped import fit_on_input
-from medsat_sr.io import detect_format, geotiff_bandset, geotiff_read, nifti_header, output_format
+from medsat_sr.io import (
+    check_read_options,
+    detect_format,
+    geotiff_bandset,
+    geotiff_read,
+    nifti_header,
+    output_format,
+)
 from medsat_sr.io import read as io_read
 from medsat_sr.overrides import parse_override
 from medsat_sr.trust import sha256_path, sidecar_path
@@ -68,6 +75,7 @@ def read_source(image: Any, read_options: Mapping[str, Any] | None) -> Source:
         path = Path(image)
         kind = detect_format(path)
         src = Source(kind=kind, path=path)
+        check_read_options(path, kind, read_options or {})  # a raster is streamed later: refuse its stray options now
         if kind in ("dicom", "nifti"):
             src.volume = io_read(path, fmt=kind, **dict(read_options or {}))
             if not is_volume(src.volume):

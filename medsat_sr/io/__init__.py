@@ -19,8 +19,9 @@ path with no suffix is a DICOM series folder (volumes) or a band folder
 from __future__ import annotations
 
 import functools
+import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # the package itself imports no torch: `medsat-sr info` on a 
 
     from medsat_sr.image import BandSet
 
-__all__ = ["read", "write", "detect_format", "output_format", "FORMATS", "RASTER_SUFFIXES"]
+__all__ = ["read", "check_read_options", "reader_options_of", "write", "detect_format", "output_format", "FORMATS", "RASTER_SUFFIXES"]
 
 #: Output formats and the suffixes that select them.
 FORMATS: dict[str, tuple[str, ...]] = {
@@ -189,19 +190,50 @@ def read(path: str | os.PathLike[str], *, fmt: str | None = None, **options: Any
         fmt = detect_format(path)
     elif fmt not in _READ_FORMATS:
         raise ConfigError(f"{path}: cannot read format {fmt!r}; one of {list(_READ_FORMATS)}")
+    check_read_options(path, fmt, options)
+    return _reader(fmt)(path, **options)
+
+
+#: The reader options of a DICOM series (the CLI's --series, --volume and --resample).
+_DICOM_OPTIONS = ("series", "volume", "resample")
+
+
+def _reader(fmt: str) -> Callable[..., Any]:
+    """The read function of a format of :func:`detect_format`."""
     if fmt == "dicom":
         from medsat_sr.io import dicom
 
-        return dicom.read(path, **options)
+        return dicom.read
     if fmt == "nifti":
         from medsat_sr.io import nifti
 
-        return nifti.read(path, **options)
+        return nifti.read
     from medsat_sr.io import geotiff
 
-    if fmt == "bandset":
-        return geotiff.read_bandset(path, **options)
-    return geotiff.read(path, **options)
+    return geotiff.read_bandset if fmt == "bandset" else geotiff.read
+
+
+def reader_options_of(fmt: str) -> list[str]:
+    """The options the reader of a format takes (``series``, ``volume``, ``resample`` for DICOM)."""
+    return [n for n, p in inspect.signature(_reader(fmt)).parameters.items() if p.kind is p.KEYWORD_ONLY]
+
+
+def check_read_options(path: str | os.PathLike[str], fmt: str, options: Mapping[str, Any]) -> None:
+    """Refuse reader options that the format's reader does not take (``--series`` on a NIfTI file, ...).
+
+    Raises:
+        ConfigError: naming the options and what the format takes.
+    """
+    if not options:  # nothing to check: the reader's module (torch, MONAI) is not imported for it
+        return
+    takes = reader_options_of(fmt)
+    bad = [k for k in options if k not in takes]
+    if bad:
+        kind = {"dicom": "a DICOM", "nifti": "a NIfTI", "bandset": "a band-folder"}.get(fmt, "a raster")
+        dicom_only = set(bad) <= set(_DICOM_OPTIONS)
+        why = "DICOM series options" if dicom_only else f"its reader takes {', '.join(takes) or 'no options'}"
+        raise ConfigError(f"{path}: {', '.join('--' + k for k in bad)} {'does' if len(bad) == 1 else 'do'} not apply to "
+                          f"{kind} input ({why})")
 
 
 def output_format(path: str | os.PathLike[str], format: str | None = None) -> str:
