@@ -131,6 +131,8 @@ def test_models_command_lists_them_and_shows_a_card() -> None:
     assert code == 0 and json.loads(out)["name"] == "multiband_x2"
     code, out, _ = cli("models", "multiband_x2")
     assert code == 0 and "USDA" in out and "licence" in out
+    sha = zoo.card("multiband_x2")["data"]["sources"][0]["files"][0]["sha256"]
+    assert f"    files      m_4709963_se_14_1_20180716.tif ({sha[:12]}) (sha256)" in out, out
 
 
 def test_unknown_model_name_is_one_line_that_lists_the_names(aerial: Path, tmp_path: Path) -> None:

@@ -62,6 +62,10 @@ def _card_text(c: dict[str, Any]) -> str:
         lines.append(f"  source       {s.get('file')} ({s.get('origin')})")
         lines.append(f"    licence    {s.get('licence')}")
         lines.append(f"    attribute  {s.get('attribution')}")
+        files = [f for f in s.get("files") or [] if isinstance(f, dict)]
+        if files:  # what a run checks its input against (medsat_sr.zoo.provenance)
+            shown = ", ".join(f"{f.get('name')} ({str(f.get('sha256'))[:12]})" for f in files[:4])
+            lines.append(f"    files      {shown}{f' and {len(files) - 4} more' if len(files) > 4 else ''} (sha256)")
     deg = c.get("degradation") or {}
     lines.append(f"  degradation  {deg.get('recipe') or deg.get('model')}")
     if deg.get("factors"):  # one network trained at several factors (data.factors); validated at each
