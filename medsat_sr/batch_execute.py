@@ -38,13 +38,7 @@ from medsat_sr.inference import upscale
 from medsat_sr.inference.members import load_member
 from medsat_sr.io import detect_format, reader_options_of
 from medsat_sr.logs import naming
-from medsat_sr.trust import (
-    RECORD_FORMAT,
-    now_iso,
-    sha256_path,
-    sidecar_path,
-    write_record,
-)
+from medsat_sr.trust import RECORD_FORMAT, now_iso, sha256_path, sidecar_path, write_record
 
 __all__ = ["Task", "upscale_job", "model_cache_info", "MODEL_CACHE_SIZE", "SCHEDULER_TIMEOUT"]
 

@@ -75,11 +75,12 @@ def read_source(image: Any, read_options: Mapping[str, Any] | None) -> Source:
         path = Path(image)
         kind = detect_format(path)
         src = Source(kind=kind, path=path)
-        check_read_options(path, kind, read_options or {})  # a raster is streamed later: refuse its stray options now
         if kind in ("dicom", "nifti"):
             src.volume = io_read(path, fmt=kind, **dict(read_options or {}))
             if not is_volume(src.volume):
                 raise FormatError(f"{path}: expected a volume, got a {src.volume.meta.get(Key.KIND)}")
+        else:  # a raster is streamed later, without them: refuse its stray reader options now
+            check_read_options(path, kind, read_options or {})
         src.sha = sha256_path(path)
         check_input_size(src.volume, None, path, kind)
         return src

@@ -107,8 +107,8 @@ def served_config(cfg: Any) -> str | None:
     """
     if zoo.starting_points(cfg.name):
         return str(cfg.name)
-    served = sorted({str(zoo.card(n)["serves"]) for n in zoo.names() if zoo.card(n).get("serves")})
     own = _recipe(cfg)
+    served = sorted({s for n in zoo.names() if (s := serves(n))})
     return next((name for name in served if _recipe(load_config(name)) == own), None)
 
 

@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # the package itself imports no torch: `medsat-sr info` on a 
 
     from medsat_sr.image import BandSet
 
-__all__ = ["read", "check_read_options", "reader_options_of", "write", "detect_format", "output_format", "FORMATS", "RASTER_SUFFIXES"]
+__all__ = ["read", "check_read_options", "reader_options_of", "write", "detect_format", "output_format", "FORMATS",
+           "RASTER_SUFFIXES"]
 
 #: Output formats and the suffixes that select them.
 FORMATS: dict[str, tuple[str, ...]] = {

@@ -77,7 +77,8 @@ def trained_on(files: Iterable[Mapping[str, Any]], path: str | os.PathLike[str] 
     hits = []
     for f in input_files([path]):
         try:
-            if f.stat().st_size in listed and sha256_of(f) in listed[f.stat().st_size]:
+            same_size = listed.get(f.stat().st_size)
+            if same_size and sha256_of(f) in same_size:  # only a file of a listed size is hashed
                 hits.append(f.name)
         except OSError:
             continue
